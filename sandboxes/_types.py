@@ -1,0 +1,149 @@
+"""Value types shared by every engine: what to run, under which limits, and how it ended."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Status = Literal["ok", "error", "timeout", "memory", "output_limit", "killed", "denied"]
+"""How a run ended. Everything but `ok` and `error` names the limit (or event) that stopped it."""
+
+NetworkMode = Literal["none", "mirror"]
+"""`none`: no network at all. `mirror`: only the local package mirror (container engine)."""
+
+ProgramKind = Literal["code", "file"]
+
+DEFAULT_WALL_TIMEOUT_S = 30.0
+DEFAULT_MEMORY_BYTES = 512 * 1024 * 1024
+DEFAULT_OUTPUT_BYTES = 1024 * 1024
+DEFAULT_PROCESSES = 64
+DEFAULT_WORKSPACE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one run may use. Every field carries its unit; the gate fills it from the policy.
+
+    Attributes:
+        wall_timeout_s: Wall-clock seconds before the runtime stops the run (`timeout`).
+        cpu_time_s: CPU seconds; `None` means the wall timeout alone bounds CPU.
+        memory_bytes: Most memory the guest may hold (`memory`).
+        output_bytes: Most bytes kept per output stream (`output_limit`).
+        processes: Most processes/threads (container engine; WASM guests have none).
+        workspace_bytes: Most bytes the session workspace may hold.
+        network: Network reachable from the guest.
+        fuel: Instruction budget for engines that meter fuel; `None` for none.
+    """
+
+    wall_timeout_s: float = DEFAULT_WALL_TIMEOUT_S
+    cpu_time_s: float | None = None
+    memory_bytes: int = DEFAULT_MEMORY_BYTES
+    output_bytes: int = DEFAULT_OUTPUT_BYTES
+    processes: int = DEFAULT_PROCESSES
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES
+    network: NetworkMode = "none"
+    fuel: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """What to run.
+
+    Attributes:
+        kind: `code` runs `source` as Python text; `file` runs the workspace file `source`
+            (a path relative to the workspace, already checked by the caller).
+        source: Python text or a workspace-relative path.
+        variable_to_return: A global whose `str()` comes back as `RunResult.value`.
+        stdin: The guest's standard input.
+    """
+
+    kind: ProgramKind
+    source: str
+    variable_to_return: str | None = None
+    stdin: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspacePaths:
+    """The host folders of one session: `files` is the guest's writable working directory,
+    `site` holds installed packages and is mounted read-only on the guest's import path."""
+
+    files: Path
+    site: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionPlan:
+    """The only thing an engine runs. Made by the policy gate after an allow decision.
+
+    Attributes:
+        decision_id: The audit id of the decision that allowed this run.
+        engine: The engine kind (`wasm`, `pyodide`, `container`).
+        profile: The policy's engine profile name (e.g. `gvisor`), for engines with several.
+        program: What to run.
+        limits: The limits, already clamped to the policy's ceilings.
+        workspace: The session's folders.
+        session_id: The session the run belongs to.
+    """
+
+    decision_id: str
+    engine: str
+    program: Program
+    limits: Limits
+    workspace: WorkspacePaths
+    session_id: str
+    profile: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a run used: wall and CPU milliseconds, peak memory and fuel where measurable."""
+
+    wall_ms: float
+    cpu_ms: float | None = None
+    peak_memory_bytes: int | None = None
+    fuel: int | None = None
+    output_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """An image the run produced: its workspace-relative path, MIME type and bytes."""
+
+    path: str
+    mime_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """How a run ended. Failure of the user's code is data here, never an exception.
+
+    Attributes:
+        status: `ok`, `error` (the code raised or exited non-zero) or the limit that stopped it.
+        stdout: Captured standard output (decoded, capped).
+        stderr: Captured standard error, including the traceback on `error`.
+        exit_code: The guest's exit status; `None` when the runtime stopped it.
+        value: `str()` of `variable_to_return`, when asked for and found.
+        value_found: Whether `variable_to_return` existed (and was not `None`).
+        error: The exception line (`ZeroDivisionError: division by zero`) on `error`.
+        limit: The limit that stopped the run, in words, when one did.
+        truncated: Streams whose output passed `Limits.output_bytes`.
+        images: Images written by the code (or open matplotlib figures).
+        files_written: Workspace-relative paths created or changed by the run.
+        usage: What the run used.
+    """
+
+    status: Status
+    stdout: str
+    stderr: str
+    exit_code: int | None
+    usage: Usage
+    value: str | None = None
+    value_found: bool = False
+    error: str | None = None
+    limit: str | None = None
+    truncated: tuple[str, ...] = ()
+    images: tuple[Image, ...] = ()
+    files_written: tuple[str, ...] = field(default=())
