@@ -1,0 +1,59 @@
+"""The policy gate of sandgate: the policy format, decisions, counters, approvals and audit."""
+
+from ._audit import AuditLog, AuditRecord, read_audit
+from ._decisions import Allowed, Decision, Denied, NeedsApproval, Outcome, ToolCall
+from ._errors import (
+    AuditUnavailable,
+    PolicyError,
+    PolicyLoadError,
+    Problem,
+    StateUnavailable,
+    UnknownApproval,
+)
+from ._gate import Gate
+from ._loader import load_policy, load_policy_text
+from ._model import Policy
+from ._redis import RedisCounterStore
+from ._shipped import default_policy_path, policy_json_schema, shipped_policy_paths
+from ._sqlite import SqliteCounterStore
+from ._store import (
+    ApprovalRecord,
+    ApprovalStatus,
+    CounterSpec,
+    CounterStore,
+    open_counter_store,
+    state_dir_default,
+)
+
+__all__ = [
+    "Allowed",
+    "ApprovalRecord",
+    "ApprovalStatus",
+    "AuditLog",
+    "AuditRecord",
+    "AuditUnavailable",
+    "CounterSpec",
+    "CounterStore",
+    "Decision",
+    "Denied",
+    "Gate",
+    "NeedsApproval",
+    "Outcome",
+    "Policy",
+    "PolicyError",
+    "PolicyLoadError",
+    "Problem",
+    "RedisCounterStore",
+    "SqliteCounterStore",
+    "StateUnavailable",
+    "ToolCall",
+    "UnknownApproval",
+    "default_policy_path",
+    "load_policy",
+    "load_policy_text",
+    "open_counter_store",
+    "policy_json_schema",
+    "read_audit",
+    "shipped_policy_paths",
+    "state_dir_default",
+]

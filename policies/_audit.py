@@ -1,0 +1,187 @@
+"""The audit log: one JSON line per decision, outcome and approval, written before returning."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from ._errors import AuditUnavailable
+
+logger = logging.getLogger("sandgate.policy")
+
+AuditEvent = Literal["decision", "outcome", "approval"]
+AuditDecision = Literal["allow", "deny", "would_deny", "needs_approval"]
+
+
+def canonical_json(value: Any) -> bytes:
+    """UTF-8 JSON with sorted keys and no spaces: equal arguments give equal bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex sha256 of `data`."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def iso_time(unix: float) -> str:
+    """`2025-01-31T12:00:00.000000Z` for a Unix time."""
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One line of the audit log. Arguments are never stored, only their keys and hash.
+
+    Attributes:
+        time: ISO-8601 UTC time of the event.
+        id: The decision id (outcomes and approvals repeat the id they belong to).
+        event: `decision`, `outcome` (how an allowed call ended) or `approval`.
+        decision: `allow`, `deny`, `would_deny` (audit mode) or `needs_approval`.
+        rule: The deciding rule (`/tools/x/limits/COUNTER`, `/default`, ...).
+        reason: The sentence the agent was shown.
+        tool: The tool called.
+        grant: The caller's grant.
+        session: The caller's session.
+        arg_keys: The argument names, sorted.
+        args_sha256: sha256 of the canonical JSON arguments.
+        code_sha256: sha256 of the program source, when the call carried one.
+        engine: The engine profile that runs it.
+        limits: The run's limits (seconds, bytes), when a plan was made.
+        usage: What the run used (outcome records).
+        status: How the user's code ended (`ok`, `error`, `timeout`, ...).
+        outcome: `completed` or `infra_error`.
+        error: The infrastructure error, for `infra_error`.
+        mode: The policy mode that applied.
+        approval_id: The approval asked for, used, approved or denied.
+        by: Who approved or denied (approval records).
+    """
+
+    time: str
+    id: str
+    event: AuditEvent
+    decision: AuditDecision | None = None
+    rule: str | None = None
+    reason: str | None = None
+    tool: str | None = None
+    grant: str | None = None
+    session: str | None = None
+    arg_keys: tuple[str, ...] | None = None
+    args_sha256: str | None = None
+    code_sha256: str | None = None
+    engine: str | None = None
+    limits: Mapping[str, Any] | None = None
+    usage: Mapping[str, Any] | None = None
+    status: str | None = None
+    outcome: str | None = None
+    error: str | None = None
+    mode: str | None = None
+    approval_id: str | None = None
+    by: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict, leaving out empty fields."""
+        out: dict[str, Any] = {}
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = list(value) if name == "arg_keys" else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AuditRecord:
+        """Read a record back; unknown keys (from newer versions) are ignored."""
+        known = {k: v for k, v in data.items() if k in _FIELDS}
+        if isinstance(known.get("arg_keys"), list):
+            known["arg_keys"] = tuple(known["arg_keys"])
+        return cls(**known)
+
+
+_FIELDS = tuple(f.name for f in fields(AuditRecord))
+
+
+class AuditLog:
+    """Append-only JSON-lines audit file, safe across threads and processes.
+
+    Each record is one `os.write` on an `O_APPEND` descriptor, done before the method
+    returns, so a record that was acknowledged survives a SIGKILL of the server.
+
+    Args:
+        path: The file (created with mode 0600, parent folders with 0700).
+        fsync: Also fsync after every record, to survive power loss.
+
+    Raises:
+        AuditUnavailable: The file cannot be opened.
+    """
+
+    def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._fd: int | None = os.open(
+                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise AuditUnavailable(self.path, str(exc)) from exc
+
+    def __repr__(self) -> str:
+        return f"AuditLog({str(self.path)!r})"
+
+    def append(self, record: AuditRecord) -> None:
+        """Write one record and return once the OS has it.
+
+        Raises:
+            AuditUnavailable: The write failed (disk full, file closed).
+        """
+        line = json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":"),
+                          default=str).encode("utf-8") + b"\n"
+        with self._lock:
+            if self._fd is None:
+                raise AuditUnavailable(self.path, "the audit log is closed")
+            try:
+                view = memoryview(line)
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+                if self.fsync:
+                    os.fsync(self._fd)
+            except OSError as exc:
+                raise AuditUnavailable(self.path, str(exc)) from exc
+
+    def close(self) -> None:
+        """Close the file; later appends raise `AuditUnavailable`."""
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def read_audit(path: str | Path) -> Iterator[AuditRecord]:
+    """Yield the records of an audit file in order, skipping a torn (partly written) line.
+
+    Raises:
+        AuditUnavailable: The file cannot be opened.
+    """
+    path = Path(path)
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise AuditUnavailable(path, str(exc)) from exc
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                data = json.loads(raw)
+                record = AuditRecord.from_dict(data)
+            except (ValueError, TypeError):
+                logger.debug("skipping unreadable audit line %s:%d", path, number)
+                continue
+            yield record

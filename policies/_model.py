@@ -1,0 +1,164 @@
+"""The policy document: `Policy` and its top-level sections (grants, engines, state, audit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, PrivateAttr, field_validator
+
+from ._errors import Problem
+from ._rules import MODEL_CONFIG, CounterLimit, Mode, Quotas, ToolRule
+
+EngineKind = Literal["wasm", "pyodide", "container"]
+BUILTIN_PROFILES: dict[str, tuple[EngineKind, str | None]] = {
+    "wasm": ("wasm", None),
+    "pyodide": ("pyodide", None),
+    "container": ("container", "runc"),
+    "gvisor": ("container", "runsc"),
+}
+"""Engine profiles every policy has: name → (engine kind, container runtime)."""
+
+DEFAULT_PROFILE = "wasm"
+
+
+class Grant(BaseModel):
+    """One client credential: the sha256 of its bearer token and its roles."""
+
+    model_config = MODEL_CONFIG
+
+    token_sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="Hex sha256 of the "
+                              "bearer token (never the token itself): "
+                              "`printf %s TOKEN | sha256sum`.")
+    roles: list[str] = Field(default_factory=list, description="Roles predicates can test "
+                             "with `path: roles`.")
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+
+class EngineProfile(BaseModel):
+    """A named sandbox profile: which engine runs the code and under which quotas."""
+
+    model_config = MODEL_CONFIG
+
+    kind: EngineKind = Field(description="The engine: wasm, pyodide or container.")
+    runtime: Literal["runc", "runsc"] | None = Field(default=None, description="Container "
+                                                      "runtime (container kind only): runc, "
+                                                      "or runsc for gVisor. Default: runc.")
+    quotas: Quotas = Field(default_factory=Quotas, description="Quotas of every run under "
+                           "this profile (a tool's own quotas override them).")
+
+
+class Packages(BaseModel):
+    """Where the package allow-list and the local wheel mirror are (paths relative to the
+    policy file)."""
+
+    model_config = MODEL_CONFIG
+
+    allowlist: str | None = Field(default=None, description="File listing allowed packages. "
+                                  "Default: none (every install refused).")
+    mirror: str | None = Field(default=None, description="Directory of the local wheel "
+                               "mirror. Default: none.")
+
+
+class ApprovalSettings(BaseModel):
+    """How long a human has to answer an approval request."""
+
+    model_config = MODEL_CONFIG
+
+    timeout_s: float = Field(default=300.0, gt=0, description="Seconds a pending approval "
+                             "waits (and an approved one stays usable) before it expires.")
+
+
+class AuditSettings(BaseModel):
+    """Where decisions are written."""
+
+    model_config = MODEL_CONFIG
+
+    path: str | None = Field(default=None, description="JSON-lines audit file. Default: "
+                             "`<state dir>/audit.jsonl`.")
+    fsync: bool = Field(default=False, description="fsync after every record (survives power "
+                        "loss, not only a crash of the server; slower).")
+
+
+class StateSettings(BaseModel):
+    """Where counters and approvals live."""
+
+    model_config = MODEL_CONFIG
+
+    backend: Literal["sqlite", "redis"] = Field(default="sqlite", description="sqlite (one "
+                                                "server) or redis (replicas sharing counters).")
+    path: str | None = Field(default=None, description="SQLite file. Default: "
+                             "`<state dir>/state.sqlite3`.")
+    url: str | None = Field(default=None, description="Redis URL (redis://, rediss://, "
+                            "unix://); required for backend redis.")
+
+
+class Policy(BaseModel):
+    """A whole policy file. Unknown keys are errors; every default is the safe one."""
+
+    model_config = MODEL_CONFIG
+
+    version: Literal["1"] = Field(default="1", description="Format version; only \"1\".")
+    description: str | None = Field(default=None, description="What this policy allows.")
+    default: Literal["allow", "deny"] = Field(default="deny", description="Decision for tools "
+                                              "not listed under `tools`.")
+    mode: Mode = Field(default="enforce", description="enforce; audit (would-be denials are "
+                       "logged as would_deny but allowed); off (all allowed, still audited).")
+    hide: list[str] = Field(default_factory=list, description="Tools removed from tools/list "
+                            "and denied.")
+    all_tools: ToolRule | None = Field(default=None, description="Rule applied to every tool "
+                                       "before its own: its action, checks and limits count.")
+    tools: dict[str, ToolRule] = Field(default_factory=dict, description="Rule per tool name; "
+                                       "a listed tool is allowed unless it says otherwise.")
+    grants: dict[str, Grant] = Field(default_factory=dict, description="Client credentials by "
+                                     "name. None: only the local stdio user.")
+    grants_file: str | None = Field(default=None, description="YAML/JSON file with more "
+                                    "grants, relative to this file.")
+    engines: dict[str, EngineProfile] = Field(default_factory=dict, description="Engine "
+                                              "profiles by name (may override built-ins).")
+    quotas: Quotas = Field(default_factory=Quotas, description="Default quotas of every tool.")
+    packages: Packages = Field(default_factory=Packages, description="Package allow-list and "
+                               "mirror.")
+    approvals: ApprovalSettings = Field(default_factory=ApprovalSettings,
+                                        description="Approval settings.")
+    audit: AuditSettings = Field(default_factory=AuditSettings, description="Audit log "
+                                 "settings.")
+    state: StateSettings = Field(default_factory=StateSettings, description="Counter and "
+                                 "approval store.")
+    limits: list[CounterLimit] = Field(default_factory=list, description="Rate limits applied "
+                                       "to every call.")
+
+    _warnings: tuple[Problem, ...] = PrivateAttr(default=())
+    _source: Path | None = PrivateAttr(default=None)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: Any) -> Any:
+        return "1" if value == 1 and not isinstance(value, bool) else value
+
+    @property
+    def warnings(self) -> tuple[Problem, ...]:
+        """Things that load but are probably not what the author meant."""
+        return self._warnings
+
+    @property
+    def source(self) -> Path | None:
+        """The file this policy was loaded from, when it came from a file."""
+        return self._source
+
+    def profile(self, name: str) -> tuple[EngineKind, str | None, Quotas]:
+        """Return (kind, runtime, quotas) of the engine profile `name`.
+
+        Raises:
+            KeyError: `name` is neither in `engines` nor a built-in profile.
+        """
+        if name in self.engines:
+            prof = self.engines[name]
+            default_runtime = "runc" if prof.kind == "container" else None
+            return prof.kind, prof.runtime or default_runtime, prof.quotas
+        kind, runtime = BUILTIN_PROFILES[name]
+        return kind, runtime, Quotas()

@@ -1,0 +1,192 @@
+"""The per-tool parts of a policy: `ToolRule`, `CounterLimit`, `Predicate` and `Quotas`."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Action = Literal["allow", "deny", "hide", "require_approval"]
+Mode = Literal["enforce", "audit", "off"]
+Scope = Literal["grant", "session", "tool", "global"]
+PredicateOp = Literal[
+    "eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists", "len_lte"
+]
+
+NAMED_WINDOWS_S: dict[str, float] = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
+_ISO_DURATION = re.compile(
+    r"^P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
+    r"(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
+)
+_PATH = re.compile(r"^(?:args(?:\.[A-Za-z0-9_\-]+)+|grant|session|tool|roles)$")
+_NUMBER_OPS = frozenset({"lt", "lte", "gt", "gte"})
+
+MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def window_seconds(window: str) -> float:
+    """Return the length in seconds of `minute`, `hour`, `day` or an ISO-8601 duration.
+
+    Raises:
+        ValueError: `window` is none of those (years and months are refused as ambiguous).
+    """
+    if window in NAMED_WINDOWS_S:
+        return NAMED_WINDOWS_S[window]
+    match = _ISO_DURATION.match(window)
+    if match is None or window in ("P", "PT") or window.endswith("T"):
+        raise ValueError(
+            f"window must be 'minute', 'hour', 'day' or an ISO-8601 duration such as 'PT30S' "
+            f"or 'P1D' (no years or months), got {window!r}"
+        )
+    parts = {k: float(v) if v else 0.0 for k, v in match.groupdict().items()}
+    seconds = (
+        parts["w"] * 604800 + parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
+    )
+    if seconds <= 0:
+        raise ValueError(f"window must be longer than zero, got {window!r}")
+    return seconds
+
+
+def check_path(path: str) -> str:
+    """Validate an argument path (`args.x`, `args.x.y`, `grant`, `session`, `tool`, `roles`)."""
+    if not _PATH.match(path):
+        raise ValueError(
+            f"path must be 'args.NAME' (dots for nested keys) or one of grant, session, tool, "
+            f"roles, got {path!r}"
+        )
+    return path
+
+
+class Predicate(BaseModel):
+    """A test on one argument (or the caller). False when the argument is missing."""
+
+    model_config = MODEL_CONFIG
+
+    path: str = Field(description="What to test: `args.NAME` (dots for nested keys), "
+                      "`grant`, `session`, `tool` or `roles` (the grant's roles).")
+    op: PredicateOp = Field(description="The comparison. `exists` and `len_lte` look at the "
+                            "whole value; the others at each item of a list argument.")
+    value: Any = Field(default=None, description="The operand: a list for in/not_in, a number "
+                       "for lt/lte/gt/gte, a regex (Python `re.search`) for regex, an int "
+                       "for len_lte; ignored for exists.")
+
+    @field_validator("path")
+    @classmethod
+    def _path_parses(cls, value: str) -> str:
+        return check_path(value)
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> Predicate:
+        op, value = self.op, self.value
+        if op in ("in", "not_in") and not isinstance(value, list):
+            raise ValueError(f"op {op!r} needs a list value, got {value!r}")
+        if op in _NUMBER_OPS and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"op {op!r} needs a number value, got {value!r}")
+        if op == "len_lte" and (isinstance(value, bool) or not isinstance(value, int)
+                                or value < 0):
+            raise ValueError(f"op 'len_lte' needs an integer value >= 0, got {value!r}")
+        if op == "regex":
+            if not isinstance(value, str):
+                raise ValueError(f"op 'regex' needs a string value, got {value!r}")
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"value is not a valid regular expression: {exc}") from exc
+        if op in ("eq", "neq", "contains") and value is None:
+            raise ValueError(f"op {op!r} needs a value; use op 'exists' to test presence")
+        return self
+
+
+class CounterLimit(BaseModel):
+    """A sliding-window rate limit: at most `max` units per `window` per `scope`."""
+
+    model_config = MODEL_CONFIG
+
+    counter: str = Field(min_length=1, description="Counter name. Limits naming the same "
+                         "counter (and scope) share its count.")
+    window: str = Field(description="Sliding window: `minute`, `hour`, `day` or an ISO-8601 "
+                        "duration (`PT30S`, `P1D`).")
+    max: int = Field(ge=0, description="Most units allowed inside the window; 0 denies all.")
+    scope: Scope = Field(default="grant", description="Who shares the count: one per `grant` "
+                         "(client credential), `session`, `tool`, or `global`.")
+    increment: int = Field(default=1, ge=0, description="Units one call adds.")
+    increment_from: str | None = Field(default=None, description="An `args.NAME` path whose "
+                                       "number (or list length) is the call's units instead "
+                                       "of `increment`; `increment` is used when it is missing.")
+
+    @field_validator("window")
+    @classmethod
+    def _window_parses(cls, value: str) -> str:
+        window_seconds(value)
+        return value
+
+    @field_validator("increment_from")
+    @classmethod
+    def _increment_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("args."):
+            raise ValueError(f"increment_from must be an 'args.NAME' path, got {value!r}")
+        return None if value is None else check_path(value)
+
+    @property
+    def window_s(self) -> float:
+        """The window length in seconds."""
+        return window_seconds(self.window)
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class Quotas(BaseModel):
+    """Resource ceilings of one run. Unset fields inherit (built-in ← policy ← engine ← tool)."""
+
+    model_config = MODEL_CONFIG
+
+    timeout_s: PositiveFloat | None = Field(default=None, description="Wall-clock seconds per "
+                                            "run; also the ceiling for caller-set timeouts. "
+                                            "Built-in: 30.")
+    cpu_s: PositiveFloat | None = Field(default=None, description="CPU seconds per run. "
+                                        "Built-in: unset (the wall timeout bounds CPU).")
+    memory_mb: int | None = Field(default=None, ge=1, description="Memory per run in MiB. "
+                                  "Built-in: 512.")
+    output_bytes: int | None = Field(default=None, ge=0, description="Bytes kept per output "
+                                     "stream. Built-in: 1048576 (1 MiB).")
+    workspace_mb: int | None = Field(default=None, ge=0, description="Session workspace size "
+                                     "in MiB. Built-in: 256.")
+    processes: int | None = Field(default=None, ge=1, description="Processes/threads per run "
+                                  "(container engine). Built-in: 64.")
+    network: Literal["none", "mirror"] | None = Field(default=None, description="Network of "
+                                                      "the guest: none, or only the package "
+                                                      "mirror. Built-in: none.")
+    max_code_bytes: int | None = Field(default=None, ge=0, description="Largest `code` "
+                                       "argument in UTF-8 bytes. Built-in: 1048576 (1 MiB).")
+    fuel: int | None = Field(default=None, ge=1, description="Instruction budget for engines "
+                             "that meter fuel. Built-in: unset.")
+
+
+class ToolRule(BaseModel):
+    """What the policy says about one tool (or, as `all_tools`, about every tool)."""
+
+    model_config = MODEL_CONFIG
+
+    action: Action = Field(default="allow", description="allow, deny, hide (removed from "
+                           "tools/list and denied) or require_approval (a human says yes "
+                           "first).")
+    reason: str | None = Field(default=None, description="Sentence the agent sees on deny.")
+    engine: str | None = Field(default=None, description="Engine profile: a name from "
+                               "`engines` or a built-in (wasm, pyodide, container, gvisor). "
+                               "Default: wasm.")
+    mode: Mode | None = Field(default=None, description="Overrides the policy's mode for "
+                              "this tool.")
+    limits: list[CounterLimit] = Field(default_factory=list, description="Rate limits; all "
+                                       "must fit or the call is denied.")
+    quotas: Quotas = Field(default_factory=Quotas, description="Resource ceilings of this "
+                           "tool's runs.")
+    require: list[Predicate] = Field(default_factory=list, description="Every predicate must "
+                                     "hold (for list arguments: every item), else deny.")
+    deny_if: list[Predicate] = Field(default_factory=list, description="Deny when any "
+                                     "predicate holds (for list arguments: any item).")
+    approve_if: list[Predicate] = Field(default_factory=list, description="Ask a human when "
+                                        "any predicate holds.")
+    args_schema: dict[str, Any] | None = Field(default=None, description="JSON Schema the "
+                                               "arguments must satisfy.")

@@ -1,0 +1,206 @@
+"""`SqliteCounterStore`: counters and approvals in one SQLite file (WAL, `BEGIN IMMEDIATE`)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ._errors import StateUnavailable, UnknownApproval
+from ._store import STALE_RESERVATION_S, ApprovalRecord, CounterSpec
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS counter_entries (
+    key TEXT NOT NULL, ts REAL NOT NULL, amount INTEGER NOT NULL, expires_at REAL NOT NULL,
+    reservation TEXT NOT NULL, committed INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS counter_entries_window ON counter_entries (key, ts, amount);
+CREATE INDEX IF NOT EXISTS counter_entries_reservation ON counter_entries (reservation);
+CREATE INDEX IF NOT EXISTS counter_entries_expiry ON counter_entries (expires_at);
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY, binding TEXT NOT NULL, tool TEXT NOT NULL, grant_name TEXT NOT NULL,
+    session TEXT NOT NULL, args_sha256 TEXT NOT NULL, status TEXT NOT NULL,
+    created_at REAL NOT NULL, expires_at REAL NOT NULL, ttl_s REAL NOT NULL, resolved_by TEXT);
+CREATE INDEX IF NOT EXISTS approvals_binding ON approvals (binding, created_at);
+"""
+_APPROVAL_COLUMNS = ("id, binding, tool, grant_name, session, args_sha256, status, created_at, "
+                     "expires_at, ttl_s, resolved_by")
+_PRUNE_EVERY = 512
+_KEEP_APPROVALS_S = 86400.0
+
+
+class SqliteCounterStore:
+    """Counters and approvals in a SQLite file; safe across threads and processes.
+
+    Writers take the database lock with `BEGIN IMMEDIATE`, so the check-then-insert of a
+    reservation is atomic; other processes wait up to `busy_timeout_s` for it.
+
+    Args:
+        path: The database file (created with mode 0600, parent folders with 0700).
+        busy_timeout_s: Longest wait for another writer before the store reports itself
+            unavailable.
+
+    Raises:
+        StateUnavailable: The file cannot be created or opened.
+    """
+
+    backend = "sqlite"
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._calls = 0
+        with self._translate():
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(_SCHEMA)
+        self._conn: sqlite3.Connection | None = conn
+
+    def __repr__(self) -> str:
+        return f"SqliteCounterStore({str(self.path)!r})"
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        """The one place SQLite and OS errors become `StateUnavailable`."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            raise StateUnavailable("sqlite", f"{self.path}: {exc}") from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._translate():
+            conn = self._conn
+            if conn is None:
+                raise sqlite3.ProgrammingError("the store is closed")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def reserve(self, items: Sequence[CounterSpec], now: float) -> str | None:
+        """Reserve all `items` or none; see `CounterStore.reserve`."""
+        reservation = uuid.uuid4().hex
+        with self._tx() as conn:
+            entries: dict[str, tuple[int, float]] = {}
+            for item in items:
+                (used,) = conn.execute(
+                    "SELECT COALESCE(SUM(amount), 0) FROM counter_entries WHERE key = ? AND ts > ?",
+                    (item.key, now - item.window_s)).fetchone()
+                if used + item.increment > item.max:
+                    return None
+                amount, expires = entries.get(item.key, (0, now))
+                entries[item.key] = (max(amount, item.increment), max(expires, now + item.window_s))
+            conn.executemany(
+                "INSERT INTO counter_entries (key, ts, amount, expires_at, reservation) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(key, now, amount, expires, reservation)
+                 for key, (amount, expires) in entries.items() if amount > 0])
+            self._calls += 1
+            if self._calls % _PRUNE_EVERY == 0:
+                self._prune(conn, now)
+        return reservation
+
+    def _prune(self, conn: sqlite3.Connection, now: float) -> None:
+        conn.execute("DELETE FROM counter_entries WHERE expires_at < ?", (now,))
+        conn.execute("DELETE FROM approvals WHERE expires_at < ?", (now - _KEEP_APPROVALS_S,))
+
+    def commit(self, reservation_id: str, *, now: float | None = None) -> None:
+        """Make a reservation final."""
+        with self._tx() as conn:
+            conn.execute("UPDATE counter_entries SET committed = 1 WHERE reservation = ?",
+                         (reservation_id,))
+
+    def rollback(self, reservation_id: str, *, now: float | None = None) -> None:
+        """Undo a reservation unless it is committed or stale."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            conn.execute("DELETE FROM counter_entries WHERE reservation = ? AND committed = 0 "
+                         "AND ts > ?", (reservation_id, now - STALE_RESERVATION_S))
+
+    def used(self, item: CounterSpec, now: float) -> tuple[int, float | None]:
+        """Units inside the window and the oldest entry's time."""
+        with self._tx() as conn:
+            total, oldest = conn.execute(
+                "SELECT COALESCE(SUM(amount), 0), MIN(ts) FROM counter_entries "
+                "WHERE key = ? AND ts > ?", (item.key, now - item.window_s)).fetchone()
+        return int(total), oldest
+
+    def add_approval(self, record: ApprovalRecord) -> None:
+        """Store a new approval."""
+        with self._tx() as conn:
+            conn.execute(f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES "
+                         "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(record))
+
+    def find_approval(self, binding: str, now: float) -> ApprovalRecord | None:
+        """The newest live approval for `binding`."""
+        with self._tx() as conn:
+            row = conn.execute(
+                f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE binding = ? AND status IN "
+                "('pending', 'approved', 'denied') AND expires_at > ? "
+                "ORDER BY created_at DESC LIMIT 1", (binding, now)).fetchone()
+        return None if row is None else _record(row)
+
+    def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        """The approval with this id, or `None`."""
+        with self._tx() as conn:
+            row = conn.execute(f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE id = ?",
+                               (approval_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def resolve_approval(self, approval_id: str, approved: bool, by: str,
+                         now: float) -> ApprovalRecord:
+        """Approve or deny a pending approval."""
+        with self._tx() as conn:
+            row = conn.execute(f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE id = ?",
+                               (approval_id,)).fetchone()
+            if row is None:
+                raise UnknownApproval(approval_id)
+            record = _record(row)
+            if record.status_at(now) != "pending":
+                raise UnknownApproval(approval_id, record.status_at(now))
+            status = "approved" if approved else "denied"
+            conn.execute("UPDATE approvals SET status = ?, resolved_by = ?, expires_at = ? "
+                         "WHERE id = ?", (status, by, now + record.ttl_s, approval_id))
+        return _record((*row[:6], status, row[7], now + record.ttl_s, row[9], by))
+
+    def use_approval(self, approval_id: str, now: float) -> bool:
+        """Mark an approved approval used; `False` if it was not usable."""
+        with self._tx() as conn:
+            cursor = conn.execute("UPDATE approvals SET status = 'used' WHERE id = ? AND "
+                                  "status = 'approved' AND expires_at > ?", (approval_id, now))
+            return cursor.rowcount == 1
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _row(r: ApprovalRecord) -> tuple[object, ...]:
+    return (r.approval_id, r.binding, r.tool, r.grant, r.session, r.args_sha256, r.status,
+            r.created_at, r.expires_at, r.ttl_s, r.resolved_by)
+
+
+def _record(row: tuple[Any, ...] | sqlite3.Row) -> ApprovalRecord:
+    (approval_id, binding, tool, grant, session, args_sha256, status, created_at, expires_at,
+     ttl_s, resolved_by) = tuple(row)
+    return ApprovalRecord(str(approval_id), str(binding), str(tool), str(grant), str(session),
+                          str(args_sha256), status, float(created_at), float(expires_at),
+                          float(ttl_s), None if resolved_by is None else str(resolved_by))
