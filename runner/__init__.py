@@ -1,0 +1,24 @@
+"""The sandgate MCP server: tools, sessions, transports and the `sandgate` command."""
+
+from ._app import Config, open_service
+from ._cli import main
+from ._errors import ArgumentError, RunnerError, SetupError, UnknownTool
+from ._server import build_server
+from ._service import Caller, Service
+from ._tools import ALL_TOOL_SETS, TOOLS, ToolSpec
+
+__all__ = [
+    "ALL_TOOL_SETS",
+    "TOOLS",
+    "ArgumentError",
+    "Caller",
+    "Config",
+    "RunnerError",
+    "Service",
+    "SetupError",
+    "ToolSpec",
+    "UnknownTool",
+    "build_server",
+    "main",
+    "open_service",
+]

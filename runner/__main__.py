@@ -1,0 +1,7 @@
+"""`python -m runner`: the `sandgate` command."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

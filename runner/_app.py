@@ -1,0 +1,132 @@
+"""Assemble a running sandgate from its configuration: policy, state, audit, engines, sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from policies import (
+    AuditLog,
+    Gate,
+    PolicyError,
+    default_policy_path,
+    load_policy,
+    open_counter_store,
+    state_dir_default,
+)
+from sandboxes import Engine, WasmEngine
+from sandboxes.wasm import DEFAULT_WORKERS
+
+from ._errors import SetupError
+from ._installs import Installer
+from ._service import Service
+from ._sessions import DEFAULT_IDLE_S, Sessions
+from ._tools import ALL_TOOL_SETS, ToolSet
+
+logger = logging.getLogger("sandgate.app")
+
+REAP_EVERY_S = 60.0
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """How to run a server.
+
+    Attributes:
+        policy_path: The policy file; `None` uses the shipped `policies/default.yaml`.
+        state_dir: Counters, audit trail and workspaces live here.
+        workers: WASM worker processes (guests that run at once).
+        tool_sets: Which tool sets to serve.
+        idle_s: Seconds of inactivity after which a session's workspace is removed.
+        progress: Where start-up progress lines go.
+    """
+
+    policy_path: Path | None = None
+    state_dir: Path = field(default_factory=state_dir_default)
+    workers: int = DEFAULT_WORKERS
+    tool_sets: tuple[ToolSet, ...] = ALL_TOOL_SETS
+    idle_s: float = DEFAULT_IDLE_S
+    progress: Callable[[str], None] = _stderr
+
+
+@asynccontextmanager
+async def open_service(
+    config: Config, *, engines: dict[str, Engine] | None = None
+) -> AsyncIterator[Service]:
+    """A ready-to-serve `Service`; everything it opened is closed on exit.
+
+    Args:
+        config: The configuration.
+        engines: Engines to use instead of starting the real ones (unit tests only).
+
+    Raises:
+        SetupError: the policy does not load or the state store cannot open.
+    """
+    path = config.policy_path or default_policy_path()
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        raise SetupError(f"cannot load the policy {path}: {exc}") from exc
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        store = open_counter_store(policy.state, default_dir=config.state_dir)
+    except PolicyError as exc:
+        raise SetupError(f"cannot open the policy state store: {exc}") from exc
+    audit_path = Path(policy.audit.path) if policy.audit.path else config.state_dir / "audit.jsonl"
+    audit = AuditLog(audit_path, fsync=policy.audit.fsync)
+    gate = Gate(policy, store, audit, policy_path=Path(path))
+    for warning in policy.warnings:
+        logger.warning("policy %s: %s", path, warning)
+    own_engines = engines is None
+    running: dict[str, Engine] = (
+        engines
+        if engines is not None
+        else {"wasm": WasmEngine(workers=config.workers, progress=config.progress)}
+    )
+    workspaces = config.state_dir / "workspaces" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    sessions = Sessions(workspaces, idle_s=config.idle_s)
+    packages = policy.packages
+    installer = Installer(
+        mirror_dir=Path(packages.mirror) if packages and packages.mirror else None,
+        allowlist=Path(packages.allowlist) if packages and packages.allowlist else None,
+    )
+    service = Service(
+        gate=gate, engines=running, sessions=sessions, installer=installer,
+        tool_sets=config.tool_sets,
+    )
+    reaper = asyncio.create_task(_reap(sessions))
+    try:
+        if own_engines:
+            for engine in running.values():
+                await engine.start()
+        yield service
+    finally:
+        reaper.cancel()
+        with contextlib.suppress(BaseException):
+            await reaper
+        if own_engines:
+            for engine in running.values():
+                await engine.aclose()
+        sessions.close()
+        shutil.rmtree(workspaces, ignore_errors=True)
+        store.close()
+        audit.close()
+
+
+async def _reap(sessions: Sessions) -> None:
+    while True:
+        await asyncio.sleep(REAP_EVERY_S)
+        await asyncio.to_thread(sessions.reap_idle)

@@ -1,0 +1,119 @@
+"""The `sandgate` command: serve, setup, policy, audit, approve/deny, mirror."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._errors import RunnerError
+from ._tools import ALL_TOOL_SETS
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sandgate",
+        description="Run untrusted Python in sandboxes behind a policy gate, as an MCP server.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the MCP tools (stdio by default)")
+    serve.add_argument("--policy", type=Path, help="policy file (YAML or JSON); default: shipped")
+    serve.add_argument(
+        "--transport", choices=("stdio", "streamable-http"), default="stdio", help="MCP transport"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP listen address")
+    serve.add_argument("--port", type=int, default=8765, help="HTTP port")
+    serve.add_argument("--state-dir", type=Path, help="counters, audit and workspaces")
+    serve.add_argument("--workers", type=int, help="WASM worker processes")
+    serve.add_argument(
+        "--tools",
+        nargs="+",
+        choices=ALL_TOOL_SETS,
+        help="tool sets to serve (default: all)",
+    )
+    serve.add_argument("-v", "--verbose", action="store_true", help="log more")
+    setup = sub.add_parser("setup", help="prepare engines once (compile CPython-WASI)")
+    setup.add_argument("what", nargs="?", default="wasm", choices=("wasm",))
+    for name in ("policy", "audit", "approve", "deny", "mirror"):
+        sub.add_parser(name, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in ("policy", "audit", "approve", "deny", "mirror"):
+        return _delegate(args_list[0], args_list[1:])
+    args = _parser().parse_args(args_list)
+    if args.command == "serve":
+        return _serve(args)
+    return _setup(args)
+
+
+def _delegate(command: str, rest: list[str]) -> int:
+    from . import _policy_cli
+
+    if command == "policy":
+        return _policy_cli.policy_main(rest)
+    if command == "audit":
+        return _policy_cli.audit_main(rest)
+    if command in ("approve", "deny"):
+        return _policy_cli.approve_main(rest, deny=command == "deny")
+    from .mirror import mirror_main
+
+    return mirror_main(rest)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ._app import Config
+    from ._transports import serve_http, serve_stdio
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    fields: dict[str, object] = {"policy_path": args.policy}
+    if args.state_dir:
+        fields["state_dir"] = args.state_dir
+    if args.workers:
+        fields["workers"] = args.workers
+    if args.tools:
+        fields["tool_sets"] = tuple(args.tools)
+    config = Config(**fields)  # type: ignore[arg-type]
+    try:
+        if args.transport == "stdio":
+            asyncio.run(serve_stdio(config))
+        else:
+            asyncio.run(serve_http(config, host=args.host, port=args.port))
+    except RunnerError as exc:
+        print(f"sandgate: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _setup(args: argparse.Namespace) -> int:
+    from sandboxes import WasmEngine
+    from sandboxes.wasm import default_cache_dir, is_compiled
+
+    began = time.monotonic()
+    if is_compiled():
+        print(f"wasm: a compiled module is cached in {default_cache_dir()}", file=sys.stderr)
+
+    async def prepare() -> None:
+        async with WasmEngine(workers=1, progress=lambda s: print(s, file=sys.stderr)) as engine:
+            await engine.wait_ready()
+
+    try:
+        asyncio.run(prepare())
+    except Exception as exc:
+        print(f"sandgate setup: the wasm engine could not be prepared: {exc}", file=sys.stderr)
+        return 1
+    print(f"wasm: ready in {time.monotonic() - began:.1f} s", file=sys.stderr)
+    return 0

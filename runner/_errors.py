@@ -1,0 +1,52 @@
+"""The exceptions of `runner`: what a caller of the tools did wrong, or what the server could not do.
+
+    RunnerError
+    ├── ArgumentError      a tool argument is missing, extra, of the wrong type or refused
+    ├── UnknownTool        no tool of that name is served
+    └── SetupError         the server cannot start as configured (bad policy path, no engine)
+"""
+
+from __future__ import annotations
+
+
+class RunnerError(Exception):
+    """Root of every exception `runner` raises."""
+
+
+class ArgumentError(RunnerError):
+    """A tool argument is wrong.
+
+    Attributes:
+        argument: The argument's name.
+        expected: What was expected, in words.
+        got: What came, in words (never the whole value when it is large).
+    """
+
+    def __init__(self, argument: str, expected: str, got: str, *, hint: str = "") -> None:
+        message = f"argument '{argument}': expected {expected}, got {got}"
+        if hint:
+            message += f"; {hint}"
+        super().__init__(message)
+        self.argument = argument
+        self.expected = expected
+        self.got = got
+
+
+class UnknownTool(RunnerError):
+    """No tool of that name is served.
+
+    Attributes:
+        name: The name the client asked for.
+        available: The tools this server serves to that client.
+    """
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        super().__init__(
+            f"unknown tool '{name}'; this server serves: {', '.join(sorted(available))}"
+        )
+        self.name = name
+        self.available = available
+
+
+class SetupError(RunnerError):
+    """The server cannot start as configured; the message says what to change."""

@@ -1,0 +1,160 @@
+"""Turn run results, refusals and errors into MCP tool results, in each upstream tool's words."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Literal
+
+import mcp_types as types
+
+from sandboxes import RunResult
+
+Family = Literal["run_python_code", "save_to_file_and_run", "run_python_file"]
+
+_ERROR_PREFIX: dict[Family, str] = {
+    "run_python_code": "Error running python code",
+    "save_to_file_and_run": "Error saving and running code",
+    "run_python_file": "Error running file",
+}
+_STOPPED = {
+    "timeout": "the time limit",
+    "memory": "the memory limit",
+    "output_limit": "the output limit",
+    "killed": "the sandbox",
+}
+
+
+def text_result(text: str, *, is_error: bool = False) -> types.CallToolResult:
+    """A result holding one text block."""
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=is_error)
+
+
+def error_result(text: str) -> types.CallToolResult:
+    """An error result (`isError`) holding one text block."""
+    return text_result(text, is_error=True)
+
+
+def denied_result(rule: str, reason: str, *, structured: bool = False) -> types.CallToolResult:
+    """A call the policy refused: names the deciding rule and its reason."""
+    text = f"Error: denied by policy rule {rule}: {reason}"
+    if not structured:
+        return error_result(text)
+    payload = {"status": "denied", "rule": rule, "reason": reason}
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        structured_content=payload,
+        is_error=True,
+    )
+
+
+def _image_blocks(result: RunResult) -> list[types.ContentBlock]:
+    return [
+        types.ImageContent(
+            type="image", data=base64.b64encode(img.data).decode("ascii"), mime_type=img.mime_type
+        )
+        for img in result.images
+    ]
+
+
+def _images_line(result: RunResult) -> str:
+    if not result.images:
+        return ""
+    return "\n\nimages: " + ", ".join(img.path for img in result.images)
+
+
+def _printed(result: RunResult) -> str:
+    text = result.stdout
+    if result.stderr:
+        text += ("\n" if text and not text.endswith("\n") else "") + "[stderr]\n" + result.stderr
+    return text
+
+
+def _stopped_text(result: RunResult) -> str:
+    what = _STOPPED.get(result.status, "a limit")
+    text = f"Error: the code was stopped by {what}"
+    if result.limit:
+        text += f" ({result.limit})"
+    text += "."
+    printed = _printed(result)
+    if printed:
+        text += "\n--- output before it stopped ---\n" + printed
+    return text
+
+
+def python_result(
+    family: Family, result: RunResult, *, variable: str | None, label: str
+) -> types.CallToolResult:
+    """The text result of the Python Code Runner tools, as upstream words it.
+
+    Args:
+        family: Which upstream tool's wording to use.
+        result: How the run ended.
+        variable: The `variable_to_return` asked for, if any.
+        label: What ran, for the success message (`python code` or the file name).
+    """
+    blocks = _image_blocks(result)
+    if result.status == "error":
+        text = f"{_ERROR_PREFIX[family]}: {result.error or f'exit status {result.exit_code}'}"
+        if result.stderr:
+            text += "\n" + result.stderr
+        if result.stdout:
+            text += "\n--- output before the error ---\n" + result.stdout
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=text + _images_line(result)), *blocks],
+            is_error=True,
+        )
+    if result.status != "ok":
+        return types.CallToolResult(
+            content=[
+                types.TextContent(type="text", text=_stopped_text(result) + _images_line(result)),
+                *blocks,
+            ],
+            is_error=True,
+        )
+    if variable:
+        text = result.value if result.value_found and result.value is not None else (
+            f"Variable {variable} not found"
+        )
+    else:
+        printed = _printed(result)
+        if family == "run_python_code":
+            text = printed if printed else "successfully ran python code"
+        else:
+            text = f"successfully ran {label}" + (f"\n{printed}" if printed else "")
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text + _images_line(result)), *blocks]
+    )
+
+
+def structured(result: RunResult) -> dict[str, Any]:
+    """The structured content of `run_code`."""
+    usage = result.usage
+    return {
+        "status": result.status,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "exit_code": result.exit_code,
+        "error": result.error,
+        "limit": result.limit,
+        "truncated": list(result.truncated),
+        "images": [img.path for img in result.images],
+        "files_written": list(result.files_written),
+        "usage": {
+            "wall_ms": round(usage.wall_ms, 3),
+            "cpu_ms": None if usage.cpu_ms is None else round(usage.cpu_ms, 3),
+            "peak_memory_bytes": usage.peak_memory_bytes,
+            "fuel": usage.fuel,
+            "output_bytes": usage.output_bytes,
+        },
+    }
+
+
+def run_code_result(result: RunResult) -> types.CallToolResult:
+    """`run_code`'s result: structured content, its JSON as text, and image blocks."""
+    payload = structured(result)
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=json.dumps(payload)), *_image_blocks(result)],
+        structured_content=payload,
+        is_error=result.status != "ok",
+    )

@@ -1,0 +1,102 @@
+"""Workspace file names from clients: checked, and written without following any link."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path, PurePosixPath
+
+from ._errors import ArgumentError
+
+MAX_PATH_CHARS = 1024
+MAX_COMPONENT_CHARS = 255
+
+
+def check_file_name(file_name: str, *, argument: str = "file_name", suffix: str = ".py") -> str:
+    """The workspace-relative POSIX path that `file_name` names.
+
+    Raises:
+        ArgumentError: empty, absolute, leaving the workspace with `..`, too long, with a NUL
+            or a backslash, or not ending in `suffix`.
+    """
+    shown = repr(file_name) if len(file_name) <= 80 else repr(file_name[:80]) + "…"
+    if not file_name.strip():
+        raise ArgumentError(argument, "a file name such as 'script.py'", "an empty string")
+    if "\x00" in file_name:
+        raise ArgumentError(argument, "a file name without NUL characters", shown)
+    if "\\" in file_name:
+        raise ArgumentError(argument, "a POSIX path with '/' separators", shown)
+    if len(file_name) > MAX_PATH_CHARS:
+        raise ArgumentError(argument, f"at most {MAX_PATH_CHARS} characters", shown)
+    path = PurePosixPath(file_name)
+    if path.is_absolute() or file_name.startswith("~"):
+        raise ArgumentError(
+            argument, "a path relative to the session workspace", f"the absolute path {shown}"
+        )
+    parts = [p for p in path.parts if p != "."]
+    if any(p == ".." for p in parts):
+        raise ArgumentError(
+            argument, "a path inside the session workspace", f"{shown}, which leaves it with '..'"
+        )
+    if any(len(p) > MAX_COMPONENT_CHARS for p in parts):
+        raise ArgumentError(argument, f"path parts of at most {MAX_COMPONENT_CHARS} characters", shown)
+    if suffix and not file_name.endswith(suffix):
+        raise ArgumentError(argument, f"a file name ending in '{suffix}'", shown)
+    return "/".join(parts)
+
+
+def refuse_links(root: Path, rel: str, *, argument: str = "file_name") -> None:
+    """Refuse a path whose existing parts include a symbolic link or a non-regular file.
+
+    Raises:
+        ArgumentError: a part of the path is a link (which could lead out of the workspace).
+    """
+    here = root
+    parts = rel.split("/")
+    for i, part in enumerate(parts):
+        here = here / part
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise ArgumentError(
+                argument,
+                "a path with no symbolic links",
+                f"{rel!r}, where {'/'.join(parts[: i + 1])!r} is a link",
+            )
+        last = i == len(parts) - 1
+        if not last and not stat.S_ISDIR(st.st_mode):
+            raise ArgumentError(argument, "a path through folders", f"{rel!r}")
+        if last and not stat.S_ISREG(st.st_mode):
+            raise ArgumentError(argument, "a regular file", f"{rel!r}, which is not a file")
+
+
+def exists(root: Path, rel: str) -> bool:
+    """Whether `root/rel` exists (links are not followed)."""
+    try:
+        os.lstat(root / rel)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def write_text(root: Path, rel: str, text: str) -> None:
+    """Write `text` to `root/rel`, making folders, opening every part with O_NOFOLLOW."""
+    parts = rel.split("/")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for part in parts[:-1]:
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+        out = os.open(parts[-1], flags, 0o644, dir_fd=fd)
+        with os.fdopen(out, "wb") as handle:
+            handle.write(text.encode("utf-8"))
+    finally:
+        os.close(fd)

@@ -1,0 +1,315 @@
+"""The transport-independent core: validate a tool call, ask the gate, run the plan, format it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import mcp_types as types
+
+from policies import Allowed, Denied, Gate, NeedsApproval, ToolCall
+from sandboxes import Engine, EngineBusy, Program, RunResult, SandboxError
+
+from . import _format, _paths
+from ._arguments import (
+    PipInstallPackageArgs,
+    RunCodeArgs,
+    RunPythonCodeArgs,
+    RunPythonFileArgs,
+    SaveToFileAndRunArgs,
+    validate_arguments,
+)
+from ._errors import ArgumentError, UnknownTool
+from ._installs import Installer
+from ._sessions import Session, Sessions
+from ._tools import TOOLS_BY_NAME, ToolSet
+
+logger = logging.getLogger("sandgate.service")
+
+Approver = Callable[[NeedsApproval], Awaitable[bool | None]]
+"""Asks a human about a call (MCP elicitation); True/False is the answer, None: cannot ask."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: the grant (credential) and the MCP session."""
+
+    grant: str = "local"
+    session: str = "local"
+    approver: Approver | None = None
+
+
+class Service:
+    """Serves the tools: one call = validate → gate → engine → format, every step accounted.
+
+    Args:
+        gate: The policy gate.
+        engines: Engines by kind (`wasm`, `pyodide`, `container`).
+        sessions: Session workspaces.
+        installer: Installs packages from the mirror into session workspaces.
+        tool_sets: Which tool sets are served.
+    """
+
+    def __init__(
+        self,
+        *,
+        gate: Gate,
+        engines: Mapping[str, Engine],
+        sessions: Sessions,
+        installer: Installer,
+        tool_sets: tuple[ToolSet, ...],
+    ) -> None:
+        self.gate = gate
+        self.engines = dict(engines)
+        self.sessions = sessions
+        self.installer = installer
+        self._names = [n for n, s in TOOLS_BY_NAME.items() if s.tool_set in tool_sets]
+
+    def tool_names(self) -> list[str]:
+        """The tools this server lists (policy-hidden ones removed)."""
+        return self.gate.visible_tools(self._names)
+
+    def list_tools(self) -> list[types.Tool]:
+        return [
+            types.Tool(
+                name=name,
+                description=TOOLS_BY_NAME[name].description,
+                input_schema=TOOLS_BY_NAME[name].schema(),
+            )
+            for name in self.tool_names()
+        ]
+
+    async def call_tool(
+        self, name: str, arguments: Mapping[str, Any] | None, caller: Caller
+    ) -> types.CallToolResult:
+        """Serve one call. Never raises for anything a client can send."""
+        try:
+            if name not in self._names:
+                raise UnknownTool(name, self.tool_names())
+            handler = getattr(self, "_" + name)
+            result: types.CallToolResult = await handler(arguments or {}, caller)
+            return result
+        except (ArgumentError, UnknownTool) as exc:
+            return _format.error_result(f"Error: {exc}")
+        except Exception:  # the one tool boundary: log it, tell the client without internals
+            logger.exception("internal error serving %s", name)
+            return _format.error_result(
+                f"Error: sandgate failed to serve '{name}' (an internal error, logged on the "
+                "server). Nothing was counted against your limits."
+            )
+
+    # -- the shared path -------------------------------------------------------------------
+
+    def _session(self, caller: Caller, named: str | None = None) -> Session:
+        session_id = caller.session if named is None else f"named:{named}"
+        return self.sessions.get(caller.grant, session_id)
+
+    async def _decide(self, call: ToolCall, caller: Caller) -> Allowed | Denied:
+        decision = await asyncio.to_thread(self.gate.decide, call)
+        if isinstance(decision, NeedsApproval):
+            answer = await caller.approver(decision) if caller.approver else None
+            if answer is not None:
+                await asyncio.to_thread(self.gate.resolve_approval, decision.approval_id, answer)
+                decision = await asyncio.to_thread(self.gate.decide, call)
+            if isinstance(decision, NeedsApproval):
+                return Denied(
+                    decision.decision_id,
+                    decision.rule,
+                    f"{decision.reason} An operator must approve this exact call: "
+                    f"`sandgate approve {decision.approval_id}`; then repeat the call.",
+                )
+        return decision
+
+    async def _execute(
+        self,
+        tool: str,
+        raw: Mapping[str, Any],
+        caller: Caller,
+        session: Session,
+        program: Program,
+        *,
+        requested_timeout_s: float | None = None,
+        before_run: Callable[[], types.CallToolResult | None] | None = None,
+    ) -> RunResult | types.CallToolResult:
+        call = ToolCall(
+            tool=tool,
+            args=dict(raw),
+            grant=caller.grant,
+            session=session.id,
+            program=program,
+            workspace=session.workspace,
+            requested_timeout_s=requested_timeout_s,
+        )
+        decision = await self._decide(call, caller)
+        if isinstance(decision, Denied):
+            return _format.denied_result(decision.rule, decision.reason, structured=tool == "run_code")
+        plan = decision.plan
+        assert plan is not None  # a call with a program always gets a plan
+        try:
+            early = before_run() if before_run is not None else None
+            if early is not None:
+                self._finish(decision, "completed", status="not_run")
+                return early
+            engine = self.engines.get(plan.engine)
+            if engine is None:
+                raise _NoEngine(plan.engine, sorted(self.engines))
+            result = await engine.run(plan)
+        except (SandboxError, _NoEngine, OSError) as exc:
+            self._finish(decision, "infra_error", error=f"{type(exc).__name__}: {exc}")
+            return _format.error_result(_infra_text(plan.engine, exc))
+        except BaseException as exc:
+            self._finish(decision, "infra_error", error=f"{type(exc).__name__}: {exc}")
+            raise
+        usage = {"wall_ms": result.usage.wall_ms, "cpu_ms": result.usage.cpu_ms}
+        usage["peak_memory_bytes"] = result.usage.peak_memory_bytes
+        self._finish(decision, "completed", status=result.status, usage=usage)
+        return result
+
+    def _finish(self, decision: Allowed, outcome: Any, **details: Any) -> None:
+        try:
+            self.gate.finish(decision, outcome=outcome, **details)
+        except Exception:
+            logger.exception("could not record the outcome of decision %s", decision.decision_id)
+
+    # -- Python Code Runner tools ------------------------------------------------------------
+
+    async def _run_python_code(
+        self, raw: Mapping[str, Any], caller: Caller
+    ) -> types.CallToolResult:
+        args = validate_arguments(RunPythonCodeArgs, raw)
+        session = self._session(caller)
+        program = Program("code", args.code, args.variable_to_return)
+        outcome = await self._execute("run_python_code", raw, caller, session, program)
+        if isinstance(outcome, types.CallToolResult):
+            return outcome
+        return _format.python_result(
+            "run_python_code", outcome, variable=args.variable_to_return, label="python code"
+        )
+
+    async def _save_to_file_and_run(
+        self, raw: Mapping[str, Any], caller: Caller
+    ) -> types.CallToolResult:
+        args = validate_arguments(SaveToFileAndRunArgs, raw)
+        rel = _paths.check_file_name(args.file_name)
+        session = self._session(caller)
+        files = session.workspace.files
+        _paths.refuse_links(files, rel)
+
+        def write() -> types.CallToolResult | None:
+            if not args.overwrite and _paths.exists(files, rel):
+                return _format.text_result(f"File {args.file_name} already exists")
+            _paths.write_text(files, rel, args.code)
+            return None
+
+        program = Program("file", rel, args.variable_to_return)
+        outcome = await self._execute(
+            "save_to_file_and_run", raw, caller, session, program, before_run=write
+        )
+        if isinstance(outcome, types.CallToolResult):
+            return outcome
+        return _format.python_result(
+            "save_to_file_and_run", outcome, variable=args.variable_to_return, label=rel
+        )
+
+    async def _run_python_file(
+        self, raw: Mapping[str, Any], caller: Caller
+    ) -> types.CallToolResult:
+        args = validate_arguments(RunPythonFileArgs, raw)
+        rel = _paths.check_file_name(args.file_name)
+        session = self._session(caller)
+        files = session.workspace.files
+        _paths.refuse_links(files, rel)
+
+        def present() -> types.CallToolResult | None:
+            if _paths.exists(files, rel):
+                return None
+            return _format.error_result(
+                f"Error running file: [Errno 2] No such file or directory: '{rel}' (the session "
+                "workspace has no such file; save it first with save_to_file_and_run)"
+            )
+
+        program = Program("file", rel, args.variable_to_return)
+        outcome = await self._execute(
+            "run_python_file", raw, caller, session, program, before_run=present
+        )
+        if isinstance(outcome, types.CallToolResult):
+            return outcome
+        return _format.python_result(
+            "run_python_file", outcome, variable=args.variable_to_return, label=rel
+        )
+
+    async def _pip_install_package(
+        self, raw: Mapping[str, Any], caller: Caller
+    ) -> types.CallToolResult:
+        args = validate_arguments(PipInstallPackageArgs, raw)
+        session = self._session(caller)
+        requested = self.installer.parse(args.package_name, argument="package_name")
+        call = ToolCall(
+            tool="pip_install_package", args=dict(raw), grant=caller.grant, session=session.id
+        )
+        decision = await self._decide(call, caller)
+        if isinstance(decision, Denied):
+            return _format.denied_result(decision.rule, decision.reason)
+        try:
+            message = await asyncio.to_thread(
+                self.installer.install, requested, session.workspace, engine="wasm"
+            )
+        except Exception as exc:
+            self._finish(decision, "completed", status="error", error=str(exc))
+            return _format.error_result(
+                f"Error installing package {args.package_name}: {exc}"
+            )
+        self._finish(decision, "completed", status="ok")
+        return _format.text_result(message)
+
+    # -- native tool ---------------------------------------------------------------------------
+
+    async def _run_code(self, raw: Mapping[str, Any], caller: Caller) -> types.CallToolResult:
+        args = validate_arguments(RunCodeArgs, raw)
+        session = self._session(caller, args.session)
+        files = session.workspace.files
+        to_write: list[tuple[str, str]] = []
+        for name, text in (args.files or {}).items():
+            rel = _paths.check_file_name(name, argument=f"files.{name}", suffix="")
+            _paths.refuse_links(files, rel, argument=f"files.{name}")
+            to_write.append((rel, text))
+
+        def write() -> None:
+            for rel, text in to_write:
+                _paths.write_text(files, rel, text)
+
+        stdin = (args.stdin or "").encode("utf-8")
+        program = Program("code", args.code, None, stdin)
+        timeout = None if args.timeout_s is None else float(args.timeout_s)
+        if timeout is not None and timeout <= 0:
+            raise ArgumentError("timeout_s", "a number of seconds above 0", repr(args.timeout_s))
+        outcome = await self._execute(
+            "run_code", raw, caller, session, program, requested_timeout_s=timeout,
+            before_run=lambda: write(),
+        )
+        if isinstance(outcome, types.CallToolResult):
+            return outcome
+        return _format.run_code_result(outcome)
+
+
+class _NoEngine(Exception):
+    def __init__(self, kind: str, available: list[str]) -> None:
+        super().__init__(
+            f"the policy routes this tool to the '{kind}' engine, which this server does not "
+            f"run (it runs: {', '.join(available)}); start it or change the policy's engine"
+        )
+
+
+def _infra_text(engine: str, exc: BaseException) -> str:
+    if isinstance(exc, EngineBusy):
+        return (
+            f"Error: the server is busy; retry after {exc.retry_after_s:g} s. "
+            "Nothing was counted against your limits."
+        )
+    return (
+        f"Error: the {engine} sandbox failed before the code finished: {exc}. "
+        "This is a server problem, not your code's; nothing was counted against your limits."
+    )

@@ -1,0 +1,97 @@
+"""Serve the MCP server over stdio or streamable HTTP (with bearer-token grants)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from typing import Any
+
+import uvicorn
+from mcp.server.stdio import stdio_server
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from policies import Gate
+
+from ._app import Config, open_service
+from ._server import GRANT_SCOPE_KEY, build_server
+
+logger = logging.getLogger("sandgate.transports")
+
+ANONYMOUS_GRANT = "anonymous"
+
+
+async def serve_stdio(config: Config) -> None:
+    """Serve on this process's stdin/stdout until the client closes it. The grant is `local`."""
+    async with open_service(config) as service:
+        server = build_server(service)
+        async with stdio_server() as (read_stream, write_stream):
+            await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class BearerGrants:
+    """ASGI middleware: maps `Authorization: Bearer TOKEN` to a policy grant, else answers 401.
+
+    With no grants in the policy, callers are the `anonymous` grant, and only when the server
+    listens on a loopback address; anywhere else a policy without grants refuses everyone.
+    """
+
+    def __init__(self, app: ASGIApp, gate: Gate, *, loopback: bool) -> None:
+        self._app = app
+        self._gate = gate
+        self._loopback = loopback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        auth = headers.get("authorization", "")
+        grant: str | None = None
+        if auth.lower().startswith("bearer "):
+            grant = self._gate.authenticate(auth[7:].strip())
+        elif not self._gate.policy.grants and self._loopback:
+            grant = ANONYMOUS_GRANT
+        if grant is None:
+            await _unauthorized(send, bool(auth))
+            return
+        scope[GRANT_SCOPE_KEY] = grant
+        await self._app(scope, receive, send)
+
+
+async def _unauthorized(send: Send, had_token: bool) -> None:
+    reason = "unknown bearer token" if had_token else "a bearer token is required"
+    body = json.dumps({"error": "unauthorized", "detail": reason}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"www-authenticate", b'Bearer realm="sandgate"'),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def serve_http(config: Config, *, host: str, port: int, path: str = "/mcp") -> None:
+    """Serve MCP's streamable HTTP transport on `host:port` at `path`."""
+    async with open_service(config) as service:
+        server = build_server(service)
+        app: Any = server.streamable_http_app(streamable_http_path=path, host=host)
+        app = BearerGrants(app, service.gate, loopback=_is_loopback(host))
+        uv = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        )
+        config.progress(f"sandgate: serving streamable HTTP on http://{host}:{port}{path}")
+        await uv.serve()

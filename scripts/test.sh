@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Run the whole sandgate test suite on a fresh machine: system packages (when root), a venv with
+# the project and its test dependencies, the one-time WASM compile, then pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${SANDGATE_VENV:-.venv}"
+SYSTEM_PACKAGES=(redis-server)
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  for pkg in "${SYSTEM_PACKAGES[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> installing system packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating $VENV"
+  python3 -m venv "$VENV"
+fi
+echo "==> installing sandgate and its test dependencies"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e '.[dev]'
+
+echo "==> preparing the wasm engine (the first time compiles CPython-WASI, ~90 s)"
+"$VENV/bin/sandgate" setup wasm
+
+echo "==> running the tests"
+exec "$VENV/bin/python" -m pytest "$@"
