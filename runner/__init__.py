@@ -3,7 +3,7 @@
 from ._app import Config, open_service
 from ._cli import main
 from ._errors import ArgumentError, RunnerError, SetupError, UnknownTool
-from ._server import build_server
+from ._server import build_server, connection_scope
 from ._service import Caller, Service
 from ._tools import ALL_TOOL_SETS, TOOLS, ToolSpec
 
@@ -19,6 +19,7 @@ __all__ = [
     "ToolSpec",
     "UnknownTool",
     "build_server",
+    "connection_scope",
     "main",
     "open_service",
 ]

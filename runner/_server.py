@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import uuid
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import mcp_types as types
@@ -24,23 +24,36 @@ SESSION_HEADER = "mcp-session-id"
 GRANT_SCOPE_KEY = "sandgate.grant"
 
 
-class _SessionIds:
-    """A stable id per client connection: the HTTP session header, else the connection."""
+CONNECTION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "sandgate_connection", default=None
+)
+"""The connection a request arrived on, set by the transport that serves it (stdio)."""
 
-    def __init__(self) -> None:
-        self._by_connection: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
-    def of(self, ctx: ServerRequestContext[Any, Any]) -> str:
-        request = ctx.request
-        headers = getattr(request, "headers", None)
-        if headers is not None and (sid := headers.get(SESSION_HEADER)):
-            return f"http:{sid}"
-        session = ctx.session
-        known = self._by_connection.get(session)
-        if known is None:
-            known = f"conn:{uuid.uuid4().hex}"
-            self._by_connection[session] = known
-        return known
+@contextmanager
+def connection_scope(name: str | None = None) -> Iterator[str]:
+    """Mark everything served inside as one connection, hence one session workspace."""
+    value = name or f"conn:{uuid.uuid4().hex}"
+    token = CONNECTION.set(value)
+    try:
+        yield value
+    finally:
+        CONNECTION.reset(token)
+
+
+def session_id_of(ctx: ServerRequestContext[Any, Any], grant: str) -> str:
+    """The session a request belongs to.
+
+    The `Mcp-Session-Id` header on legacy HTTP; the connection on stdio; otherwise (the
+    session-less 2026-07-28 protocol over HTTP) the grant's own default session.
+    """
+    headers = getattr(ctx.request, "headers", None)
+    if headers is not None and (sid := headers.get(SESSION_HEADER)):
+        return f"http:{sid}"
+    connection = CONNECTION.get()
+    if connection is not None:
+        return connection
+    return f"grant:{grant}"
 
 
 def _grant_of(ctx: ServerRequestContext[Any, Any]) -> str:
@@ -85,8 +98,6 @@ def build_server(
     lifespan: Callable[[Server[Any]], Any] | None = None,
 ) -> Server[Any]:
     """The low-level MCP server serving `service`'s tools."""
-    ids = _SessionIds()
-
     async def on_list_tools(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
@@ -95,7 +106,8 @@ def build_server(
     async def on_call_tool(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        caller = Caller(grant=_grant_of(ctx), session=ids.of(ctx), approver=_approver(ctx))
+        grant = _grant_of(ctx)
+        caller = Caller(grant=grant, session=session_id_of(ctx, grant), approver=_approver(ctx))
         return await service.call_tool(params.name, params.arguments, caller)
 
     def input_schema(name: str) -> dict[str, Any] | None:

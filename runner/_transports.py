@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from policies import Gate
 
 from ._app import Config, open_service
-from ._server import GRANT_SCOPE_KEY, build_server
+from ._server import GRANT_SCOPE_KEY, build_server, connection_scope
 
 logger = logging.getLogger("sandgate.transports")
 
@@ -26,7 +26,10 @@ async def serve_stdio(config: Config) -> None:
     async with open_service(config) as service:
         server = build_server(service)
         async with stdio_server() as (read_stream, write_stream):
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+            with connection_scope():
+                await server.run(
+                    read_stream, write_stream, server.create_initialization_options()
+                )
 
 
 def _is_loopback(host: str) -> bool:
