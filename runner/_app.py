@@ -104,7 +104,10 @@ async def open_service(
         allowlist=Path(packages.allowlist) if packages and packages.allowlist else None,
     )
     service = Service(
-        gate=gate, engines=running, sessions=sessions, installer=installer,
+        gate=gate,
+        engines=running,
+        sessions=sessions,
+        installer=installer,
         tool_sets=config.tool_sets,
     )
     reaper = asyncio.create_task(_reap(sessions))

@@ -1,9 +1,9 @@
-"""The exceptions of `runner`: what a caller of the tools did wrong, or what the server could not do.
+"""The exceptions of `runner`: what a caller did wrong, or what the server could not do.
 
-    RunnerError
-    ├── ArgumentError      a tool argument is missing, extra, of the wrong type or refused
-    ├── UnknownTool        no tool of that name is served
-    └── SetupError         the server cannot start as configured (bad policy path, no engine)
+RunnerError
+├── ArgumentError      a tool argument is missing, extra, of the wrong type or refused
+├── UnknownTool        no tool of that name is served
+└── SetupError         the server cannot start as configured (bad policy path, no engine)
 """
 
 from __future__ import annotations

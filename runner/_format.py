@@ -27,7 +27,9 @@ _STOPPED = {
 
 def text_result(text: str, *, is_error: bool = False) -> types.CallToolResult:
     """A result holding one text block."""
-    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=is_error)
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)], is_error=is_error
+    )
 
 
 def error_result(text: str) -> types.CallToolResult:
@@ -113,8 +115,10 @@ def python_result(
             is_error=True,
         )
     if variable:
-        text = result.value if result.value_found and result.value is not None else (
-            f"Variable {variable} not found"
+        text = (
+            result.value
+            if result.value_found and result.value is not None
+            else (f"Variable {variable} not found")
         )
     else:
         printed = _printed(result)

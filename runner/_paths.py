@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path, PurePosixPath
@@ -39,7 +40,9 @@ def check_file_name(file_name: str, *, argument: str = "file_name", suffix: str 
             argument, "a path inside the session workspace", f"{shown}, which leaves it with '..'"
         )
     if any(len(p) > MAX_COMPONENT_CHARS for p in parts):
-        raise ArgumentError(argument, f"path parts of at most {MAX_COMPONENT_CHARS} characters", shown)
+        raise ArgumentError(
+            argument, f"path parts of at most {MAX_COMPONENT_CHARS} characters", shown
+        )
     if suffix and not file_name.endswith(suffix):
         raise ArgumentError(argument, f"a file name ending in '{suffix}'", shown)
     return "/".join(parts)
@@ -87,10 +90,8 @@ def write_text(root: Path, rel: str, text: str) -> None:
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         for part in parts[:-1]:
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.mkdir(part, 0o755, dir_fd=fd)
-            except FileExistsError:
-                pass
             nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             os.close(fd)
             fd = nxt

@@ -37,8 +37,9 @@ from sandboxes import Program, WorkspacePaths
 _CODE_TOOLS = frozenset({"run_python_code", "save_to_file_and_run", "run_code", "pyodide_execute"})
 
 
-def _run(parser: argparse.ArgumentParser, argv: list[str],
-         body: Callable[[argparse.Namespace], int]) -> int:
+def _run(
+    parser: argparse.ArgumentParser, argv: list[str], body: Callable[[argparse.Namespace], int]
+) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse reports usage errors (2) and --help (0) this way
@@ -60,8 +61,9 @@ def policy_main(argv: list[str]) -> int:
         0 when every file is valid (check) or the explanation was printed; 1 for an invalid
         policy; 2 for a usage error.
     """
-    parser = argparse.ArgumentParser(prog="sandgate policy", description="Check, explain and "
-                                     "describe policy files.")
+    parser = argparse.ArgumentParser(
+        prog="sandgate policy", description="Check, explain and describe policy files."
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     check = sub.add_parser("check", help="validate policy files (exit 1 if any is invalid)")
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -123,17 +125,32 @@ def _explain(args: argparse.Namespace) -> int:
             gate = Gate(policy, store, audit)
             workspace = WorkspacePaths(files=scratch / "files", site=scratch / "site")
             program = _program(args.tool, call_args)
-            decision = gate.decide(ToolCall(
-                tool=args.tool, args=call_args, grant=args.grant, session=args.session,
-                program=program, workspace=workspace if program else None,
-                requested_timeout_s=args.timeout_s))
+            decision = gate.decide(
+                ToolCall(
+                    tool=args.tool,
+                    args=call_args,
+                    grant=args.grant,
+                    session=args.session,
+                    program=program,
+                    workspace=workspace if program else None,
+                    requested_timeout_s=args.timeout_s,
+                )
+            )
         finally:
             store.close()
             audit.close()
-    kind = ("allow" if isinstance(decision, Allowed) else
-            "deny" if isinstance(decision, Denied) else "needs_approval")
-    if isinstance(decision, Allowed) and decision.mode == "audit" and decision.rule != (
-            f"/tools/{args.tool}"):
+    kind = (
+        "allow"
+        if isinstance(decision, Allowed)
+        else "deny"
+        if isinstance(decision, Denied)
+        else "needs_approval"
+    )
+    if (
+        isinstance(decision, Allowed)
+        and decision.mode == "audit"
+        and decision.rule != (f"/tools/{args.tool}")
+    ):
         kind = "allow (audit mode; enforce would deny)"
     print(f"decision: {kind}")
     print(f"rule:     {decision.rule}")
@@ -172,8 +189,10 @@ def _counters(policy: Policy, tool: str) -> Iterator[str]:
         rules.append((f"/tools/{tool}/limits", policy.tools[tool].limits))
     for where, limits in rules:
         for limit in limits:
-            yield (f"counter:  {where}/{limit.counter}: at most {limit.max} per {limit.window} "
-                   f"per {limit.scope}")
+            yield (
+                f"counter:  {where}/{limit.counter}: at most {limit.max} per {limit.window} "
+                f"per {limit.scope}"
+            )
 
 
 # -- sandgate audit -------------------------------------------------------------------------
@@ -196,8 +215,9 @@ def audit_main(argv: list[str]) -> int:
     query.add_argument("--session")
     query.add_argument("--since", help="ISO-8601 time, e.g. 2025-01-31T12:00:00Z")
     for command in (tail, query):
-        command.add_argument("--path", type=Path, help="audit file (default: "
-                             "<state dir>/audit.jsonl)")
+        command.add_argument(
+            "--path", type=Path, help="audit file (default: <state dir>/audit.jsonl)"
+        )
     return _run(parser, argv, _audit)
 
 
@@ -250,13 +270,20 @@ def approve_main(argv: list[str], *, deny: bool = False) -> int:
         state store cannot be reached; 2 for a usage error.
     """
     verb = "deny" if deny else "approve"
-    parser = argparse.ArgumentParser(prog=f"sandgate {verb}", description=f"{verb.title()} a "
-                                     "pending call by its approval id.")
+    parser = argparse.ArgumentParser(
+        prog=f"sandgate {verb}", description=f"{verb.title()} a pending call by its approval id."
+    )
     parser.add_argument("approval_id", metavar="ID")
-    parser.add_argument("--state-dir", type=Path, help="the server's state folder (default: "
-                        "$SANDGATE_HOME or ~/.local/state/sandgate)")
-    parser.add_argument("--policy", type=Path, help="the server's policy, when its state or "
-                        "audit are configured there (e.g. Redis)")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="the server's state folder (default: $SANDGATE_HOME or ~/.local/state/sandgate)",
+    )
+    parser.add_argument(
+        "--policy",
+        type=Path,
+        help="the server's policy, when its state or audit are configured there (e.g. Redis)",
+    )
     parser.add_argument("--by", help="who answers (default: your user name)")
     return _run(parser, argv, lambda args: _approve(args, approved=not deny))
 
@@ -267,34 +294,54 @@ def _approve(args: argparse.Namespace, *, approved: bool) -> int:
     try:
         policy = load_policy(args.policy) if args.policy else None
         if policy is None and not (state_dir / "state.sqlite3").is_file():
-            _err(f"sandgate: no state at {state_dir}; pass the server's --state-dir "
-                 "(or --policy when it uses Redis)")
+            _err(
+                f"sandgate: no state at {state_dir}; pass the server's --state-dir "
+                "(or --policy when it uses Redis)"
+            )
             return 1
-        store = (open_counter_store(policy.state, state_dir) if policy is not None
-                 else SqliteCounterStore(state_dir / "state.sqlite3"))
+        store = (
+            open_counter_store(policy.state, state_dir)
+            if policy is not None
+            else SqliteCounterStore(state_dir / "state.sqlite3")
+        )
         try:
             now = time.time()
             record = store.resolve_approval(args.approval_id, approved, by, now)
         finally:
             store.close()
-        audit_path = Path(policy.audit.path) if policy and policy.audit.path else (
-            state_dir / "audit.jsonl")
+        audit_path = (
+            Path(policy.audit.path) if policy and policy.audit.path else (state_dir / "audit.jsonl")
+        )
         audit = AuditLog(audit_path)
         try:
-            audit.append(AuditRecord(
-                time=datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                id=uuid.uuid4().hex, event="approval", decision="allow" if approved else "deny",
-                tool=record.tool, grant=record.grant, session=record.session,
-                args_sha256=record.args_sha256, approval_id=record.approval_id, by=by,
-                reason=f"{'approved' if approved else 'denied'} by {by}"))
+            audit.append(
+                AuditRecord(
+                    time=datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    id=uuid.uuid4().hex,
+                    event="approval",
+                    decision="allow" if approved else "deny",
+                    tool=record.tool,
+                    grant=record.grant,
+                    session=record.session,
+                    args_sha256=record.args_sha256,
+                    approval_id=record.approval_id,
+                    by=by,
+                    reason=f"{'approved' if approved else 'denied'} by {by}",
+                )
+            )
         finally:
             audit.close()
     except PolicyError as exc:
         _err(f"sandgate: {exc}")
         return 1
     done = "approved" if approved else "denied"
-    then = ("the agent can now repeat the identical call once" if approved
-            else "the identical call is refused")
-    print(f"{done} {record.approval_id}: {record.tool} for grant {record.grant}, session "
-          f"{record.session}; {then}")
+    then = (
+        "the agent can now repeat the identical call once"
+        if approved
+        else "the identical call is refused"
+    )
+    print(
+        f"{done} {record.approval_id}: {record.tool} for grant {record.grant}, session "
+        f"{record.session}; {then}"
+    )
     return 0

@@ -98,6 +98,7 @@ def build_server(
     lifespan: Callable[[Server[Any]], Any] | None = None,
 ) -> Server[Any]:
     """The low-level MCP server serving `service`'s tools."""
+
     async def on_list_tools(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:

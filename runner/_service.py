@@ -145,7 +145,9 @@ class Service:
         )
         decision = await self._decide(call, caller)
         if isinstance(decision, Denied):
-            return _format.denied_result(decision.rule, decision.reason, structured=tool == "run_code")
+            return _format.denied_result(
+                decision.rule, decision.reason, structured=tool == "run_code"
+            )
         plan = decision.plan
         assert plan is not None  # a call with a program always gets a plan
         try:
@@ -259,9 +261,7 @@ class Service:
             )
         except Exception as exc:
             self._finish(decision, "completed", status="error", error=str(exc))
-            return _format.error_result(
-                f"Error installing package {args.package_name}: {exc}"
-            )
+            return _format.error_result(f"Error installing package {args.package_name}: {exc}")
         self._finish(decision, "completed", status="ok")
         return _format.text_result(message)
 
@@ -287,7 +287,12 @@ class Service:
         if timeout is not None and timeout <= 0:
             raise ArgumentError("timeout_s", "a number of seconds above 0", repr(args.timeout_s))
         outcome = await self._execute(
-            "run_code", raw, caller, session, program, requested_timeout_s=timeout,
+            "run_code",
+            raw,
+            caller,
+            session,
+            program,
+            requested_timeout_s=timeout,
             before_run=lambda: write(),
         )
         if isinstance(outcome, types.CallToolResult):

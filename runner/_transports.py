@@ -27,9 +27,7 @@ async def serve_stdio(config: Config) -> None:
         server = build_server(service)
         async with stdio_server() as (read_stream, write_stream):
             with connection_scope():
-                await server.run(
-                    read_stream, write_stream, server.create_initialization_options()
-                )
+                await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
 def _is_loopback(host: str) -> bool:

@@ -103,7 +103,8 @@ def allowlist_from_mapping(data: Mapping[str, object], *, path: Path | None = No
         if key not in sections:
             raise AllowListError(
                 f"{where}: unknown section {key!r}; expected one of {', '.join(sections)}",
-                path=where, key=str(key),
+                path=where,
+                key=str(key),
             )
     parsed: dict[str, dict[str, SpecifierSet]] = {}
     for section in sections:
@@ -165,37 +166,50 @@ def _section(value: object, section: str, where: Path) -> dict[str, SpecifierSet
     if not isinstance(value, Mapping):
         raise AllowListError(
             f"{where}: [{section}] must map package names to version specifiers "
-            f"(six = \"*\"), got {type(value).__name__}",
-            path=where, key=section,
+            f'(six = "*"), got {type(value).__name__}',
+            path=where,
+            key=section,
         )
     out: dict[str, SpecifierSet] = {}
     for raw_name, raw_spec in value.items():
         key = f"{section}.{raw_name}"
         name = str(raw_name)
-        if not name or not set(name) <= _NAME_CHARS or not name[0].isalnum() \
-                or not name[-1].isalnum():
+        if (
+            not name
+            or not set(name) <= _NAME_CHARS
+            or not name[0].isalnum()
+            or not name[-1].isalnum()
+        ):
             raise AllowListError(
                 f"{where}: {key}: {name!r} is not a valid package name (letters, digits, "
-                "`.`, `_`, `-`)", path=where, key=key,
+                "`.`, `_`, `-`)",
+                path=where,
+                key=key,
             )
         normalized = canonicalize_name(name)
         if normalized in out:
             raise AllowListError(
                 f"{where}: {key}: {normalized!r} is listed twice in [{section}] (names are "
-                "compared PEP 503-normalized); keep one", path=where, key=key,
+                "compared PEP 503-normalized); keep one",
+                path=where,
+                key=key,
             )
         if not isinstance(raw_spec, str):
             raise AllowListError(
-                f"{where}: {key}: expected a version specifier string such as \"*\" or "
-                f"\">=1,<2\", got {type(raw_spec).__name__} {raw_spec!r}", path=where, key=key,
+                f'{where}: {key}: expected a version specifier string such as "*" or '
+                f'">=1,<2", got {type(raw_spec).__name__} {raw_spec!r}',
+                path=where,
+                key=key,
             )
         text = raw_spec.strip()
         try:
             out[normalized] = SpecifierSet("" if text in ("", "*") else text)
         except InvalidSpecifier:
-            hint = f"; for one version write \"=={text}\"" if text[:1].isdigit() else ""
+            hint = f'; for one version write "=={text}"' if text[:1].isdigit() else ""
             raise AllowListError(
-                f"{where}: {key}: {raw_spec!r} is not a PEP 440 specifier (expected \"*\", "
-                f"\"==1.2.3\" or \">=1,<2\"){hint}", path=where, key=key,
+                f'{where}: {key}: {raw_spec!r} is not a PEP 440 specifier (expected "*", '
+                f'"==1.2.3" or ">=1,<2"){hint}',
+                path=where,
+                key=key,
             ) from None
     return out

@@ -9,6 +9,7 @@ MirrorError
 ├── MirrorMissing         the mirror directory has no readable lock file
 ├── HashMismatch          a wheel's sha256 differs from the one locked (or from the index)
 ├── UnsafeWheel           a wheel's archive holds a member that would escape or flood the site
+├── InstallFailed         the site folder could not be written (disk full, permissions, links)
 ├── IndexUnavailable      the upstream index could not be read (sync only)
 └── MirrorBusy            another process held the mirror's or the site's lock for too long
 """
@@ -157,6 +158,21 @@ class UnsafeWheel(MirrorError):
         self.file = file
         self.member = member
         self.reason = reason
+
+
+class InstallFailed(MirrorError):
+    """The site folder could not be written; what was already there is left as it was, or
+    (if moving files into place failed halfway) the record is not updated.
+
+    Attributes:
+        package: The package being installed.
+        site_dir: The site folder.
+    """
+
+    def __init__(self, message: str, *, package: str, site_dir: Path) -> None:
+        super().__init__(message)
+        self.package = package
+        self.site_dir = site_dir
 
 
 class IndexUnavailable(MirrorError):

@@ -60,7 +60,10 @@ def pip_config() -> dict[str, str]:
     try:
         done = subprocess.run(
             [sys.executable, "-m", "pip", "config", "list"],
-            capture_output=True, text=True, timeout=PIP_CONFIG_TIMEOUT_S, check=False,
+            capture_output=True,
+            text=True,
+            timeout=PIP_CONFIG_TIMEOUT_S,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return {}
@@ -132,12 +135,14 @@ class Index:
                 return None
             raise IndexUnavailable(
                 f"{redact(page)}: HTTP {exc.code} {exc.reason}; check --index-url and that "
-                "the index is up", url=redact(page),
+                "the index is up",
+                url=redact(page),
             ) from exc
         except (urllib.error.URLError, OSError) as exc:
             raise IndexUnavailable(
                 f"{redact(page)}: cannot reach the index ({exc}); check the network, proxy "
-                "and --index-url", url=redact(page),
+                "and --index-url",
+                url=redact(page),
             ) from exc
         if len(body) > MAX_INDEX_PAGE_BYTES:
             raise IndexUnavailable(
@@ -220,8 +225,9 @@ def _parse_json(body: bytes, base: str) -> list[IndexFile]:
         data = json.loads(body)
         files = data["files"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise IndexUnavailable(f"{redact(base)}: not a PEP 691 project page: {exc}",
-                               url=redact(base)) from exc
+        raise IndexUnavailable(
+            f"{redact(base)}: not a PEP 691 project page: {exc}", url=redact(base)
+        ) from exc
     out: list[IndexFile] = []
     for item in files if isinstance(files, list) else []:
         if not isinstance(item, dict) or not isinstance(item.get("filename"), str):
@@ -229,11 +235,13 @@ def _parse_json(body: bytes, base: str) -> list[IndexFile]:
         hashes = item.get("hashes") if isinstance(item.get("hashes"), dict) else {}
         sha = hashes.get("sha256") if isinstance(hashes, dict) else None
         rp = item.get("requires-python")
-        out.append(IndexFile(
-            filename=item["filename"],
-            url=urljoin(base, str(item.get("url", ""))),
-            sha256=sha if isinstance(sha, str) else None,
-            requires_python=rp if isinstance(rp, str) else None,
-            yanked=bool(item.get("yanked", False)),
-        ))
+        out.append(
+            IndexFile(
+                filename=item["filename"],
+                url=urljoin(base, str(item.get("url", ""))),
+                sha256=sha if isinstance(sha, str) else None,
+                requires_python=rp if isinstance(rp, str) else None,
+                yanked=bool(item.get("yanked", False)),
+            )
+        )
     return out

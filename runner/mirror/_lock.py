@@ -89,7 +89,10 @@ class Lock:
                 if found is None:
                     raise NoWheel(
                         f"{pkg} needs {dep!r}, which the mirror has no wheel of for {engine}; "
-                        "run `sandgate mirror sync`", package=dep, engine=engine, version=None,
+                        "run `sandgate mirror sync`",
+                        package=dep,
+                        engine=engine,
+                        version=None,
                     )
                 seen[dep] = found
                 queue.append(found)
@@ -110,8 +113,9 @@ def load_lock(mirror_dir: str | Path) -> Lock:
     except FileNotFoundError:
         raise MirrorMissing(f"{path}: no mirror lock file here; {fix}", mirror_dir=folder) from None
     except (OSError, ValueError) as exc:
-        raise MirrorMissing(f"{path}: unreadable lock file ({exc}); {fix}",
-                            mirror_dir=folder) from exc
+        raise MirrorMissing(
+            f"{path}: unreadable lock file ({exc}); {fix}", mirror_dir=folder
+        ) from exc
     if not isinstance(data, dict) or data.get("lock_version") != LOCK_VERSION:
         got = data.get("lock_version") if isinstance(data, dict) else type(data).__name__
         raise MirrorMissing(
@@ -120,8 +124,9 @@ def load_lock(mirror_dir: str | Path) -> Lock:
     try:
         packages = tuple(_package(item) for item in data["packages"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise MirrorMissing(f"{path}: malformed package entry ({exc!r}); {fix}",
-                            mirror_dir=folder) from exc
+        raise MirrorMissing(
+            f"{path}: malformed package entry ({exc!r}); {fix}", mirror_dir=folder
+        ) from exc
     return Lock(packages=packages, index_url=str(data.get("index_url", "")), mirror_dir=folder)
 
 
@@ -181,9 +186,14 @@ def _package(item: dict[str, object]) -> LockedPackage:
     if "/" in filename or "\\" in filename or filename.startswith("."):
         raise ValueError(f"filename {filename!r} is not a plain file name")
     return LockedPackage(
-        name=text("name"), version=text("version"), filename=filename,
-        sha256=text("sha256").lower(), size=size, engines=names("engines"),
-        dependencies=names("dependencies"), direct=bool(item.get("direct", True)),
+        name=text("name"),
+        version=text("version"),
+        filename=filename,
+        sha256=text("sha256").lower(),
+        size=size,
+        engines=names("engines"),
+        dependencies=names("dependencies"),
+        direct=bool(item.get("direct", True)),
         requires_python=rp if isinstance(rp, str) else None,
         source_url=str(item.get("source_url", "")),
     )

@@ -89,14 +89,21 @@ def parse_requirement(text: str, *, argument: str = "package_name") -> Requested
     if lowered.endswith(_ARCHIVES):
         raise refuse(f"archive files are not accepted; {_WHY_MIRROR}", _ask_operator())
     if "@" in stripped:
-        raise refuse(f"direct references (`name @ url`) are not accepted; {_WHY_MIRROR}",
-                     _use(name_hint))
+        raise refuse(
+            f"direct references (`name @ url`) are not accepted; {_WHY_MIRROR}", _use(name_hint)
+        )
     if ";" in stripped:
-        raise refuse("environment markers (`; ...`) are not accepted; the mirror already holds "
-                     "the wheel for this engine", _use(name_hint))
+        raise refuse(
+            "environment markers (`; ...`) are not accepted; the mirror already holds "
+            "the wheel for this engine",
+            _use(name_hint),
+        )
     if "[" in stripped or "]" in stripped:
-        raise refuse("extras (`name[extra]`) are not accepted; the package is installed with "
-                     "its locked dependencies", _use(name_hint))
+        raise refuse(
+            "extras (`name[extra]`) are not accepted; the package is installed with "
+            "its locked dependencies",
+            _use(name_hint),
+        )
     match = _PLAIN.fullmatch(stripped)
     if match is None:
         if re.search(r"[<>!~=]|,", stripped):
@@ -156,5 +163,7 @@ def _use(name: str | None) -> str | None:
 
 
 def _ask_operator() -> str:
-    return ("ask the operator to add the package to the allow-list and run "
-            "`sandgate mirror sync`, then send its name")
+    return (
+        "ask the operator to add the package to the allow-list and run "
+        "`sandgate mirror sync`, then send its name"
+    )

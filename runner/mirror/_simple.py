@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 
@@ -77,13 +78,15 @@ def parse_simple_html(text: str, base: str) -> list[IndexFile]:
         url, fragment = urldefrag(urljoin(base, href))
         name = label or unquote(urlsplit(url).path.rsplit("/", 1)[-1])
         algo, _, value = fragment.partition("=")
-        out.append(IndexFile(
-            filename=name,
-            url=url,
-            sha256=value.lower() if algo == "sha256" and value else None,
-            requires_python=attrs.get("data-requires-python"),
-            yanked="data-yanked" in attrs,
-        ))
+        out.append(
+            IndexFile(
+                filename=name,
+                url=url,
+                sha256=value.lower() if algo == "sha256" and value else None,
+                requires_python=attrs.get("data-requires-python"),
+                yanked="data-yanked" in attrs,
+            )
+        )
     return out
 
 
@@ -116,20 +119,25 @@ def write_simple_index(mirror_dir: Path, packages: Iterable[LockedPackage]) -> N
         links = []
         for filename, pkg in sorted(files.items()):
             href = html.escape(f"../../files/{filename}#sha256={pkg.sha256}")
-            rp = (f' data-requires-python="{html.escape(pkg.requires_python)}"'
-                  if pkg.requires_python else "")
+            rp = (
+                f' data-requires-python="{html.escape(pkg.requires_python)}"'
+                if pkg.requires_python
+                else ""
+            )
             links.append(f'    <a href="{href}"{rp}>{html.escape(filename)}</a><br>')
-        _write(simple / name / "index.html",
-               _PAGE.format(title=f"Links for {html.escape(name)}", links="\n".join(links)))
-    root_links = [f'    <a href="{html.escape(n)}/">{html.escape(n)}</a><br>' for n in sorted(by_name)]
+        _write(
+            simple / name / "index.html",
+            _PAGE.format(title=f"Links for {html.escape(name)}", links="\n".join(links)),
+        )
+    root_links = [
+        f'    <a href="{html.escape(n)}/">{html.escape(n)}</a><br>' for n in sorted(by_name)
+    ]
     _write(simple / "index.html", _PAGE.format(title="Simple index", links="\n".join(root_links)))
     for child in simple.iterdir():
         if child.is_dir() and not child.is_symlink() and child.name not in by_name:
             (child / "index.html").unlink(missing_ok=True)
-            try:
+            with contextlib.suppress(OSError):
                 child.rmdir()
-            except OSError:
-                pass
 
 
 def _write(path: Path, text: str) -> None:

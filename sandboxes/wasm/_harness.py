@@ -7,6 +7,8 @@ every limit on its own. It imports as little as it can: every import costs a gue
 (`traceback` alone ~60 ms), so the costly ones happen only on the error path.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import sys
@@ -14,12 +16,17 @@ import time
 
 import _host
 
+TYPE_CHECKING = False  # `typing` costs the guest an import; this is its cheap stand-in
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Any
+
 _WORKSPACE = "/workspace"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
 _MAX_VALUE_CHARS = 1_000_000
 
 
-def _user_frames(tb):
+def _user_frames(tb: TracebackType | None) -> Any:
     """The traceback's stack without this harness's frames or runpy's."""
     import traceback
 
@@ -28,7 +35,7 @@ def _user_frames(tb):
     return traceback.StackSummary.from_list(kept)
 
 
-def _format_error(exc):
+def _format_error(exc: BaseException) -> str:
     import traceback
 
     te = traceback.TracebackException.from_exception(exc)
@@ -36,8 +43,8 @@ def _format_error(exc):
     return "".join(te.format())
 
 
-def _images_written_since(start):
-    found = []
+def _images_written_since(start: float) -> list[str]:
+    found: list[str] = []
     for root, _dirs, files in os.walk(_WORKSPACE):
         for name in files:
             if name.lower().endswith(_IMAGE_SUFFIXES):
@@ -50,12 +57,12 @@ def _images_written_since(start):
     return found
 
 
-def _save_open_figures(start):
+def _save_open_figures(start: float) -> list[str]:
     """Save matplotlib figures left open, unless the code saved an image itself."""
     pyplot = sys.modules.get("matplotlib.pyplot")
     if pyplot is None or _images_written_since(start):
         return []
-    saved = []
+    saved: list[str] = []
     for number in pyplot.get_fignums():
         path = os.path.join(_WORKSPACE, f"figure_{number}.png")
         pyplot.figure(number).savefig(path)
@@ -63,14 +70,19 @@ def _save_open_figures(start):
     return saved
 
 
-def _main():
+def _main() -> None:
     kind, source, variable = sys.argv[1], sys.argv[2], sys.argv[3]
     start = time.time()
     os.chdir(_WORKSPACE)
     sys.path.insert(0, _WORKSPACE)
     main = type(sys)("__main__")
     sys.modules["__main__"] = main
-    report = {"error": None, "error_type": None, "exit_code": 0, "value_found": False}
+    report: dict[str, Any] = {
+        "error": None,
+        "error_type": None,
+        "exit_code": 0,
+        "value_found": False,
+    }
     namespace = main.__dict__
     try:
         if kind == "code":

@@ -37,9 +37,11 @@ async def _call(client: Client, tool: str, args: dict[str, Any]) -> types.CallTo
 
 @pytest.fixture
 async def client(wasm_engine: WasmEngine, tmp_path: Path) -> Any:
-    async with service_for(tmp_path / "state", wasm_engine) as service:
-        async with Client(build_server(service)) as c:
-            yield c
+    async with (
+        service_for(tmp_path / "state", wasm_engine) as service,
+        Client(build_server(service)) as c,
+    ):
+        yield c
 
 
 async def test_lists_the_upstream_tools_with_their_argument_names(client: Client) -> None:
@@ -104,7 +106,11 @@ async def test_a_missing_variable_is_reported_as_upstream_does(client: Client) -
         ("save_to_file_and_run", {"file_name": "../x.py", "code": "1"}, "file_name"),
         ("save_to_file_and_run", {"file_name": "a/../../x.py", "code": "1"}, "file_name"),
         ("save_to_file_and_run", {"file_name": "notes.txt", "code": "1"}, "file_name"),
-        ("save_to_file_and_run", {"file_name": "x.py", "code": "1", "overwrite": "no"}, "overwrite"),
+        (
+            "save_to_file_and_run",
+            {"file_name": "x.py", "code": "1", "overwrite": "no"},
+            "overwrite",
+        ),
         ("run_python_file", {"file_name": "/etc/passwd.py"}, "file_name"),
         ("pip_install_package", {"package_name": 3}, "package_name"),
     ],

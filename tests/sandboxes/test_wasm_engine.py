@@ -114,13 +114,9 @@ async def test_printing_100_mb_stops_at_the_output_cap(
     assert len(result.stdout) <= 1 << 20
 
 
-async def test_files_written_and_images_come_back(
-    wasm_engine: WasmEngine, tmp_path: Path
-) -> None:
+async def test_files_written_and_images_come_back(wasm_engine: WasmEngine, tmp_path: Path) -> None:
     code = (
-        "open('notes.txt', 'w').write('hi')\n"
-        "import matplotlib.pyplot as plt\n"
-        "plt.plot([1, 2, 3])\n"
+        "open('notes.txt', 'w').write('hi')\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\n"
     )
     result = await wasm_engine.run(_plan(tmp_path, code, wall_timeout_s=60))
     assert result.status == "ok", result.stderr
@@ -138,9 +134,7 @@ async def test_a_link_out_of_the_workspace_is_not_followed_by_the_host(
     (plan.workspace.files / "leak.png").symlink_to(secret)
     code = "import os; os.utime('leak.png') if os.path.exists('leak.png') else None"
     result = await wasm_engine.run(
-        ExecutionPlan(
-            "t", "wasm", Program("code", code), Limits(), plan.workspace, "s"
-        )
+        ExecutionPlan("t", "wasm", Program("code", code), Limits(), plan.workspace, "s")
     )
     assert all(img.data != secret.read_bytes() for img in result.images)
 

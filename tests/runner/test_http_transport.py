@@ -1,0 +1,120 @@
+"""`sandgate serve --transport streamable-http`: the same tools over HTTP, bearer-token grants."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import mcp_types as types
+import pytest
+from mcp import Client
+
+pytestmark = [pytest.mark.anyio, pytest.mark.wasm, pytest.mark.slow]
+
+TOKEN = "test-token-for-grant-alice"
+START_TIMEOUT_S = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the server exited during start-up"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"the server did not listen on {port} within {START_TIMEOUT_S} s")
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[str]:
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: '1'\ndefault: deny\n"
+        f"grants:\n  alice: {{token_sha256: '{digest}'}}\n"
+        "tools:\n  run_python_code: {}\n  save_to_file_and_run: {}\n  run_python_file: {}\n"
+    )
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "serve",
+            "--transport",
+            "streamable-http",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--policy",
+            str(policy),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--workers",
+            "2",
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    try:
+        _wait_for_port(port, process)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=20)
+
+
+def _text(result: types.CallToolResult) -> str:
+    return "".join(b.text for b in result.content if isinstance(b, types.TextContent))
+
+
+async def test_a_call_without_a_token_gets_401(http_server: str) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.post(http_server, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        assert response.status_code == 401
+        wrong = await http.post(
+            http_server,
+            json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            headers={"Authorization": "Bearer not-the-token"},
+        )
+        assert wrong.status_code == 401
+
+
+async def test_the_tools_run_over_http_for_a_known_grant(http_server: str) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(headers=headers, timeout=120) as http:
+        from mcp.client.streamable_http import streamable_http_client
+
+        async with Client(streamable_http_client(http_server, http_client=http)) as client:
+            names = {tool.name for tool in (await client.list_tools()).tools}
+            assert "run_python_code" in names
+            result = await client.call_tool("run_python_code", {"code": "print(1+1)"})
+            assert isinstance(result, types.CallToolResult) and _text(result).strip() == "2"
+            saved = await client.call_tool(
+                "save_to_file_and_run",
+                {"file_name": "k.py", "code": "k = 'kept'", "variable_to_return": "k"},
+            )
+            assert isinstance(saved, types.CallToolResult) and _text(saved) == "kept"
+            again = await client.call_tool(
+                "run_python_file", {"file_name": "k.py", "variable_to_return": "k"}
+            )
+            assert isinstance(again, types.CallToolResult) and _text(again) == "kept"
