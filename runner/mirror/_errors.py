@@ -45,10 +45,19 @@ class RequirementRefused(MirrorError):
         requested: The text as given.
         reason: Why it was refused, in words.
         suggestion: What to send instead, or `None`.
+        kind: What was refused, as a stable word: `empty`, `too_long`, `option`, `vcs`,
+            `url`, `whitespace`, `path`, `archive`, `direct_reference`, `markers`,
+            `extras`, `range`, `name`, `version`.
     """
 
     def __init__(
-        self, *, argument: str, requested: str, reason: str, suggestion: str | None = None
+        self,
+        *,
+        argument: str,
+        requested: str,
+        reason: str,
+        suggestion: str | None = None,
+        kind: str = "name",
     ) -> None:
         shown = requested if len(requested) <= 120 else requested[:117] + "..."
         message = f"{argument}={shown!r} refused: {reason}"
@@ -59,6 +68,7 @@ class RequirementRefused(MirrorError):
         self.requested = requested
         self.reason = reason
         self.suggestion = suggestion
+        self.kind = kind
 
 
 class NotAllowed(MirrorError):

@@ -23,6 +23,10 @@ _LEADING_NAME = re.compile(_NAME, re.ASCII)
 _VCS = ("git+", "hg+", "svn+", "bzr+")
 _ARCHIVES = (".whl", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip", ".egg")
 _WHY_MIRROR = "packages come only from the operator's mirror, by name"
+_ASK_OPERATOR = (
+    "ask the operator to add the package to the allow-list and run `sandgate mirror sync`, "
+    "then send its name"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,73 +59,102 @@ def parse_requirement(text: str, *, argument: str = "package_name") -> Requested
         RequirementRefused: The text is not a plain name with an optional exact pin.
     """
 
-    def refuse(reason: str, suggestion: str | None = None) -> RequirementRefused:
+    def refuse(kind: str, reason: str, suggestion: str | None = None) -> RequirementRefused:
         return RequirementRefused(
-            argument=argument, requested=text, reason=reason, suggestion=suggestion
+            argument=argument, requested=text, reason=reason, suggestion=suggestion, kind=kind
         )
 
     if not isinstance(text, str):
-        raise refuse(f"expected a string, got {type(text).__name__}")
+        raise refuse("name", f"expected a string, got {type(text).__name__}")
     stripped = text.strip()
-    name_hint = _name_hint(stripped)
+    hint = _use(_name_hint(stripped))
     if not stripped:
-        raise refuse("it is empty; expected a package name such as `six` or `six==1.16.0`")
+        raise refuse("empty", "it is empty; expected a name such as `six` or `six==1.16.0`")
     if len(stripped) > MAX_REQUIREMENT_CHARS:
-        raise refuse(f"it is {len(stripped)} characters long, more than {MAX_REQUIREMENT_CHARS}")
-    if stripped.startswith("-"):
         raise refuse(
+            "too_long",
+            f"it is {len(stripped)} characters long, more than {MAX_REQUIREMENT_CHARS}",
+        )
+    lowered = stripped.lower()
+    checks: tuple[tuple[bool, str, str, str | None], ...] = (
+        (
+            stripped.startswith("-"),
+            "option",
             "options (anything starting with `-`, such as `-e` or `--index-url`) are not "
             f"accepted; {_WHY_MIRROR}",
             "send a package name such as `six`",
-        )
-    lowered = stripped.lower()
-    if lowered.startswith(_VCS):
-        raise refuse(f"VCS references are not accepted; {_WHY_MIRROR}", _ask_operator())
-    if "://" in stripped or lowered.startswith("file:"):
-        raise refuse(f"URLs are not accepted; {_WHY_MIRROR}", _ask_operator())
-    if any(ch.isspace() for ch in stripped):
-        raise refuse(
+        ),
+        (
+            lowered.startswith(_VCS),
+            "vcs",
+            f"VCS references are not accepted; {_WHY_MIRROR}",
+            _ASK_OPERATOR,
+        ),
+        (
+            "://" in stripped or lowered.startswith("file:"),
+            "url",
+            f"URLs are not accepted; {_WHY_MIRROR}",
+            _ASK_OPERATOR,
+        ),
+        (
+            any(ch.isspace() for ch in stripped),
+            "whitespace",
             "whitespace inside a requirement is not accepted; send one package per call",
-            _use(name_hint),
-        )
-    if "/" in stripped or "\\" in stripped or stripped.startswith((".", "~")):
-        raise refuse(f"paths are not accepted; {_WHY_MIRROR}", _ask_operator())
-    if lowered.endswith(_ARCHIVES):
-        raise refuse(f"archive files are not accepted; {_WHY_MIRROR}", _ask_operator())
-    if "@" in stripped:
-        raise refuse(
-            f"direct references (`name @ url`) are not accepted; {_WHY_MIRROR}", _use(name_hint)
-        )
-    if ";" in stripped:
-        raise refuse(
-            "environment markers (`; ...`) are not accepted; the mirror already holds "
-            "the wheel for this engine",
-            _use(name_hint),
-        )
-    if "[" in stripped or "]" in stripped:
-        raise refuse(
-            "extras (`name[extra]`) are not accepted; the package is installed with "
-            "its locked dependencies",
-            _use(name_hint),
-        )
+            hint,
+        ),
+        (
+            "/" in stripped or "\\" in stripped or stripped.startswith((".", "~")),
+            "path",
+            f"paths are not accepted; {_WHY_MIRROR}",
+            _ASK_OPERATOR,
+        ),
+        (
+            lowered.endswith(_ARCHIVES),
+            "archive",
+            f"archive files are not accepted; {_WHY_MIRROR}",
+            _ASK_OPERATOR,
+        ),
+        (
+            "@" in stripped,
+            "direct_reference",
+            f"direct references (`name @ url`) are not accepted; {_WHY_MIRROR}",
+            hint,
+        ),
+        (
+            ";" in stripped,
+            "markers",
+            "environment markers (`; ...`) are not accepted; the mirror already holds the "
+            "wheel for this engine",
+            hint,
+        ),
+        (
+            "[" in stripped or "]" in stripped,
+            "extras",
+            "extras (`name[extra]`) are not accepted; the package is installed with its "
+            "locked dependencies",
+            hint,
+        ),
+    )
+    for failed, kind, reason, suggestion in checks:
+        if failed:
+            raise refuse(kind, reason, suggestion)
     match = _PLAIN.fullmatch(stripped)
     if match is None:
-        if re.search(r"[<>!~=]|,", stripped):
+        if re.search(r"[<>!~=,]", stripped):
             raise refuse(
-                "only an exact pin `name==version` is accepted, not a version range",
-                _use(name_hint),
+                "range", "only an exact pin `name==version` is accepted, not a version range", hint
             )
         raise refuse(
+            "name",
             "not a valid package name (letters, digits, `.`, `_`, `-`; starting and ending "
-            "with a letter or digit)"
+            "with a letter or digit)",
         )
     pin = match.group("pin")
     if pin is not None:
         try:
-            version = Version(pin)
+            pin = str(Version(pin))
         except InvalidVersion:
-            raise refuse(f"{pin!r} is not a valid version", _use(name_hint)) from None
-        pin = str(version)
+            raise refuse("version", f"{pin!r} is not a valid version", hint) from None
     return Requested(name=canonicalize_name(match.group("name")), pin=pin)
 
 
@@ -144,6 +177,7 @@ def parse_requirement_list(text: str, *, argument: str = "package") -> tuple[Req
             argument=argument,
             requested=str(text),
             reason="no package named; expected names such as `six attrs`",
+            kind="empty",
         )
     seen: dict[Requested, None] = {}
     for item in items:
@@ -160,10 +194,3 @@ def _use(name: str | None) -> str | None:
     if name is None:
         return None
     return f"send `{name}` (the mirror's locked version) or `{name}==<version>`"
-
-
-def _ask_operator() -> str:
-    return (
-        "ask the operator to add the package to the allow-list and run "
-        "`sandgate mirror sync`, then send its name"
-    )
