@@ -201,14 +201,14 @@ class MirrorBusy(MirrorError):
     """Another process or thread held a mirror or site lock past the wait limit.
 
     Attributes:
-        lock_file: The lock file.
+        folder: The locked folder (a mirror or a site folder).
         waited_s: Seconds waited.
     """
 
-    def __init__(self, *, lock_file: Path, waited_s: float) -> None:
+    def __init__(self, *, folder: Path, waited_s: float) -> None:
         super().__init__(
-            f"{lock_file} stayed locked for {waited_s:.0f} s by another sync or install; "
+            f"{folder} stayed locked for {waited_s:.0f} s by another sync or install; "
             "retry when it has finished"
         )
-        self.lock_file = lock_file
+        self.folder = folder
         self.waited_s = waited_s

@@ -26,7 +26,6 @@ from ._wheel import MAX_UNPACKED_BYTES, unpack
 
 INSTALLED_FILE = ".sandgate-installed.json"
 """The record of installed packages, inside the site folder."""
-SITE_LOCK_FILE = ".sandgate-install.lock"
 _CHUNK_BYTES = 1024 * 1024
 
 
@@ -92,7 +91,7 @@ def install(
         raise InstallFailed(
             f"site folder {site}: cannot create it: {exc}", package=root.name, site_dir=site
         ) from exc
-    with folder_lock(site / SITE_LOCK_FILE):
+    with folder_lock(site):
         record = _read_record(site)
         present = [p for p in closure if record.get(p.name, {}).get("sha256") == p.sha256]
         todo = [p for p in closure if p not in present]

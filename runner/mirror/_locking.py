@@ -1,4 +1,7 @@
-"""One writer at a time per folder: a thread lock plus an OS file lock, with a bounded wait."""
+"""One writer at a time per folder: a thread lock plus an OS lock on the folder, bounded wait.
+
+The OS lock is `flock` on the folder's own descriptor, so no lock file is left anywhere.
+"""
 
 from __future__ import annotations
 
@@ -31,26 +34,26 @@ def _thread_lock(path: Path) -> threading.Lock:
 
 
 @contextmanager
-def folder_lock(lock_file: Path, *, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
-    """Hold `lock_file` exclusively: against other threads of this process and other processes.
+def folder_lock(folder: Path, *, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold `folder` exclusively: against other threads of this process and other processes.
 
     Args:
-        lock_file: The lock file (created if missing; never removed).
+        folder: An existing folder.
         wait_s: Longest wait before giving up.
 
     Raises:
         MirrorBusy: Someone else held it for `wait_s`.
     """
     started = time.monotonic()
-    local = _thread_lock(lock_file)
+    local = _thread_lock(folder)
     if not local.acquire(timeout=wait_s):
-        raise MirrorBusy(lock_file=lock_file, waited_s=time.monotonic() - started)
+        raise MirrorBusy(folder=folder, waited_s=time.monotonic() - started)
     try:
         if fcntl is None:
             yield
             return
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(folder, flags)
         try:
             while True:
                 try:
@@ -59,7 +62,7 @@ def folder_lock(lock_file: Path, *, wait_s: float = LOCK_WAIT_S) -> Iterator[Non
                 except BlockingIOError:
                     waited = time.monotonic() - started
                     if waited >= wait_s:
-                        raise MirrorBusy(lock_file=lock_file, waited_s=waited) from None
+                        raise MirrorBusy(folder=folder, waited_s=waited) from None
                     time.sleep(_POLL_S)
             try:
                 yield

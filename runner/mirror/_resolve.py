@@ -24,6 +24,9 @@ from ._simple import IndexFile
 from ._targets import Target
 from ._wheel import read_metadata, sha256_file
 
+MAX_VERSIONS_TRIED = 5
+"""Versions downloaded at most per package when wheels' METADATA rules out the engine's Python."""
+
 
 @dataclass(slots=True)
 class _Node:
@@ -201,8 +204,8 @@ def _pick(fetcher: Fetcher, target: Target, name: str, spec: SpecifierSet) -> _N
     files = fetcher.page(name)
     if files is None:
         raise _NoCandidate(f"{name} is not on the index {fetcher.index.display_url}")
-    best: tuple[Version, int, tuple[()] | tuple[int, str], IndexFile] | None = None
-    seen_versions = wheels_in_range = 0
+    best: dict[Version, tuple[int, tuple[()] | tuple[int, str], IndexFile]] = {}
+    in_range = 0
     for file in files:
         if not file.filename.endswith(".whl") or file.yanked:
             continue
@@ -212,42 +215,45 @@ def _pick(fetcher: Fetcher, target: Target, name: str, spec: SpecifierSet) -> _N
             continue
         if wname != name or not spec.contains(version):
             continue
-        seen_versions += 1
+        in_range += 1
         rank = target.tag_rank(tags)
         if rank is None or not target.accepts_python(file.requires_python):
             continue
-        wheels_in_range += 1
-        key = (version, -rank, build, file)
-        if best is None or key[:3] > best[:3]:
-            best = key
-    if best is None:
+        if version not in best or (-rank, build) > best[version][:2]:
+            best[version] = (-rank, build, file)
+    shown = f"{name}{spec}" if str(spec) else name
+    if not best:
         kinds = "pure-Python (py3-none-any)" if target.pure_only else "CPython 3.11 manylinux"
         why = (
-            "no wheel"
-            if not seen_versions
-            else f"{seen_versions} wheel(s), none {kinds} for Python {target.python_full_version}"
+            "no wheel in that range"
+            if not in_range
+            else f"{in_range} wheel(s) in range, none {kinds} for Python "
+            f"{target.python_full_version}"
         )
-        shown = f"{name}{spec}" if str(spec) else name
         raise _NoCandidate(
             f"no wheel of {shown} for {target.engine}: the index has {why} "
             "(sdists are never mirrored)"
         )
-    version, _, _, file = best
-    sha256, size = fetcher.fetch(file)
-    meta = read_metadata(fetcher.files_dir / file.filename)
-    if meta.name != name or Version(meta.version) != version:
-        raise _NoCandidate(f"{file.filename}: its METADATA says {meta.name}=={meta.version}")
-    if not target.accepts_python(meta.requires_python):
-        raise _NoCandidate(
-            f"{file.filename} requires Python {meta.requires_python}, "
-            f"{target.engine} has {target.python_full_version}"
+    skipped: list[str] = []
+    for version in sorted(best, reverse=True)[:MAX_VERSIONS_TRIED]:
+        file = best[version][2]
+        sha256, size = fetcher.fetch(file)
+        meta = read_metadata(fetcher.files_dir / file.filename)
+        if meta.name != name or Version(meta.version) != version:
+            raise _NoCandidate(f"{file.filename}: its METADATA says {meta.name}=={meta.version}")
+        if not target.accepts_python(meta.requires_python):
+            skipped.append(f"{version} requires Python {meta.requires_python}")
+            continue
+        return _Node(
+            name=name,
+            version=str(version),
+            file=file,
+            sha256=sha256,
+            size=size,
+            requires_python=meta.requires_python or file.requires_python,
+            requires_dist=meta.requires_dist,
         )
-    return _Node(
-        name=name,
-        version=str(version),
-        file=file,
-        sha256=sha256,
-        size=size,
-        requires_python=meta.requires_python or file.requires_python,
-        requires_dist=meta.requires_dist,
+    raise _NoCandidate(
+        f"no wheel of {shown} for {target.engine} (Python {target.python_full_version}): "
+        + "; ".join(skipped)
     )

@@ -136,7 +136,7 @@ def sync_mirror(
         files_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MirrorError(f"--mirror {folder}: cannot create the mirror folder: {exc}") from exc
-    with folder_lock(folder / ".sync.lock"):
+    with folder_lock(folder):
         try:
             previous = load_lock(folder)
         except MirrorMissing:
