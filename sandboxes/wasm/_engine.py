@@ -95,6 +95,14 @@ class WasmEngine:
     def ready(self) -> bool:
         return self._ready.is_set() and self._failed is None
 
+    def worker_pids(self) -> list[int]:
+        """The process ids of the live workers."""
+        return sorted(w.pid for w in self._all if w.alive)
+
+    def pool_stats(self) -> dict[str, int]:
+        """Workers in all, idle, and calls waiting for one."""
+        return {"workers": len(self._all), "idle": self._idle.qsize(), "waiting": self._waiting}
+
     async def start(self) -> None:
         """Begin preparing the workers in the background; `wait_ready` waits for it."""
         if self._starter is None:

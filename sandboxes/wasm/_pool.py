@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,24 @@ from .._errors import EngineCrashed
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 _MAX_ANSWER_BYTES = 256 * 1024 * 1024
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl() if sys.platform == "linux" else None
+"""Looked up once in the parent: between fork and exec the child may only call it, not load it."""
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: be killed when the server dies, however it dies (Linux)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class WorkerDied(EngineCrashed):
@@ -54,6 +74,7 @@ class Worker:
             env=worker_environment(cache_dir),
             limit=_MAX_ANSWER_BYTES,
             start_new_session=True,
+            preexec_fn=_die_with_parent if _PRCTL is not None else None,
         )
         return cls(process)
 

@@ -13,8 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from policies import AuditLog, CounterStore, Gate, RedisCounterStore, SqliteCounterStore
-from policies import load_policy_text
+from policies import (
+    AuditLog,
+    CounterStore,
+    Gate,
+    RedisCounterStore,
+    SqliteCounterStore,
+    load_policy_text,
+)
 
 IN_CI = os.environ.get("CI") == "true"
 REDIS_START_TIMEOUT_S = 20.0
@@ -56,8 +62,7 @@ GateFactory = Callable[[str], Gate]
 
 
 @pytest.fixture
-def make_gate(sqlite_store: SqliteCounterStore, audit: AuditLog,
-              clock: FakeClock) -> GateFactory:
+def make_gate(sqlite_store: SqliteCounterStore, audit: AuditLog, clock: FakeClock) -> GateFactory:
     """`make_gate(policy_yaml)`: a gate over the test's SQLite store, audit file and clock."""
 
     def make(text: str) -> Gate:
@@ -77,9 +82,26 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("redis")
     socket_path = folder / "redis.sock"
     process = subprocess.Popen(
-        [binary, "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
-         "--save", "", "--appendonly", "no", "--dir", str(folder), "--loglevel", "notice"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            binary,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(socket_path),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+            "--loglevel",
+            "notice",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         _wait_ready(process)
         yield f"unix://{socket_path}"

@@ -25,49 +25,127 @@ from sandboxes import Program, WorkspacePaths
 from .conftest import FakeClock
 
 HERE = default_policy_path().parent
-SEED = ('{"version":"1","default":"deny","tools":{"pip_install_package":{"limits":[{"counter":'
-        '"pip_install_package_rate","window":"minute","max":10,"scope":"grant"}]}}}')
-SHIPPED = {"default.yaml", "python-no-net-no-install.yaml", "eval-harness.yaml",
-           "policylayer-seed.json"}
-EXECUTION_TOOLS = ("run_python_code", "save_to_file_and_run", "run_python_file", "run_code",
-                   "pyodide_execute")
+SEED = (
+    '{"version":"1","default":"deny","tools":{"pip_install_package":{"limits":[{"counter":'
+    '"pip_install_package_rate","window":"minute","max":10,"scope":"grant"}]}}}'
+)
+SHIPPED = {
+    "default.yaml",
+    "python-no-net-no-install.yaml",
+    "eval-harness.yaml",
+    "policylayer-seed.json",
+}
+EXECUTION_TOOLS = (
+    "run_python_code",
+    "save_to_file_and_run",
+    "run_python_file",
+    "run_code",
+    "pyodide_execute",
+)
 
 CASES: list[tuple[str, str, dict[str, Any], type, str]] = [
     # policy, tool, args, decision, rule
-    ("policylayer-seed.json", "pip_install_package", {"package_name": "numpy"}, Allowed,
-     "/tools/pip_install_package"),
+    (
+        "policylayer-seed.json",
+        "pip_install_package",
+        {"package_name": "numpy"},
+        Allowed,
+        "/tools/pip_install_package",
+    ),
     ("policylayer-seed.json", "run_python_code", {"code": "print(1)"}, Denied, "/default"),
     ("policylayer-seed.json", "pyodide_execute", {"code": "1"}, Denied, "/default"),
-    *[("default.yaml", tool, {"code": "print(1)"}, Allowed, f"/tools/{tool}")
-      for tool in EXECUTION_TOOLS],
-    ("default.yaml", "pip_install_package", {"package_name": "numpy"}, Allowed,
-     "/tools/pip_install_package"),
-    ("default.yaml", "pyodide_install-packages", {"package": "numpy pandas"}, Allowed,
-     "/tools/pyodide_install-packages"),
+    *[
+        ("default.yaml", tool, {"code": "print(1)"}, Allowed, f"/tools/{tool}")
+        for tool in EXECUTION_TOOLS
+    ],
+    (
+        "default.yaml",
+        "pip_install_package",
+        {"package_name": "numpy"},
+        Allowed,
+        "/tools/pip_install_package",
+    ),
+    (
+        "default.yaml",
+        "pyodide_install-packages",
+        {"package": "numpy pandas"},
+        Allowed,
+        "/tools/pyodide_install-packages",
+    ),
     ("default.yaml", "pyodide_get-mount-points", {}, Allowed, "/tools/pyodide_get-mount-points"),
-    ("default.yaml", "pyodide_list-mounted-directory", {"mountName": "data"}, Allowed,
-     "/tools/pyodide_list-mounted-directory"),
-    ("default.yaml", "pyodide_read-image", {"mountName": "d", "imagePath": "a.png"}, Allowed,
-     "/tools/pyodide_read-image"),
+    (
+        "default.yaml",
+        "pyodide_list-mounted-directory",
+        {"mountName": "data"},
+        Allowed,
+        "/tools/pyodide_list-mounted-directory",
+    ),
+    (
+        "default.yaml",
+        "pyodide_read-image",
+        {"mountName": "d", "imagePath": "a.png"},
+        Allowed,
+        "/tools/pyodide_read-image",
+    ),
     ("default.yaml", "shell", {"cmd": "ls"}, Denied, "/default"),
-    ("default.yaml", "run_code", {"code": "x" * (1024 * 1024 + 1)}, Denied,
-     "/quotas/max_code_bytes"),
-    ("python-no-net-no-install.yaml", "run_python_code", {"code": "1"}, Allowed,
-     "/tools/run_python_code"),
-    ("python-no-net-no-install.yaml", "pyodide_execute", {"code": "1"}, Allowed,
-     "/tools/pyodide_execute"),
-    ("python-no-net-no-install.yaml", "pip_install_package", {"package_name": "numpy"}, Denied,
-     "/tools/pip_install_package/action"),
-    ("python-no-net-no-install.yaml", "pyodide_install-packages", {"package": "numpy"}, Denied,
-     "/tools/pyodide_install-packages/action"),
-    ("python-no-net-no-install.yaml", "pyodide_read-image", {"mountName": "d",
-     "imagePath": "a.png"}, Denied, "/default"),
+    (
+        "default.yaml",
+        "run_code",
+        {"code": "x" * (1024 * 1024 + 1)},
+        Denied,
+        "/quotas/max_code_bytes",
+    ),
+    (
+        "python-no-net-no-install.yaml",
+        "run_python_code",
+        {"code": "1"},
+        Allowed,
+        "/tools/run_python_code",
+    ),
+    (
+        "python-no-net-no-install.yaml",
+        "pyodide_execute",
+        {"code": "1"},
+        Allowed,
+        "/tools/pyodide_execute",
+    ),
+    (
+        "python-no-net-no-install.yaml",
+        "pip_install_package",
+        {"package_name": "numpy"},
+        Denied,
+        "/tools/pip_install_package/action",
+    ),
+    (
+        "python-no-net-no-install.yaml",
+        "pyodide_install-packages",
+        {"package": "numpy"},
+        Denied,
+        "/tools/pyodide_install-packages/action",
+    ),
+    (
+        "python-no-net-no-install.yaml",
+        "pyodide_read-image",
+        {"mountName": "d", "imagePath": "a.png"},
+        Denied,
+        "/default",
+    ),
     ("eval-harness.yaml", "run_code", {"code": "1"}, Allowed, "/tools/run_code"),
     ("eval-harness.yaml", "run_python_code", {"code": "1"}, Allowed, "/tools/run_python_code"),
-    ("eval-harness.yaml", "pip_install_package", {"package_name": "numpy"}, Denied,
-     "/tools/pip_install_package/action"),
-    ("eval-harness.yaml", "save_to_file_and_run", {"file_name": "a.py", "code": "1"}, Denied,
-     "/default"),
+    (
+        "eval-harness.yaml",
+        "pip_install_package",
+        {"package_name": "numpy"},
+        Denied,
+        "/tools/pip_install_package/action",
+    ),
+    (
+        "eval-harness.yaml",
+        "save_to_file_and_run",
+        {"file_name": "a.py", "code": "1"},
+        Denied,
+        "/default",
+    ),
     ("eval-harness.yaml", "run_code", {"code": "x" * 300_000}, Denied, "/quotas/max_code_bytes"),
 ]
 
@@ -108,16 +186,24 @@ def test_every_shipped_policy_is_listed_loads_cleanly_and_says_what_it_allows() 
 
 def test_the_shipped_seed_is_the_policylayer_seed_verbatim() -> None:
     assert (HERE / "policylayer-seed.json").read_text().strip() == SEED
-    assert load_policy_text(SEED).model_dump() == load_policy(HERE / "policylayer-seed.json").model_dump()
+    shipped = load_policy(HERE / "policylayer-seed.json")
+    assert load_policy_text(SEED).model_dump() == shipped.model_dump()
 
 
-@pytest.mark.parametrize(("policy", "tool", "args", "kind", "rule"), CASES,
-                         ids=[f"{c[0]}:{c[1]}:{c[4]}" for c in CASES])
-def test_decision_and_deciding_rule(gate_for: Any, tmp_path: Path, policy: str, tool: str,
-                                    args: dict[str, Any], kind: type, rule: str) -> None:
+@pytest.mark.parametrize(
+    ("policy", "tool", "args", "kind", "rule"), CASES, ids=[f"{c[0]}:{c[1]}:{c[4]}" for c in CASES]
+)
+def test_decision_and_deciding_rule(
+    gate_for: Any,
+    tmp_path: Path,
+    policy: str,
+    tool: str,
+    args: dict[str, Any],
+    kind: type,
+    rule: str,
+) -> None:
     decision = gate_for(policy).decide(call_for(tool, args, tmp_path))
-    assert type(decision) is kind
-    assert decision.rule == rule
+    assert (type(decision), decision.rule) == (kind, rule)
     if isinstance(decision, Denied):
         assert decision.reason
 
@@ -161,14 +247,17 @@ def test_default_policy_counts_each_pyodide_package(gate_for: Any) -> None:
     denied = gate.decide(six)
     assert isinstance(denied, Denied)
     assert denied.rule == "/tools/pyodide_install-packages/limits/installs"
-    assert isinstance(gate.decide(ToolCall("pip_install_package", {"package_name": "x"})),
-                      Allowed)  # 7 of 10 used
+    assert isinstance(
+        gate.decide(ToolCall("pip_install_package", {"package_name": "x"})), Allowed
+    )  # 7 of 10 used
 
 
 def test_install_tools_are_hidden_only_where_the_policy_hides_them(gate_for: Any) -> None:
     names = ["run_python_code", "pip_install_package", "pyodide_install-packages", "shell"]
     assert gate_for("python-no-net-no-install.yaml").visible_tools(names) == [
-        "run_python_code", "shell"]
+        "run_python_code",
+        "shell",
+    ]
     assert gate_for("default.yaml").visible_tools(names) == names
 
 
@@ -181,5 +270,6 @@ def test_eval_harness_uses_short_timeouts(gate_for: Any, tmp_path: Path) -> None
 
 def test_no_shipped_policy_asks_for_approval(gate_for: Any, tmp_path: Path) -> None:
     for policy, tool, args, _, _ in CASES:
-        assert not isinstance(gate_for(policy).decide(call_for(tool, args, tmp_path)),
-                              NeedsApproval)
+        assert not isinstance(
+            gate_for(policy).decide(call_for(tool, args, tmp_path)), NeedsApproval
+        )

@@ -103,13 +103,17 @@ def test_fifty_threads_against_max_ten_get_exactly_ten(store: CounterStore) -> N
 
 
 def test_approvals_resolve_once_and_are_used_once(store: CounterStore) -> None:
-    record = ApprovalRecord("ap1", "binding-1", "run_code", "alice", "s1", "h" * 64,
-                            "pending", NOW, NOW + 300, 300.0)
+    record = ApprovalRecord(
+        "ap1", "binding-1", "run_code", "alice", "s1", "h" * 64, "pending", NOW, NOW + 300, 300.0
+    )
     store.add_approval(record)
     assert store.find_approval("binding-1", NOW) == record
     resolved = store.resolve_approval("ap1", True, "bob", NOW + 10)
     assert (resolved.status, resolved.resolved_by, resolved.expires_at) == (
-        "approved", "bob", NOW + 310)
+        "approved",
+        "bob",
+        NOW + 310,
+    )
     with pytest.raises(UnknownApproval) as raised:
         store.resolve_approval("ap1", False, "bob", NOW + 11)
     assert raised.value.status == "approved"
@@ -124,8 +128,9 @@ def test_unknown_and_expired_approvals(store: CounterStore) -> None:
     with pytest.raises(UnknownApproval) as raised:
         store.resolve_approval("nope", True, "bob", NOW)
     assert raised.value.status is None
-    store.add_approval(ApprovalRecord("ap2", "b2", "run_code", "a", "s", "h", "pending",
-                                      NOW, NOW + 5, 5.0))
+    store.add_approval(
+        ApprovalRecord("ap2", "b2", "run_code", "a", "s", "h", "pending", NOW, NOW + 5, 5.0)
+    )
     assert store.find_approval("b2", NOW + 6) is None
     with pytest.raises(UnknownApproval) as expired:
         store.resolve_approval("ap2", True, "bob", NOW + 6)
@@ -170,8 +175,12 @@ def test_sqlite_is_atomic_across_processes(tmp_path: Path) -> None:
         store.close()
     """)
     root = Path(__file__).resolve().parents[2]
-    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE,
-                              text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
     granted = [int(p.communicate(timeout=60)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sum(granted) == 25

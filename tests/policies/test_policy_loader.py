@@ -9,8 +9,10 @@ import pytest
 
 from policies import Policy, PolicyLoadError, Problem, load_policy, load_policy_text
 
-SEED = ('{"version":"1","default":"deny","tools":{"pip_install_package":{"limits":[{"counter":'
-        '"pip_install_package_rate","window":"minute","max":10,"scope":"grant"}]}}}')
+SEED = (
+    '{"version":"1","default":"deny","tools":{"pip_install_package":{"limits":[{"counter":'
+    '"pip_install_package_rate","window":"minute","max":10,"scope":"grant"}]}}}'
+)
 
 
 def problems_of(text: str, **kwargs: object) -> list[Problem]:
@@ -26,7 +28,12 @@ def test_policylayer_seed_loads_with_its_meaning() -> None:
     assert rule.action == "allow"
     (limit,) = rule.limits
     assert (limit.counter, limit.window_s, limit.max, limit.scope, limit.increment) == (
-        "pip_install_package_rate", 60.0, 10, "grant", 1)
+        "pip_install_package_rate",
+        60.0,
+        10,
+        "grant",
+        1,
+    )
     assert policy.warnings == ()
 
 
@@ -34,18 +41,23 @@ def test_secure_defaults_for_an_empty_policy() -> None:
     policy = load_policy_text("version: '1'\n")
     assert (policy.default, policy.mode, policy.hide, policy.tools) == ("deny", "enforce", [], {})
     assert (policy.state.backend, policy.audit.fsync, policy.approvals.timeout_s) == (
-        "sqlite", False, 300.0)
+        "sqlite",
+        False,
+        300.0,
+    )
 
 
 def test_unknown_key_names_the_path_position_and_a_fix() -> None:
-    text = ("version: '1'\n"
-            "tools:\n"
-            "  pip_install_package:\n"
-            "    limits:\n"
-            "      - counter: x\n"
-            "        window: minute\n"
-            "        windw: hour\n"
-            "        max: 3\n")
+    text = (
+        "version: '1'\n"
+        "tools:\n"
+        "  pip_install_package:\n"
+        "    limits:\n"
+        "      - counter: x\n"
+        "        window: minute\n"
+        "        windw: hour\n"
+        "        max: 3\n"
+    )
     (problem,) = problems_of(text)
     assert problem.path == "tools.pip_install_package.limits[0].windw"
     assert (problem.line, problem.column) == (7, 9)
@@ -59,23 +71,38 @@ def test_json_errors_have_positions_too() -> None:
 
 
 def test_wrong_types_and_values_are_each_reported() -> None:
-    text = ("tools:\n"
-            "  run_code:\n"
-            "    action: alow\n"
-            "    quotas: {timeout_s: 0, memory_mb: '512'}\n"
-            "    limits: [{counter: c, window: PT0S, max: -1}]\n")
+    text = (
+        "tools:\n"
+        "  run_code:\n"
+        "    action: alow\n"
+        "    quotas: {timeout_s: 0, memory_mb: '512'}\n"
+        "    limits: [{counter: c, window: PT0S, max: -1}]\n"
+    )
     found = {p.path: p for p in problems_of(text)}
-    assert set(found) == {"tools.run_code.action", "tools.run_code.quotas.timeout_s",
-                          "tools.run_code.quotas.memory_mb", "tools.run_code.limits[0].window",
-                          "tools.run_code.limits[0].max"}
+    assert set(found) == {
+        "tools.run_code.action",
+        "tools.run_code.quotas.timeout_s",
+        "tools.run_code.quotas.memory_mb",
+        "tools.run_code.limits[0].window",
+        "tools.run_code.limits[0].max",
+    }
     assert found["tools.run_code.action"].line == 3
     assert "alow" in found["tools.run_code.action"].message
 
 
-@pytest.mark.parametrize(("window", "seconds"), [
-    ("minute", 60), ("hour", 3600), ("day", 86400), ("PT30S", 30), ("P1D", 86400),
-    ("PT1H30M", 5400), ("P1W", 604800), ("PT0.5S", 0.5),
-])
+@pytest.mark.parametrize(
+    ("window", "seconds"),
+    [
+        ("minute", 60),
+        ("hour", 3600),
+        ("day", 86400),
+        ("PT30S", 30),
+        ("P1D", 86400),
+        ("PT1H30M", 5400),
+        ("P1W", 604800),
+        ("PT0.5S", 0.5),
+    ],
+)
 def test_windows(window: str, seconds: float) -> None:
     policy = load_policy_text(f"limits: [{{counter: c, window: {window}, max: 1}}]")
     assert policy.limits[0].window_s == seconds
@@ -109,23 +136,37 @@ def test_not_a_mapping() -> None:
     assert problem.path == ""
 
 
-@pytest.mark.parametrize(("snippet", "path"), [
-    ("tools: {run_code: {engine: nowhere}}", "tools.run_code.engine"),
-    ("all_tools: {engine: nowhere}", "all_tools.engine"),
-    ("engines: {w: {kind: wasm, runtime: runsc}}", "engines.w.runtime"),
-    ("tools: {run_code: {args_schema: {type: 7}}}", "tools.run_code.args_schema"),
-    ("state: {backend: redis}", "state.backend"),
-    ("tools: {run_code: {deny_if: [{path: code, op: exists}]}}", "tools.run_code.deny_if[0].path"),
-    ("tools: {run_code: {deny_if: [{path: args.x, op: in, value: 3}]}}",
-     "tools.run_code.deny_if[0]"),
-    ("tools: {run_code: {deny_if: [{path: args.x, op: regex, value: '('}]}}",
-     "tools.run_code.deny_if[0]"),
-    ("tools: {run_code: {deny_if: [{path: args.x, op: lt, value: 'a'}]}}",
-     "tools.run_code.deny_if[0]"),
-    ("tools: {run_code: {limits: [{counter: c, window: minute, max: 1, increment_from: x}]}}",
-     "tools.run_code.limits[0].increment_from"),
-    ("grants: {alice: {token_sha256: nothex}}", "grants.alice.token_sha256"),
-])
+@pytest.mark.parametrize(
+    ("snippet", "path"),
+    [
+        ("tools: {run_code: {engine: nowhere}}", "tools.run_code.engine"),
+        ("all_tools: {engine: nowhere}", "all_tools.engine"),
+        ("engines: {w: {kind: wasm, runtime: runsc}}", "engines.w.runtime"),
+        ("tools: {run_code: {args_schema: {type: 7}}}", "tools.run_code.args_schema"),
+        ("state: {backend: redis}", "state.backend"),
+        (
+            "tools: {run_code: {deny_if: [{path: code, op: exists}]}}",
+            "tools.run_code.deny_if[0].path",
+        ),
+        (
+            "tools: {run_code: {deny_if: [{path: args.x, op: in, value: 3}]}}",
+            "tools.run_code.deny_if[0]",
+        ),
+        (
+            "tools: {run_code: {deny_if: [{path: args.x, op: regex, value: '('}]}}",
+            "tools.run_code.deny_if[0]",
+        ),
+        (
+            "tools: {run_code: {deny_if: [{path: args.x, op: lt, value: 'a'}]}}",
+            "tools.run_code.deny_if[0]",
+        ),
+        (
+            "limits: [{counter: c, window: minute, max: 1, increment_from: x}]",
+            "limits[0].increment_from",
+        ),
+        ("grants: {alice: {token_sha256: nothex}}", "grants.alice.token_sha256"),
+    ],
+)
 def test_semantic_problems_name_their_key(snippet: str, path: str) -> None:
     problems = problems_of(snippet)
     assert [p.path for p in problems] == [path]
@@ -133,9 +174,11 @@ def test_semantic_problems_name_their_key(snippet: str, path: str) -> None:
 
 
 def test_engine_profiles_resolve(tmp_path: Path) -> None:
-    policy = load_policy_text("engines: {sealed: {kind: container, runtime: runsc}}\n"
-                              "tools: {run_code: {engine: sealed}, run_python_code: "
-                              "{engine: gvisor}}")
+    policy = load_policy_text(
+        "engines: {sealed: {kind: container, runtime: runsc}}\n"
+        "tools: {run_code: {engine: sealed}, run_python_code: "
+        "{engine: gvisor}}"
+    )
     assert policy.profile("sealed")[:2] == ("container", "runsc")
     assert policy.profile("gvisor")[:2] == ("container", "runsc")
     assert policy.profile("container")[:2] == ("container", "runc")
@@ -145,7 +188,8 @@ def test_grants_file_is_relative_to_the_policy(tmp_path: Path) -> None:
     digest = "ab" * 32
     (tmp_path / "grants.yaml").write_text(f"ci: {{token_sha256: {digest}, roles: [eval]}}\n")
     (tmp_path / "policy.yaml").write_text(
-        "grants_file: grants.yaml\nstate: {path: state/db.sqlite3}\naudit: {path: a.jsonl}\n")
+        "grants_file: grants.yaml\nstate: {path: state/db.sqlite3}\naudit: {path: a.jsonl}\n"
+    )
     policy = load_policy(tmp_path / "policy.yaml")
     assert policy.grants["ci"].roles == ["eval"]
     assert policy.state.path == str(tmp_path / "state" / "db.sqlite3")
@@ -177,20 +221,29 @@ def test_warnings() -> None:
     assert warning_paths(
         "tools: {run_code: {deny_if: [{path: args.code, op: contains, value: socket}]}}"
     ) == ["tools.run_code.deny_if[0].path"]
-    assert warning_paths(
-        "tools: {run_code: {require: [{path: args.code, op: exists}], "
-        "deny_if: [{path: args.code, op: contains, value: socket}]}}") == []
-    assert warning_paths(
-        "tools: {run_code: {args_schema: {type: object, required: [code]}, "
-        "deny_if: [{path: args.code, op: contains, value: socket}]}}") == []
+    assert (
+        warning_paths(
+            "tools: {run_code: {require: [{path: args.code, op: exists}], "
+            "deny_if: [{path: args.code, op: contains, value: socket}]}}"
+        )
+        == []
+    )
+    assert (
+        warning_paths(
+            "tools: {run_code: {args_schema: {type: object, required: [code]}, "
+            "deny_if: [{path: args.code, op: contains, value: socket}]}}"
+        )
+        == []
+    )
     assert warning_paths(
         "tools: {pip_install_package: {require: [{path: args.package_name, op: regex, "
-        "value: '[a-z]+'}]}}") == ["tools.pip_install_package.require[0].value"]
+        "value: '[a-z]+'}]}}"
+    ) == ["tools.pip_install_package.require[0].value"]
     assert warning_paths("mode: off\ndefault: allow") == ["mode", "default"]
 
 
 def test_policy_is_immutable() -> None:
     policy = load_policy_text(SEED)
     with pytest.raises(ValueError):
-        policy.default = "allow"  # type: ignore[misc]
+        policy.default = "allow"
     assert isinstance(policy, Policy)

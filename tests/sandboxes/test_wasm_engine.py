@@ -152,3 +152,43 @@ async def test_two_slow_runs_overlap(wasm_engine: WasmEngine, tmp_path: Path) ->
     elapsed = time.monotonic() - began
     assert [r.status for r in results] == ["ok", "ok"]
     assert elapsed < 3.5, f"two 2 s runs took {elapsed:.1f} s: they did not overlap"
+
+
+async def test_a_call_before_the_engine_is_ready_waits_and_says_so_when_it_gives_up() -> None:
+    from sandboxes import EngineNotReady
+
+    engine = WasmEngine(workers=1)
+    try:
+        with pytest.raises(EngineNotReady) as raised:
+            await engine.wait_ready(timeout_s=0.001)
+        assert raised.value.waited_s >= 0.0
+        assert "sandgate setup" in str(raised.value)
+        await engine.wait_ready(timeout_s=120)
+        assert engine.ready
+    finally:
+        await engine.aclose()
+
+
+async def test_a_killed_worker_is_an_engine_error_and_is_replaced(tmp_path: Path) -> None:
+    import asyncio
+    import signal
+
+    from sandboxes import EngineCrashed
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with WasmEngine(workers=1) as engine:
+        await engine.wait_ready(timeout_s=120)
+        [pid] = engine.worker_pids()
+        task = asyncio.ensure_future(
+            engine.run(_plan(tmp_path / "a", "import time; time.sleep(30)"))
+        )
+        deadline = time.monotonic() + 30
+        while engine.pool_stats()["idle"] != 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(EngineCrashed):
+            await task
+        result = await engine.run(_plan(tmp_path / "b", "print('still here')"))
+        assert result.status == "ok" and result.stdout == "still here\n"
+        assert engine.worker_pids() != [pid]

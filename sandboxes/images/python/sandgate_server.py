@@ -1,0 +1,295 @@
+"""sandgate's interpreter server: runs exactly one request in a pre-started, single-use container.
+
+Started as the container's main process (`python3 -I /opt/sandgate/server.py`, PID 1). Stdlib
+only. It announces itself with a hello frame on stdout, waits for one JSON request line on
+stdin, runs the user's program in a forked child whose stdout/stderr are pipes it forwards as
+frames, kills every other process left in the container once the child ends, sends one report
+frame and exits. The host enforces every limit on its own (container kill, cgroups); what this
+server reports is what the sandbox says of itself.
+
+Frames on stdout: 1 tag byte, 4-byte big-endian length, payload. Tags: `H` hello (JSON),
+`O` user stdout bytes, `E` user stderr bytes, `R` the final report (JSON).
+"""
+
+import json
+import linecache  # noqa: F401  (imported before the fork so the child starts warm)
+import os
+import resource
+import runpy  # noqa: F401
+import selectors
+import signal
+import struct
+import sys
+import time
+import traceback  # noqa: F401
+import types
+
+PROTOCOL = 1
+WORKSPACE = "/workspace"
+SITE = "/site"
+STDIN_FILE = "/tmp/.sandgate-stdin"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
+MAX_VALUE_CHARS = 1_000_000
+MAX_REPORT_BYTES = 8 * 1024 * 1024
+MAX_REQUEST_BYTES = 256 * 1024 * 1024
+CHUNK_BYTES = 64 * 1024
+_HEADER = struct.Struct(">cI")
+
+
+def _send(tag, payload):
+    data = _HEADER.pack(tag, len(payload)) + payload
+    while data:
+        data = data[os.write(1, data) :]
+
+
+def _read_counter(paths, key):
+    """The value of `key` in the first readable cgroup flat-keyed file of `paths`, else None."""
+    for path in paths:
+        try:
+            with open(path) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) == 2 and parts[0] == key:
+                        return int(parts[1])
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _pids_refused():
+    return _read_counter(("/sys/fs/cgroup/pids/pids.events", "/sys/fs/cgroup/pids.events"), "max")
+
+
+def _oom_kills():
+    return _read_counter(
+        ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events"), "oom_kill"
+    )
+
+
+# ---- the child: runs the user's program --------------------------------------------------------
+
+
+def _user_stack(tb):
+    import traceback
+
+    kept = [
+        f
+        for f in traceback.extract_tb(tb)
+        if f.filename != __file__ and "runpy" not in f.filename
+    ]
+    return traceback.StackSummary.from_list(kept)
+
+
+def _images_written_since(start):
+    for root, _dirs, files in os.walk(WORKSPACE):
+        for name in files:
+            if name.lower().endswith(IMAGE_SUFFIXES):
+                try:
+                    if os.stat(os.path.join(root, name)).st_mtime >= start - 1:
+                        return True
+                except OSError:
+                    pass
+    return False
+
+
+def _save_open_figures(start):
+    """Save matplotlib figures left open, unless the code saved an image itself."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None or _images_written_since(start):
+        return []
+    saved = []
+    for number in pyplot.get_fignums():
+        path = os.path.join(WORKSPACE, f"figure_{number}.png")
+        pyplot.figure(number).savefig(path)
+        saved.append(path)
+    return saved
+
+
+def _run_user(kind, source, variable):
+    start = time.time()
+    os.chdir(WORKSPACE)
+    sys.path[:0] = [WORKSPACE, SITE]
+    main = types.ModuleType("__main__")
+    sys.modules["__main__"] = main
+    report = {"error": None, "error_type": None, "exit_code": 0, "value_found": False}
+    namespace = main.__dict__
+    try:
+        if kind == "code":
+            sys.argv = ["-c"]
+            exec(compile(source, "<code>", "exec"), namespace)
+        else:
+            import runpy
+
+            sys.argv = [source]
+            namespace = runpy.run_path(source, run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            report["exit_code"] = 0
+        elif isinstance(code, int):
+            report["exit_code"] = code
+        else:
+            print(code, file=sys.stderr)
+            report["exit_code"] = 1
+    except BaseException as exc:
+        import linecache
+        import traceback
+
+        if kind == "code":
+            linecache.cache["<code>"] = (len(source), None, source.splitlines(True), "<code>")
+        te = traceback.TracebackException.from_exception(exc)
+        te.stack = _user_stack(exc.__traceback__)
+        sys.stderr.write("".join(te.format()))
+        report["error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        report["error_type"] = type(exc).__name__
+        report["exit_code"] = 1
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    if variable:
+        value = namespace.get(variable)
+        if value is not None:
+            report["value_found"] = True
+            try:
+                text = str(value)
+            except BaseException as exc:
+                text = f"<str() of {variable} failed: {type(exc).__name__}>"
+            report["value"] = text[:MAX_VALUE_CHARS]
+    try:
+        report["figures"] = _save_open_figures(start)
+    except BaseException as exc:
+        report["figures_error"] = f"{type(exc).__name__}: {exc}"
+    return report
+
+
+def _child(request, stdin_fd, out_w, err_w, rep_w):
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.dup2(stdin_fd, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    os.dup2(rep_w, 3)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 3:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    sys.stdout.reconfigure(line_buffering=True)
+    cpu_s = request.get("cpu_s")
+    if cpu_s:
+        seconds = max(1, int(cpu_s + 0.999))
+        resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
+    report = _run_user(request["kind"], request["source"], request.get("variable") or "")
+    data = json.dumps(report).encode("utf-8")[:MAX_REPORT_BYTES]
+    try:
+        while data:
+            data = data[os.write(3, data) :]
+    except OSError:
+        pass
+    os._exit(report["exit_code"] & 0xFF if report["exit_code"] else 0)
+
+
+# ---- the parent: forwards output, reaps, reports ----------------------------------------------
+
+
+def _serve(request):
+    with open(STDIN_FILE, "wb") as f:
+        f.write(request.get("stdin", "").encode("utf-8", "surrogateescape"))
+    stdin_fd = os.open(STDIN_FILE, os.O_RDONLY)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    refused_before, ooms_before = _pids_refused(), _oom_kills()
+    began = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _child(request, stdin_fd, out_w, err_w, rep_w)
+        finally:
+            os._exit(70)
+    for fd in (stdin_fd, out_w, err_w, rep_w):
+        os.close(fd)
+    cap = int(request.get("output_bytes") or 0)
+    sent = {b"O": 0, b"E": 0}
+    truncated = []
+    report = bytearray()
+    status = usage = None
+    selector = selectors.DefaultSelector()
+    for fd, tag in ((out_r, b"O"), (err_r, b"E"), (rep_r, b"R"), (wake_r, b"W")):
+        selector.register(fd, selectors.EVENT_READ, tag)
+    open_pipes = 3
+    while open_pipes or status is None:
+        for key, _ in selector.select(timeout=1.0 if status is None else 5.0):
+            tag = key.data
+            chunk = os.read(key.fd, CHUNK_BYTES)
+            if tag == b"W":
+                continue
+            if not chunk:
+                selector.unregister(key.fd)
+                open_pipes -= 1
+            elif tag == b"R":
+                report += chunk[: MAX_REPORT_BYTES - len(report)]
+            elif cap and sent[tag] + len(chunk) > cap:
+                _send(tag, chunk[: cap - sent[tag]])
+                sent[tag] = cap
+                if tag not in truncated:
+                    truncated.append(tag)
+                    if status is None:
+                        os.kill(pid, signal.SIGKILL)
+            else:
+                _send(tag, chunk)
+                sent[tag] += len(chunk)
+        if status is None:
+            done, status, usage = os.wait4(pid, os.WNOHANG)
+            if done == 0:
+                status = None
+            else:
+                try:
+                    os.kill(-1, signal.SIGKILL)  # whatever the program left running
+                except OSError:
+                    pass
+    wall_ms = (time.perf_counter() - began) * 1000
+    refused_after, ooms_after = _pids_refused(), _oom_kills()
+    try:
+        parsed = json.loads(report) if report else None
+    except ValueError:
+        parsed = None
+    return {
+        "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+        "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+        "report": parsed if isinstance(parsed, dict) else None,
+        "truncated": ["stdout" if t == b"O" else "stderr" for t in truncated],
+        "wall_ms": wall_ms,
+        "cpu_ms": (usage.ru_utime + usage.ru_stime) * 1000,
+        "peak_memory_bytes": usage.ru_maxrss * 1024,
+        "pids_refused": None
+        if refused_before is None or refused_after is None
+        else refused_after - refused_before,
+        "oom_kills": None if ooms_before is None or ooms_after is None else ooms_after - ooms_before,
+    }
+
+
+def main():
+    hello = {"protocol": PROTOCOL, "python": sys.version.split()[0], "uid": os.getuid()}
+    _send(b"H", json.dumps(hello).encode("utf-8"))
+    line = sys.stdin.buffer.readline(MAX_REQUEST_BYTES)
+    if not line:
+        os._exit(0)
+    try:
+        answer = _serve(json.loads(line))
+    except Exception as exc:  # the one boundary: a server failure becomes a report
+        answer = {"server_error": f"{type(exc).__name__}: {exc}"}
+    _send(b"R", json.dumps(answer).encode("utf-8"))
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
