@@ -11,10 +11,15 @@ from ._errors import (
     UnknownApproval,
 )
 from ._gate import Gate
-from ._loader import load_policy, load_policy_text
+from ._loader import (
+    default_policy_path,
+    load_policy,
+    load_policy_text,
+    policy_json_schema,
+    shipped_policy_paths,
+)
 from ._model import Policy
 from ._redis import RedisCounterStore
-from ._shipped import default_policy_path, policy_json_schema, shipped_policy_paths
 from ._sqlite import SqliteCounterStore
 from ._store import (
     ApprovalRecord,

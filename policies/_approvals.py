@@ -27,8 +27,15 @@ class ApprovalDesk:
         self._audit = audit
         self._clock = clock
 
-    def check(self, call: ToolCall, args_sha256: str, asked: tuple[str, str], decision_id: str,
-              ttl_s: float, now: float) -> NeedsApproval | Refusal | str:
+    def check(
+        self,
+        call: ToolCall,
+        args_sha256: str,
+        asked: tuple[str, str],
+        decision_id: str,
+        ttl_s: float,
+        now: float,
+    ) -> NeedsApproval | Refusal | str:
         """The approval state of an identical call: a request to show (new or still pending),
         a refusal (a human said no), or the id of an approved, unused approval."""
         rule, why = asked
@@ -36,22 +43,37 @@ class ApprovalDesk:
         record = self._store.find_approval(binding, now)
         if record is None:
             record = ApprovalRecord(
-                approval_id=uuid.uuid4().hex[:12], binding=binding, tool=call.tool,
-                grant=call.grant, session=call.session, args_sha256=args_sha256,
-                status="pending", created_at=now, expires_at=now + ttl_s, ttl_s=ttl_s)
+                approval_id=uuid.uuid4().hex[:12],
+                binding=binding,
+                tool=call.tool,
+                grant=call.grant,
+                session=call.session,
+                args_sha256=args_sha256,
+                status="pending",
+                created_at=now,
+                expires_at=now + ttl_s,
+                ttl_s=ttl_s,
+            )
             self._store.add_approval(record)
         if record.status == "denied":
             by = f" by {record.resolved_by}" if record.resolved_by else ""
-            return Refusal(rule, f"A human denied this call{by} (approval "
-                           f"{record.approval_id}). Do not repeat it; change the request.")
+            return Refusal(
+                rule,
+                f"A human denied this call{by} (approval "
+                f"{record.approval_id}). Do not repeat it; change the request.",
+            )
         if record.status == "approved":
             return record.approval_id
         wait = math.ceil(record.expires_at - now)
         return NeedsApproval(
-            decision_id, record.approval_id, rule,
+            decision_id,
+            record.approval_id,
+            rule,
             f"This call needs a human's approval ({why}). Approval id: {record.approval_id}. "
             f"An operator can run `sandgate approve {record.approval_id}` within {wait} s; "
-            "then repeat the identical call.", record.expires_at)
+            "then repeat the identical call.",
+            record.expires_at,
+        )
 
     def resolve(self, approval_id: str, approved: bool, by: str) -> ApprovalRecord:
         """Answer a pending approval and audit the answer.
@@ -63,11 +85,21 @@ class ApprovalDesk:
         """
         now = self._clock()
         record = self._store.resolve_approval(approval_id, approved, by, now)
-        self._audit.append(AuditRecord(
-            time=iso_time(now), id=uuid.uuid4().hex, event="approval",
-            decision="allow" if approved else "deny", tool=record.tool, grant=record.grant,
-            session=record.session, args_sha256=record.args_sha256, approval_id=approval_id,
-            by=by, reason=f"{'approved' if approved else 'denied'} by {by}"))
+        self._audit.append(
+            AuditRecord(
+                time=iso_time(now),
+                id=uuid.uuid4().hex,
+                event="approval",
+                decision="allow" if approved else "deny",
+                tool=record.tool,
+                grant=record.grant,
+                session=record.session,
+                args_sha256=record.args_sha256,
+                approval_id=approval_id,
+                by=by,
+                reason=f"{'approved' if approved else 'denied'} by {by}",
+            )
+        )
         return record
 
     def status(self, approval_id: str) -> ApprovalStatus:

@@ -23,8 +23,9 @@ AuditDecision = Literal["allow", "deny", "would_deny", "needs_approval"]
 
 def canonical_json(value: Any) -> bytes:
     """UTF-8 JSON with sorted keys and no spaces: equal arguments give equal bytes."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str).encode("utf-8")
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    ).encode("utf-8")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -129,7 +130,8 @@ class AuditLog:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._fd: int | None = os.open(
-                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
         except OSError as exc:
             raise AuditUnavailable(self.path, str(exc)) from exc
 
@@ -142,8 +144,12 @@ class AuditLog:
         Raises:
             AuditUnavailable: The write failed (disk full, file closed).
         """
-        line = json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":"),
-                          default=str).encode("utf-8") + b"\n"
+        line = (
+            json.dumps(
+                record.to_dict(), ensure_ascii=False, separators=(",", ":"), default=str
+            ).encode("utf-8")
+            + b"\n"
+        )
         with self._lock:
             if self._fd is None:
                 raise AuditUnavailable(self.path, "the audit log is closed")

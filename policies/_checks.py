@@ -13,11 +13,20 @@ from ._model import BUILTIN_PROFILES, Grant, Policy
 from ._rules import ToolRule
 from ._source import KeyPath, Parsed, format_path, guess_format, parse
 
-KNOWN_TOOLS = frozenset({
-    "run_python_code", "save_to_file_and_run", "pip_install_package", "run_python_file",
-    "run_code", "pyodide_execute", "pyodide_install-packages", "pyodide_get-mount-points",
-    "pyodide_list-mounted-directory", "pyodide_read-image",
-})
+KNOWN_TOOLS = frozenset(
+    {
+        "run_python_code",
+        "save_to_file_and_run",
+        "pip_install_package",
+        "run_python_file",
+        "run_code",
+        "pyodide_execute",
+        "pyodide_install-packages",
+        "pyodide_get-mount-points",
+        "pyodide_list-mounted-directory",
+        "pyodide_read-image",
+    }
+)
 """Tool names sandgate serves; other names load (with a warning) for forward compatibility."""
 
 
@@ -42,28 +51,48 @@ def _errors(policy: Policy, parsed: Parsed, extra_grants: dict[str, Grant]) -> l
     known = sorted({*BUILTIN_PROFILES, *policy.engines})
     for path, rule in rules_of(policy):
         if rule.engine is not None and rule.engine not in known:
-            problems.append(parsed.problem((*path, "engine"), f"unknown engine profile "
-                                           f"{rule.engine!r}; expected one of: "
-                                           f"{', '.join(known)}; define it under `engines`"))
+            problems.append(
+                parsed.problem(
+                    (*path, "engine"),
+                    f"unknown engine profile "
+                    f"{rule.engine!r}; expected one of: "
+                    f"{', '.join(known)}; define it under `engines`",
+                )
+            )
         if rule.args_schema is not None:
             try:
-                jsonschema.validators.validator_for(rule.args_schema).check_schema(
-                    rule.args_schema)
+                jsonschema.validators.validator_for(rule.args_schema).check_schema(rule.args_schema)
             except jsonschema.SchemaError as exc:
                 where = "/".join(str(p) for p in exc.path) or "(root)"
-                problems.append(parsed.problem((*path, "args_schema"), f"not a valid JSON "
-                                               f"Schema at {where}: {exc.message}"))
+                problems.append(
+                    parsed.problem(
+                        (*path, "args_schema"), f"not a valid JSON Schema at {where}: {exc.message}"
+                    )
+                )
     for name, profile in policy.engines.items():
         if profile.runtime is not None and profile.kind != "container":
-            problems.append(parsed.problem(("engines", name, "runtime"), f"runtime "
-                                           f"{profile.runtime!r} applies only to kind "
-                                           f"'container', got kind {profile.kind!r}; remove it"))
+            problems.append(
+                parsed.problem(
+                    ("engines", name, "runtime"),
+                    f"runtime "
+                    f"{profile.runtime!r} applies only to kind "
+                    f"'container', got kind {profile.kind!r}; remove it",
+                )
+            )
     if policy.state.backend == "redis" and not policy.state.url:
-        problems.append(parsed.problem(("state", "backend"), "backend 'redis' needs "
-                                       "`state.url` (e.g. redis://host:6379/0); add it"))
+        problems.append(
+            parsed.problem(
+                ("state", "backend"),
+                "backend 'redis' needs `state.url` (e.g. redis://host:6379/0); add it",
+            )
+        )
     for name in sorted(set(extra_grants) & set(policy.grants)):
-        problems.append(parsed.problem(("grants_file",), f"grant {name!r} is defined both in "
-                                       "`grants` and in grants_file; keep one"))
+        problems.append(
+            parsed.problem(
+                ("grants_file",),
+                f"grant {name!r} is defined both in `grants` and in grants_file; keep one",
+            )
+        )
     return problems
 
 
@@ -72,44 +101,69 @@ def _warnings(policy: Policy, parsed: Parsed) -> list[Problem]:
     if policy.mode == "off":
         found.append(parsed.problem(("mode",), "mode 'off' allows every call (still audited)"))
     if policy.default == "allow":
-        found.append(parsed.problem(("default",), "default 'allow' allows every tool not "
-                                    "listed, including tools added in future versions"))
+        found.append(
+            parsed.problem(
+                ("default",),
+                "default 'allow' allows every tool not "
+                "listed, including tools added in future versions",
+            )
+        )
     for index, name in enumerate(policy.hide):
         if name not in KNOWN_TOOLS:
             found.append(parsed.problem(("hide", index), f"unknown tool {name!r}"))
     for name, rule in policy.tools.items():
         if name not in KNOWN_TOOLS:
-            found.append(parsed.problem(("tools", name), f"unknown tool {name!r}; known: "
-                                        f"{', '.join(sorted(KNOWN_TOOLS))}"))
+            found.append(
+                parsed.problem(
+                    ("tools", name),
+                    f"unknown tool {name!r}; known: {', '.join(sorted(KNOWN_TOOLS))}",
+                )
+            )
         if name in policy.hide and rule.action != "hide":
-            found.append(parsed.problem(("tools", name), f"{name!r} is also in `hide`, "
-                                        "which wins: the tool is hidden and denied"))
+            found.append(
+                parsed.problem(
+                    ("tools", name),
+                    f"{name!r} is also in `hide`, which wins: the tool is hidden and denied",
+                )
+            )
         if rule.mode == "off":
-            found.append(parsed.problem(("tools", name, "mode"), f"mode 'off' allows every "
-                                        f"call of {name!r}"))
+            found.append(
+                parsed.problem(("tools", name, "mode"), f"mode 'off' allows every call of {name!r}")
+            )
     base = policy.all_tools
     for path, rule in rules_of(policy):
         guards = [rule] if path == ("all_tools",) or base is None else [rule, base]
         found += _unguarded(path, rule, guards, parsed)
         for index, pred in enumerate(rule.require):
             if pred.op == "regex" and not _anchored(str(pred.value)):
-                found.append(parsed.problem((*path, "require", index, "value"), f"regex "
-                             f"{pred.value!r} is not anchored: it passes when it matches "
-                             "anywhere in the value; write it as '^...$'"))
+                found.append(
+                    parsed.problem(
+                        (*path, "require", index, "value"),
+                        f"regex "
+                        f"{pred.value!r} is not anchored: it passes when it matches "
+                        "anywhere in the value; write it as '^...$'",
+                    )
+                )
     return found
 
 
-def _unguarded(path: KeyPath, rule: ToolRule, guards: list[ToolRule],
-               parsed: Parsed) -> list[Problem]:
+def _unguarded(
+    path: KeyPath, rule: ToolRule, guards: list[ToolRule], parsed: Parsed
+) -> list[Problem]:
     found = []
     for section in ("deny_if", "approve_if"):
         for index, pred in enumerate(getattr(rule, section)):
             if not pred.path.startswith("args.") or _guarded(pred.path, guards):
                 continue
-            found.append(parsed.problem((*path, section, index, "path"), f"{section} on "
-                         f"{pred.path} is false when the argument is missing, so such a call "
-                         f"passes it; add `require: [{{path: {pred.path}, op: exists}}]` or "
-                         "list the argument under args_schema `required`"))
+            found.append(
+                parsed.problem(
+                    (*path, section, index, "path"),
+                    f"{section} on "
+                    f"{pred.path} is false when the argument is missing, so such a call "
+                    f"passes it; add `require: [{{path: {pred.path}, op: exists}}]` or "
+                    "list the argument under args_schema `required`",
+                )
+            )
     return found
 
 
@@ -132,8 +186,9 @@ def _anchored(regex: str) -> bool:
     return regex.startswith(("^", "\\A")) and regex.endswith(("$", "\\Z", "\\z"))
 
 
-def load_grants_file(policy: Policy, base: Path,
-                     parsed: Parsed) -> tuple[dict[str, Grant], list[Problem]]:
+def load_grants_file(
+    policy: Policy, base: Path, parsed: Parsed
+) -> tuple[dict[str, Grant], list[Problem]]:
     """Read `grants_file` (a mapping name → grant), returning its grants and problems."""
     if policy.grants_file is None:
         return {}, []
@@ -144,11 +199,16 @@ def load_grants_file(policy: Policy, base: Path,
         return {}, [parsed.problem(("grants_file",), f"cannot read grants file {path}: {exc}")]
     inner = parse(text, guess_format(text, path.name))
     if inner.problems:
-        return {}, [parsed.problem(("grants_file",), f"in {path}: {p.format(path.name)}")
-                    for p in inner.problems]
+        return {}, [
+            parsed.problem(("grants_file",), f"in {path}: {p.format(path.name)}")
+            for p in inner.problems
+        ]
     if not isinstance(inner.data, dict):
-        return {}, [parsed.problem(("grants_file",), f"{path} must map grant names to "
-                                   "{token_sha256, roles}")]
+        return {}, [
+            parsed.problem(
+                ("grants_file",), f"{path} must map grant names to {{token_sha256, roles}}"
+            )
+        ]
     grants: dict[str, Grant] = {}
     problems: list[Problem] = []
     for name, value in inner.data.items():
@@ -156,11 +216,15 @@ def load_grants_file(policy: Policy, base: Path,
             grants[str(name)] = Grant.model_validate(value)
         except ValidationError as exc:
             for error in exc.errors(include_url=False):
-                where = format_path((str(name), *(p for p in error["loc"]
-                                                  if isinstance(p, int | str))))
+                where = format_path(
+                    (str(name), *(p for p in error["loc"] if isinstance(p, int | str)))
+                )
                 line, _ = inner.where((str(name),))
-                problems.append(parsed.problem(("grants_file",), f"in {path} line {line}: "
-                                               f"{where}: {error['msg']}"))
+                problems.append(
+                    parsed.problem(
+                        ("grants_file",), f"in {path} line {line}: {where}: {error['msg']}"
+                    )
+                )
     return grants, problems
 
 
@@ -170,12 +234,16 @@ def resolve_paths(policy: Policy, base: Path) -> Policy:
     def absolute(value: str | None) -> str | None:
         return None if value is None else str((base / Path(value).expanduser()).resolve())
 
-    return policy.model_copy(update={
-        "grants_file": absolute(policy.grants_file),
-        "state": policy.state.model_copy(update={"path": absolute(policy.state.path)}),
-        "audit": policy.audit.model_copy(update={"path": absolute(policy.audit.path)}),
-        "packages": policy.packages.model_copy(update={
-            "allowlist": absolute(policy.packages.allowlist),
-            "mirror": absolute(policy.packages.mirror),
-        }),
-    })
+    return policy.model_copy(
+        update={
+            "grants_file": absolute(policy.grants_file),
+            "state": policy.state.model_copy(update={"path": absolute(policy.state.path)}),
+            "audit": policy.audit.model_copy(update={"path": absolute(policy.audit.path)}),
+            "packages": policy.packages.model_copy(
+                update={
+                    "allowlist": absolute(policy.packages.allowlist),
+                    "mirror": absolute(policy.packages.mirror),
+                }
+            ),
+        }
+    )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+
 from sandboxes import Limits
 
 from ._model import DEFAULT_PROFILE, Policy
@@ -15,8 +16,15 @@ from ._predicates import CompiledPredicate
 from ._rules import Action, CounterLimit, Mode, Quotas, Scope, ToolRule
 
 MIB = 1024 * 1024
-BUILTIN_QUOTAS = Quotas(timeout_s=30.0, memory_mb=512, output_bytes=MIB, workspace_mb=256,
-                        processes=64, network="none", max_code_bytes=MIB)
+BUILTIN_QUOTAS = Quotas(
+    timeout_s=30.0,
+    memory_mb=512,
+    output_bytes=MIB,
+    workspace_mb=256,
+    processes=64,
+    network="none",
+    max_code_bytes=MIB,
+)
 """Quotas every tool has unless the policy says otherwise."""
 
 _QUOTA_FIELDS = tuple(f for f in Quotas.model_fields)
@@ -56,13 +64,16 @@ class EffectiveQuotas:
     def limits(self) -> Limits:
         """The sandbox `Limits` these quotas give (before clamping a requested timeout)."""
         q = self.values
-        return Limits(wall_timeout_s=float(q.timeout_s or BUILTIN_QUOTAS.timeout_s or 30.0),
-                      cpu_time_s=q.cpu_s, memory_bytes=int(q.memory_mb or 512) * MIB,
-                      output_bytes=int(q.output_bytes if q.output_bytes is not None else MIB),
-                      processes=int(q.processes or 64),
-                      workspace_bytes=int(q.workspace_mb if q.workspace_mb is not None
-                                          else 256) * MIB,
-                      network=q.network or "none", fuel=q.fuel)
+        return Limits(
+            wall_timeout_s=float(q.timeout_s or BUILTIN_QUOTAS.timeout_s or 30.0),
+            cpu_time_s=q.cpu_s,
+            memory_bytes=int(q.memory_mb or 512) * MIB,
+            output_bytes=int(q.output_bytes if q.output_bytes is not None else MIB),
+            processes=int(q.processes or 64),
+            workspace_bytes=int(q.workspace_mb if q.workspace_mb is not None else 256) * MIB,
+            network=q.network or "none",
+            fuel=q.fuel,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +116,10 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
     tools = {name: _tool(policy, name, rule) for name, rule in policy.tools.items()}
     unlisted = _tool(policy, None, None)
     return CompiledPolicy(
-        policy=policy, hidden=frozenset(policy.hide), tools=tools, unlisted=unlisted,
+        policy=policy,
+        hidden=frozenset(policy.hide),
+        tools=tools,
+        unlisted=unlisted,
         grants_by_token_hash={g.token_sha256: name for name, g in policy.grants.items()},
         roles={name: tuple(g.roles) for name, g in policy.grants.items()},
     )
@@ -137,26 +151,44 @@ def _tool(policy: Policy, name: str | None, rule: ToolRule | None) -> CompiledTo
     for path, layer in layers:
         limits += [_limit(limit, (*path, "limits")) for limit in layer.limits]
         for section, compiled in checks.items():
-            compiled += [CompiledPredicate.of(p, pointer(*path, section, i))
-                         for i, p in enumerate(getattr(layer, section))]
+            compiled += [
+                CompiledPredicate.of(p, pointer(*path, section, i))
+                for i, p in enumerate(getattr(layer, section))
+            ]
         if layer.args_schema is not None:
             cls = jsonschema.validators.validator_for(layer.args_schema)
             schemas.append((pointer(*path, "args_schema"), cls(layer.args_schema)))
     return CompiledTool(
-        listed=rule is not None, allow_rule=allow_rule,
-        actions=tuple((pointer(*path, "action"), layer.action, layer.reason)
-                      for path, layer in layers),
-        mode=mode, schemas=tuple(schemas), require=tuple(checks["require"]),
-        deny_if=tuple(checks["deny_if"]), approve_if=tuple(checks["approve_if"]),
-        limits=tuple(limits), quotas=quotas, base_limits=quotas.limits(), profile=profile,
-        engine=kind)
+        listed=rule is not None,
+        allow_rule=allow_rule,
+        actions=tuple(
+            (pointer(*path, "action"), layer.action, layer.reason) for path, layer in layers
+        ),
+        mode=mode,
+        schemas=tuple(schemas),
+        require=tuple(checks["require"]),
+        deny_if=tuple(checks["deny_if"]),
+        approve_if=tuple(checks["approve_if"]),
+        limits=tuple(limits),
+        quotas=quotas,
+        base_limits=quotas.limits(),
+        profile=profile,
+        engine=kind,
+    )
 
 
 def _limit(limit: CounterLimit, path: tuple[str | int, ...]) -> CompiledLimit:
     keys = tuple(limit.increment_from.split(".")) if limit.increment_from else None
-    return CompiledLimit(rule=pointer(*path, limit.counter), counter=limit.counter,
-                         window=limit.window, window_s=limit.window_s, max=limit.max,
-                         scope=limit.scope, increment=limit.increment, increment_from=keys)
+    return CompiledLimit(
+        rule=pointer(*path, limit.counter),
+        counter=limit.counter,
+        window=limit.window,
+        window_s=limit.window_s,
+        max=limit.max,
+        scope=limit.scope,
+        increment=limit.increment,
+        increment_from=keys,
+    )
 
 
 def _effective(layers: list[tuple[tuple[str | int, ...], Quotas]]) -> EffectiveQuotas:
@@ -175,4 +207,3 @@ def _effective(layers: list[tuple[tuple[str | int, ...], Quotas]]) -> EffectiveQ
 def token_sha256(token: str) -> str:
     """Hex sha256 of a bearer token, as grants store it."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-

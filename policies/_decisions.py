@@ -1,4 +1,4 @@
-"""What the gate is asked (`ToolCall`) and what it answers (`Allowed`, `Denied`, `NeedsApproval`)."""
+"""What the gate is asked (`ToolCall`) and answers (`Allowed`, `Denied`, `NeedsApproval`)."""
 
 from __future__ import annotations
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -17,25 +15,47 @@ from ._approvals import ApprovalDesk
 from ._audit import AuditDecision, AuditLog, AuditRecord, canonical_json, iso_time, sha256_hex
 from ._compile import CompiledPolicy, CompiledTool, compile_policy, token_sha256
 from ._decisions import Allowed, Decision, Denied, NeedsApproval, Outcome, ToolCall
-from ._errors import AuditUnavailable, PolicyLoadError, StateUnavailable
-from ._loader import load_policy
+from ._errors import AuditUnavailable, StateUnavailable
 from ._model import Policy
 from ._predicates import Subject
-from ._steps import (Refusal, approval_rule, build_plan, counter_specs, find_exhausted,
-                     limit_refusal, static_refusal)
+from ._steps import (
+    Refusal,
+    approval_rule,
+    build_plan,
+    counter_specs,
+    find_exhausted,
+    limit_refusal,
+    static_refusal,
+)
 from ._store import ApprovalStatus, CounterStore
+from ._watch import PolicyWatcher
 
 logger = logging.getLogger("sandgate.policy")
 
 
 @dataclass(frozen=True, slots=True)
 class _Pass:
-    reservation: str | None
-    approval_id: str | None
+    """The call passed every check; what it reserved and which approval it used."""
+
+    reservation: str | None = None
+    approval_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """One decision in progress."""
+
+    call: ToolCall
+    compiled: CompiledPolicy
+    tool: CompiledTool
+    subject: Subject
+    decision_id: str
+    args_sha256: str
+    now: float
 
 
 class Gate:
-    """The policy gate in front of every tool call.
+    """The policy gate in front of every tool call. Thread-safe.
 
     Args:
         policy: The policy to enforce.
@@ -45,15 +65,22 @@ class Gate:
         policy_path: The policy's file; when given, `decide` reloads it when it changes.
     """
 
-    def __init__(self, policy: Policy, store: CounterStore, audit: AuditLog, *,
-                 clock: Callable[[], float] = time.time, policy_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        store: CounterStore,
+        audit: AuditLog,
+        *,
+        clock: Callable[[], float] = time.time,
+        policy_path: Path | None = None,
+    ) -> None:
         self._compiled = compile_policy(policy)
         self._store = store
         self._audit = audit
         self._clock = clock
-        self._path = Path(policy_path) if policy_path is not None else None
-        self._reload_lock = threading.Lock()
-        self._signature = self._stat()
+        self._watcher = (
+            None if policy_path is None else PolicyWatcher(Path(policy_path), self._compiled)
+        )
         self._desk = ApprovalDesk(store, audit, clock)
 
     @property
@@ -65,67 +92,74 @@ class Gate:
         """Decide one call; the decision is audited before this returns.
 
         Order: hidden/unknown/denied tool → args_schema → require/deny_if → max_code_bytes →
-        approval → counters (all reserved, or none). An `Allowed` must be passed to `finish`.
+        approval → counters (all reserved, or none). An `Allowed` must go back to `finish`.
         """
-        if self._path is not None:
-            self.reload_if_changed()
-        compiled, now = self._compiled, self._clock()
-        decision_id = uuid.uuid4().hex
+        self.reload_if_changed()
+        compiled = self._compiled
         tool = compiled.tool(call.tool)
-        subject = Subject(call.tool, call.args, call.grant, call.session,
-                          compiled.roles.get(call.grant, ()))
-        args_sha256 = sha256_hex(canonical_json(call.args))
+        roles = compiled.roles.get(call.grant, ())
+        ctx = _Context(
+            call,
+            compiled,
+            tool,
+            Subject(call.tool, call.args, call.grant, call.session, roles),
+            uuid.uuid4().hex,
+            sha256_hex(canonical_json(call.args)),
+            self._clock(),
+        )
         if tool.mode == "off":
-            return self._allow(call, tool, decision_id, tool.allow_rule,
-                               "Mode 'off': the policy is not enforced.", _Pass(None, None),
-                               args_sha256, now, "allow")
+            return self._allow(
+                ctx, tool.allow_rule, "Mode 'off': the policy is not enforced.", _Pass(), "allow"
+            )
         try:
-            result = self._evaluate(compiled, tool, call, subject, decision_id, args_sha256, now)
+            result = self._evaluate(ctx)
         except StateUnavailable as exc:
-            result = Refusal("/state", f"The policy state store is unreachable ({exc.detail}); "
-                             "calls are denied until it is back.")
+            result = Refusal(
+                "/state",
+                f"The policy state store is unreachable ({exc.detail}); "
+                "calls are denied until it is back.",
+            )
         if isinstance(result, _Pass):
-            why = f"Allowed by {tool.allow_rule}."
-            return self._allow(call, tool, decision_id, tool.allow_rule, why, result,
-                               args_sha256, now, "allow")
+            return self._allow(
+                ctx, tool.allow_rule, f"Allowed by {tool.allow_rule}.", result, "allow"
+            )
         if tool.mode == "audit":
-            return self._allow(call, tool, decision_id, result.rule,
-                               f"Audit mode, would deny: {result.reason}", _Pass(None, None),
-                               args_sha256, now, "would_deny")
+            return self._allow(
+                ctx, result.rule, f"Audit mode, would deny: {result.reason}", _Pass(), "would_deny"
+            )
         if isinstance(result, NeedsApproval):
             try:
-                self._record(call, decision_id, args_sha256, now, "needs_approval",
-                             result.rule, result.reason, tool, approval_id=result.approval_id)
+                self._record(
+                    ctx,
+                    "needs_approval",
+                    result.rule,
+                    result.reason,
+                    approval_id=result.approval_id,
+                )
             except AuditUnavailable as exc:
-                logger.error("cannot audit an approval request: %s", exc)
-                return Denied(decision_id, "/audit", f"The audit log cannot be written "
-                              f"({exc.detail}); calls are denied until it can.")
+                return _audit_denied(ctx, exc)
             return result
-        denied = Denied(decision_id, result.rule, result.reason, result.retry_after_s)
         try:
-            self._record(call, decision_id, args_sha256, now, "deny", result.rule,
-                         result.reason, tool)
+            self._record(ctx, "deny", result.rule, result.reason)
         except AuditUnavailable as exc:
             logger.error("cannot audit a denial: %s", exc)
-        return denied
+        return Denied(ctx.decision_id, result.rule, result.reason, result.retry_after_s)
 
-    def _evaluate(self, compiled: CompiledPolicy, tool: CompiledTool, call: ToolCall,
-                  subject: Subject, decision_id: str, args_sha256: str,
-                  now: float) -> _Pass | Refusal | NeedsApproval:
-        refusal = static_refusal(compiled, tool, call, subject)
+    def _evaluate(self, ctx: _Context) -> _Pass | Refusal | NeedsApproval:
+        tool, call, now = ctx.tool, ctx.call, ctx.now
+        refusal = static_refusal(ctx.compiled, tool, call, ctx.subject)
         if refusal is not None:
             return refusal
-        asked = approval_rule(tool, subject)
+        asked = approval_rule(tool, ctx.subject)
         approval_id = None
         if asked is not None:
             if tool.mode == "audit":
                 return Refusal(asked[0], f"This call needs a human's approval ({asked[1]}).")
-            ttl = compiled.policy.approvals.timeout_s
-            state = self._desk.check(call, args_sha256, asked, decision_id, ttl, now)
+            state = self._ask(ctx, asked)
             if not isinstance(state, str):
                 return state
             approval_id = state
-        specs = counter_specs(tool, call, subject)
+        specs = counter_specs(tool, call, ctx.subject)
         if isinstance(specs, Refusal):
             return specs
         reservation = None
@@ -136,76 +170,119 @@ class Gate:
                 index = find_exhausted(specs, usage)
                 limit, spec = specs[index]
                 return limit_refusal(limit, spec, *usage[index], now)
-        if approval_id is not None and not self._store.use_approval(approval_id, now):
+        # Spend the approval last; if an identical call spent it first, undo the reservation.
+        if asked is not None and approval_id and not self._store.use_approval(approval_id, now):
             if reservation is not None:
                 self._store.rollback(reservation, now=now)
-            assert asked is not None
-            ttl = compiled.policy.approvals.timeout_s
-            state = self._desk.check(call, args_sha256, asked, decision_id, ttl, now)
-            return state if not isinstance(state, str) else Refusal(asked[0], "The approval "
-                                                                    "was used meanwhile.")
+            return Refusal(
+                asked[0],
+                f"Approval {approval_id} was just used by an identical "
+                "call; repeat this call to ask for a new approval.",
+            )
         return _Pass(reservation, approval_id)
 
-    def _allow(self, call: ToolCall, tool: CompiledTool, decision_id: str, rule: str,
-               reason: str, passed: _Pass, args_sha256: str, now: float,
-               decision: AuditDecision) -> Decision:
-        plan = build_plan(tool, call, decision_id)
+    def _ask(self, ctx: _Context, asked: tuple[str, str]) -> NeedsApproval | Refusal | str:
+        ttl = ctx.compiled.policy.approvals.timeout_s
+        return self._desk.check(ctx.call, ctx.args_sha256, asked, ctx.decision_id, ttl, ctx.now)
+
+    def _allow(
+        self, ctx: _Context, rule: str, reason: str, passed: _Pass, decision: AuditDecision
+    ) -> Decision:
+        plan = build_plan(ctx.tool, ctx.call, ctx.decision_id)
+        limits = asdict(plan.limits) if plan is not None else None
         try:
-            self._record(call, decision_id, args_sha256, now, decision, rule, reason, tool,
-                         limits=asdict(plan.limits) if plan is not None else None,
-                         approval_id=passed.approval_id)
+            self._record(ctx, decision, rule, reason, limits=limits, approval_id=passed.approval_id)
         except AuditUnavailable as exc:
             if passed.reservation is not None:
-                self._rollback_quietly(passed.reservation, now)
-            logger.error("denying a call that cannot be audited: %s", exc)
-            return Denied(decision_id, "/audit", f"The audit log cannot be written "
-                          f"({exc.detail}); calls are denied until it can.")
-        return Allowed(decision_id, rule, reason, plan, passed.reservation, tool.mode, call,
-                       passed.approval_id)
+                self._settle(passed.reservation, "infra_error")
+            return _audit_denied(ctx, exc)
+        return Allowed(
+            ctx.decision_id,
+            rule,
+            reason,
+            plan,
+            passed.reservation,
+            ctx.tool.mode,
+            ctx.call,
+            passed.approval_id,
+        )
 
-    def finish(self, allowed: Allowed, *, outcome: Outcome, status: str | None = None,
-               usage: Mapping[str, Any] | None = None, error: str | None = None) -> None:
+    def _record(
+        self,
+        ctx: _Context,
+        decision: AuditDecision,
+        rule: str,
+        reason: str,
+        *,
+        limits: Mapping[str, Any] | None = None,
+        approval_id: str | None = None,
+    ) -> None:
+        call, program = ctx.call, ctx.call.program
+        self._audit.append(
+            AuditRecord(
+                time=iso_time(ctx.now),
+                id=ctx.decision_id,
+                event="decision",
+                decision=decision,
+                rule=rule,
+                reason=reason,
+                tool=call.tool,
+                grant=call.grant,
+                session=call.session,
+                arg_keys=tuple(sorted(call.args)),
+                args_sha256=ctx.args_sha256,
+                code_sha256=sha256_hex(program.source.encode("utf-8")) if program else None,
+                engine=_engine_name(ctx.tool.engine, ctx.tool.profile),
+                limits=limits,
+                mode=ctx.tool.mode,
+                approval_id=approval_id,
+            )
+        )
+
+    def finish(
+        self,
+        allowed: Allowed,
+        *,
+        outcome: Outcome,
+        status: str | None = None,
+        usage: Mapping[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
         """Commit the call's counters (`completed`, whatever the user code did) or roll them
-        back (`infra_error`), and audit the outcome."""
-        now = self._clock()
+        back (`infra_error`), and audit the outcome. Store and audit failures are logged."""
         if allowed.reservation is not None:
-            try:
-                if outcome == "completed":
-                    self._store.commit(allowed.reservation, now=now)
-                else:
-                    self._store.rollback(allowed.reservation, now=now)
-            except StateUnavailable as exc:
-                logger.warning("cannot settle reservation %s (it will count as used): %s",
-                               allowed.reservation, exc)
-        call = allowed.call
+            self._settle(allowed.reservation, outcome)
+        call, plan = allowed.call, allowed.plan
         record = AuditRecord(
-            time=iso_time(now), id=allowed.decision_id, event="outcome", decision="allow",
-            rule=allowed.rule, tool=call.tool if call else None,
-            grant=call.grant if call else None, session=call.session if call else None,
-            engine=_engine(allowed), usage=dict(usage) if usage is not None else None,
-            status=status, outcome=outcome, error=error, mode=allowed.mode)
+            time=iso_time(self._clock()),
+            id=allowed.decision_id,
+            event="outcome",
+            decision="allow",
+            rule=allowed.rule,
+            tool=call.tool if call else None,
+            grant=call.grant if call else None,
+            session=call.session if call else None,
+            engine=_engine_name(plan.engine, plan.profile) if plan else None,
+            usage=dict(usage) if usage is not None else None,
+            status=status,
+            outcome=outcome,
+            error=error,
+            mode=allowed.mode,
+            approval_id=allowed.approval_id,
+        )
         try:
             self._audit.append(record)
         except AuditUnavailable as exc:
             logger.error("cannot audit the outcome of %s: %s", allowed.decision_id, exc)
 
-    def _rollback_quietly(self, reservation: str, now: float) -> None:
+    def _settle(self, reservation: str, outcome: Outcome) -> None:
         try:
-            self._store.rollback(reservation, now=now)
+            if outcome == "completed":
+                self._store.commit(reservation, now=self._clock())
+            else:
+                self._store.rollback(reservation, now=self._clock())
         except StateUnavailable as exc:
-            logger.warning("cannot roll back reservation %s: %s", reservation, exc)
-
-    def _record(self, call: ToolCall, decision_id: str, args_sha256: str, now: float,
-                decision: AuditDecision, rule: str, reason: str, tool: CompiledTool, *,
-                limits: Mapping[str, Any] | None = None, approval_id: str | None = None) -> None:
-        program = call.program
-        self._audit.append(AuditRecord(
-            time=iso_time(now), id=decision_id, event="decision", decision=decision, rule=rule,
-            reason=reason, tool=call.tool, grant=call.grant, session=call.session,
-            arg_keys=tuple(sorted(call.args)), args_sha256=args_sha256,
-            code_sha256=sha256_hex(program.source.encode("utf-8")) if program else None,
-            engine=_engine_name(tool.engine, tool.profile), limits=limits, mode=tool.mode,
-            approval_id=approval_id))
+            logger.warning("cannot settle reservation %s (it counts as used): %s", reservation, exc)
 
     def visible_tools(self, names: Iterable[str]) -> list[str]:
         """`names` without the tools the policy hides (`hide`, or `action: hide`)."""
@@ -248,47 +325,23 @@ class Gate:
     def reload_if_changed(self) -> bool:
         """Reload the policy file if it changed (a cheap stat). An invalid file is refused,
         logged, and the previous policy stays. Counters are untouched. True if reloaded."""
-        if self._path is None:
+        if self._watcher is None:
             return False
-        signature = self._stat()
-        if signature == self._signature:
+        compiled = self._watcher.poll(self._compiled)
+        if compiled is None:
             return False
-        with self._reload_lock:
-            if signature == self._signature:
-                return False
-            self._signature = signature
-            try:
-                policy = load_policy(self._path)
-            except PolicyLoadError as exc:
-                logger.error("refusing the changed policy %s, keeping the previous one: %s",
-                             self._path, exc)
-                return False
-            self._compiled = compile_policy(policy)
-            self._signature = self._stat()
-            logger.info("reloaded policy %s", self._path)
-            return True
+        self._compiled = compiled
+        return True
 
-    def _stat(self) -> tuple[Any, ...]:
-        if self._path is None:
-            return ()
-        files = [self._path]
-        grants_file = self._compiled.policy.grants_file
-        if grants_file is not None:
-            files.append(Path(grants_file))
-        signature: list[Any] = []
-        for path in files:
-            try:
-                st = os.stat(path)
-                signature.append((st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino))
-            except OSError as exc:
-                signature.append(("missing", exc.errno))
-        return tuple(signature)
+
+def _audit_denied(ctx: _Context, exc: AuditUnavailable) -> Denied:
+    logger.error("denying a call that cannot be audited: %s", exc)
+    return Denied(
+        ctx.decision_id,
+        "/audit",
+        f"The audit log cannot be written ({exc.detail}); calls are denied until it can.",
+    )
 
 
 def _engine_name(kind: str, profile: str) -> str:
     return kind if kind == profile else f"{kind}/{profile}"
-
-
-def _engine(allowed: Allowed) -> str | None:
-    plan = allowed.plan
-    return None if plan is None else _engine_name(plan.engine, plan.profile)

@@ -1,4 +1,4 @@
-"""Load a policy from a file or text: parse, validate, check, resolve paths, collect warnings."""
+"""Load a policy (file or text; parse, validate, check, warn), and find the shipped policies."""
 
 from __future__ import annotations
 
@@ -16,6 +16,27 @@ from ._model import Policy
 from ._source import Format, KeyPath, Parsed, guess_format, parse
 
 logger = logging.getLogger("sandgate.policy")
+
+_HERE = Path(__file__).resolve().parent
+DEFAULT_POLICY = "default.yaml"
+
+
+def default_policy_path() -> Path:
+    """The policy used when none is given: `default.yaml` inside the package."""
+    return _HERE / DEFAULT_POLICY
+
+
+def shipped_policy_paths() -> list[Path]:
+    """Every policy file shipped inside the package (YAML and JSON), sorted by name."""
+    return sorted(p for p in _HERE.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+
+
+def policy_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the policy format (every field with its description and default)."""
+    schema = Policy.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema.setdefault("title", "sandgate policy")
+    return schema
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -35,8 +56,9 @@ def load_policy(path: str | Path) -> Policy:
             [Problem("", f"cannot read the policy file: {exc}; check the path and permissions")],
             source=str(path),
         ) from exc
-    policy = load_policy_text(text, source=str(path), base_dir=path.resolve().parent,
-                              fmt=guess_format(text, path.name))
+    policy = load_policy_text(
+        text, source=str(path), base_dir=path.resolve().parent, fmt=guess_format(text, path.name)
+    )
     policy._source = path.resolve()
     return policy
 
@@ -61,8 +83,14 @@ def load_policy_text(
     if not isinstance(parsed.data, dict):
         got = type(parsed.data).__name__ if parsed.data is not None else "an empty document"
         raise PolicyLoadError(
-            [parsed.problem((), f"a policy must be a mapping of keys (version, default, tools, "
-                            f"...), got {got}")], source=source)
+            [
+                parsed.problem(
+                    (),
+                    f"a policy must be a mapping of keys (version, default, tools, ...), got {got}",
+                )
+            ],
+            source=source,
+        )
     try:
         policy = Policy.model_validate(parsed.data)
     except ValidationError as exc:
@@ -89,8 +117,7 @@ def _sorted(problems: list[Problem]) -> list[Problem]:
 def _problems(exc: ValidationError, parsed: Parsed) -> list[Problem]:
     problems = []
     for error in exc.errors(include_url=False):
-        loc: KeyPath = tuple(p for p in error["loc"] if isinstance(p, int | str)
-                             and p != "[key]")
+        loc: KeyPath = tuple(p for p in error["loc"] if isinstance(p, int | str) and p != "[key]")
         problems.append(parsed.problem(loc, _message(error, loc)))
     return _sorted(problems)
 

@@ -27,11 +27,15 @@ class Grant(BaseModel):
 
     model_config = MODEL_CONFIG
 
-    token_sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="Hex sha256 of the "
-                              "bearer token (never the token itself): "
-                              "`printf %s TOKEN | sha256sum`.")
-    roles: list[str] = Field(default_factory=list, description="Roles predicates can test "
-                             "with `path: roles`.")
+    token_sha256: str = Field(
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="Hex sha256 of the "
+        "bearer token (never the token itself): "
+        "`printf %s TOKEN | sha256sum`.",
+    )
+    roles: list[str] = Field(
+        default_factory=list, description="Roles predicates can test with `path: roles`."
+    )
 
     @field_validator("token_sha256")
     @classmethod
@@ -45,11 +49,16 @@ class EngineProfile(BaseModel):
     model_config = MODEL_CONFIG
 
     kind: EngineKind = Field(description="The engine: wasm, pyodide or container.")
-    runtime: Literal["runc", "runsc"] | None = Field(default=None, description="Container "
-                                                      "runtime (container kind only): runc, "
-                                                      "or runsc for gVisor. Default: runc.")
-    quotas: Quotas = Field(default_factory=Quotas, description="Quotas of every run under "
-                           "this profile (a tool's own quotas override them).")
+    runtime: Literal["runc", "runsc"] | None = Field(
+        default=None,
+        description="Container "
+        "runtime (container kind only): runc, "
+        "or runsc for gVisor. Default: runc.",
+    )
+    quotas: Quotas = Field(
+        default_factory=Quotas,
+        description="Quotas of every run under this profile (a tool's own quotas override them).",
+    )
 
 
 class Packages(BaseModel):
@@ -58,10 +67,13 @@ class Packages(BaseModel):
 
     model_config = MODEL_CONFIG
 
-    allowlist: str | None = Field(default=None, description="File listing allowed packages. "
-                                  "Default: none (every install refused).")
-    mirror: str | None = Field(default=None, description="Directory of the local wheel "
-                               "mirror. Default: none.")
+    allowlist: str | None = Field(
+        default=None,
+        description="File listing allowed packages. Default: none (every install refused).",
+    )
+    mirror: str | None = Field(
+        default=None, description="Directory of the local wheel mirror. Default: none."
+    )
 
 
 class ApprovalSettings(BaseModel):
@@ -69,8 +81,12 @@ class ApprovalSettings(BaseModel):
 
     model_config = MODEL_CONFIG
 
-    timeout_s: float = Field(default=300.0, gt=0, description="Seconds a pending approval "
-                             "waits (and an approved one stays usable) before it expires.")
+    timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds a pending approval "
+        "waits (and an approved one stays usable) before it expires.",
+    )
 
 
 class AuditSettings(BaseModel):
@@ -78,10 +94,14 @@ class AuditSettings(BaseModel):
 
     model_config = MODEL_CONFIG
 
-    path: str | None = Field(default=None, description="JSON-lines audit file. Default: "
-                             "`<state dir>/audit.jsonl`.")
-    fsync: bool = Field(default=False, description="fsync after every record (survives power "
-                        "loss, not only a crash of the server; slower).")
+    path: str | None = Field(
+        default=None, description="JSON-lines audit file. Default: `<state dir>/audit.jsonl`."
+    )
+    fsync: bool = Field(
+        default=False,
+        description="fsync after every record (survives power "
+        "loss, not only a crash of the server; slower).",
+    )
 
 
 class StateSettings(BaseModel):
@@ -89,12 +109,16 @@ class StateSettings(BaseModel):
 
     model_config = MODEL_CONFIG
 
-    backend: Literal["sqlite", "redis"] = Field(default="sqlite", description="sqlite (one "
-                                                "server) or redis (replicas sharing counters).")
-    path: str | None = Field(default=None, description="SQLite file. Default: "
-                             "`<state dir>/state.sqlite3`.")
-    url: str | None = Field(default=None, description="Redis URL (redis://, rediss://, "
-                            "unix://); required for backend redis.")
+    backend: Literal["sqlite", "redis"] = Field(
+        default="sqlite", description="sqlite (one server) or redis (replicas sharing counters)."
+    )
+    path: str | None = Field(
+        default=None, description="SQLite file. Default: `<state dir>/state.sqlite3`."
+    )
+    url: str | None = Field(
+        default=None,
+        description="Redis URL (redis://, rediss://, unix://); required for backend redis.",
+    )
 
 
 class Policy(BaseModel):
@@ -102,35 +126,52 @@ class Policy(BaseModel):
 
     model_config = MODEL_CONFIG
 
-    version: Literal["1"] = Field(default="1", description="Format version; only \"1\".")
+    version: Literal["1"] = Field(default="1", description='Format version; only "1".')
     description: str | None = Field(default=None, description="What this policy allows.")
-    default: Literal["allow", "deny"] = Field(default="deny", description="Decision for tools "
-                                              "not listed under `tools`.")
-    mode: Mode = Field(default="enforce", description="enforce; audit (would-be denials are "
-                       "logged as would_deny but allowed); off (all allowed, still audited).")
-    hide: list[str] = Field(default_factory=list, description="Tools removed from tools/list "
-                            "and denied.")
-    all_tools: ToolRule | None = Field(default=None, description="Rule applied to every tool "
-                                       "before its own: its action, checks and limits count.")
-    tools: dict[str, ToolRule] = Field(default_factory=dict, description="Rule per tool name; "
-                                       "a listed tool is allowed unless it says otherwise.")
-    grants: dict[str, Grant] = Field(default_factory=dict, description="Client credentials by "
-                                     "name. None: only the local stdio user.")
-    grants_file: str | None = Field(default=None, description="YAML/JSON file with more "
-                                    "grants, relative to this file.")
-    engines: dict[str, EngineProfile] = Field(default_factory=dict, description="Engine "
-                                              "profiles by name (may override built-ins).")
+    default: Literal["allow", "deny"] = Field(
+        default="deny", description="Decision for tools not listed under `tools`."
+    )
+    mode: Mode = Field(
+        default="enforce",
+        description="enforce; audit (would-be denials are "
+        "logged as would_deny but allowed); off (all allowed, still audited).",
+    )
+    hide: list[str] = Field(
+        default_factory=list, description="Tools removed from tools/list and denied."
+    )
+    all_tools: ToolRule | None = Field(
+        default=None,
+        description="Rule applied to every tool "
+        "before its own: its action, checks and limits count.",
+    )
+    tools: dict[str, ToolRule] = Field(
+        default_factory=dict,
+        description="Rule per tool name; a listed tool is allowed unless it says otherwise.",
+    )
+    grants: dict[str, Grant] = Field(
+        default_factory=dict,
+        description="Client credentials by name. None: only the local stdio user.",
+    )
+    grants_file: str | None = Field(
+        default=None, description="YAML/JSON file with more grants, relative to this file."
+    )
+    engines: dict[str, EngineProfile] = Field(
+        default_factory=dict, description="Engine profiles by name (may override built-ins)."
+    )
     quotas: Quotas = Field(default_factory=Quotas, description="Default quotas of every tool.")
-    packages: Packages = Field(default_factory=Packages, description="Package allow-list and "
-                               "mirror.")
-    approvals: ApprovalSettings = Field(default_factory=ApprovalSettings,
-                                        description="Approval settings.")
-    audit: AuditSettings = Field(default_factory=AuditSettings, description="Audit log "
-                                 "settings.")
-    state: StateSettings = Field(default_factory=StateSettings, description="Counter and "
-                                 "approval store.")
-    limits: list[CounterLimit] = Field(default_factory=list, description="Rate limits applied "
-                                       "to every call.")
+    packages: Packages = Field(
+        default_factory=Packages, description="Package allow-list and mirror."
+    )
+    approvals: ApprovalSettings = Field(
+        default_factory=ApprovalSettings, description="Approval settings."
+    )
+    audit: AuditSettings = Field(default_factory=AuditSettings, description="Audit log settings.")
+    state: StateSettings = Field(
+        default_factory=StateSettings, description="Counter and approval store."
+    )
+    limits: list[CounterLimit] = Field(
+        default_factory=list, description="Rate limits applied to every call."
+    )
 
     _warnings: tuple[Problem, ...] = PrivateAttr(default=())
     _source: Path | None = PrivateAttr(default=None)

@@ -76,8 +76,11 @@ class CompiledPredicate:
         if op == "not_in":
             return not any(_equal(actual, e) for e in expected)
         if op == "regex":
-            return isinstance(actual, str) and self.pattern is not None and bool(
-                self.pattern.search(actual))
+            return (
+                isinstance(actual, str)
+                and self.pattern is not None
+                and bool(self.pattern.search(actual))
+            )
         if op == "contains":
             if isinstance(actual, str):
                 return isinstance(expected, str) and expected in actual
@@ -129,8 +132,11 @@ def items_of(tool: str, keys: Sequence[str], value: Any) -> list[Any] | None:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and not (
-        isinstance(value, float) and math.isnan(value))
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and not (isinstance(value, float) and math.isnan(value))
+    )
 
 
 def _equal(actual: Any, expected: Any) -> bool:

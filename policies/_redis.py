@@ -64,7 +64,8 @@ return redis.call('DEL', KEYS[1])
 _RESOLVE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
 local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'used' and tonumber(ARGV[1]) >= tonumber(redis.call('HGET', KEYS[1], 'expires_at')) then
+local expires = tonumber(redis.call('HGET', KEYS[1], 'expires_at'))
+if status ~= 'used' and tonumber(ARGV[1]) >= expires then
   return 'expired'
 end
 if status ~= 'pending' then return status end
@@ -102,9 +103,12 @@ class RedisCounterStore:
         self._prefix = prefix
         self._closed = False
         with self._translate():
-            self._redis = redis.Redis.from_url(url, decode_responses=True,
-                                               socket_timeout=timeout_s,
-                                               socket_connect_timeout=timeout_s)
+            self._redis = redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+            )
             self._reserve = self._redis.register_script(_RESERVE)
             self._rollback = self._redis.register_script(_ROLLBACK)
             self._resolve = self._redis.register_script(_RESOLVE)
@@ -138,8 +142,13 @@ class RedisCounterStore:
             key = self._counter(item.key)
             if key not in keys:
                 keys.append(key)
-            args += [keys.index(key) + 1, repr(now - item.window_s), repr(item.window_s),
-                     item.max, item.increment]
+            args += [
+                keys.index(key) + 1,
+                repr(now - item.window_s),
+                repr(item.window_s),
+                item.max,
+                item.increment,
+            ]
         with self._translate():
             failed = self._reserve(keys=[*keys, f"{self._prefix}r:{reservation}"], args=args)
         return reservation if failed == 0 else None
@@ -169,11 +178,18 @@ class RedisCounterStore:
     def add_approval(self, record: ApprovalRecord) -> None:
         """Store a new approval and index it by its binding."""
         ttl = math.ceil(record.expires_at - record.created_at) + _KEEP_APPROVALS_S
-        mapping = {"binding": record.binding, "tool": record.tool, "grant": record.grant,
-                   "session": record.session, "args_sha256": record.args_sha256,
-                   "status": record.status, "created_at": repr(record.created_at),
-                   "expires_at": repr(record.expires_at), "ttl_s": repr(record.ttl_s),
-                   "resolved_by": record.resolved_by or ""}
+        mapping = {
+            "binding": record.binding,
+            "tool": record.tool,
+            "grant": record.grant,
+            "session": record.session,
+            "args_sha256": record.args_sha256,
+            "status": record.status,
+            "created_at": repr(record.created_at),
+            "expires_at": repr(record.expires_at),
+            "ttl_s": repr(record.ttl_s),
+            "resolved_by": record.resolved_by or "",
+        }
         with self._translate():
             pipe = self._redis.pipeline(transaction=True)
             pipe.hset(self._approval(record.approval_id), mapping=mapping)
@@ -197,12 +213,22 @@ class RedisCounterStore:
         if not fields:
             return None
         return ApprovalRecord(
-            approval_id, fields["binding"], fields["tool"], fields["grant"], fields["session"],
-            fields["args_sha256"], cast(Any, fields["status"]), float(fields["created_at"]),
-            float(fields["expires_at"]), float(fields["ttl_s"]), fields["resolved_by"] or None)
+            approval_id,
+            fields["binding"],
+            fields["tool"],
+            fields["grant"],
+            fields["session"],
+            fields["args_sha256"],
+            cast(Any, fields["status"]),
+            float(fields["created_at"]),
+            float(fields["expires_at"]),
+            float(fields["ttl_s"]),
+            fields["resolved_by"] or None,
+        )
 
-    def resolve_approval(self, approval_id: str, approved: bool, by: str,
-                         now: float) -> ApprovalRecord:
+    def resolve_approval(
+        self, approval_id: str, approved: bool, by: str, now: float
+    ) -> ApprovalRecord:
         """Approve or deny a pending approval."""
         status = "approved" if approved else "denied"
         with self._translate():
@@ -220,7 +246,11 @@ class RedisCounterStore:
             return bool(self._use(keys=[self._approval(approval_id)], args=[repr(now)]))
 
     def close(self) -> None:
-        """Close the connection pool."""
-        with self._translate():
-            self._closed = True
+        """Close the connection pool (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
             self._redis.close()
+        except (redis.RedisError, OSError) as exc:
+            raise StateUnavailable("redis", f"{self.url}: {exc}") from exc

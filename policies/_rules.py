@@ -63,13 +63,20 @@ class Predicate(BaseModel):
 
     model_config = MODEL_CONFIG
 
-    path: str = Field(description="What to test: `args.NAME` (dots for nested keys), "
-                      "`grant`, `session`, `tool` or `roles` (the grant's roles).")
-    op: PredicateOp = Field(description="The comparison. `exists` and `len_lte` look at the "
-                            "whole value; the others at each item of a list argument.")
-    value: Any = Field(default=None, description="The operand: a list for in/not_in, a number "
-                       "for lt/lte/gt/gte, a regex (Python `re.search`) for regex, an int "
-                       "for len_lte; ignored for exists.")
+    path: str = Field(
+        description="What to test: `args.NAME` (dots for nested keys), "
+        "`grant`, `session`, `tool` or `roles` (the grant's roles)."
+    )
+    op: PredicateOp = Field(
+        description="The comparison. `exists` and `len_lte` look at the "
+        "whole value; the others at each item of a list argument."
+    )
+    value: Any = Field(
+        default=None,
+        description="The operand: a list for in/not_in, a number "
+        "for lt/lte/gt/gte, a regex (Python `re.search`) for regex, an int "
+        "for len_lte; ignored for exists.",
+    )
 
     @field_validator("path")
     @classmethod
@@ -83,8 +90,7 @@ class Predicate(BaseModel):
             raise ValueError(f"op {op!r} needs a list value, got {value!r}")
         if op in _NUMBER_OPS and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise ValueError(f"op {op!r} needs a number value, got {value!r}")
-        if op == "len_lte" and (isinstance(value, bool) or not isinstance(value, int)
-                                or value < 0):
+        if op == "len_lte" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ValueError(f"op 'len_lte' needs an integer value >= 0, got {value!r}")
         if op == "regex":
             if not isinstance(value, str):
@@ -103,17 +109,27 @@ class CounterLimit(BaseModel):
 
     model_config = MODEL_CONFIG
 
-    counter: str = Field(min_length=1, description="Counter name. Limits naming the same "
-                         "counter (and scope) share its count.")
-    window: str = Field(description="Sliding window: `minute`, `hour`, `day` or an ISO-8601 "
-                        "duration (`PT30S`, `P1D`).")
+    counter: str = Field(
+        min_length=1,
+        description="Counter name. Limits naming the same counter (and scope) share its count.",
+    )
+    window: str = Field(
+        description="Sliding window: `minute`, `hour`, `day` or an ISO-8601 "
+        "duration (`PT30S`, `P1D`)."
+    )
     max: int = Field(ge=0, description="Most units allowed inside the window; 0 denies all.")
-    scope: Scope = Field(default="grant", description="Who shares the count: one per `grant` "
-                         "(client credential), `session`, `tool`, or `global`.")
+    scope: Scope = Field(
+        default="grant",
+        description="Who shares the count: one per `grant` "
+        "(client credential), `session`, `tool`, or `global`.",
+    )
     increment: int = Field(default=1, ge=0, description="Units one call adds.")
-    increment_from: str | None = Field(default=None, description="An `args.NAME` path whose "
-                                       "number (or list length) is the call's units instead "
-                                       "of `increment`; `increment` is used when it is missing.")
+    increment_from: str | None = Field(
+        default=None,
+        description="An `args.NAME` path whose "
+        "number (or list length) is the call's units instead "
+        "of `increment`; `increment` is used when it is missing.",
+    )
 
     @field_validator("window")
     @classmethod
@@ -142,26 +158,44 @@ class Quotas(BaseModel):
 
     model_config = MODEL_CONFIG
 
-    timeout_s: PositiveFloat | None = Field(default=None, description="Wall-clock seconds per "
-                                            "run; also the ceiling for caller-set timeouts. "
-                                            "Built-in: 30.")
-    cpu_s: PositiveFloat | None = Field(default=None, description="CPU seconds per run. "
-                                        "Built-in: unset (the wall timeout bounds CPU).")
-    memory_mb: int | None = Field(default=None, ge=1, description="Memory per run in MiB. "
-                                  "Built-in: 512.")
-    output_bytes: int | None = Field(default=None, ge=0, description="Bytes kept per output "
-                                     "stream. Built-in: 1048576 (1 MiB).")
-    workspace_mb: int | None = Field(default=None, ge=0, description="Session workspace size "
-                                     "in MiB. Built-in: 256.")
-    processes: int | None = Field(default=None, ge=1, description="Processes/threads per run "
-                                  "(container engine). Built-in: 64.")
-    network: Literal["none", "mirror"] | None = Field(default=None, description="Network of "
-                                                      "the guest: none, or only the package "
-                                                      "mirror. Built-in: none.")
-    max_code_bytes: int | None = Field(default=None, ge=0, description="Largest `code` "
-                                       "argument in UTF-8 bytes. Built-in: 1048576 (1 MiB).")
-    fuel: int | None = Field(default=None, ge=1, description="Instruction budget for engines "
-                             "that meter fuel. Built-in: unset.")
+    timeout_s: PositiveFloat | None = Field(
+        default=None,
+        description="Wall-clock seconds per "
+        "run; also the ceiling for caller-set timeouts. "
+        "Built-in: 30.",
+    )
+    cpu_s: PositiveFloat | None = Field(
+        default=None,
+        description="CPU seconds per run. Built-in: unset (the wall timeout bounds CPU).",
+    )
+    memory_mb: int | None = Field(
+        default=None, ge=1, description="Memory per run in MiB. Built-in: 512."
+    )
+    output_bytes: int | None = Field(
+        default=None, ge=0, description="Bytes kept per output stream. Built-in: 1048576 (1 MiB)."
+    )
+    workspace_mb: int | None = Field(
+        default=None, ge=0, description="Session workspace size in MiB. Built-in: 256."
+    )
+    processes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Processes/threads per run (container engine). Built-in: 64.",
+    )
+    network: Literal["none", "mirror"] | None = Field(
+        default=None,
+        description="Network of the guest: none, or only the package mirror. Built-in: none.",
+    )
+    max_code_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Largest `code` argument in UTF-8 bytes. Built-in: 1048576 (1 MiB).",
+    )
+    fuel: int | None = Field(
+        default=None,
+        ge=1,
+        description="Instruction budget for engines that meter fuel. Built-in: unset.",
+    )
 
 
 class ToolRule(BaseModel):
@@ -169,24 +203,39 @@ class ToolRule(BaseModel):
 
     model_config = MODEL_CONFIG
 
-    action: Action = Field(default="allow", description="allow, deny, hide (removed from "
-                           "tools/list and denied) or require_approval (a human says yes "
-                           "first).")
+    action: Action = Field(
+        default="allow",
+        description="allow, deny, hide (removed from "
+        "tools/list and denied) or require_approval (a human says yes "
+        "first).",
+    )
     reason: str | None = Field(default=None, description="Sentence the agent sees on deny.")
-    engine: str | None = Field(default=None, description="Engine profile: a name from "
-                               "`engines` or a built-in (wasm, pyodide, container, gvisor). "
-                               "Default: wasm.")
-    mode: Mode | None = Field(default=None, description="Overrides the policy's mode for "
-                              "this tool.")
-    limits: list[CounterLimit] = Field(default_factory=list, description="Rate limits; all "
-                                       "must fit or the call is denied.")
-    quotas: Quotas = Field(default_factory=Quotas, description="Resource ceilings of this "
-                           "tool's runs.")
-    require: list[Predicate] = Field(default_factory=list, description="Every predicate must "
-                                     "hold (for list arguments: every item), else deny.")
-    deny_if: list[Predicate] = Field(default_factory=list, description="Deny when any "
-                                     "predicate holds (for list arguments: any item).")
-    approve_if: list[Predicate] = Field(default_factory=list, description="Ask a human when "
-                                        "any predicate holds.")
-    args_schema: dict[str, Any] | None = Field(default=None, description="JSON Schema the "
-                                               "arguments must satisfy.")
+    engine: str | None = Field(
+        default=None,
+        description="Engine profile: a name from "
+        "`engines` or a built-in (wasm, pyodide, container, gvisor). "
+        "Default: wasm.",
+    )
+    mode: Mode | None = Field(
+        default=None, description="Overrides the policy's mode for this tool."
+    )
+    limits: list[CounterLimit] = Field(
+        default_factory=list, description="Rate limits; all must fit or the call is denied."
+    )
+    quotas: Quotas = Field(
+        default_factory=Quotas, description="Resource ceilings of this tool's runs."
+    )
+    require: list[Predicate] = Field(
+        default_factory=list,
+        description="Every predicate must hold (for list arguments: every item), else deny.",
+    )
+    deny_if: list[Predicate] = Field(
+        default_factory=list,
+        description="Deny when any predicate holds (for list arguments: any item).",
+    )
+    approve_if: list[Predicate] = Field(
+        default_factory=list, description="Ask a human when any predicate holds."
+    )
+    args_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON Schema the arguments must satisfy."
+    )

@@ -86,7 +86,7 @@ def parse(text: str, fmt: Format) -> Parsed:
     try:
         node = yaml.compose(text, Loader=_Loader)
         if fmt == "yaml":
-            parsed.data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+            parsed.data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
@@ -109,8 +109,12 @@ def _walk(node: yaml.Node, path: KeyPath, parsed: Parsed) -> None:
             position = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             if key in seen:
                 parsed.problems.append(
-                    Problem(format_path(child), f"duplicate key {key!r}: keep only one of "
-                            "them (a later one would silently replace the earlier)", *position)
+                    Problem(
+                        format_path(child),
+                        f"duplicate key {key!r}: keep only one of "
+                        "them (a later one would silently replace the earlier)",
+                        *position,
+                    )
                 )
             seen.add(key)
             parsed.positions.setdefault(child, position)
@@ -118,6 +122,7 @@ def _walk(node: yaml.Node, path: KeyPath, parsed: Parsed) -> None:
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             child = (*path, index)
-            parsed.positions.setdefault(child, (item.start_mark.line + 1,
-                                                item.start_mark.column + 1))
+            parsed.positions.setdefault(
+                child, (item.start_mark.line + 1, item.start_mark.column + 1)
+            )
             _walk(item, child, parsed)

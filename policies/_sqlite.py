@@ -28,8 +28,10 @@ CREATE TABLE IF NOT EXISTS approvals (
     created_at REAL NOT NULL, expires_at REAL NOT NULL, ttl_s REAL NOT NULL, resolved_by TEXT);
 CREATE INDEX IF NOT EXISTS approvals_binding ON approvals (binding, created_at);
 """
-_APPROVAL_COLUMNS = ("id, binding, tool, grant_name, session, args_sha256, status, created_at, "
-                     "expires_at, ttl_s, resolved_by")
+_APPROVAL_COLUMNS = (
+    "id, binding, tool, grant_name, session, args_sha256, status, created_at, "
+    "expires_at, ttl_s, resolved_by"
+)
 _PRUNE_EVERY = 512
 _KEEP_APPROVALS_S = 86400.0
 
@@ -58,8 +60,9 @@ class SqliteCounterStore:
         with self._translate():
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-            conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -100,7 +103,8 @@ class SqliteCounterStore:
             for item in items:
                 (used,) = conn.execute(
                     "SELECT COALESCE(SUM(amount), 0) FROM counter_entries WHERE key = ? AND ts > ?",
-                    (item.key, now - item.window_s)).fetchone()
+                    (item.key, now - item.window_s),
+                ).fetchone()
                 if used + item.increment > item.max:
                     return None
                 amount, expires = entries.get(item.key, (0, now))
@@ -108,8 +112,12 @@ class SqliteCounterStore:
             conn.executemany(
                 "INSERT INTO counter_entries (key, ts, amount, expires_at, reservation) "
                 "VALUES (?, ?, ?, ?, ?)",
-                [(key, now, amount, expires, reservation)
-                 for key, (amount, expires) in entries.items() if amount > 0])
+                [
+                    (key, now, amount, expires, reservation)
+                    for key, (amount, expires) in entries.items()
+                    if amount > 0
+                ],
+            )
             self._calls += 1
             if self._calls % _PRUNE_EVERY == 0:
                 self._prune(conn, now)
@@ -122,29 +130,37 @@ class SqliteCounterStore:
     def commit(self, reservation_id: str, *, now: float | None = None) -> None:
         """Make a reservation final."""
         with self._tx() as conn:
-            conn.execute("UPDATE counter_entries SET committed = 1 WHERE reservation = ?",
-                         (reservation_id,))
+            conn.execute(
+                "UPDATE counter_entries SET committed = 1 WHERE reservation = ?", (reservation_id,)
+            )
 
     def rollback(self, reservation_id: str, *, now: float | None = None) -> None:
         """Undo a reservation unless it is committed or stale."""
         now = time.time() if now is None else now
         with self._tx() as conn:
-            conn.execute("DELETE FROM counter_entries WHERE reservation = ? AND committed = 0 "
-                         "AND ts > ?", (reservation_id, now - STALE_RESERVATION_S))
+            conn.execute(
+                "DELETE FROM counter_entries WHERE reservation = ? AND committed = 0 AND ts > ?",
+                (reservation_id, now - STALE_RESERVATION_S),
+            )
 
     def used(self, item: CounterSpec, now: float) -> tuple[int, float | None]:
         """Units inside the window and the oldest entry's time."""
         with self._tx() as conn:
             total, oldest = conn.execute(
                 "SELECT COALESCE(SUM(amount), 0), MIN(ts) FROM counter_entries "
-                "WHERE key = ? AND ts > ?", (item.key, now - item.window_s)).fetchone()
+                "WHERE key = ? AND ts > ?",
+                (item.key, now - item.window_s),
+            ).fetchone()
         return int(total), oldest
 
     def add_approval(self, record: ApprovalRecord) -> None:
         """Store a new approval."""
         with self._tx() as conn:
-            conn.execute(f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES "
-                         "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(record))
+            conn.execute(
+                f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _row(record),
+            )
 
     def find_approval(self, binding: str, now: float) -> ApprovalRecord | None:
         """The newest live approval for `binding`."""
@@ -152,37 +168,47 @@ class SqliteCounterStore:
             row = conn.execute(
                 f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE binding = ? AND status IN "
                 "('pending', 'approved', 'denied') AND expires_at > ? "
-                "ORDER BY created_at DESC LIMIT 1", (binding, now)).fetchone()
+                "ORDER BY created_at DESC LIMIT 1",
+                (binding, now),
+            ).fetchone()
         return None if row is None else _record(row)
 
     def get_approval(self, approval_id: str) -> ApprovalRecord | None:
         """The approval with this id, or `None`."""
         with self._tx() as conn:
-            row = conn.execute(f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE id = ?",
-                               (approval_id,)).fetchone()
+            row = conn.execute(
+                f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE id = ?", (approval_id,)
+            ).fetchone()
         return None if row is None else _record(row)
 
-    def resolve_approval(self, approval_id: str, approved: bool, by: str,
-                         now: float) -> ApprovalRecord:
+    def resolve_approval(
+        self, approval_id: str, approved: bool, by: str, now: float
+    ) -> ApprovalRecord:
         """Approve or deny a pending approval."""
         with self._tx() as conn:
-            row = conn.execute(f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE id = ?",
-                               (approval_id,)).fetchone()
+            row = conn.execute(
+                f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE id = ?", (approval_id,)
+            ).fetchone()
             if row is None:
                 raise UnknownApproval(approval_id)
             record = _record(row)
             if record.status_at(now) != "pending":
                 raise UnknownApproval(approval_id, record.status_at(now))
             status = "approved" if approved else "denied"
-            conn.execute("UPDATE approvals SET status = ?, resolved_by = ?, expires_at = ? "
-                         "WHERE id = ?", (status, by, now + record.ttl_s, approval_id))
+            conn.execute(
+                "UPDATE approvals SET status = ?, resolved_by = ?, expires_at = ? WHERE id = ?",
+                (status, by, now + record.ttl_s, approval_id),
+            )
         return _record((*row[:6], status, row[7], now + record.ttl_s, row[9], by))
 
     def use_approval(self, approval_id: str, now: float) -> bool:
         """Mark an approved approval used; `False` if it was not usable."""
         with self._tx() as conn:
-            cursor = conn.execute("UPDATE approvals SET status = 'used' WHERE id = ? AND "
-                                  "status = 'approved' AND expires_at > ?", (approval_id, now))
+            cursor = conn.execute(
+                "UPDATE approvals SET status = 'used' WHERE id = ? AND "
+                "status = 'approved' AND expires_at > ?",
+                (approval_id, now),
+            )
             return cursor.rowcount == 1
 
     def close(self) -> None:
@@ -194,13 +220,45 @@ class SqliteCounterStore:
 
 
 def _row(r: ApprovalRecord) -> tuple[object, ...]:
-    return (r.approval_id, r.binding, r.tool, r.grant, r.session, r.args_sha256, r.status,
-            r.created_at, r.expires_at, r.ttl_s, r.resolved_by)
+    return (
+        r.approval_id,
+        r.binding,
+        r.tool,
+        r.grant,
+        r.session,
+        r.args_sha256,
+        r.status,
+        r.created_at,
+        r.expires_at,
+        r.ttl_s,
+        r.resolved_by,
+    )
 
 
 def _record(row: tuple[Any, ...] | sqlite3.Row) -> ApprovalRecord:
-    (approval_id, binding, tool, grant, session, args_sha256, status, created_at, expires_at,
-     ttl_s, resolved_by) = tuple(row)
-    return ApprovalRecord(str(approval_id), str(binding), str(tool), str(grant), str(session),
-                          str(args_sha256), status, float(created_at), float(expires_at),
-                          float(ttl_s), None if resolved_by is None else str(resolved_by))
+    (
+        approval_id,
+        binding,
+        tool,
+        grant,
+        session,
+        args_sha256,
+        status,
+        created_at,
+        expires_at,
+        ttl_s,
+        resolved_by,
+    ) = tuple(row)
+    return ApprovalRecord(
+        str(approval_id),
+        str(binding),
+        str(tool),
+        str(grant),
+        str(session),
+        str(args_sha256),
+        status,
+        float(created_at),
+        float(expires_at),
+        float(ttl_s),
+        None if resolved_by is None else str(resolved_by),
+    )

@@ -117,8 +117,9 @@ class CounterStore(Protocol):
         """The approval with this id, whatever its status, or `None`."""
         ...
 
-    def resolve_approval(self, approval_id: str, approved: bool, by: str,
-                         now: float) -> ApprovalRecord:
+    def resolve_approval(
+        self, approval_id: str, approved: bool, by: str, now: float
+    ) -> ApprovalRecord:
         """Approve or deny a pending approval; it then lives `ttl_s` more.
 
         Raises:
