@@ -1,4 +1,4 @@
-"""`sandgate policy|audit|approve|deny`: check and explain policies, read the audit, answer approvals."""
+"""`sandgate policy|audit|approve|deny`: check/explain policies, read audit, answer approvals."""
 
 from __future__ import annotations
 

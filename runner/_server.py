@@ -15,7 +15,7 @@ from mcp.server.lowlevel import Server
 
 from policies import NeedsApproval
 
-from ._service import Caller, Service
+from ._service import AskHuman, Caller, Service
 
 logger = logging.getLogger("sandgate.server")
 
@@ -64,23 +64,62 @@ def _grant_of(ctx: ServerRequestContext[Any, Any]) -> str:
     return "local"
 
 
+APPROVAL_INPUT_KEY = "sandgate_approval"
+APPROVAL_STATE_PREFIX = "sandgate-approval:"
+APPROVAL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"approve": {"type": "boolean", "title": "Approve"}},
+    "required": ["approve"],
+}
+
+
+def _can_elicit(ctx: ServerRequestContext[Any, Any]) -> bool:
+    caps = ctx.session.client_capabilities
+    return caps is not None and caps.elicitation is not None
+
+
+def _approval_message(need: NeedsApproval) -> str:
+    return f"sandgate: approve this call? {need.reason} (approval {need.approval_id})"
+
+
+def _answer_of(params: types.CallToolRequestParams) -> tuple[str, bool] | None:
+    """On a retry after an approval elicitation: the approval id and the human's answer."""
+    state = params.request_state or ""
+    if not state.startswith(APPROVAL_STATE_PREFIX):
+        return None
+    response = (params.input_responses or {}).get(APPROVAL_INPUT_KEY)
+    approved = (
+        isinstance(response, types.ElicitResult)
+        and response.action == "accept"
+        and (response.content or {}).get("approve") is True
+    )
+    return state[len(APPROVAL_STATE_PREFIX) :], approved
+
+
+def _input_required(need: NeedsApproval) -> types.InputRequiredResult:
+    return types.InputRequiredResult(
+        input_requests={
+            APPROVAL_INPUT_KEY: types.ElicitRequest(
+                params=types.ElicitRequestFormParams(
+                    message=_approval_message(need), requested_schema=APPROVAL_SCHEMA
+                )
+            )
+        },
+        request_state=APPROVAL_STATE_PREFIX + need.approval_id,
+    )
+
+
 def _approver(
     ctx: ServerRequestContext[Any, Any],
 ) -> Callable[[NeedsApproval], Awaitable[bool | None]] | None:
-    caps = ctx.session.client_capabilities
-    if caps is None or caps.elicitation is None:
+    """Asks over the back-channel (handshake-era connections); None where there is none."""
+    if not _can_elicit(ctx) or not ctx.session.can_send_request:
         return None
 
     async def ask(need: NeedsApproval) -> bool | None:
         try:
             answer = await ctx.session.elicit_form(
-                f"sandgate: approve this call? {need.reason} (approval {need.approval_id})",
-                {
-                    "type": "object",
-                    "properties": {"approve": {"type": "boolean", "title": "Approve"}},
-                    "required": ["approve"],
-                },
-                related_request_id=ctx.request_id,
+                _approval_message(need), APPROVAL_SCHEMA, related_request_id=ctx.request_id
             )
         except Exception as exc:  # a client that cannot answer falls back to `sandgate approve`
             logger.info("elicitation for approval %s failed: %s", need.approval_id, exc)
@@ -106,10 +145,20 @@ def build_server(
 
     async def on_call_tool(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
+    ) -> types.CallToolResult | types.InputRequiredResult:
         grant = _grant_of(ctx)
-        caller = Caller(grant=grant, session=session_id_of(ctx, grant), approver=_approver(ctx))
-        return await service.call_tool(params.name, params.arguments, caller)
+        approver = _approver(ctx)
+        caller = Caller(
+            grant=grant,
+            session=session_id_of(ctx, grant),
+            approver=approver,
+            can_ask_input=approver is None and _can_elicit(ctx),
+            answer=_answer_of(params),
+        )
+        try:
+            return await service.call_tool(params.name, params.arguments, caller)
+        except AskHuman as ask:
+            return _input_required(ask.need)
 
     def input_schema(name: str) -> dict[str, Any] | None:
         for tool in service.list_tools():

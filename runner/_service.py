@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import Any
 
 import mcp_types as types
 
-from policies import Allowed, Denied, Gate, NeedsApproval, ToolCall
+from policies import Allowed, Denied, Gate, NeedsApproval, ToolCall, UnknownApproval
 from sandboxes import Engine, EngineBusy, Program, RunResult, SandboxError
 
 from . import _format, _paths
@@ -35,11 +36,29 @@ Approver = Callable[[NeedsApproval], Awaitable[bool | None]]
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is calling: the grant (credential) and the MCP session."""
+    """Who is calling, and how a human can be asked about the call.
+
+    Attributes:
+        grant: The credential's grant name (`local` on stdio).
+        session: The MCP session (or connection) id.
+        approver: Asks the human over the connection's back-channel (legacy protocol).
+        can_ask_input: The client takes `InputRequiredResult` elicitations (2026-07-28).
+        answer: On a retry after such an elicitation: (approval id, approved?).
+    """
 
     grant: str = "local"
     session: str = "local"
     approver: Approver | None = None
+    can_ask_input: bool = False
+    answer: tuple[str, bool] | None = None
+
+
+class AskHuman(Exception):
+    """The call waits for a human: the server answers with an elicitation (input required)."""
+
+    def __init__(self, need: NeedsApproval) -> None:
+        super().__init__(need.reason)
+        self.need = need
 
 
 class Service:
@@ -85,7 +104,8 @@ class Service:
     async def call_tool(
         self, name: str, arguments: Mapping[str, Any] | None, caller: Caller
     ) -> types.CallToolResult:
-        """Serve one call. Never raises for anything a client can send."""
+        """Serve one call. Never raises for anything a client can send, except `AskHuman`
+        (only for a caller with `can_ask_input`), which the server turns into an elicitation."""
         try:
             if name not in self._names:
                 raise UnknownTool(name, self.tool_names())
@@ -94,6 +114,8 @@ class Service:
             return result
         except (ArgumentError, UnknownTool) as exc:
             return _format.error_result(f"Error: {exc}")
+        except AskHuman:
+            raise
         except Exception:  # the one tool boundary: log it, tell the client without internals
             logger.exception("internal error serving %s", name)
             return _format.error_result(
@@ -108,9 +130,15 @@ class Service:
         return self.sessions.get(caller.grant, session_id)
 
     async def _decide(self, call: ToolCall, caller: Caller) -> Allowed | Denied:
+        if caller.answer is not None:
+            approval_id, approved = caller.answer
+            with contextlib.suppress(UnknownApproval):
+                await asyncio.to_thread(self.gate.resolve_approval, approval_id, approved)
         decision = await asyncio.to_thread(self.gate.decide, call)
         if isinstance(decision, NeedsApproval):
             answer = await caller.approver(decision) if caller.approver else None
+            if answer is None and caller.can_ask_input and caller.answer is None:
+                raise AskHuman(decision)
             if answer is not None:
                 await asyncio.to_thread(self.gate.resolve_approval, decision.approval_id, answer)
                 decision = await asyncio.to_thread(self.gate.decide, call)

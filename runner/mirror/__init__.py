@@ -7,7 +7,14 @@ unpacks the locked, hash-verified wheels into the session's site folder: no pip,
 step, no network.
 """
 
-from ._allowlist import ENGINES, AllowedPackage, AllowList, EngineName, load_allowlist
+from ._allowlist import (
+    ENGINES,
+    AllowedPackage,
+    AllowList,
+    EngineName,
+    allowlist_from_mapping,
+    load_allowlist,
+)
 from ._checks import check_allowed, suggest
 from ._cli import mirror_main
 from ._errors import (
@@ -56,6 +63,7 @@ __all__ = [
     "Target",
     "UnsafeWheel",
     "VersionNotAllowed",
+    "allowlist_from_mapping",
     "check_allowed",
     "default_mirror_dir",
     "install",

@@ -110,6 +110,8 @@ class Index:
     @classmethod
     def from_pip(cls, url: str | None = None) -> Index:
         """The explicit `url`, else pip's configured index, with pip's certificate bundle."""
+        if url and urlsplit(url).scheme == "file":
+            return cls(url)
         cfg = pip_config()
         cafile = os.environ.get("PIP_CERT") or cfg.get(":env:.cert") or cfg.get("global.cert")
         if cafile and not Path(cafile).is_file():

@@ -234,6 +234,17 @@ def _remove_old(site: Path, entry: dict[str, object] | None) -> None:
             except OSError:
                 continue
             target.unlink(missing_ok=True)
+            _prune_empty(site, target.parent)
+
+
+def _prune_empty(site: Path, folder: Path) -> None:
+    """Remove `folder` and its parents up to (not including) `site` while they are empty."""
+    while folder != site and folder.is_relative_to(site):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
 
 
 def _read_record(site: Path) -> dict[str, dict[str, object]]:

@@ -213,7 +213,7 @@ def _pick(fetcher: Fetcher, target: Target, name: str, spec: SpecifierSet) -> _N
             wname, version, build, tags = parse_wheel_filename(file.filename)
         except InvalidWheelFilename:
             continue
-        if wname != name or not spec.contains(version):
+        if wname != name or not spec.contains(version, prereleases=spec.prereleases or False):
             continue
         in_range += 1
         rank = target.tag_rank(tags)
