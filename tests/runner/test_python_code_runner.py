@@ -215,3 +215,20 @@ async def test_two_sessions_run_slow_calls_at_the_same_time(
         elapsed = time.monotonic() - began
     assert [_text(r[0]).strip() for r in results] == ["done", "done"]
     assert elapsed < 3.5, f"two 2 s calls took {elapsed:.1f} s together"
+
+
+async def test_code_over_the_policy_maximum_is_refused_naming_the_limit(
+    wasm_engine: WasmEngine, tmp_path: Path
+) -> None:
+    policy = tmp_path / "small.yaml"
+    policy.write_text(
+        "version: '1'\ndefault: deny\ntools:\n  run_python_code:\n    quotas: {max_code_bytes: 64}\n"
+    )
+    async with (
+        service_for(tmp_path / "state", wasm_engine, policy) as service,
+        Client(build_server(service)) as client,
+    ):
+        small = await _call(client, "run_python_code", {"code": "print('fits')"})
+        big = await _call(client, "run_python_code", {"code": "x = 1\n" * 20})
+    assert _text(small).strip() == "fits"
+    assert big.is_error and "max_code_bytes" in _text(big)
