@@ -35,8 +35,9 @@ def damerau_levenshtein(a: str, b: str) -> int:
 def suggest(name: str, candidates: Iterable[str]) -> str | None:
     """The allow-listed name closest to `name` (a typo or typosquat), or `None`.
 
-    Names within `MAX_SUGGEST_DISTANCE` edits, or with a `difflib` ratio of at least
-    `MIN_SUGGEST_RATIO`, qualify; the nearest wins, ties by ratio, then alphabetically.
+    Names within `MAX_SUGGEST_DISTANCE` edits (one edit per three letters of the shorter
+    name, at least one), or with a `difflib` ratio of at least `MIN_SUGGEST_RATIO`, qualify;
+    the nearest wins, ties by ratio, then alphabetically.
     """
     best: tuple[int, float, str] | None = None
     squashed = name.replace("-", "")
@@ -48,9 +49,9 @@ def suggest(name: str, candidates: Iterable[str]) -> str | None:
             damerau_levenshtein(squashed, candidate.replace("-", "")),
         )
         ratio = difflib.SequenceMatcher(None, name, candidate).ratio()
-        if distance > MAX_SUGGEST_DISTANCE and ratio < MIN_SUGGEST_RATIO:
-            continue
-        if distance >= max(len(name), len(candidate)):
+        shorter = min(len(name), len(candidate))
+        limit = min(MAX_SUGGEST_DISTANCE, max(1, shorter // 3))
+        if distance > limit and ratio < MIN_SUGGEST_RATIO:
             continue
         key = (distance, -ratio, candidate)
         if best is None or key < best:

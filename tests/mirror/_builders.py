@@ -71,8 +71,8 @@ def write_index(root: Path, wheels: Iterable[Path], *, sdists: Iterable[str] = (
     for sdist in sdists:
         project = canonicalize_name(sdist.rsplit("-", 1)[0])
         pages.setdefault(project, []).append(f'<a href="../../files/{sdist}">{sdist}</a>')
-    for project, links in pages.items():
-        page = root / "simple" / project / "index.html"
+    for name, links in pages.items():
+        page = root / "simple" / name / "index.html"
         page.parent.mkdir(parents=True, exist_ok=True)
         page.write_text("<html><body>\n" + "<br>\n".join(links) + "\n</body></html>\n")
     return (root / "simple").as_uri() + "/"
