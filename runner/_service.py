@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,7 @@ from ._arguments import (
 )
 from ._errors import ArgumentError, UnknownTool
 from ._installs import Installer
+from ._metrics import Metrics
 from ._sessions import Session, Sessions
 from ._tools import TOOLS_BY_NAME, ToolSet
 
@@ -51,6 +54,24 @@ class Caller:
     approver: Approver | None = None
     can_ask_input: bool = False
     answer: tuple[str, bool] | None = None
+
+
+@dataclass(slots=True)
+class _Trace:
+    """What one call went through, for the metrics."""
+
+    decision: str = "refused"
+    status: str = "none"
+    engine: str = "none"
+
+
+_TRACE: contextvars.ContextVar[_Trace | None] = contextvars.ContextVar(
+    "sandgate_trace", default=None
+)
+
+
+def _trace() -> _Trace:
+    return _TRACE.get() or _Trace()
 
 
 class AskHuman(Exception):
@@ -80,12 +101,23 @@ class Service:
         sessions: Sessions,
         installer: Installer,
         tool_sets: tuple[ToolSet, ...],
+        metrics: Metrics | None = None,
     ) -> None:
         self.gate = gate
+        self.metrics = metrics or Metrics(self.pool_stats)
         self.engines = dict(engines)
         self.sessions = sessions
         self.installer = installer
         self._names = [n for n, s in TOOLS_BY_NAME.items() if s.tool_set in tool_sets]
+
+    def pool_stats(self) -> dict[str, dict[str, int]]:
+        """Each engine's pool figures, for the metrics."""
+        stats: dict[str, dict[str, int]] = {}
+        for name, engine in self.engines.items():
+            figures = getattr(engine, "pool_stats", None)
+            if callable(figures):
+                stats[name] = dict(figures())
+        return stats
 
     def tool_names(self) -> list[str]:
         """The tools this server lists (policy-hidden ones removed)."""
@@ -106,6 +138,22 @@ class Service:
     ) -> types.CallToolResult:
         """Serve one call. Never raises for anything a client can send, except `AskHuman`
         (only for a caller with `can_ask_input`), which the server turns into an elicitation."""
+        trace = _Trace()
+        token = _TRACE.set(trace)
+        began = time.perf_counter()
+        self.metrics.in_flight.inc()
+        try:
+            return await self._serve(name, arguments, caller)
+        finally:
+            self.metrics.in_flight.dec()
+            _TRACE.reset(token)
+            tool = name if name in TOOLS_BY_NAME else "unknown"
+            self.metrics.calls.labels(tool, trace.decision, trace.status).inc()
+            self.metrics.latency.labels(tool, trace.engine).observe(time.perf_counter() - began)
+
+    async def _serve(
+        self, name: str, arguments: Mapping[str, Any] | None, caller: Caller
+    ) -> types.CallToolResult:
         try:
             if name not in self._names:
                 raise UnknownTool(name, self.tool_names())
@@ -134,8 +182,11 @@ class Service:
             approval_id, approved = caller.answer
             with contextlib.suppress(UnknownApproval):
                 await asyncio.to_thread(self.gate.resolve_approval, approval_id, approved)
+        began = time.perf_counter()
         decision = await asyncio.to_thread(self.gate.decide, call)
+        self.metrics.gate_latency.observe(time.perf_counter() - began)
         if isinstance(decision, NeedsApproval):
+            _trace().decision = "needs_approval"
             answer = await caller.approver(decision) if caller.approver else None
             if answer is None and caller.can_ask_input and caller.answer is None:
                 raise AskHuman(decision)
@@ -149,6 +200,7 @@ class Service:
                     f"{decision.reason} An operator must approve this exact call: "
                     f"`sandgate approve {decision.approval_id}`; then repeat the call.",
                 )
+        _trace().decision = "deny" if isinstance(decision, Denied) else "allow"
         return decision
 
     async def _execute(
@@ -178,6 +230,7 @@ class Service:
             )
         plan = decision.plan
         assert plan is not None  # a call with a program always gets a plan
+        _trace().engine = plan.engine
         try:
             early = before_run() if before_run is not None else None
             if early is not None:
@@ -189,6 +242,7 @@ class Service:
             result = await engine.run(plan)
         except (SandboxError, _NoEngine, OSError) as exc:
             self._finish(decision, "infra_error", error=f"{type(exc).__name__}: {exc}")
+            _trace().status = "infra_error"
             return _format.error_result(_infra_text(plan.engine, exc))
         except BaseException as exc:
             self._finish(decision, "infra_error", error=f"{type(exc).__name__}: {exc}")
@@ -196,6 +250,7 @@ class Service:
         usage = {"wall_ms": result.usage.wall_ms, "cpu_ms": result.usage.cpu_ms}
         usage["peak_memory_bytes"] = result.usage.peak_memory_bytes
         self._finish(decision, "completed", status=result.status, usage=usage)
+        _trace().status = result.status
         return result
 
     def _finish(self, decision: Allowed, outcome: Any, **details: Any) -> None:

@@ -9,11 +9,16 @@ from typing import Any
 
 import uvicorn
 from mcp.server.stdio import stdio_server
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from policies import Gate
 
 from ._app import Config, open_service
+from ._metrics import Metrics
 from ._server import GRANT_SCOPE_KEY, build_server, connection_scope
 
 logger = logging.getLogger("sandgate.transports")
@@ -85,11 +90,21 @@ async def _unauthorized(send: Send, had_token: bool) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _metrics_endpoint(metrics: Metrics) -> Any:
+    async def endpoint(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return endpoint
+
+
 async def serve_http(config: Config, *, host: str, port: int, path: str = "/mcp") -> None:
     """Serve MCP's streamable HTTP transport on `host:port` at `path`."""
     async with open_service(config) as service:
         server = build_server(service)
-        app: Any = server.streamable_http_app(streamable_http_path=path, host=host)
+        metrics = Route("/metrics", endpoint=_metrics_endpoint(service.metrics))
+        app: Any = server.streamable_http_app(
+            streamable_http_path=path, host=host, custom_starlette_routes=[metrics]
+        )
         app = BearerGrants(app, service.gate, loopback=_is_loopback(host))
         uv = uvicorn.Server(
             uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")

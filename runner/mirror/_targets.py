@@ -12,8 +12,9 @@ from packaging.specifiers import SpecifierSet
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.version import Version
 
-CONTAINER_GLIBC_MINOR = 28
-"""Newest glibc (2.x) whose manylinux wheels the container image can load (Debian 12 has 2.36)."""
+CONTAINER_GLIBC_MINOR = 36
+"""Newest glibc (2.x) whose manylinux wheels the container image loads: the image is Debian 12
+(`python:3.11-slim` or a bookworm debootstrap), which has glibc 2.36."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,3 +118,20 @@ async def test_the_tools_run_over_http_for_a_known_grant(http_server: str) -> No
                 "run_python_file", {"file_name": "k.py", "variable_to_return": "k"}
             )
             assert isinstance(again, types.CallToolResult) and _text(again) == "kept"
+
+
+async def test_metrics_count_calls_by_tool_decision_and_status(http_server: str) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(headers=headers, timeout=120) as http:
+        from mcp.client.streamable_http import streamable_http_client
+
+        async with Client(streamable_http_client(http_server, http_client=http)) as client:
+            await client.call_tool("run_python_code", {"code": "print(1)"})
+            await client.call_tool("pip_install_package", {"package_name": "six"})
+        response = await http.get(http_server.replace("/mcp", "/metrics"))
+    assert response.status_code == 200
+    text = response.text
+    assert 'sandgate_calls_total{decision="allow",status="ok",tool="run_python_code"} 1.0' in text
+    assert 'decision="deny",status="none",tool="pip_install_package"' in text
+    assert "sandgate_call_seconds_bucket" in text and "sandgate_gate_seconds_bucket" in text
+    assert 'sandgate_pool{engine="wasm",what="workers"}' in text
