@@ -161,6 +161,9 @@ def _install_all(
             files, used = unpack(copy, dest, budget_bytes=budget)
             budget -= used
             unpacked.append((pkg, dest, files))
+        for _, _, files in unpacked:  # refuse links or folders in the way before moving any file
+            for rel in files:
+                _safe_target(site, rel, create=False)
         for pkg, dest, files in unpacked:
             _remove_old(site, record.get(pkg.name))
             for rel in files:

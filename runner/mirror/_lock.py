@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from ._errors import MirrorMissing, NoWheel
 LOCK_FILE = "lock.json"
 FILES_DIR = "files"
 LOCK_VERSION = 1
+_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +187,11 @@ def _package(item: dict[str, object]) -> LockedPackage:
     filename = text("filename")
     if "/" in filename or "\\" in filename or filename.startswith("."):
         raise ValueError(f"filename {filename!r} is not a plain file name")
+    name = text("name")
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"name {name!r} is not a normalized package name")
     return LockedPackage(
-        name=text("name"),
+        name=name,
         version=text("version"),
         filename=filename,
         sha256=text("sha256").lower(),

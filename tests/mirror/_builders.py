@@ -8,9 +8,22 @@ import shutil
 import stat
 import zipfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
+
+from runner.mirror import SyncReport
+
+
+@dataclass(frozen=True, slots=True)
+class RealMirror:
+    """A mirror synced once per session from the real upstream index."""
+
+    path: Path
+    allowlist_file: Path
+    report: SyncReport
+    progress: tuple[str, ...]
 
 
 def make_wheel(

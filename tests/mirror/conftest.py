@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from runner.mirror import SyncReport, load_allowlist, sync_mirror
+from runner.mirror import load_allowlist, sync_mirror
+
+from ._builders import RealMirror
 
 REAL_ALLOWLIST = """\
 [packages]
@@ -19,16 +20,6 @@ python-dateutil = ">=2.8,<3"
 markupsafe = "*"
 """
 """Small real packages: python-dateutil 2.x needs six; markupsafe has no pure-Python wheel."""
-
-
-@dataclass(frozen=True, slots=True)
-class RealMirror:
-    """A mirror synced once per session from the real upstream index."""
-
-    path: Path
-    allowlist_file: Path
-    report: SyncReport
-    progress: tuple[str, ...]
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import threading
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from runner.mirror import (
     AllowList,
+    InstallFailed,
     InstallResult,
     NotAllowed,
     UnsafeWheel,
@@ -23,6 +25,9 @@ from runner.mirror import (
 from ._builders import make_wheel, symlink_member, tree_digest, write_index
 
 THREAD_JOIN_S = 60.0
+_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}.get(
+    platform.machine().lower(), platform.machine().lower()
+)
 
 
 def _allow(packages: dict[str, str], **engines: dict[str, str]) -> AllowList:
@@ -52,7 +57,7 @@ def index(tmp_path: Path) -> str:
         make_wheel(wheels, "gamma", "1.0"),
         make_wheel(wheels, "delta", "1.0", requires=['epsilon; extra == "fast"']),
         make_wheel(wheels, "epsilon", "1.0"),
-        make_wheel(wheels, "cext", "1.0", tag="cp311-cp311-manylinux_2_17_x86_64"),
+        make_wheel(wheels, "cext", "1.0", tag=f"cp311-cp311-manylinux_2_17_{_ARCH}"),
         make_wheel(wheels, "pre", "1.0"),
         make_wheel(wheels, "pre", "2.0b1"),
         make_wheel(wheels, "newpy", "1.0"),
@@ -278,3 +283,21 @@ def test_concurrent_installs_of_one_site_take_turns(tmp_path: Path) -> None:
     assert sorted(n for r in results for n in r.installed) == ["p0==1.0", "p1==1.0", "p2==1.0"]
     assert sum(len(r.already_present) for r in results) == 6
     assert installed_packages(site) == {"p0": "1.0", "p1": "1.0", "p2": "1.0"}
+
+
+def test_a_link_planted_in_the_site_folder_stops_the_install_before_any_file_moves(
+    tmp_path: Path,
+) -> None:
+    wheel = make_wheel(
+        tmp_path / "built", "nest", "1.0", files={"aaa.py": b"", "nest/__init__.py": b""}
+    )
+    mirror = _mirror_of(tmp_path, wheel, allow={"nest": "*"})
+    site = tmp_path / "site"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    site.mkdir()
+    (site / "nest").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(InstallFailed):
+        install(parse_requirement("nest"), mirror_dir=mirror, site_dir=site, engine="wasm")
+    assert list(outside.iterdir()) == []
+    assert sorted(p.name for p in site.iterdir()) == ["nest"]

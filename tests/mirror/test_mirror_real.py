@@ -30,8 +30,7 @@ from runner.mirror import (
     verify_mirror,
 )
 
-from ._builders import listing_digest, tree_digest
-from .conftest import RealMirror
+from ._builders import RealMirror, listing_digest, tree_digest
 
 IMPORT_TIMEOUT_S = 60
 BLACKHOLE = "http://127.0.0.1:9"
