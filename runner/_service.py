@@ -26,7 +26,7 @@ from ._arguments import (
     validate_arguments,
 )
 from ._errors import ArgumentError, UnknownTool
-from ._installs import Installer
+from ._installs import Installer, InstallRefused
 from ._metrics import Metrics
 from ._sessions import Session, Sessions
 from ._tools import TOOLS_BY_NAME, ToolSet
@@ -340,13 +340,28 @@ class Service:
             return _format.denied_result(decision.rule, decision.reason)
         try:
             message = await asyncio.to_thread(
-                self.installer.install, requested, session.workspace, engine="wasm"
+                self.installer.install,
+                requested,
+                session.workspace,
+                engine=self._engine_kind("run_python_code"),
             )
-        except Exception as exc:
-            self._finish(decision, "completed", status="error", error=str(exc))
+        except InstallRefused as exc:
+            self._finish(decision, "completed", status="refused", error=str(exc))
+            _trace().status = "refused"
             return _format.error_result(f"Error installing package {args.package_name}: {exc}")
         self._finish(decision, "completed", status="ok")
+        _trace().status = "ok"
         return _format.text_result(message)
+
+    def _engine_kind(self, tool: str) -> str:
+        """The engine kind that runs `tool`'s code under the current policy."""
+        policy = self.gate.policy
+        rule = policy.tools.get(tool)
+        name = (rule.engine if rule else None) or (
+            policy.all_tools.engine if policy.all_tools else None
+        )
+        kind, _runtime, _quotas = policy.profile(name or "wasm")
+        return str(kind)
 
     # -- native tool ---------------------------------------------------------------------------
 
