@@ -222,7 +222,8 @@ async def test_code_over_the_policy_maximum_is_refused_naming_the_limit(
 ) -> None:
     policy = tmp_path / "small.yaml"
     policy.write_text(
-        "version: '1'\ndefault: deny\ntools:\n  run_python_code:\n    quotas: {max_code_bytes: 64}\n"
+        "version: '1'\ndefault: deny\n"
+        "tools:\n  run_python_code:\n    quotas: {max_code_bytes: 64}\n"
     )
     async with (
         service_for(tmp_path / "state", wasm_engine, policy) as service,
