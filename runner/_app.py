@@ -26,6 +26,7 @@ from policies import (
 from sandboxes import Engine, WasmEngine
 from sandboxes.wasm import DEFAULT_WORKERS
 
+from ._admission import Admission
 from ._errors import SetupError
 from ._installs import Installer
 from ._service import Service
@@ -109,6 +110,7 @@ async def open_service(
         sessions=sessions,
         installer=installer,
         tool_sets=config.tool_sets,
+        admission=Admission(config.workers),
     )
     reaper = asyncio.create_task(_reap(sessions))
     try:

@@ -17,6 +17,7 @@ from policies import Allowed, Denied, Gate, NeedsApproval, ToolCall, UnknownAppr
 from sandboxes import Engine, EngineBusy, Program, RunResult, SandboxError
 
 from . import _format, _paths
+from ._admission import Admission, Busy
 from ._arguments import (
     PipInstallPackageArgs,
     RunCodeArgs,
@@ -32,6 +33,9 @@ from ._sessions import Session, Sessions
 from ._tools import TOOLS_BY_NAME, ToolSet
 
 logger = logging.getLogger("sandgate.service")
+
+DEFAULT_RUN_SLOTS = 4
+"""Runs admitted at once when the server does not say (it passes its engines' worker count)."""
 
 Approver = Callable[[NeedsApproval], Awaitable[bool | None]]
 """Asks a human about a call (MCP elicitation); True/False is the answer, None: cannot ask."""
@@ -102,8 +106,10 @@ class Service:
         installer: Installer,
         tool_sets: tuple[ToolSet, ...],
         metrics: Metrics | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.gate = gate
+        self.admission = admission or Admission(DEFAULT_RUN_SLOTS)
         self.metrics = metrics or Metrics(self.pool_stats)
         self.engines = dict(engines)
         self.sessions = sessions
@@ -239,8 +245,9 @@ class Service:
             engine = self.engines.get(plan.engine)
             if engine is None:
                 raise _NoEngine(plan.engine, sorted(self.engines))
-            result = await engine.run(plan)
-        except (SandboxError, _NoEngine, OSError) as exc:
+            async with self.admission.slot(caller.grant):
+                result = await engine.run(plan)
+        except (SandboxError, _NoEngine, OSError, Busy) as exc:
             self._finish(decision, "infra_error", error=f"{type(exc).__name__}: {exc}")
             _trace().status = "infra_error"
             return _format.error_result(_infra_text(plan.engine, exc))
@@ -407,7 +414,7 @@ class _NoEngine(Exception):
 
 
 def _infra_text(engine: str, exc: BaseException) -> str:
-    if isinstance(exc, EngineBusy):
+    if isinstance(exc, (EngineBusy, Busy)):
         return (
             f"Error: the server is busy; retry after {exc.retry_after_s:g} s. "
             "Nothing was counted against your limits."
