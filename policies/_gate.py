@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from sandboxes import Limits
 
 from ._approvals import ApprovalDesk
-from ._audit import AuditDecision, AuditLog, AuditRecord, canonical_json, iso_time, sha256_hex
+from ._audit import AuditDecision, AuditLog, canonical_json, iso_time, sha256_hex
 from ._compile import CompiledPolicy, CompiledTool, compile_policy, token_sha256
 from ._decisions import Allowed, Decision, Denied, NeedsApproval, Outcome, ToolCall
 from ._errors import AuditUnavailable, StateUnavailable
@@ -31,18 +33,17 @@ from ._store import ApprovalStatus, CounterStore
 from ._watch import PolicyWatcher
 
 logger = logging.getLogger("sandgate.policy")
+_LIMIT_FIELDS = tuple(f.name for f in fields(Limits))
 
 
-@dataclass(frozen=True, slots=True)
-class _Pass:
+class _Pass(NamedTuple):
     """The call passed every check; what it reserved and which approval it used."""
 
     reservation: str | None = None
     approval_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Context:
+class _Context(NamedTuple):
     """One decision in progress."""
 
     call: ToolCall
@@ -103,7 +104,7 @@ class Gate:
             compiled,
             tool,
             Subject(call.tool, call.args, call.grant, call.session, roles),
-            uuid.uuid4().hex,
+            os.urandom(16).hex(),
             sha256_hex(canonical_json(call.args)),
             self._clock(),
         )
@@ -189,7 +190,7 @@ class Gate:
         self, ctx: _Context, rule: str, reason: str, passed: _Pass, decision: AuditDecision
     ) -> Decision:
         plan = build_plan(ctx.tool, ctx.call, ctx.decision_id)
-        limits = asdict(plan.limits) if plan is not None else None
+        limits = None if plan is None else {f: getattr(plan.limits, f) for f in _LIMIT_FIELDS}
         try:
             self._record(ctx, decision, rule, reason, limits=limits, approval_id=passed.approval_id)
         except AuditUnavailable as exc:
@@ -217,27 +218,26 @@ class Gate:
         limits: Mapping[str, Any] | None = None,
         approval_id: str | None = None,
     ) -> None:
-        call, program = ctx.call, ctx.call.program
-        self._audit.append(
-            AuditRecord(
-                time=iso_time(ctx.now),
-                id=ctx.decision_id,
-                event="decision",
-                decision=decision,
-                rule=rule,
-                reason=reason,
-                tool=call.tool,
-                grant=call.grant,
-                session=call.session,
-                arg_keys=tuple(sorted(call.args)),
-                args_sha256=ctx.args_sha256,
-                code_sha256=sha256_hex(program.source.encode("utf-8")) if program else None,
-                engine=_engine_name(ctx.tool.engine, ctx.tool.profile),
-                limits=limits,
-                mode=ctx.tool.mode,
-                approval_id=approval_id,
-            )
-        )
+        call, program, tool = ctx.call, ctx.call.program, ctx.tool
+        record = {
+            "time": iso_time(ctx.now),
+            "id": ctx.decision_id,
+            "event": "decision",
+            "decision": decision,
+            "rule": rule,
+            "reason": reason,
+            "tool": call.tool,
+            "grant": call.grant,
+            "session": call.session,
+            "arg_keys": sorted(call.args),
+            "args_sha256": ctx.args_sha256,
+            "code_sha256": sha256_hex(program.source.encode("utf-8")) if program else None,
+            "engine": _engine_name(tool.engine, tool.profile),
+            "limits": limits,
+            "mode": tool.mode,
+            "approval_id": approval_id,
+        }
+        self._audit.append_fields({k: v for k, v in record.items() if v is not None})
 
     def finish(
         self,
@@ -253,25 +253,25 @@ class Gate:
         if allowed.reservation is not None:
             self._settle(allowed.reservation, outcome)
         call, plan = allowed.call, allowed.plan
-        record = AuditRecord(
-            time=iso_time(self._clock()),
-            id=allowed.decision_id,
-            event="outcome",
-            decision="allow",
-            rule=allowed.rule,
-            tool=call.tool if call else None,
-            grant=call.grant if call else None,
-            session=call.session if call else None,
-            engine=_engine_name(plan.engine, plan.profile) if plan else None,
-            usage=dict(usage) if usage is not None else None,
-            status=status,
-            outcome=outcome,
-            error=error,
-            mode=allowed.mode,
-            approval_id=allowed.approval_id,
-        )
+        record = {
+            "time": iso_time(self._clock()),
+            "id": allowed.decision_id,
+            "event": "outcome",
+            "decision": "allow",
+            "rule": allowed.rule,
+            "tool": call.tool if call else None,
+            "grant": call.grant if call else None,
+            "session": call.session if call else None,
+            "engine": _engine_name(plan.engine, plan.profile) if plan else None,
+            "usage": dict(usage) if usage is not None else None,
+            "status": status,
+            "outcome": outcome,
+            "error": error,
+            "mode": allowed.mode,
+            "approval_id": allowed.approval_id,
+        }
         try:
-            self._audit.append(record)
+            self._audit.append_fields({k: v for k, v in record.items() if v is not None})
         except AuditUnavailable as exc:
             logger.error("cannot audit the outcome of %s: %s", allowed.decision_id, exc)
 

@@ -6,7 +6,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from ._rules import Predicate, PredicateOp
 
@@ -19,8 +19,7 @@ MISSING: Any = object()
 Quantifier = Literal["every", "any"]
 
 
-@dataclass(frozen=True, slots=True)
-class Subject:
+class Subject(NamedTuple):
     """What predicates look at: the tool, its arguments and the caller."""
 
     tool: str

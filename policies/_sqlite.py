@@ -6,22 +6,17 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from . import _counter_log as log
 from ._errors import StateUnavailable, UnknownApproval
 from ._store import STALE_RESERVATION_S, ApprovalRecord, CounterSpec
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS counter_entries (
-    key TEXT NOT NULL, ts REAL NOT NULL, amount INTEGER NOT NULL, expires_at REAL NOT NULL,
-    reservation TEXT NOT NULL, committed INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS counter_entries_window ON counter_entries (key, ts, amount);
-CREATE INDEX IF NOT EXISTS counter_entries_reservation ON counter_entries (reservation);
-CREATE INDEX IF NOT EXISTS counter_entries_expiry ON counter_entries (expires_at);
 CREATE TABLE IF NOT EXISTS approvals (
     id TEXT PRIMARY KEY, binding TEXT NOT NULL, tool TEXT NOT NULL, grant_name TEXT NOT NULL,
     session TEXT NOT NULL, args_sha256 TEXT NOT NULL, status TEXT NOT NULL,
@@ -40,7 +35,12 @@ class SqliteCounterStore:
     """Counters and approvals in a SQLite file; safe across threads and processes.
 
     Writers take the database lock with `BEGIN IMMEDIATE`, so the check-then-insert of a
-    reservation is atomic; other processes wait up to `busy_timeout_s` for it.
+    reservation is atomic; other processes wait up to `busy_timeout_s` for it. A counter is
+    one row per call with a running total (see `_counter_log`), so a reservation is one small
+    transaction and a window is counted in two index lookups however full it is. Which
+    reservations are still open is kept in memory: `commit` costs no write, and only the store
+    that made a reservation can roll it back (one left open by a process that died simply
+    counts, as a stale reservation does).
 
     Args:
         path: The database file (created with mode 0600, parent folders with 0700).
@@ -57,6 +57,7 @@ class SqliteCounterStore:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._calls = 0
+        self._open: OrderedDict[str, tuple[float, tuple[tuple[str, float], ...]]] = OrderedDict()
         with self._translate():
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
@@ -66,7 +67,7 @@ class SqliteCounterStore:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.executescript(_SCHEMA)
+            conn.executescript(log.SCHEMA + _SCHEMA)
         self._conn: sqlite3.Connection | None = conn
 
     def __repr__(self) -> str:
@@ -83,9 +84,7 @@ class SqliteCounterStore:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock, self._translate():
-            conn = self._conn
-            if conn is None:
-                raise sqlite3.ProgrammingError("the store is closed")
+            conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -95,63 +94,64 @@ class SqliteCounterStore:
                 raise
             conn.execute("COMMIT")
 
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise sqlite3.ProgrammingError("the store is closed")
+        return self._conn
+
     def reserve(self, items: Sequence[CounterSpec], now: float) -> str | None:
         """Reserve all `items` or none; see `CounterStore.reserve`."""
-        reservation = uuid.uuid4().hex
+        reservation = os.urandom(12).hex()
         with self._tx() as conn:
-            entries: dict[str, tuple[int, float]] = {}
+            lasts: dict[str, log.Last | None] = {}
+            wanted: dict[str, tuple[int, float]] = {}
             for item in items:
-                (used,) = conn.execute(
-                    "SELECT COALESCE(SUM(amount), 0) FROM counter_entries WHERE key = ? AND ts > ?",
-                    (item.key, now - item.window_s),
-                ).fetchone()
+                if item.key not in lasts:
+                    lasts[item.key] = log.last_row(conn, item.key)
+                last = lasts[item.key]
+                used, _ = log.window_usage(conn, item.key, now - item.window_s, last)
                 if used + item.increment > item.max:
                     return None
-                amount, expires = entries.get(item.key, (0, now))
-                entries[item.key] = (max(amount, item.increment), max(expires, now + item.window_s))
-            conn.executemany(
-                "INSERT INTO counter_entries (key, ts, amount, expires_at, reservation) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [
-                    (key, now, amount, expires, reservation)
-                    for key, (amount, expires) in entries.items()
-                    if amount > 0
-                ],
+                amount, expires = wanted.get(item.key, (0, now))
+                wanted[item.key] = (max(amount, item.increment), max(expires, now + item.window_s))
+            made = tuple(
+                (key, log.append(conn, key, now, amount, expires, reservation, lasts[key]))
+                for key, (amount, expires) in wanted.items()
+                if amount > 0
             )
             self._calls += 1
             if self._calls % _PRUNE_EVERY == 0:
-                self._prune(conn, now)
+                log.prune(conn, now)
+                conn.execute(
+                    "DELETE FROM approvals WHERE expires_at < ?", (now - _KEEP_APPROVALS_S,)
+                )
+            self._open[reservation] = (now, made)
+            while self._open and next(iter(self._open.values()))[0] < now - STALE_RESERVATION_S:
+                self._open.popitem(last=False)  # stale: counts as committed
         return reservation
 
-    def _prune(self, conn: sqlite3.Connection, now: float) -> None:
-        conn.execute("DELETE FROM counter_entries WHERE expires_at < ?", (now,))
-        conn.execute("DELETE FROM approvals WHERE expires_at < ?", (now - _KEEP_APPROVALS_S,))
-
     def commit(self, reservation_id: str, *, now: float | None = None) -> None:
-        """Make a reservation final."""
-        with self._tx() as conn:
-            conn.execute(
-                "UPDATE counter_entries SET committed = 1 WHERE reservation = ?", (reservation_id,)
-            )
+        """Make a reservation final (nothing to write: its rows already count)."""
+        with self._lock, self._translate():
+            self._connection()
+            self._open.pop(reservation_id, None)
 
     def rollback(self, reservation_id: str, *, now: float | None = None) -> None:
-        """Undo a reservation unless it is committed or stale."""
+        """Undo a reservation this store made, unless it is committed or stale."""
         now = time.time() if now is None else now
+        with self._lock:
+            made = self._open.pop(reservation_id, None)
+        if made is None or made[0] < now - STALE_RESERVATION_S:
+            return
         with self._tx() as conn:
-            conn.execute(
-                "DELETE FROM counter_entries WHERE reservation = ? AND committed = 0 AND ts > ?",
-                (reservation_id, now - STALE_RESERVATION_S),
-            )
+            for key, ts in made[1]:
+                log.remove(conn, key, ts, reservation_id)
 
     def used(self, item: CounterSpec, now: float) -> tuple[int, float | None]:
         """Units inside the window and the oldest entry's time."""
         with self._tx() as conn:
-            total, oldest = conn.execute(
-                "SELECT COALESCE(SUM(amount), 0), MIN(ts) FROM counter_entries "
-                "WHERE key = ? AND ts > ?",
-                (item.key, now - item.window_s),
-            ).fetchone()
-        return int(total), oldest
+            last = log.last_row(conn, item.key)
+            return log.window_usage(conn, item.key, now - item.window_s, last)
 
     def add_approval(self, record: ApprovalRecord) -> None:
         """Store a new approval."""

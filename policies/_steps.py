@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,7 +9,7 @@ from typing import Any
 
 import jsonschema
 
-from sandboxes import ExecutionPlan
+from sandboxes import ExecutionPlan, Limits
 
 from ._compile import CompiledLimit, CompiledPolicy, CompiledTool
 from ._decisions import ToolCall
@@ -170,7 +169,16 @@ def build_plan(tool: CompiledTool, call: ToolCall, decision_id: str) -> Executio
     limits = tool.base_limits
     requested = call.requested_timeout_s
     if requested is not None and math.isfinite(requested) and 0 < requested < limits.wall_timeout_s:
-        limits = dataclasses.replace(limits, wall_timeout_s=float(requested))
+        limits = Limits(
+            float(requested),
+            limits.cpu_time_s,
+            limits.memory_bytes,
+            limits.output_bytes,
+            limits.processes,
+            limits.workspace_bytes,
+            limits.network,
+            limits.fuel,
+        )
     return ExecutionPlan(
         decision_id=decision_id,
         engine=tool.engine,

@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from policies import (
     ApprovalRecord,
@@ -20,6 +22,7 @@ from policies import (
     StateUnavailable,
     UnknownApproval,
 )
+from policies import _sqlite as sqlite_module
 from policies._store import STALE_RESERVATION_S
 
 NOW = 1_700_000_000.0
@@ -221,3 +224,55 @@ def test_redis_unreachable_is_unavailable() -> None:
     with pytest.raises(StateUnavailable) as raised:
         store.reserve([MINUTE], NOW)
     assert raised.value.backend == "redis"
+
+
+WINDOWS = {"a": 30.0, "b": 90.0}
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["reserve", "rollback", "commit"]),
+            st.sampled_from(["a", "b"]),
+            st.floats(0, 40),  # time step
+            st.integers(1, 4),  # increment
+        ),
+        max_size=40,
+    )
+)
+def test_sqlite_windows_match_a_naive_model(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    steps: list[tuple[str, str, float, int]],
+) -> None:
+    """Running totals, rollbacks in the middle and pruning agree with summing every entry."""
+    store = SqliteCounterStore(tmp_path_factory.mktemp("model") / "state.sqlite3")
+    monkeypatch.setattr(sqlite_module, "_PRUNE_EVERY", 1)  # prune on every reservation
+    entries: dict[str, tuple[str, float, int]] = {}  # reservation -> (key, ts, amount)
+    committed: set[str] = set()
+    now = NOW
+    try:
+        for action, key, step, increment in steps:
+            now += step
+            window = WINDOWS[key]  # each counter has its window (pruning relies on it)
+            spec = CounterSpec(key, window, 6, increment)
+            model = sum(a for k, ts, a in entries.values() if k == key and ts > now - window)
+            assert store.used(spec, now)[0] == model
+            if action == "reserve":
+                got = store.reserve([spec], now)
+                assert (got is not None) == (model + increment <= 6)
+                if got is not None:
+                    entries[got] = (key, now, increment)
+            elif open_ids := sorted(set(entries) - committed):
+                victim = open_ids[len(open_ids) // 2]
+                if action == "rollback":
+                    store.rollback(victim, now=now)
+                    del entries[victim]
+                else:
+                    store.commit(victim, now=now)
+                    committed.add(victim)
+    finally:
+        store.close()
