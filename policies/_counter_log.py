@@ -30,11 +30,7 @@ Last = tuple[float, int, float]
 
 def last_row(conn: sqlite3.Connection, key: str) -> Last | None:
     """The key's newest row, or `None` when it has none."""
-    row = conn.execute(
-        "SELECT ts, cum, expires_at FROM counter_log WHERE key = ? "
-        "ORDER BY ts DESC, cum DESC LIMIT 1",
-        (key,),
-    ).fetchone()
+    row = conn.execute(_LAST, (key,)).fetchone()
     return None if row is None else (float(row[0]), int(row[1]), float(row[2]))
 
 
@@ -44,11 +40,44 @@ def window_usage(
     """Units of `key` in rows newer than `since`, and the oldest such row's time."""
     if last is None or last[0] <= since:
         return 0, None
-    first = conn.execute(
-        "SELECT ts, cum, amount FROM counter_log WHERE key = ? AND ts > ? ORDER BY ts, cum LIMIT 1",
-        (key, since),
-    ).fetchone()
+    first = conn.execute(_FIRST, (key, since)).fetchone()
     return last[1] - int(first[1]) + int(first[2]), float(first[0])
+
+
+def last_and_usage(
+    conn: sqlite3.Connection, key: str, since: float
+) -> tuple[Last | None, int, float | None]:
+    """`last_row` and `window_usage` in one statement: the reserve path's only read."""
+    row = conn.execute(_BOTH, (key, key, since)).fetchone()
+    if row is None:
+        return None, 0, None
+    last = (float(row[0]), int(row[1]), float(row[2]))
+    if row[3] is None:
+        return last, 0, None
+    return last, last[1] - int(row[4]) + int(row[5]), float(row[3])
+
+
+_LAST = (
+    "SELECT ts, cum, expires_at FROM counter_log WHERE key = ? ORDER BY ts DESC, cum DESC LIMIT 1"
+)
+_FIRST = "SELECT ts, cum, amount FROM counter_log WHERE key = ? AND ts > ? ORDER BY ts, cum LIMIT 1"
+_BOTH = f"SELECT * FROM ({_LAST}) LEFT JOIN ({_FIRST}) ON 1"
+
+
+RESERVE_ONE = f"""
+INSERT INTO counter_log (key, ts, cum, amount, reservation, expires_at)
+SELECT :key, MAX(:now, COALESCE(last.ts, :now)), COALESCE(last.cum, 0) + :amount, :amount,
+       :reservation, MAX(:expires, COALESCE(last.expires_at, :expires))
+FROM (SELECT 1) AS one
+LEFT JOIN ({_LAST.replace("?", ":key")}) AS last ON 1
+LEFT JOIN ({_FIRST.replace("key = ?", "key = :key").replace("?", ":since")}) AS first ON 1
+WHERE COALESCE(last.cum - first.cum + first.amount, 0) + :amount <= :max
+RETURNING ts
+"""
+"""Check and append in one statement, for a call with one counter. A writing statement takes
+the database write lock before it reads, so alone it is as atomic as `BEGIN IMMEDIATE`."""
+
+HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 
 def append(

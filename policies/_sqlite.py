@@ -102,14 +102,18 @@ class SqliteCounterStore:
     def reserve(self, items: Sequence[CounterSpec], now: float) -> str | None:
         """Reserve all `items` or none; see `CounterStore.reserve`."""
         reservation = os.urandom(12).hex()
+        if len(items) == 1 and items[0].increment > 0 and log.HAS_RETURNING:
+            return self._reserve_one(items[0], now, reservation)
         with self._tx() as conn:
             lasts: dict[str, log.Last | None] = {}
             wanted: dict[str, tuple[int, float]] = {}
             for item in items:
-                if item.key not in lasts:
-                    lasts[item.key] = log.last_row(conn, item.key)
-                last = lasts[item.key]
-                used, _ = log.window_usage(conn, item.key, now - item.window_s, last)
+                if item.key in lasts:
+                    used, _ = log.window_usage(conn, item.key, now - item.window_s, lasts[item.key])
+                else:
+                    lasts[item.key], used, _ = log.last_and_usage(
+                        conn, item.key, now - item.window_s
+                    )
                 if used + item.increment > item.max:
                     return None
                 amount, expires = wanted.get(item.key, (0, now))
@@ -119,16 +123,43 @@ class SqliteCounterStore:
                 for key, (amount, expires) in wanted.items()
                 if amount > 0
             )
-            self._calls += 1
-            if self._calls % _PRUNE_EVERY == 0:
-                log.prune(conn, now)
-                conn.execute(
-                    "DELETE FROM approvals WHERE expires_at < ?", (now - _KEEP_APPROVALS_S,)
-                )
-            self._open[reservation] = (now, made)
-            while self._open and next(iter(self._open.values()))[0] < now - STALE_RESERVATION_S:
-                self._open.popitem(last=False)  # stale: counts as committed
+            self._made(conn, reservation, now, made)
         return reservation
+
+    def _reserve_one(self, item: CounterSpec, now: float, reservation: str) -> str | None:
+        """The one-counter fast path: a single autocommit statement, no explicit transaction."""
+        params = {
+            "key": item.key,
+            "now": now,
+            "amount": item.increment,
+            "max": item.max,
+            "reservation": reservation,
+            "expires": now + item.window_s,
+            "since": now - item.window_s,
+        }
+        with self._lock, self._translate():
+            conn = self._connection()
+            rows = conn.execute(log.RESERVE_ONE, params).fetchall()
+            if not rows:
+                return None
+            self._made(conn, reservation, now, ((item.key, float(rows[0][0])),))
+        return reservation
+
+    def _made(
+        self,
+        conn: sqlite3.Connection,
+        reservation: str,
+        now: float,
+        made: tuple[tuple[str, float], ...],
+    ) -> None:
+        """Remember an open reservation; now and then prune what every window has passed."""
+        self._open[reservation] = (now, made)
+        while self._open and next(iter(self._open.values()))[0] < now - STALE_RESERVATION_S:
+            self._open.popitem(last=False)  # stale: counts as committed
+        self._calls += 1
+        if self._calls % _PRUNE_EVERY == 0:
+            log.prune(conn, now)
+            conn.execute("DELETE FROM approvals WHERE expires_at < ?", (now - _KEEP_APPROVALS_S,))
 
     def commit(self, reservation_id: str, *, now: float | None = None) -> None:
         """Make a reservation final (nothing to write: its rows already count)."""

@@ -98,7 +98,8 @@ class CounterStore(Protocol):
         ...
 
     def rollback(self, reservation_id: str, *, now: float | None = None) -> None:
-        """Undo a reservation. A no-op once committed or stale."""
+        """Undo a reservation. A no-op once committed or stale. Only the store (instance)
+        that made a reservation is required to be able to undo it."""
         ...
 
     def used(self, item: CounterSpec, now: float) -> tuple[int, float | None]:
