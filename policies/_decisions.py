@@ -58,6 +58,7 @@ class Allowed:
         mode: The mode that applied: `enforce`, `audit` or `off`.
         call: The call that was decided.
         approval_id: The approval this call used, if it needed one.
+        would_deny: Audit mode only: enforcing would have denied the call (by `rule`).
     """
 
     decision_id: str
@@ -68,6 +69,7 @@ class Allowed:
     mode: Mode
     call: ToolCall | None = None
     approval_id: str | None = None
+    would_deny: bool = False
 
 
 @dataclass(frozen=True, slots=True)

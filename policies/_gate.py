@@ -206,6 +206,7 @@ class Gate:
             ctx.tool.mode,
             ctx.call,
             passed.approval_id,
+            decision == "would_deny",
         )
 
     def _record(

@@ -139,19 +139,10 @@ def _explain(args: argparse.Namespace) -> int:
         finally:
             store.close()
             audit.close()
-    kind = (
-        "allow"
-        if isinstance(decision, Allowed)
-        else "deny"
-        if isinstance(decision, Denied)
-        else "needs_approval"
-    )
-    if (
-        isinstance(decision, Allowed)
-        and decision.mode == "audit"
-        and decision.rule != (f"/tools/{args.tool}")
-    ):
-        kind = "allow (audit mode; enforce would deny)"
+    if isinstance(decision, Allowed):
+        kind = "allow (audit mode: enforce would deny)" if decision.would_deny else "allow"
+    else:
+        kind = "deny" if isinstance(decision, Denied) else "needs_approval"
     print(f"decision: {kind}")
     print(f"rule:     {decision.rule}")
     print(f"reason:   {decision.reason}")

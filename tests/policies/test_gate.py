@@ -238,6 +238,7 @@ def test_audit_mode_allows_and_records_would_deny(make_gate: GateFactory, tmp_pa
     assert isinstance(gate.decide(run(tmp_path)), Allowed)
     would = gate.decide(run(tmp_path))
     assert isinstance(would, Allowed)
+    assert would.would_deny
     assert (would.rule, would.mode, would.reservation) == (
         "/tools/run_code/limits/r",
         "audit",

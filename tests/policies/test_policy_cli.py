@@ -182,3 +182,14 @@ def test_default_state_dir_comes_from_sandgate_home(
     monkeypatch.delenv("XDG_STATE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert state_dir_default() == tmp_path / ".local" / "state" / "sandgate"
+
+
+def test_explain_in_audit_mode_says_what_enforce_would_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("mode: audit\ndefault: allow\ntools: {run_code: {action: deny}}\n")
+    assert policy_main(["explain", str(path), "--tool", "run_code"]) == 0
+    assert "decision: allow (audit mode: enforce would deny)" in capsys.readouterr().out
+    assert policy_main(["explain", str(path), "--tool", "other"]) == 0
+    assert "decision: allow\n" in capsys.readouterr().out
