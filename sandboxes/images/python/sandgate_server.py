@@ -11,6 +11,7 @@ Frames on stdout: 1 tag byte, 4-byte big-endian length, payload. Tags: `H` hello
 `O` user stdout bytes, `E` user stderr bytes, `R` the final report (JSON).
 """
 
+import contextlib
 import json
 import linecache  # noqa: F401  (imported before the fork so the child starts warm)
 import os
@@ -21,7 +22,7 @@ import signal
 import struct
 import sys
 import time
-import traceback  # noqa: F401
+import traceback
 import types
 
 PROTOCOL = 1
@@ -33,6 +34,10 @@ MAX_VALUE_CHARS = 1_000_000
 MAX_REPORT_BYTES = 8 * 1024 * 1024
 MAX_REQUEST_BYTES = 256 * 1024 * 1024
 CHUNK_BYTES = 64 * 1024
+BACKSTOP_GRACE_S = 5.0
+"""Seconds past the request's deadline before the server kills the program itself (the host
+kills the whole container at the deadline; this only matters when the host is gone)."""
+PR_SET_DUMPABLE = 4
 _HEADER = struct.Struct(">cI")
 
 
@@ -60,6 +65,16 @@ def _pids_refused():
     return _read_counter(("/sys/fs/cgroup/pids/pids.events", "/sys/fs/cgroup/pids.events"), "max")
 
 
+def _set_dumpable(flag):
+    """Non-dumpable: the program (same uid) cannot ptrace this server or open its /proc fds."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, flag, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _oom_kills():
     return _read_counter(
         ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events"), "oom_kill"
@@ -70,12 +85,9 @@ def _oom_kills():
 
 
 def _user_stack(tb):
-    import traceback
 
     kept = [
-        f
-        for f in traceback.extract_tb(tb)
-        if f.filename != __file__ and "runpy" not in f.filename
+        f for f in traceback.extract_tb(tb) if f.filename != __file__ and "runpy" not in f.filename
     ]
     return traceback.StackSummary.from_list(kept)
 
@@ -84,11 +96,9 @@ def _images_written_since(start):
     for root, _dirs, files in os.walk(WORKSPACE):
         for name in files:
             if name.lower().endswith(IMAGE_SUFFIXES):
-                try:
+                with contextlib.suppress(OSError):
                     if os.stat(os.path.join(root, name)).st_mtime >= start - 1:
                         return True
-                except OSError:
-                    pass
     return False
 
 
@@ -107,6 +117,7 @@ def _save_open_figures(start):
 
 def _run_user(kind, source, variable):
     start = time.time()
+    me = os.getpid()
     os.chdir(WORKSPACE)
     sys.path[:0] = [WORKSPACE, SITE]
     main = types.ModuleType("__main__")
@@ -158,7 +169,7 @@ def _run_user(kind, source, variable):
                 text = f"<str() of {variable} failed: {type(exc).__name__}>"
             report["value"] = text[:MAX_VALUE_CHARS]
     try:
-        report["figures"] = _save_open_figures(start)
+        report["figures"] = _save_open_figures(start) if os.getpid() == me else []
     except BaseException as exc:
         report["figures_error"] = f"{type(exc).__name__}: {exc}"
     return report
@@ -174,22 +185,26 @@ def _child(request, stdin_fd, out_w, err_w, rep_w):
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd > 3:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
+    _set_dumpable(1)
     sys.stdout.reconfigure(line_buffering=True)
+    nproc = request.get("nproc")
+    if nproc:
+        # Inside gVisor RLIMIT_NPROC counts this sandbox's tasks only (runc: the pids cgroup).
+        resource.setrlimit(resource.RLIMIT_NPROC, (int(nproc), int(nproc)))
     cpu_s = request.get("cpu_s")
     if cpu_s:
         seconds = max(1, int(cpu_s + 0.999))
         resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
+    me = os.getpid()
     report = _run_user(request["kind"], request["source"], request.get("variable") or "")
+    if os.getpid() != me:  # a process the program forked ran off the end: no report from it
+        os._exit(report["exit_code"] & 0xFF if report["exit_code"] else 0)
     data = json.dumps(report).encode("utf-8")[:MAX_REPORT_BYTES]
-    try:
+    with contextlib.suppress(OSError):
         while data:
             data = data[os.write(3, data) :]
-    except OSError:
-        pass
     os._exit(report["exit_code"] & 0xFF if report["exit_code"] else 0)
 
 
@@ -209,6 +224,7 @@ def _serve(request):
     signal.signal(signal.SIGCHLD, lambda *_: None)
     refused_before, ooms_before = _pids_refused(), _oom_kills()
     began = time.perf_counter()
+    backstop = began + float(request.get("deadline_s") or 3600) + BACKSTOP_GRACE_S
     pid = os.fork()
     if pid == 0:
         try:
@@ -227,7 +243,9 @@ def _serve(request):
         selector.register(fd, selectors.EVENT_READ, tag)
     open_pipes = 3
     while open_pipes or status is None:
-        for key, _ in selector.select(timeout=1.0 if status is None else 5.0):
+        if status is None and time.perf_counter() > backstop:
+            os.kill(pid, signal.SIGKILL)
+        for key, _ in selector.select(timeout=1.0):
             tag = key.data
             chunk = os.read(key.fd, CHUNK_BYTES)
             if tag == b"W":
@@ -252,10 +270,8 @@ def _serve(request):
             if done == 0:
                 status = None
             else:
-                try:
+                with contextlib.suppress(OSError):
                     os.kill(-1, signal.SIGKILL)  # whatever the program left running
-                except OSError:
-                    pass
     wall_ms = (time.perf_counter() - began) * 1000
     refused_after, ooms_after = _pids_refused(), _oom_kills()
     try:
@@ -273,11 +289,14 @@ def _serve(request):
         "pids_refused": None
         if refused_before is None or refused_after is None
         else refused_after - refused_before,
-        "oom_kills": None if ooms_before is None or ooms_after is None else ooms_after - ooms_before,
+        "oom_kills": None
+        if ooms_before is None or ooms_after is None
+        else ooms_after - ooms_before,
     }
 
 
 def main():
+    _set_dumpable(0)
     hello = {"protocol": PROTOCOL, "python": sys.version.split()[0], "uid": os.getuid()}
     _send(b"H", json.dumps(hello).encode("utf-8"))
     line = sys.stdin.buffer.readline(MAX_REQUEST_BYTES)

@@ -1,0 +1,155 @@
+"""Builds the sandbox image without any registry: debootstrap, `docker import`, a thin build."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .._errors import EngineUnavailable
+from ._docker import Docker
+from ._spec import DEFAULT_IMAGE, LABEL_SERVER_SHA
+
+logger = logging.getLogger("sandgate.container")
+
+Progress = Callable[[str], None]
+
+IMAGE_CONTEXT = Path(__file__).resolve().parents[1] / "images" / "python"
+"""The build context: the Dockerfile and the interpreter server."""
+SERVER_FILE = IMAGE_CONTEXT / "sandgate_server.py"
+BASE_IMAGE = "sandgate-rootfs:bookworm"
+SUITE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+ROOTFS_TARBALL = f"{SUITE}-minbase-python3.tar"
+DEBOOTSTRAP_TIMEOUT_S = 1200.0
+
+
+def default_cache_dir() -> Path:
+    """sandgate's cache folder: `$SANDGATE_CACHE`, else `~/.cache/sandgate`."""
+    if env := os.environ.get("SANDGATE_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sandgate"
+
+
+def server_sha256() -> str:
+    """The hash of the interpreter server this checkout ships; images carry it as a label."""
+    return hashlib.sha256(SERVER_FILE.read_bytes()).hexdigest()
+
+
+def image_is_current(docker: Docker, tag: str) -> bool:
+    """Whether `tag` exists and was built from this checkout's interpreter server."""
+    labels = docker.image_labels(tag)
+    return labels is not None and labels.get(LABEL_SERVER_SHA) == server_sha256()
+
+
+def rootfs_tarball(
+    cache_dir: Path, *, mirror: str = DEFAULT_MIRROR, progress: Progress | None = None
+) -> Path:
+    """The cached root filesystem tarball (Debian minbase + python3), made once with debootstrap.
+
+    Raises:
+        EngineUnavailable: debootstrap is missing, not run as root, or failed.
+    """
+    say = progress or (lambda line: logger.info("%s", line))
+    target = cache_dir / "images" / ROOTFS_TARBALL
+    if target.is_file():
+        say(f"image: using the cached root filesystem {target}")
+        return target
+    debootstrap = shutil.which("debootstrap") or (
+        "/usr/sbin/debootstrap" if os.path.exists("/usr/sbin/debootstrap") else None
+    )
+    if debootstrap is None or os.geteuid() != 0:
+        raise EngineUnavailable(
+            "building the sandbox image offline needs root and debootstrap "
+            f"(root: {os.geteuid() == 0}, debootstrap: {debootstrap or 'missing'}); "
+            "run `sudo bash scripts/docker-setup.sh`"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = target.parent / "rootfs.partial"
+    shutil.rmtree(folder, ignore_errors=True)
+    say(f"image: debootstrap {SUITE} (minbase + python3) into {folder}; about a minute")
+    began = time.monotonic()
+    command = [debootstrap, "--variant=minbase", "--include=python3", SUITE, str(folder), mirror]
+    _stream(command, say, prefix="debootstrap: ")
+    say(f"image: debootstrap done in {time.monotonic() - began:.0f} s; packing {target.name}")
+    partial = target.with_suffix(".partial")
+    _stream(["tar", "--numeric-owner", "-C", str(folder), "-cf", str(partial), "."], say, "tar: ")
+    os.replace(partial, target)
+    shutil.rmtree(folder, ignore_errors=True)
+    return target
+
+
+def _stream(command: list[str], say: Progress, prefix: str) -> None:
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as process:
+        assert process.stdout is not None
+        tail: list[str] = []
+        for line in process.stdout:
+            line = line.rstrip()
+            tail = [*tail[-19:], line]
+            if line:
+                say(prefix + line)
+        code = process.wait(timeout=DEBOOTSTRAP_TIMEOUT_S)
+    if code != 0:
+        raise EngineUnavailable(
+            f"{command[0]} failed with status {code}; last lines:\n" + "\n".join(tail)
+        )
+
+
+def build_image_offline(
+    tag: str = DEFAULT_IMAGE,
+    *,
+    progress: Progress | None = None,
+    docker_host: str | None = None,
+    cache_dir: Path | None = None,
+    mirror: str = DEFAULT_MIRROR,
+    force: bool = False,
+) -> str:
+    """Build the sandbox image with no registry: a debootstrap root filesystem (cached as a
+    tarball), `docker import`ed as `sandgate-rootfs:bookworm`, then the repository's Dockerfile
+    built on top of it (`--build-arg BASE=...`, no network).
+
+    Args:
+        tag: The image to build.
+        progress: Called with each line of progress.
+        docker_host: The daemon's address (default: `$DOCKER_HOST` or the local socket).
+        cache_dir: Where the root filesystem tarball is kept (default: `default_cache_dir()`).
+        mirror: The Debian mirror debootstrap downloads from.
+        force: Rebuild even when `tag` is current, and re-import the base image.
+
+    Returns:
+        The image tag.
+
+    Raises:
+        EngineUnavailable: no daemon, no root/debootstrap, or a step failed.
+    """
+    say = progress or (lambda line: logger.info("%s", line))
+    docker = Docker.connect(docker_host)
+    try:
+        if not force and image_is_current(docker, tag):
+            say(f"image: {tag} is current")
+            return tag
+        if force or docker.image_labels(BASE_IMAGE) is None:
+            tarball = rootfs_tarball(cache_dir or default_cache_dir(), mirror=mirror, progress=say)
+            say(f"image: docker import {tarball.name} as {BASE_IMAGE}")
+            repository, _, base_tag = BASE_IMAGE.partition(":")
+            docker.import_image(tarball, repository=repository, tag=base_tag)
+        say(f"image: building {tag} from {IMAGE_CONTEXT} on {BASE_IMAGE}")
+        for line in docker.build(
+            IMAGE_CONTEXT,
+            tag=tag,
+            buildargs={"BASE": BASE_IMAGE},
+            labels={LABEL_SERVER_SHA: server_sha256()},
+        ):
+            say(f"build: {line}")
+        say(f"image: {tag} is ready")
+        return tag
+    finally:
+        docker.close()
