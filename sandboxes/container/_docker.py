@@ -1,0 +1,249 @@
+"""Typed facade over the untyped `docker` SDK; the only module that touches it.
+
+Every SDK call is blocking: callers run them through `asyncio.to_thread`. Every foreign
+exception (docker, requests, urllib3, socket `OSError`) becomes a `sandboxes` exception in
+`translate`, the one place that maps them (see `_errors.py` for the table).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._errors import translate
+from ._spec import LABEL_ENGINE, WORKSPACE_GUEST, ContainerSpec
+
+DEFAULT_API_TIMEOUT_S = 60
+MAX_POOL_CONNECTIONS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerState:
+    """What `docker inspect` says of a container's process."""
+
+    running: bool
+    exit_code: int | None
+    oom_killed: bool
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Labelled:
+    """A container found by label, with its labels."""
+
+    id: str
+    labels: dict[str, str]
+
+
+class Attached:
+    """The hijacked attach connection of one container: its stdin, stdout and stderr."""
+
+    def __init__(self, holder: Any) -> None:
+        self._holder = holder  # keeps the HTTP response (and its pooled connection) alive
+        raw = getattr(holder, "_sock", holder)
+        if not isinstance(raw, socket.socket):
+            raise TypeError(f"attach: expected a socket from the SDK, got {type(raw).__name__}")
+        self.sock = raw
+        self.sock.setblocking(False)
+
+    def close(self) -> None:
+        for closer in (self.sock.close, getattr(self._holder, "close", None)):
+            if closer is not None:
+                with contextlib.suppress(OSError):
+                    closer()
+
+
+class Docker:
+    """One connection to a Docker daemon, as typed methods."""
+
+    def __init__(self, api: Any, where: str) -> None:
+        self._api = api
+        self.where = where
+
+    @classmethod
+    def connect(cls, docker_host: str | None, *, timeout_s: int = DEFAULT_API_TIMEOUT_S) -> Docker:
+        """Connect and negotiate the API version.
+
+        Raises:
+            EngineUnavailable: no SDK, or no daemon answering at `docker_host`.
+        """
+        where = docker_host or "the default socket ($DOCKER_HOST or /var/run/docker.sock)"
+        with translate("connect to the Docker daemon", where=where):
+            try:
+                import docker
+            except ImportError as exc:
+                from .._errors import EngineUnavailable
+
+                raise EngineUnavailable(
+                    "the container engine needs the `docker` Python SDK: pip install 'docker>=7,<8'"
+                ) from exc
+            options: dict[str, Any] = (
+                {"base_url": docker_host} if docker_host else docker.utils.kwargs_from_env()
+            )
+            api = docker.APIClient(
+                version="auto", timeout=timeout_s, max_pool_size=MAX_POOL_CONNECTIONS, **options
+            )
+            api.ping()
+        return cls(api, where)
+
+    def close(self) -> None:
+        with translate("close the Docker connection", where=self.where):
+            self._api.close()
+
+    def runtimes(self) -> frozenset[str]:
+        """The OCI runtimes dockerd knows (`runc`, `runsc`…)."""
+        with translate("read the daemon's runtimes", where=self.where):
+            info: dict[str, Any] = self._api.info()
+        return frozenset((info.get("Runtimes") or {}).keys())
+
+    def image_labels(self, tag: str) -> dict[str, str] | None:
+        """The labels of image `tag`, or None when there is no such image."""
+        import docker.errors
+
+        with translate(f"inspect image {tag}", where=self.where):
+            try:
+                found: dict[str, Any] = self._api.inspect_image(tag)
+            except docker.errors.ImageNotFound:
+                return None
+        return dict((found.get("Config") or {}).get("Labels") or {})
+
+    def create(self, spec: ContainerSpec) -> str:
+        """Create (not start) a container for `spec` and return its id."""
+        import docker.types
+
+        mounts = [
+            docker.types.Mount(WORKSPACE_GUEST, str(spec.files), type="bind", read_only=False),
+            docker.types.Mount("/site", str(spec.site), type="bind", read_only=True),
+        ]
+        with translate(f"create a container from {spec.image}", where=self.where):
+            host_config = self._api.create_host_config(
+                mounts=mounts,
+                tmpfs=dict(spec.tmpfs),
+                read_only=True,
+                network_mode="none",
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                pids_limit=spec.shape.processes,
+                mem_limit=spec.shape.memory_bytes,
+                memswap_limit=spec.shape.memory_bytes,
+                nano_cpus=spec.shape.nano_cpus,
+                runtime=spec.runtime,
+                ipc_mode="private",
+                shm_size=16 * 1024 * 1024,
+                log_config=docker.types.LogConfig(type="none"),
+                init=False,
+                privileged=False,
+                devices=[],
+            )
+            created: dict[str, Any] = self._api.create_container(
+                spec.image,
+                command=list(spec.command),
+                user=spec.user,
+                environment=dict(spec.environment),
+                working_dir=WORKSPACE_GUEST,
+                labels=dict(spec.labels),
+                host_config=host_config,
+                hostname="sandbox",
+                stdin_open=True,  # with detach=False: StdinOnce, so a dead host closes stdin
+                detach=False,
+                tty=False,
+                network_disabled=True,
+            )
+        return str(created["Id"])
+
+    def attach(self, cid: str) -> Attached:
+        """Attach to stdin/stdout/stderr (call before `start` so no output is missed)."""
+        params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+        with translate(f"attach to container {cid[:12]}", where=self.where):
+            return Attached(self._api.attach_socket(cid, params=params))
+
+    def start(self, cid: str) -> None:
+        with translate(f"start container {cid[:12]}", where=self.where):
+            self._api.start(cid)
+
+    def kill(self, cid: str) -> None:
+        """SIGKILL every process of the container; a container already stopped is fine."""
+        import docker.errors
+
+        with translate(f"kill container {cid[:12]}", where=self.where):
+            try:
+                self._api.kill(cid)
+            except docker.errors.APIError as exc:
+                if exc.status_code not in (404, 409):
+                    raise
+
+    def wait(self, cid: str, *, timeout_s: float) -> None:
+        """Wait until the container has stopped, at most `timeout_s` seconds."""
+        with translate(f"wait for container {cid[:12]}", where=self.where):
+            self._api.wait(cid, timeout=max(1, int(timeout_s + 0.999)))
+
+    def state(self, cid: str) -> ContainerState:
+        with translate(f"inspect container {cid[:12]}", where=self.where):
+            state: dict[str, Any] = self._api.inspect_container(cid).get("State") or {}
+        running = bool(state.get("Running"))
+        return ContainerState(
+            running=running,
+            exit_code=None if running else state.get("ExitCode"),
+            oom_killed=bool(state.get("OOMKilled")),
+            error=str(state.get("Error") or ""),
+        )
+
+    def remove(self, cid: str) -> None:
+        """Remove the container, killing it first; one already gone is fine."""
+        import docker.errors
+
+        with translate(f"remove container {cid[:12]}", where=self.where):
+            try:
+                self._api.remove_container(cid, force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409 or "already in progress" not in str(exc):
+                    raise
+
+    def labelled(self, **labels: str) -> list[Labelled]:
+        """Every container (running or not) carrying the engine label and `labels`."""
+        wanted = [f"{LABEL_ENGINE}=container"] + [f"{k}={v}" for k, v in labels.items()]
+        with translate("list sandbox containers", where=self.where):
+            found: list[dict[str, Any]] = self._api.containers(all=True, filters={"label": wanted})
+        return [Labelled(str(c["Id"]), dict(c.get("Labels") or {})) for c in found]
+
+    def import_image(self, tarball: Path, *, repository: str, tag: str) -> None:
+        """`docker import` a root filesystem tarball as `repository:tag`."""
+        with translate(f"import {tarball}", where=self.where):
+            self._api.import_image(src=str(tarball), repository=repository, tag=tag)
+
+    def build(
+        self, context: Path, *, tag: str, buildargs: dict[str, str], labels: dict[str, str]
+    ) -> Iterator[str]:
+        """`docker build` `context` as `tag`, yielding the build's progress lines.
+
+        Raises:
+            EngineUnavailable: the build failed (the message carries the daemon's error).
+        """
+        with translate(f"build {tag}", where=self.where):
+            stream = self._api.build(
+                path=str(context),
+                tag=tag,
+                buildargs=buildargs,
+                labels=labels,
+                rm=True,
+                forcerm=True,
+                decode=True,
+                pull=False,
+                network_mode="none",
+            )
+            for chunk in stream:
+                if "error" in chunk:
+                    from .._errors import EngineUnavailable
+
+                    detail = chunk.get("errorDetail") or chunk["error"]
+                    raise EngineUnavailable(f"building {tag} failed: {json.dumps(detail)}")
+                text = str(chunk.get("stream") or chunk.get("status") or "").rstrip()
+                if text:
+                    yield text

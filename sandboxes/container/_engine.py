@@ -1,0 +1,313 @@
+"""The `container` engine: each run in its own single-use Docker container (runc or gVisor).
+
+Pool design (why a run costs one round-trip on an open connection, not a `docker run`):
+containers are created and started ahead of demand, each with its interpreter server waiting
+on an attached stdin, and each mounting two fresh, empty *slot* folders of its own
+(`<pool>/<id>/files` read-write at /workspace, `<pool>/<id>/site` read-only at /site).
+Mounts are fixed at create time, so a run *lends* the session's entries to the slot: one
+rename per top-level entry (same filesystem, no copy), the run, then the renames back (see
+`_workspace.py`). The container therefore only ever sees its own slot; the slot holds only
+that one session's files, for that one run; and the container is removed after the run,
+never reused. A crash mid-run leaves a claim record that the next `start()` repairs.
+
+Alternatives rejected: copying files in and out (slow for big workspaces); mount propagation
+into running containers (host mount namespace surgery, and invisible to gVisor's gofer);
+passing a directory fd (`..` walks out of the container's root); a per-session container
+(a `docker run` on every new session, and state shared between runs). When the session's
+folders are on another filesystem than the pool, or a pool container is not ready, the run
+starts its own container (a "cold" run, ~0.6 s with runc, ~1 s with gVisor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from .._errors import EngineUnavailable, SandboxError
+from .._files import changed, images_among, snapshot
+from .._types import ExecutionPlan, Limits, RunResult
+from ._docker import Docker
+from ._fleet import Fleet
+from ._image import default_cache_dir
+from ._pool import Pool, PoolStats, Warm
+from ._protocol import request_line
+from ._result import to_result
+from ._spec import (
+    DEFAULT_CPUS,
+    DEFAULT_IMAGE,
+    LABEL_PROTOCOL,
+    PROTOCOL,
+    Runtime,
+    owner_alive,
+    owner_labels,
+)
+from ._workspace import Borrowing, CannotLend, give_back, lend, make_pool, recover, release_pool
+
+logger = logging.getLogger("sandgate.container")
+
+Progress = Callable[[str], None]
+
+DEFAULT_POOL_SIZE = 2
+DEFAULT_IDLE_S = 300.0
+SERVED_MEMORY = 1024
+
+
+class ContainerEngine:
+    """Runs each plan in a fresh, single-use container from a warm pool.
+
+    Args:
+        runtime: `runc` (Docker's default) or `runsc` (gVisor, registered with dockerd).
+        image: The sandbox image (`scripts/docker-setup.sh` builds it offline).
+        pool_size: Containers kept started ahead of demand (0: every run starts its own).
+        idle_s: Seconds without a run after which idle pool containers are removed.
+        docker_host: The daemon's address (default: `$DOCKER_HOST` or the local socket).
+        progress: Called with a line of text as the engine starts.
+        cpus: CPUs each sandbox may use (`nano_cpus`).
+        pool_dir: Folder for pool slots; put it on the filesystem of the session workspaces
+            (default: `$SANDGATE_CACHE/container-pool`).
+    """
+
+    name = "container"
+
+    def __init__(
+        self,
+        *,
+        runtime: Runtime = "runc",
+        image: str = DEFAULT_IMAGE,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        idle_s: float = DEFAULT_IDLE_S,
+        docker_host: str | None = None,
+        progress: Progress | None = None,
+        cpus: float = DEFAULT_CPUS,
+        pool_dir: Path | None = None,
+    ) -> None:
+        if runtime not in ("runc", "runsc"):
+            raise ValueError(f"runtime: expected 'runc' or 'runsc', got {runtime!r}")
+        if pool_size < 0 or idle_s <= 0 or cpus <= 0:
+            raise ValueError(
+                f"expected pool_size >= 0, idle_s > 0 and cpus > 0; got pool_size={pool_size}, "
+                f"idle_s={idle_s}, cpus={cpus}"
+            )
+        self.runtime: Runtime = runtime
+        self.image = image
+        self._pool_size = pool_size
+        self._idle_s = idle_s
+        self._docker_host = docker_host
+        self._progress = progress or (lambda line: logger.info("%s", line))
+        self._cpus = cpus
+        self._pools = pool_dir or default_cache_dir() / "container-pool"
+        self.instance = uuid.uuid4().hex[:12]
+        self._fleet: Fleet | None = None
+        self._pool: Pool | None = None
+        self._start_lock = asyncio.Lock()
+        self._borrowing = Borrowing()
+        self._served: OrderedDict[str, str] = OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reaper: asyncio.Future[None] | None = None
+        self._closed = False
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check the daemon, runtime and image, clean up after crashed servers, warm the pool.
+
+        Raises:
+            EngineUnavailable: no daemon, runtime or image; the message says what to run.
+        """
+        async with self._start_lock:
+            if self._closed:
+                raise EngineUnavailable("the container engine is closed; make a new one")
+            if self._fleet is not None:
+                return
+            self._progress(f"container: connecting to dockerd ({self.runtime}, {self.image})")
+            docker = await asyncio.to_thread(Docker.connect, self._docker_host)
+            try:
+                await self._check(docker)
+                await self._remove_leftovers(docker)
+                labels = owner_labels(self.instance)
+                folder = await asyncio.to_thread(make_pool, self._pools, labels)
+            except BaseException:
+                await asyncio.to_thread(docker.close)
+                raise
+            fleet = Fleet(
+                docker,
+                runtime=self.runtime,
+                image=self.image,
+                cpus=self._cpus,
+                labels=labels,
+                pool_folder=folder,
+            )
+            self._fleet = fleet
+            self._pool = Pool(
+                fleet.launch_slot, fleet.dispose, size=self._pool_size, idle_s=self._idle_s
+            )
+            self._reaper = asyncio.ensure_future(self._pool.reap())
+            self._pool.fill(fleet.shape(Limits()))
+            self._progress(f"container: ready; warming {self._pool_size} containers")
+
+    async def _check(self, docker: Docker) -> None:
+        runtimes = await asyncio.to_thread(docker.runtimes)
+        if self.runtime not in runtimes:
+            raise EngineUnavailable(
+                f"dockerd at {docker.where} has no runtime {self.runtime!r} (it has "
+                f"{', '.join(sorted(runtimes)) or 'none'}); run `sudo bash scripts/docker-setup.sh`"
+                ", which registers runsc in /etc/docker/daemon.json"
+            )
+        labels = await asyncio.to_thread(docker.image_labels, self.image)
+        if labels is None:
+            raise EngineUnavailable(
+                f"the sandbox image {self.image} is missing; build it with "
+                "`sudo bash scripts/docker-setup.sh` (offline) or `docker build -t "
+                f"{self.image} sandboxes/images/python`"
+            )
+        if labels.get(LABEL_PROTOCOL) != str(PROTOCOL):
+            raise EngineUnavailable(
+                f"the image {self.image} speaks interpreter-server protocol "
+                f"{labels.get(LABEL_PROTOCOL)!r}, expected {PROTOCOL}; rebuild it with "
+                "`python -m sandboxes.container build-image --force`"
+            )
+
+    async def _remove_leftovers(self, docker: Docker) -> None:
+        found = await asyncio.to_thread(docker.labelled)
+        dead = [c.id for c in found if not owner_alive(c.labels)]
+        if dead:
+            self._progress(f"container: removing {len(dead)} containers left by dead servers")
+            await asyncio.gather(*(asyncio.to_thread(docker.remove, cid) for cid in dead))
+        restored = await asyncio.to_thread(recover, self._pools)
+        for folder in restored:
+            self._progress(f"container: gave files back to {folder} after a crash")
+
+    async def wait_warm(self, timeout_s: float = 60.0) -> bool:
+        """Wait until the pool is full; False when `timeout_s` ran out first."""
+        await self.start()
+        assert self._pool is not None
+        return await self._pool.wait_full(timeout_s)
+
+    def stats(self) -> PoolStats:
+        """Idle and starting pool containers, and runs served warm or cold so far."""
+        return self._pool.stats() if self._pool is not None else PoolStats(0, 0, 0, 0)
+
+    def container_for(self, decision_id: str) -> str | None:
+        """The id of the container that ran decision `decision_id` (recent runs only)."""
+        return self._served.get(decision_id)
+
+    async def aclose(self) -> None:
+        """Remove every container and slot of this engine."""
+        async with self._start_lock:
+            self._closed = True
+            if self._reaper is not None:
+                self._reaper.cancel()
+                await asyncio.gather(self._reaper, return_exceptions=True)
+            if self._pool is not None:
+                await self._pool.close()
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            if self._fleet is not None:
+                await self._fleet.dispose_all()
+                await asyncio.to_thread(release_pool, self._fleet.pool_folder)
+                await asyncio.to_thread(self._fleet.docker.close)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- runs -----------------------------------------------------------------------------
+
+    async def run(self, plan: ExecutionPlan) -> RunResult:
+        """Run `plan` in a fresh container. User-code failures come back as a `RunResult`.
+
+        Raises:
+            EngineUnavailable: no daemon, runtime or image, or an unsupported network mode.
+            EngineCrashed: the daemon or the container failed (not a limit of the run).
+        """
+        if plan.limits.network != "none":
+            raise EngineUnavailable(
+                f"network mode {plan.limits.network!r} is not implemented by the container "
+                "engine yet; use network 'none' (no network at all) in the policy's limits"
+            )
+        await self.start()
+        async with self._borrowing.hold(plan.workspace):
+            return await self._run_locked(plan)
+
+    async def _run_locked(self, plan: ExecutionPlan) -> RunResult:
+        assert self._pool is not None and self._fleet is not None
+        fleet = self._fleet
+        limits, workspace = plan.limits, plan.workspace
+        before = await asyncio.to_thread(snapshot, workspace.files)
+        shape = fleet.shape(limits)
+        warm = await self._pool.take(shape)
+        if warm is None:
+            warm = await fleet.launch_slot(shape)
+        try:
+            assert warm.slot is not None
+            await asyncio.to_thread(lend, warm.slot, workspace, uid=fleet.uid, gid=fleet.gid)
+        except CannotLend as exc:
+            logger.info("container: %s; this run mounts the session directly", exc)
+            self._spawn(fleet.dispose(warm))
+            warm = await fleet.launch_direct(workspace, shape)
+        except BaseException:
+            await asyncio.shield(fleet.dispose(warm))
+            raise
+        self._remember(plan.decision_id, warm.sandbox.id)
+        request = request_line(
+            kind=plan.program.kind,
+            source=plan.program.source,
+            variable=plan.program.variable_to_return,
+            stdin=plan.program.stdin,
+            output_bytes=limits.output_bytes,
+            cpu_s=limits.cpu_time_s,
+            deadline_s=limits.wall_timeout_s,
+            nproc=limits.processes if self.runtime == "runsc" else None,
+        )
+        try:
+            exchange = await warm.sandbox.exchange(
+                request, deadline_s=limits.wall_timeout_s, output_bytes=limits.output_bytes
+            )
+        except BaseException:
+            await asyncio.shield(self._abandon(warm, plan))
+            raise
+        if warm.slot is not None:
+            await asyncio.to_thread(give_back, warm.slot, workspace)
+        if exchange.ended == "reply":
+            self._spawn(fleet.dispose(warm))
+        else:
+            await fleet.dispose(warm)
+        after = await asyncio.to_thread(snapshot, workspace.files)
+        written = changed(before, after)
+        images = await asyncio.to_thread(images_among, workspace.files, written)
+        return to_result(
+            exchange, limits, runtime=fleet.runtime, files_written=written, images=images
+        )
+
+    async def _abandon(self, warm: Warm, plan: ExecutionPlan) -> None:
+        """A run was cancelled or the daemon failed: stop the container, give files back."""
+        with contextlib.suppress(SandboxError):
+            await warm.sandbox.stop(kill=True)
+        if warm.slot is not None:
+            await asyncio.to_thread(give_back, warm.slot, plan.workspace)
+        assert self._fleet is not None
+        await self._fleet.dispose(warm)
+
+    def _remember(self, decision_id: str, cid: str) -> None:
+        self._served[decision_id] = cid
+        while len(self._served) > SERVED_MEMORY:
+            self._served.popitem(last=False)

@@ -1,0 +1,114 @@
+"""The containers one engine instance owns: how they are specified, launched and removed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from .._errors import SandboxError
+from .._types import Limits, WorkspacePaths
+from ._docker import Docker
+from ._pool import Warm
+from ._sandbox import Sandbox
+from ._spec import SANDBOX_GID, SANDBOX_UID, ContainerSpec, Runtime, Shape
+from ._workspace import Slot, adopt
+
+logger = logging.getLogger("sandgate.container")
+
+RUNSC_PIDS_BASE = 64
+RUNSC_PIDS_PER_PROCESS = 20
+"""gVisor's sentry needs host tasks of its own (~38 idle, up to ~12 per guest process at the
+peak of a fork bomb with the ptrace platform); the host pids limit is only a backstop there,
+the guest's limit is RLIMIT_NPROC, which gVisor counts per sandbox."""
+
+
+class Fleet:
+    """Launches sandboxes for one engine instance and removes them, tracking every one.
+
+    Args:
+        docker: The daemon connection.
+        runtime: The OCI runtime of every container.
+        image: The sandbox image.
+        cpus: CPUs per container.
+        labels: Ownership labels put on every container.
+        pool_folder: This instance's folder for slots.
+    """
+
+    def __init__(
+        self,
+        docker: Docker,
+        *,
+        runtime: Runtime,
+        image: str,
+        cpus: float,
+        labels: dict[str, str],
+        pool_folder: Path,
+    ) -> None:
+        self.docker = docker
+        self.runtime: Runtime = runtime
+        self._image = image
+        self._cpus = cpus
+        self._labels = labels
+        self.pool_folder = pool_folder
+        root = os.geteuid() == 0
+        self.uid, self.gid = (SANDBOX_UID, SANDBOX_GID) if root else (os.getuid(), os.getgid())
+        self._live: dict[str, Warm] = {}
+
+    def shape(self, limits: Limits) -> Shape:
+        """The create-time limits of a container for `limits`."""
+        shape = Shape.of(limits, cpus=self._cpus)
+        if self.runtime == "runsc":
+            pids = RUNSC_PIDS_BASE + RUNSC_PIDS_PER_PROCESS * limits.processes
+            shape = Shape(shape.memory_bytes, pids, shape.nano_cpus)
+        return shape
+
+    def _spec(self, shape: Shape, files: Path, site: Path) -> ContainerSpec:
+        return ContainerSpec(
+            image=self._image,
+            runtime=self.runtime,
+            shape=shape,
+            files=files,
+            site=site,
+            user=f"{self.uid}:{self.gid}",
+            labels=dict(self._labels),
+        )
+
+    async def _launch(self, spec: ContainerSpec, slot: Slot | None, shape: Shape) -> Warm:
+        sandbox = await Sandbox.launch(self.docker, spec)
+        warm = Warm(sandbox, slot, shape)
+        self._live[sandbox.id] = warm
+        return warm
+
+    async def launch_slot(self, shape: Shape) -> Warm:
+        """A container mounting a fresh, empty slot (for the pool, or a cold run)."""
+        slot = await asyncio.to_thread(Slot.make, self.pool_folder, uid=self.uid, gid=self.gid)
+        try:
+            return await self._launch(self._spec(shape, slot.files, slot.site), slot, shape)
+        except BaseException:
+            await asyncio.to_thread(slot.discard)
+            raise
+
+    async def launch_direct(self, workspace: WorkspacePaths, shape: Shape) -> Warm:
+        """A container mounting the session's own folders (when they cannot be lent)."""
+        files, site = workspace.files, workspace.site
+        site.mkdir(mode=0o755, exist_ok=True)
+        await asyncio.to_thread(adopt, files, uid=self.uid, gid=self.gid)
+        await asyncio.to_thread(adopt, site, uid=self.uid, gid=self.gid)
+        return await self._launch(self._spec(shape, files, site), None, shape)
+
+    async def dispose(self, warm: Warm) -> None:
+        """Remove a container, then its slot (files still lent are given back first)."""
+        self._live.pop(warm.sandbox.id, None)
+        try:
+            await warm.sandbox.remove()
+        except SandboxError as exc:
+            logger.warning("container: could not remove %s: %s", warm.sandbox.id[:12], exc)
+        if warm.slot is not None:
+            await asyncio.to_thread(warm.slot.discard)
+
+    async def dispose_all(self) -> None:
+        """Remove every container still tracked."""
+        live = list(self._live.values())
+        await asyncio.gather(*(self.dispose(w) for w in live), return_exceptions=True)

@@ -1,0 +1,171 @@
+"""One sandbox container: launched with its server waiting, used for one run, then removed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from dataclasses import dataclass
+
+from .._errors import EngineCrashed, EngineUnavailable
+from ._docker import Attached, ContainerState, Docker
+from ._errors import translate
+from ._protocol import Collector, Ended, ProtocolViolation
+from ._spec import PROTOCOL, ContainerSpec
+
+RECV_BYTES = 256 * 1024
+HELLO_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """What came back from one run, before it is judged.
+
+    Attributes:
+        ended: How the exchange ended (see `Ended`).
+        collector: The output, the report and the server's own stderr.
+        wall_ms: Milliseconds from sending the request to the end.
+        state: The container's final state, when it was read (after a kill or a crash).
+    """
+
+    ended: Ended
+    collector: Collector
+    wall_ms: float
+    state: ContainerState | None
+
+
+class Sandbox:
+    """A started container whose interpreter server waits for its one request."""
+
+    def __init__(self, docker: Docker, spec: ContainerSpec, cid: str, attached: Attached) -> None:
+        self.docker = docker
+        self.spec = spec
+        self.id = cid
+        self._attached = attached
+        self.ready_at = time.monotonic()
+
+    @classmethod
+    async def launch(cls, docker: Docker, spec: ContainerSpec) -> Sandbox:
+        """Create, attach, start, and wait for the server's hello. A cancelled launch still
+        finishes in the background and removes what it made, so no container leaks.
+
+        Raises:
+            EngineUnavailable: the image, runtime or daemon is missing, or the image speaks
+                another protocol.
+            EngineCrashed: the container did not come up.
+        """
+        task = asyncio.ensure_future(cls._launch(docker, spec))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_remove_when_made)
+            raise
+
+    @classmethod
+    async def _launch(cls, docker: Docker, spec: ContainerSpec) -> Sandbox:
+        cid = await asyncio.to_thread(docker.create, spec)
+        attached: Attached | None = None
+        try:
+            attached = await asyncio.to_thread(docker.attach, cid)
+            await asyncio.to_thread(docker.start, cid)
+            sandbox = cls(docker, spec, cid, attached)
+            await sandbox._hello()
+            return sandbox
+        except BaseException:
+            if attached is not None:
+                attached.close()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(docker.remove, cid)
+            raise
+
+    async def _hello(self) -> None:
+        collector = Collector(cap=0)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT_S):
+                while collector.hello is None:
+                    with translate("read a sandbox's hello", where=self.docker.where):
+                        data = await loop.sock_recv(self._attached.sock, RECV_BYTES)
+                    if not data:
+                        break
+                    collector.feed(data)
+        except (TimeoutError, ProtocolViolation) as exc:
+            raise EngineCrashed(
+                f"the sandbox {self.id[:12]} did not greet in {HELLO_TIMEOUT_S:g} s: {exc!r}"
+            ) from exc
+        hello = collector.hello
+        if hello is None:
+            said = bytes(collector.diagnostics).decode("utf-8", "replace").strip()
+            raise EngineCrashed(
+                f"the sandbox {self.id[:12]} ({self.spec.image}, {self.spec.runtime}) ended "
+                f"before its server started; it said: {said or 'nothing'}"
+            )
+        if hello.get("protocol") != PROTOCOL:
+            raise EngineUnavailable(
+                f"the image {self.spec.image} runs interpreter-server protocol "
+                f"{hello.get('protocol')!r}, this sandgate speaks {PROTOCOL}; rebuild it with "
+                "`sudo bash scripts/docker-setup.sh`"
+            )
+
+    async def exchange(self, request: bytes, *, deadline_s: float, output_bytes: int) -> Exchange:
+        """Send the request and collect the answer; kill the container on the deadline, on the
+        output cap, or when the stream breaks (the caller then reads `state`)."""
+        collector = Collector(cap=output_bytes)
+        loop = asyncio.get_running_loop()
+        sock = self._attached.sock
+        began = time.perf_counter()
+        ended: Ended | None = None
+        try:
+            async with asyncio.timeout(deadline_s):
+                with translate("send a request to a sandbox", where=self.docker.where):
+                    await loop.sock_sendall(sock, request)
+                while ended is None:
+                    with translate("read a sandbox's output", where=self.docker.where):
+                        data = await loop.sock_recv(sock, RECV_BYTES)
+                    ended = collector.feed(data) if data else "eof"
+        except TimeoutError:
+            ended = "timeout"
+        except ProtocolViolation:
+            ended = "protocol"
+        except EngineCrashed:
+            ended = "eof"  # the connection broke: the container is judged by its state
+        wall_ms = (time.perf_counter() - began) * 1000
+        state = None
+        if ended != "reply" or _maybe_oom(collector):
+            state = await self.stop(kill=ended != "reply")
+        return Exchange(ended, collector, wall_ms, state)
+
+    async def stop(self, *, kill: bool) -> ContainerState:
+        """Make sure no process of the container runs, and return its final state."""
+        if kill:
+            await asyncio.to_thread(self.docker.kill, self.id)
+        with contextlib.suppress(EngineCrashed):
+            await asyncio.to_thread(self.docker.wait, self.id, timeout_s=STOP_TIMEOUT_S)
+        return await asyncio.to_thread(self.docker.state, self.id)
+
+    async def remove(self) -> None:
+        """Close the connection and remove the container (killing it if it still runs)."""
+        self._attached.close()
+        await asyncio.to_thread(self.docker.remove, self.id)
+
+
+def _remove_when_made(task: asyncio.Future[Sandbox]) -> None:
+    """Done-callback of an abandoned launch: remove the container it made, in a thread."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    sandbox = task.result()
+    sandbox._attached.close()
+    threading.Thread(target=_quietly_remove, args=(sandbox.docker, sandbox.id)).start()
+
+
+def _quietly_remove(docker: Docker, cid: str) -> None:
+    with contextlib.suppress(Exception):
+        docker.remove(cid)
+
+
+def _maybe_oom(collector: Collector) -> bool:
+    """Whether the report leaves room for an OOM kill the container's state would confirm."""
+    reply = collector.reply or {}
+    return reply.get("signal") == 9 and not reply.get("oom_kills")

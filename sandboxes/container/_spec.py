@@ -1,0 +1,136 @@
+"""What one sandbox container is made of: a value the Docker facade turns into a create call."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .._types import Limits
+
+Runtime = Literal["runc", "runsc"]
+
+DEFAULT_IMAGE = "sandgate-python:latest"
+PROTOCOL = 1
+"""Version of the host ↔ interpreter-server protocol; the image carries it as a label."""
+SERVER_PATH = "/opt/sandgate/server.py"
+WORKSPACE_GUEST = "/workspace"
+SITE_GUEST = "/site"
+TMP_BYTES = 64 * 1024 * 1024
+SHM_BYTES = 16 * 1024 * 1024
+DEFAULT_CPUS = 1.0
+SANDBOX_UID = 65534
+SANDBOX_GID = 65534
+
+LABEL_ENGINE = "sandgate.engine"
+LABEL_INSTANCE = "sandgate.instance"
+LABEL_OWNER_PID = "sandgate.owner-pid"
+LABEL_OWNER_START = "sandgate.owner-start"
+LABEL_PROTOCOL = "sandgate.protocol"
+LABEL_SERVER_SHA = "sandgate.server-sha256"
+
+GUEST_ENVIRONMENT: dict[str, str] = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/tmp",
+    "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8",
+    "PYTHONPATH": SITE_GUEST,
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "MPLBACKEND": "Agg",
+    "MPLCONFIGDIR": "/tmp/matplotlib",
+}
+"""The guest's whole environment: nothing of the server's own environment is passed on."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """The resource limits fixed when a container is created (they cannot change later).
+
+    Attributes:
+        memory_bytes: `mem_limit` and `memswap_limit` (no swap).
+        processes: `pids_limit`.
+        nano_cpus: CPU share in units of 1e-9 CPUs.
+    """
+
+    memory_bytes: int
+    processes: int
+    nano_cpus: int
+
+    @classmethod
+    def of(cls, limits: Limits, *, cpus: float) -> Shape:
+        return cls(limits.memory_bytes, limits.processes, int(cpus * 1e9))
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    """Everything `docker create` is told about one sandbox; nothing else is granted.
+
+    Attributes:
+        image: Image tag.
+        runtime: OCI runtime registered with dockerd (`runc`, or `runsc` for gVisor).
+        shape: Memory, process and CPU limits.
+        files: Host folder bind-mounted read-write at /workspace (the only writable mount).
+        site: Host folder bind-mounted read-only at /site (on the guest's import path).
+        user: `uid:gid` the server runs as (never root).
+        labels: Ownership labels, for clean-up after a crash.
+    """
+
+    image: str
+    runtime: Runtime
+    shape: Shape
+    files: Path
+    site: Path
+    user: str
+    labels: dict[str, str] = field(default_factory=dict)
+    command: tuple[str, ...] = ("python3", "-I", SERVER_PATH)
+    environment: dict[str, str] = field(default_factory=lambda: dict(GUEST_ENVIRONMENT))
+    tmpfs: dict[str, str] = field(
+        default_factory=lambda: {"/tmp": f"rw,noexec,nosuid,nodev,size={TMP_BYTES},mode=1777"}
+    )
+
+
+def sandbox_user(files: Path) -> tuple[int, int]:
+    """The uid/gid sandboxes run as: `nobody` when the server is root (it then hands the
+    workspace to that user), otherwise the server's own non-root uid (it owns the workspace)."""
+    if os.geteuid() == 0:
+        return SANDBOX_UID, SANDBOX_GID
+    st = files.stat()
+    return st.st_uid, st.st_gid
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot), to tell a live owner from a reused
+    pid; None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # Field 22 (starttime) counted after the command name, which ends at the last ')'.
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def owner_labels(instance: str) -> dict[str, str]:
+    """The labels every container of this server instance carries."""
+    pid = os.getpid()
+    return {
+        LABEL_ENGINE: "container",
+        LABEL_INSTANCE: instance,
+        LABEL_OWNER_PID: str(pid),
+        LABEL_OWNER_START: str(process_start_ticks(pid) or 0),
+    }
+
+
+def owner_alive(labels: dict[str, str]) -> bool:
+    """Whether the server process named by a container's labels still runs on this host."""
+    try:
+        pid = int(labels.get(LABEL_OWNER_PID, ""))
+    except ValueError:
+        return False
+    started = process_start_ticks(pid)
+    return started is not None and str(started) == labels.get(LABEL_OWNER_START)
