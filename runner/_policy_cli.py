@@ -143,9 +143,12 @@ def _explain(args: argparse.Namespace) -> int:
         kind = "allow (audit mode: enforce would deny)" if decision.would_deny else "allow"
     else:
         kind = "deny" if isinstance(decision, Denied) else "needs_approval"
+    reason = decision.reason
+    if kind == "needs_approval":  # the id in the reason belongs to the throwaway store
+        reason = "A human must approve this exact call before it runs (sandgate approve ID)."
     print(f"decision: {kind}")
     print(f"rule:     {decision.rule}")
-    print(f"reason:   {decision.reason}")
+    print(f"reason:   {reason}")
     if isinstance(decision, Allowed):
         print(f"mode:     {decision.mode}")
         if decision.plan is not None:
