@@ -1,0 +1,363 @@
+"""The `pyodide` engine: Pyodide under a jailed Deno, one warm process per session.
+
+Pyodide alone is no boundary: Python in it can reach JavaScript, and JavaScript can reach
+whatever the runtime allows. So each layer below assumes the one above it has fallen:
+
+1. Python import gate (`_guest.py`): `js`, `pyodide_js`, `pyodide.ffi`, `_pyodide_core`,
+   `pyodide.code` and `pyodide.http` are dropped from `sys.modules` and refused by a meta-path
+   finder; `import js` gives `ModuleNotFoundError`. Stops casual use of the bridge only:
+   objects that still hold JS proxies stay reachable by introspection.
+2. JS realm (`host.mjs`): `jsglobals` is an empty object, and before any user code runs every
+   global outside a fixed list of language and pure Web APIs is deleted (`Deno`, `process`,
+   `fetch`, `WebSocket`, `Worker`, `prompt`...). Node built-ins (`import("node:fs")`) still
+   load but break without `Deno`. Wasm memory growth is capped (MemoryError in Python). The
+   protocol is framed with a per-process secret token, so guest writes to fd 1 cannot pass
+   for answers, and the host checks every answer field anyway.
+3. Deno permissions: read of the Pyodide assets and the snapshot only; `--deny-write`,
+   `--deny-net`, `--deny-env`, `--deny-run`, `--deny-ffi`, `--deny-sys`, `--deny-import`,
+   `--no-prompt`. Even code holding `Deno.readTextFileSync` gets `NotCapable`. The workspace
+   is not readable by Deno at all: files are copied in and out by the host (`_sync.py`).
+4. OS (`_jail.py`), each where the host allows it: a network namespace with no interface
+   (`unshare --net`), `no_new_privs` and an empty capability bounding set (`setpriv`), a
+   cgroup v1 memory cap (the OOM killer ends the process: `memory`) and thread cap, a
+   `RLIMIT_CPU` budget per call, a minimal environment, and a process-group kill at the wall
+   deadline (`timeout`). Deno's own V8 heap is capped by `--max-old-space-size`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
+from .._types import DEFAULT_MEMORY_BYTES, ExecutionPlan, RunResult, Usage
+from ._assets import Assets, Progress, build_snapshot, find_deno, locate
+from ._jail import JailInfo, clean_stale, cpu_seconds, limit_cpu, probe
+from ._pool import Pool
+from ._process import DenoProcess, ProcessDied
+from ._results import from_death, from_report, timed_out
+from ._sync import Mirror, prepare, settle
+
+logger = logging.getLogger("sandgate.pyodide")
+
+DEFAULT_POOL_SIZE = 2
+DEFAULT_MAX_SESSIONS = 32
+DEFAULT_SESSION_IDLE_S = 900.0
+DEFAULT_JS_HEAP_BYTES = 256 * 1024 * 1024
+RUNTIME_OVERHEAD_BYTES = 384 * 1024 * 1024
+"""Memory a Deno process holds besides the guest's (V8, Pyodide, the snapshot: ~220 MB RSS)."""
+DEFAULT_READY_TIMEOUT_S = 120.0
+CPU_BACKSTOP_FACTOR = 4.0
+"""Without a CPU limit, a run may use this many times its wall timeout (all threads)."""
+_MISSING = "Pyodide assets are missing: run `sandgate setup pyodide`"
+
+
+@dataclass(slots=True)
+class _Session:
+    process: DenoProcess
+    mirror: Mirror = field(default_factory=Mirror)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class PyodideEngine:
+    """Runs plans in Pyodide under Deno; a session keeps its interpreter (and globals).
+
+    Args:
+        assets_dir: Where `setup_pyodide` put the assets (default `$SANDGATE_CACHE/pyodide`).
+        pool_size: Processes kept booted and idle, ready for new sessions.
+        max_sessions: Sessions that may hold a process at once; more get `EngineBusy`.
+        session_idle_s: A session idle this long loses its process (and its globals).
+        persistent: False gives every run a fresh interpreter (the process is dropped after).
+        js_heap_bytes: V8 heap cap of each Deno process (Python memory is capped per run).
+        ready_timeout_s: How long a run waits for a booted process.
+        progress: Called with a line of text while the engine prepares.
+        harden_js: Only for tests of the permission layer: False keeps the JS globals.
+    """
+
+    name = "pyodide"
+
+    def __init__(
+        self,
+        *,
+        assets_dir: Path | None = None,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        session_idle_s: float = DEFAULT_SESSION_IDLE_S,
+        persistent: bool = True,
+        js_heap_bytes: int = DEFAULT_JS_HEAP_BYTES,
+        ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+        progress: Progress | None = None,
+        harden_js: bool = True,
+    ) -> None:
+        if pool_size < 0 or max_sessions < 1:
+            raise ValueError(
+                f"pool_size >= 0 and max_sessions >= 1 expected, got {pool_size}, {max_sessions}"
+            )
+        self._assets_dir = assets_dir
+        self._pool_size = pool_size
+        self._max_sessions = max_sessions
+        self._idle_s = session_idle_s
+        self._persistent = persistent
+        self._js_heap_bytes = js_heap_bytes
+        self._ready_timeout_s = ready_timeout_s
+        self._progress = progress or (lambda line: logger.info("%s", line))
+        self._harden = harden_js
+        self._sessions: dict[str, _Session] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._restarted: dict[str, str] = {}
+        self._pool: Pool | None = None
+        self._jail: JailInfo | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+
+    @property
+    def jail(self) -> JailInfo | None:
+        """The OS layers in force (known once started)."""
+        return self._jail
+
+    @property
+    def sessions(self) -> tuple[str, ...]:
+        """Sessions that currently hold a process."""
+        return tuple(self._sessions)
+
+    def session_pid(self, session_id: str) -> int | None:
+        """The pid of the Deno process serving `session_id`, if it holds one."""
+        session = self._sessions.get(session_id)
+        return None if session is None else session.process.pid
+
+    def process_ids(self) -> tuple[int, ...]:
+        """Pids of every Deno process the engine holds (pool and sessions)."""
+        pooled = self._pool.pids() if self._pool else ()
+        return (*pooled, *(s.process.pid for s in self._sessions.values()))
+
+    async def start(self) -> None:
+        """Check Deno and the assets, build the snapshot if needed, begin warming the pool.
+
+        Raises:
+            EngineUnavailable: Deno or the Pyodide assets are missing.
+        """
+        if self._started:
+            return
+        find_deno()
+        assets = locate(self._assets_dir)
+        if assets is None:
+            raise EngineUnavailable(_MISSING)
+        if not assets.snapshot.is_file():
+            await asyncio.to_thread(build_snapshot, assets, progress=self._progress)
+        self._jail = await asyncio.to_thread(probe)
+        await asyncio.to_thread(clean_stale)
+        self._pool = Pool(self._spawner(assets), size=self._pool_size, progress=self._progress)
+        self._pool.start()
+        self._reaper = asyncio.create_task(self._reap_idle())
+        self._started = True
+
+    def _spawner(self, assets: Assets) -> Any:
+        jail = self._jail
+        assert jail is not None
+
+        async def spawn() -> DenoProcess:
+            return await DenoProcess.spawn(
+                assets,
+                jail,
+                js_heap_bytes=self._js_heap_bytes,
+                memory_limit_bytes=DEFAULT_MEMORY_BYTES + RUNTIME_OVERHEAD_BYTES,
+                harden=self._harden,
+            )
+
+        return spawn
+
+    async def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Wait until a booted process is idle in the pool.
+
+        Raises:
+            EngineNotReady: none after `timeout_s`.
+            EngineUnavailable: processes fail to start.
+        """
+        await self.start()
+        assert self._pool is not None
+        await self._pool.wait_ready(self._ready_timeout_s if timeout_s is None else timeout_s)
+
+    async def run(self, plan: ExecutionPlan) -> RunResult:
+        """Run `plan` in its session's interpreter (taken from the pool on first use).
+
+        Raises:
+            EngineUnavailable, EngineNotReady, EngineBusy: the engine's own failures.
+        """
+        await self.start()
+        sid = plan.session_id
+        lock = self._locks.setdefault(sid, asyncio.Lock())
+        async with lock:
+            note = self._restarted.pop(sid, None)
+            session = self._sessions.get(sid)
+            if session is not None and not session.process.alive:
+                await self._drop(sid)
+                session, note = None, note or "its process ended between calls"
+            if session is None:
+                if len(self._sessions) >= self._max_sessions:
+                    raise EngineBusy(
+                        f"the pyodide engine holds {len(self._sessions)} sessions, its maximum; "
+                        "end idle sessions or raise max_sessions",
+                        retry_after_s=5.0,
+                    )
+                session = _Session(await self._take())
+                self._sessions[sid] = session
+            try:
+                result = await self._run_in(session, plan)
+            finally:
+                session.last_used = time.monotonic()
+                if not session.process.alive or not self._persistent:
+                    await self._drop(sid)
+        return result if note is None else _with_note(result, note)
+
+    async def _take(self) -> DenoProcess:
+        assert self._pool is not None
+        try:
+            return await self._pool.take(self._ready_timeout_s)
+        except TimeoutError:
+            raise EngineNotReady(
+                f"no Pyodide process booted within {self._ready_timeout_s:g} s; retry shortly",
+                waited_s=self._ready_timeout_s,
+            ) from None
+
+    async def _run_in(self, session: _Session, plan: ExecutionPlan) -> RunResult:
+        limits, proc, program = plan.limits, session.process, plan.program
+        sent = await asyncio.to_thread(
+            prepare, plan.workspace, session.mirror, limits.workspace_bytes
+        )
+        request = {
+            "kind": program.kind,
+            "source": program.source,
+            "variable": program.variable_to_return,
+            "stdin": program.stdin.decode("utf-8", "replace"),
+            "output_bytes": limits.output_bytes,
+            "memory_bytes": limits.memory_bytes,
+            "workspace_bytes": limits.workspace_bytes,
+            "put": sent.put,
+            "delete": sent.delete,
+            "site_put": sent.site_put,
+            "site_delete": sent.site_delete,
+        }
+        proc.cgroup.set_memory_limit(limits.memory_bytes + RUNTIME_OVERHEAD_BYTES)
+        proc.cgroup.reset_peak()
+        limit_cpu(proc.pid, limits.cpu_time_s or limits.wall_timeout_s * CPU_BACKSTOP_FACTOR + 1)
+        meter = _Meter(proc)
+        try:
+            answer = await proc.request(request, timeout_s=limits.wall_timeout_s)
+        except TimeoutError:
+            spent = meter.usage()
+            await proc.kill()
+            self._restarted[plan.session_id] = "stopped at its wall-time deadline"
+            return timed_out(limits, spent)
+        except ProcessDied:
+            code = await proc.wait()
+            spent = meter.usage()
+            oom = proc.cgroup.oom_kills() > 0
+            await proc.kill()
+            self._restarted[plan.session_id] = "its process ended"
+            return from_death(
+                code, oom_killed=oom, stderr_tail=proc.stderr_text(), limits=limits, usage=spent
+            )
+        except BaseException:
+            await proc.kill()
+            raise
+        spent = meter.usage(answer)
+        done = await asyncio.to_thread(
+            settle, plan.workspace.files, answer, sent, session.mirror, limits.workspace_bytes
+        )
+        if answer.get("fatal"):
+            await proc.kill()
+            self._restarted[plan.session_id] = "its interpreter failed"
+        return from_report(
+            answer,
+            limits,
+            usage=spent,
+            written=done.touched,
+            images=done.images,
+            workspace_over=done.over_budget,
+        )
+
+    async def end_session(self, session_id: str) -> bool:
+        """Kill the session's process (its globals go with it); False if it held none."""
+        lock = self._locks.get(session_id)
+        if lock is None:
+            return False
+        async with lock:
+            found = session_id in self._sessions
+            await self._drop(session_id)
+        self._locks.pop(session_id, None)
+        self._restarted.pop(session_id, None)
+        return found
+
+    async def _drop(self, sid: str) -> None:
+        session = self._sessions.pop(sid, None)
+        if session is not None:
+            await session.process.kill()
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(max(1.0, min(60.0, self._idle_s / 4)))
+            cutoff = time.monotonic() - self._idle_s
+            for sid, session in list(self._sessions.items()):
+                lock = self._locks.get(sid)
+                if session.last_used < cutoff and lock is not None and not lock.locked():
+                    logger.info("pyodide: session %s idled out", sid)
+                    await self.end_session(sid)
+
+    async def aclose(self) -> None:
+        """Kill every process (pool and sessions) and stop the background tasks."""
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reaper
+        for sid in list(self._sessions):
+            await self._drop(sid)
+        if self._pool is not None:
+            await self._pool.aclose()
+        self._started = False
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class _Meter:
+    """Wall time, CPU time (all threads, from /proc) and peak memory (cgroup) of one run."""
+
+    def __init__(self, proc: DenoProcess) -> None:
+        self._proc = proc
+        self._cpu0 = cpu_seconds(proc.pid)
+        self._began = time.perf_counter()
+
+    def usage(self, report: dict[str, Any] | None = None) -> Usage:
+        cpu1 = cpu_seconds(self._proc.pid)
+        peak = self._proc.cgroup.peak_bytes()
+        if peak is None and report is not None:
+            wasm = report.get("wasm_memory_bytes")
+            peak = wasm if isinstance(wasm, int) else None
+        cpu0 = self._cpu0
+        return Usage(
+            wall_ms=(time.perf_counter() - self._began) * 1000,
+            cpu_ms=None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) * 1000,
+            peak_memory_bytes=peak,
+        )
+
+
+def _with_note(result: RunResult, note: str) -> RunResult:
+    line = f"sandgate: this session's interpreter was restarted ({note}); its globals are gone\n"
+    return replace(result, stderr=line + result.stderr)

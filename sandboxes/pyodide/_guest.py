@@ -1,0 +1,292 @@
+"""The guest-side harness: runs inside Pyodide, keeps a session's globals, reports each run.
+
+The host never imports this file. `host.mjs` runs its text once while building the memory
+snapshot (so it costs nothing per process), which registers the module `_sandgate` with two
+entry points: `seal()` (called once per process, after the JS side has installed its output
+handlers) and `handle(request_json)` (called per run; returns the report as JSON text, or an
+awaitable of it when the code uses top-level `await`). Every field it reports is what the guest
+says of itself: the host validates it and enforces every limit on its own.
+"""
+
+import ast
+import base64
+import builtins
+import contextlib
+import importlib.abc
+import io
+import json
+import linecache
+import os
+import stat
+import sys
+import traceback
+import types
+from collections.abc import Sequence
+from typing import Any
+
+WORKSPACE = "/workspace"
+SITE = "/site"
+CODE_NAME = "<code>"
+MAX_VALUE_CHARS = 1_000_000
+CO_COROUTINE = 0x80
+"""Set on code compiled from source that uses top-level `await`."""
+BLOCKED = ("js", "pyodide_js", "pyodide.ffi", "_pyodide_core", "pyodide.code", "pyodide.http")
+"""Modules user code may not import: each hands out JS objects, a step towards the host."""
+BLOCKED_PREFIXES = tuple(name + "." for name in BLOCKED)
+
+PRELOAD = (
+    "asyncio", "base64", "collections", "csv", "dataclasses", "datetime", "decimal",
+    "fractions", "functools", "hashlib", "itertools", "json", "math", "pathlib", "random", "re",
+    "statistics", "string", "textwrap", "typing", "urllib.parse", "urllib.request",
+)  # fmt: skip
+"""Stdlib modules imported while the snapshot is built, so user code gets them for free."""
+
+_main = types.ModuleType("__main__")
+_state: dict[str, Any] = {"sealed": False}
+
+
+class _Refuse(importlib.abc.MetaPathFinder):
+    """Refuses the JS bridge modules (one layer of several; see the engine's docstring)."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+    ) -> None:
+        if fullname in BLOCKED or fullname.startswith(BLOCKED_PREFIXES):
+            raise ModuleNotFoundError(
+                f"{fullname} is not available in this sandbox (the JS bridge is closed)",
+                name=fullname,
+            )
+        return None
+
+
+def seal(run_until_complete: bool) -> None:
+    """Close the Python side of the JS bridge for user code and prepare the workspace."""
+    if _state["sealed"]:
+        return
+    for name in list(sys.modules):
+        if name in BLOCKED or name.startswith(BLOCKED_PREFIXES):
+            del sys.modules[name]
+    pyodide = sys.modules.get("pyodide")
+    for attr in ("ffi", "code", "http"):
+        if pyodide is not None and hasattr(pyodide, attr):
+            delattr(pyodide, attr)
+    # Pyodide's own asyncio glue imports `pyodide_js._api.config` lazily: give it a stub that
+    # holds no JS object at all.
+    api = types.ModuleType("pyodide_js._api")
+    vars(api)["config"] = types.SimpleNamespace(enableRunUntilComplete=run_until_complete)
+    stub = types.ModuleType("pyodide_js")
+    vars(stub)["_api"] = api
+    sys.modules["pyodide_js"] = stub
+    sys.modules["pyodide_js._api"] = api
+    sys.meta_path.insert(0, _Refuse())
+    for folder in (WORKSPACE, SITE):
+        os.makedirs(folder, exist_ok=True)
+    os.chdir(WORKSPACE)
+    sys.path[:0] = [WORKSPACE, SITE]
+    _main.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = _main
+    _state["sealed"] = True
+
+
+def warm() -> None:
+    """Use the runtime services that load lazily on the JS side, before they are cut off."""
+    import datetime
+    import hashlib
+    import random
+    import time
+
+    os.urandom(16)
+    random.random()
+    time.localtime()
+    datetime.datetime.now().astimezone()
+    hashlib.sha256(b"").hexdigest()
+
+
+def _safe_rel(rel: str) -> str | None:
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." or "\0" in p for p in parts) or rel.startswith("/"):
+        return None
+    return "/".join(parts)
+
+
+def _apply(root: str, put: dict[str, str], delete: list[str]) -> None:
+    """Mirror the host's changes into the guest's in-memory copy of a host folder."""
+    for rel in delete:
+        safe = _safe_rel(rel)
+        if safe is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(root, safe))
+    for rel, data in put.items():
+        safe = _safe_rel(rel)
+        if safe is None:
+            continue
+        path = os.path.join(root, safe)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.path.islink(path) or os.path.isdir(path):
+            continue
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(data))
+        os.utime(path, (0, 0))
+
+
+def _scan(root: str) -> dict[str, tuple[int, int]]:
+    found: dict[str, tuple[int, int]] = {}
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def _collect(before: dict[str, tuple[int, int]], limit: int) -> dict[str, Any]:
+    """Files the run created or changed (sent back, capped) and files it deleted."""
+    after = _scan(WORKSPACE)
+    files: dict[str, str] = {}
+    total, over = 0, False
+    for rel, sig in sorted(after.items()):
+        if before.get(rel) == sig and sig[1] == 0:
+            continue
+        path = os.path.join(WORKSPACE, rel)
+        if sig[0] + total > limit:
+            over = True
+            continue
+        with open(path, "rb") as f:
+            files[rel] = base64.b64encode(f.read()).decode("ascii")
+        total += sig[0]
+        os.utime(path, (0, 0))
+    deleted = sorted(set(before) - set(after))
+    return {"files": files, "deleted": deleted, "workspace_over": over}
+
+
+def _format_error(exc: BaseException, *, frames: bool) -> str:
+    te = traceback.TracebackException.from_exception(exc)
+    kept = [f for f in te.stack if f.filename != "<sandgate>" and "_pyodide" not in f.filename]
+    te.stack = traceback.StackSummary.from_list(kept if frames else [])
+    return "".join(te.format())
+
+
+def _error_line(exc: BaseException) -> str:
+    """The `Type: message` line of an exception, without context lines or notes."""
+    lines = [x.strip() for x in traceback.format_exception_only(type(exc), exc)]
+    name = type(exc).__name__
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if head == name or head.endswith("." + name):
+            return line
+    return lines[-1] if lines else name
+
+
+def _fail(report: dict[str, Any], exc: BaseException, *, frames: bool = True) -> None:
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        if code is None or isinstance(code, int):
+            report["exit_code"] = code or 0
+        else:
+            print(code, file=sys.stderr)
+            report["exit_code"] = 1
+        return
+    sys.stderr.write(_format_error(exc, frames=frames))
+    report["error"] = _error_line(exc)
+    report["error_type"] = type(exc).__name__
+    report["exit_code"] = 1
+
+
+def _finish(report: dict[str, Any], request: dict[str, Any], before: Any, last: Any) -> str:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    namespace = _main.__dict__
+    variable = request.get("variable")
+    value: Any = namespace.get(variable) if variable else last
+    if value is not None and report["exit_code"] == 0:
+        try:
+            text = str(value) if variable else repr(value)
+        except Exception as exc:
+            text = f"<could not format the value: {type(exc).__name__}>"
+        report["value"], report["value_found"] = text[:MAX_VALUE_CHARS], True
+    report.update(_collect(before, int(request.get("workspace_bytes") or 0)))
+    return json.dumps(report)
+
+
+def _compile(request: dict[str, Any]) -> tuple[types.CodeType, types.CodeType | None]:
+    """The code to execute, plus the final expression (if any) to evaluate for its value."""
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    if request["kind"] == "file":
+        rel = _safe_rel(request["source"]) or ""
+        filename = os.path.join(WORKSPACE, rel)
+        with open(filename, encoding="utf-8") as f:
+            source = f.read()
+        _main.__dict__["__file__"] = filename
+        return compile(source, filename, "exec", flags=flags), None
+    source = request["source"]
+    _main.__dict__.pop("__file__", None)
+    linecache.cache[CODE_NAME] = (len(source), None, source.splitlines(True), CODE_NAME)
+    tree = ast.parse(source, CODE_NAME)
+    last: types.CodeType | None = None
+    final = tree.body[-1] if tree.body else None
+    if isinstance(final, ast.Expr):
+        tree.body.pop()
+        last = compile(ast.Expression(final.value), CODE_NAME, "eval", flags=flags)
+    return compile(tree, CODE_NAME, "exec", flags=flags), last
+
+
+def handle(line: str) -> Any:
+    """Run one request; return its report as JSON text, or an awaitable of it."""
+    request: dict[str, Any] = json.loads(line)
+    _apply(SITE, request.get("site_put") or {}, request.get("site_delete") or [])
+    _apply(WORKSPACE, request.get("put") or {}, request.get("delete") or [])
+    before = _scan(WORKSPACE)
+    sys.stdin = io.StringIO(request.get("stdin") or "")
+    sys.argv = [request["source"] if request["kind"] == "file" else "-c"]
+    report: dict[str, Any] = {"exit_code": 0, "error": None, "error_type": None}
+    report["value_found"] = False
+    namespace = _main.__dict__
+    try:
+        body, last = _compile(request)
+    except BaseException as exc:
+        _fail(report, exc, frames=False)
+        return _finish(report, request, before, None)
+    if (body.co_flags | (last.co_flags if last else 0)) & CO_COROUTINE:
+        return _run_async(report, request, before, body, last)
+    value: Any = None
+    try:
+        exec(body, namespace)
+        if last is not None:
+            value = eval(last, namespace)
+    except BaseException as exc:
+        _fail(report, exc)
+    return _finish(report, request, before, value)
+
+
+async def _run_async(
+    report: dict[str, Any],
+    request: dict[str, Any],
+    before: Any,
+    body: types.CodeType,
+    last: types.CodeType | None,
+) -> str:
+    namespace = _main.__dict__
+    value: Any = None
+    try:
+        pending = eval(body, namespace)
+        if pending is not None:
+            await pending
+        if last is not None:
+            value = eval(last, namespace)
+            if last.co_flags & CO_COROUTINE:
+                value = await value
+    except BaseException as exc:
+        _fail(report, exc)
+    return _finish(report, request, before, value)
+
+
+_module = types.ModuleType("_sandgate")
+vars(_module).update(seal=seal, handle=handle, warm=warm)
+for _name in PRELOAD:
+    __import__(_name)
+sys.modules["_sandgate"] = _module

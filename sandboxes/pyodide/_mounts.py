@@ -1,0 +1,185 @@
+"""Host-side helpers of the Mcp Pyodide mount tools: list a folder, read an image, no escapes.
+
+Each path is opened component by component from the mount root with `O_NOFOLLOW`, so `..`,
+absolute paths and symbolic links (including ones the guest planted) never lead outside.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .._errors import SandboxError
+from .._files import IMAGE_MIME_TYPES, MAX_IMAGE_BYTES
+from .._types import Image
+
+EntryKind = Literal["file", "directory", "symlink", "other"]
+MAX_LISTED_ENTRIES = 10_000
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+_SIGNATURES: dict[str, tuple[bytes, ...]] = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/webp": (b"RIFF",),
+}
+
+
+class MountPathRefused(SandboxError, ValueError):
+    """A path argument of a mount tool was refused.
+
+    Attributes:
+        argument: The tool argument (`imagePath`, `path`).
+        expected: What would have been accepted.
+        got: The value that came.
+    """
+
+    def __init__(self, argument: str, expected: str, got: str) -> None:
+        super().__init__(f"{argument}: expected {expected}, got {got!r}")
+        self.argument = argument
+        self.expected = expected
+        self.got = got
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry of a mounted folder. Links are reported as links, never followed.
+
+    Attributes:
+        name: The entry's name.
+        path: Its path relative to the mount root.
+        kind: `file`, `directory`, `symlink` or `other`.
+        size_bytes: Size of a file; 0 for the rest.
+    """
+
+    name: str
+    path: str
+    kind: EntryKind
+    size_bytes: int
+
+
+def _parts(argument: str, rel: str, *, allow_empty: bool) -> list[str]:
+    relative = "a path relative to the mount, without `..`"
+    if "\0" in rel or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
+        raise MountPathRefused(argument, relative, rel)
+    parts = [p for p in rel.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in parts or (not parts and not allow_empty):
+        raise MountPathRefused(argument, relative, rel)
+    return parts
+
+
+def _open_dir(root: Path, parts: list[str], argument: str, rel: str) -> int:
+    try:
+        fd = os.open(root, _DIR_FLAGS)
+    except OSError as exc:
+        raise MountPathRefused("mount", "an existing mount folder", str(root)) from exc
+    for part in parts:
+        try:
+            nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            linked = _is_link(part, fd)
+            os.close(fd)
+            expected = "a folder reached without symbolic links" if linked else _why(exc, "folder")
+            raise MountPathRefused(argument, expected, rel) from exc
+        os.close(fd)
+        fd = nxt
+    return fd
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _why(exc: OSError, what: str) -> str:
+    if exc.errno in (errno.ELOOP, errno.EMLINK):
+        return f"a {what} reached without symbolic links"
+    if exc.errno == errno.ENOTDIR:
+        return f"a {what} (a path through folders only)"
+    return f"an existing {what} inside the mount"
+
+
+def list_mounted_directory(root: Path, rel: str = "") -> list[Entry]:
+    """The entries of `root/rel`, sorted by name (at most `MAX_LISTED_ENTRIES`).
+
+    Raises:
+        MountPathRefused: `rel` is absolute, has `..`, goes through a link or is no folder.
+    """
+    parts = _parts("path", rel, allow_empty=True)
+    fd = _open_dir(root, parts, "path", rel)
+    prefix = "/".join(parts)
+    entries: list[Entry] = []
+    try:
+        with os.scandir(fd) as found:
+            for item in found:
+                if len(entries) >= MAX_LISTED_ENTRIES:
+                    break
+                try:
+                    st = item.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                kind: EntryKind
+                if stat.S_ISLNK(st.st_mode):
+                    kind = "symlink"
+                elif stat.S_ISDIR(st.st_mode):
+                    kind = "directory"
+                elif stat.S_ISREG(st.st_mode):
+                    kind = "file"
+                else:
+                    kind = "other"
+                path = f"{prefix}/{item.name}" if prefix else item.name
+                size = st.st_size if kind == "file" else 0
+                entries.append(Entry(name=item.name, path=path, kind=kind, size_bytes=size))
+    finally:
+        os.close(fd)
+    return sorted(entries, key=lambda e: e.name)
+
+
+def read_image(root: Path, rel: str) -> Image:
+    """The image at `root/rel`, checked by suffix and by content.
+
+    Raises:
+        MountPathRefused: `rel` leaves the mount, goes through a link, is missing, is larger
+            than `MAX_IMAGE_BYTES` or is not an image.
+    """
+    parts = _parts("imagePath", rel, allow_empty=False)
+    mime = IMAGE_MIME_TYPES.get(Path(parts[-1]).suffix.lower())
+    if mime is None:
+        kinds = ", ".join(sorted(IMAGE_MIME_TYPES))
+        raise MountPathRefused("imagePath", f"an image file ({kinds})", rel)
+    folder = _open_dir(root, parts[:-1], "imagePath", rel)
+    try:
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+    except OSError as exc:
+        raise MountPathRefused("imagePath", _why(exc, "file"), rel) from exc
+    finally:
+        os.close(folder)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise MountPathRefused("imagePath", "a regular file", rel)
+        if st.st_size > MAX_IMAGE_BYTES:
+            raise MountPathRefused("imagePath", f"an image of at most {MAX_IMAGE_BYTES} bytes", rel)
+        chunks: list[bytes] = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    if not _looks_like(mime, data):
+        raise MountPathRefused("imagePath", f"a file whose content is {mime}", rel)
+    return Image(path="/".join(parts), mime_type=mime, data=data)
+
+
+def _looks_like(mime: str, data: bytes) -> bool:
+    if mime == "image/svg+xml":
+        head = data[:4096].lstrip().lower()
+        return head.startswith((b"<svg", b"<?xml")) and b"<svg" in data[:65536].lower()
+    if mime == "image/webp":
+        return data.startswith(b"RIFF") and data[8:12] == b"WEBP"
+    return data.startswith(_SIGNATURES[mime])

@@ -1,0 +1,202 @@
+"""One jailed Deno process hosting one Pyodide interpreter: spawn, talk to, kill."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from .._errors import EngineCrashed
+from ._assets import HOST_SCRIPT, Assets, deno_common_flags, deno_environment, find_deno
+from ._jail import Cgroup, JailInfo, wrap
+
+MAX_ANSWER_BYTES = 512 * 1024 * 1024
+"""Longest protocol line accepted from a guest (output and files it sends back included)."""
+STDERR_TAIL_BYTES = 8192
+READY_TIMEOUT_S = 120.0
+REAP_TIMEOUT_S = 10.0
+
+
+class ProcessDied(EngineCrashed):
+    """The Deno process ended while the host waited for it."""
+
+
+class DenoProcess:
+    """A Deno process running `host.mjs serve`; it answers one request at a time.
+
+    Every answer is untrusted: it only counts when it carries the process's token, and the
+    engine validates each field before use.
+    """
+
+    def __init__(
+        self, process: asyncio.subprocess.Process, token: str, cgroup: Cgroup, load_ms: float
+    ) -> None:
+        self._process = process
+        self._token = token.encode("ascii") + b" "
+        self.cgroup = cgroup
+        self.load_ms = load_ms
+        self.stderr_tail: deque[bytes] = deque(maxlen=64)
+        self._stderr_task = asyncio.create_task(self._drain_stderr())
+        self.served = 0
+
+    @classmethod
+    async def spawn(
+        cls,
+        assets: Assets,
+        info: JailInfo,
+        *,
+        js_heap_bytes: int,
+        memory_limit_bytes: int,
+        harden: bool = True,
+    ) -> DenoProcess:
+        """Start a jailed Deno, boot Pyodide from the snapshot and wait until it is ready.
+
+        Raises:
+            ProcessDied: it exited or said nothing sensible before being ready.
+        """
+        cgroup = Cgroup(info)
+        cgroup.set_memory_limit(memory_limit_bytes)
+        heap_mb = max(64, js_heap_bytes >> 20)
+        command = [
+            find_deno(),
+            "run",
+            *deno_common_flags(),
+            "--deny-write",
+            f"--allow-read={assets.pyodide_dir},{assets.snapshot}",
+            f"--v8-flags=--max-old-space-size={heap_mb}",
+            str(HOST_SCRIPT),
+            "serve",
+            str(assets.pyodide_dir),
+            str(assets.snapshot),
+            *([] if harden else ["open"]),
+        ]
+        began = time.perf_counter()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *wrap(command, info, cgroup),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=deno_environment(assets),
+                cwd=assets.pyodide_dir,
+                limit=MAX_ANSWER_BYTES,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            cgroup.remove()
+            raise ProcessDied(f"could not start Deno: {exc}") from exc
+        token = secrets.token_hex(16)
+        self = cls(process, token, cgroup, 0.0)
+        try:
+            self._send_raw(token.encode("ascii") + b"\n")
+            ready = await self._answer(READY_TIMEOUT_S)
+        except BaseException:
+            await self.kill()
+            raise
+        if not ready.get("ready"):
+            await self.kill()
+            raise ProcessDied(f"the Pyodide host did not start: {ready}")
+        self.load_ms = (time.perf_counter() - began) * 1000
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        """Running: not reaped, and not a zombie the event loop has yet to reap."""
+        if self._process.returncode is not None:
+            return False
+        try:
+            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state not in ("Z", "X")
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode
+
+    def _send_raw(self, data: bytes) -> None:
+        stdin = self._process.stdin
+        assert stdin is not None
+        stdin.write(data)
+
+    async def _answer(self, timeout_s: float | None) -> dict[str, Any]:
+        stdout = self._process.stdout
+        assert stdout is not None
+        async with asyncio.timeout(timeout_s):
+            while True:
+                try:
+                    line = await stdout.readline()
+                except (ValueError, asyncio.LimitOverrunError) as exc:
+                    raise ProcessDied(f"the Pyodide host sent an oversized answer: {exc}") from exc
+                if not line:
+                    code = await self._process.wait()
+                    raise ProcessDied(f"the Pyodide host (pid {self.pid}) ended with {code}")
+                if not line.startswith(self._token):
+                    continue  # not an answer: something in the guest wrote to fd 1
+                try:
+                    answer = json.loads(line[len(self._token) :])
+                except ValueError:
+                    continue
+                if isinstance(answer, dict):
+                    return answer
+
+    async def request(self, payload: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
+        """Send one request and wait at most `timeout_s` for its answer.
+
+        Raises:
+            ProcessDied: the process ended first (a limit, a crash, or the guest exiting).
+            TimeoutError: no answer in time; the caller kills the process.
+        """
+        try:
+            self._send_raw(json.dumps(payload).encode("utf-8") + b"\n")
+            stdin = self._process.stdin
+            assert stdin is not None
+            async with asyncio.timeout(timeout_s):
+                await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            await self._process.wait()
+            raise ProcessDied(f"the Pyodide host (pid {self.pid}) is gone: {exc}") from exc
+        answer = await self._answer(timeout_s)
+        self.served += 1
+        return answer
+
+    async def _drain_stderr(self) -> None:
+        stderr = self._process.stderr
+        assert stderr is not None
+        with contextlib.suppress(Exception):
+            while chunk := await stderr.read(4096):
+                self.stderr_tail.append(chunk)
+
+    def stderr_text(self) -> str:
+        """The last few KiB Deno wrote to its stderr (crash reasons, Pyodide fatal errors)."""
+        return b"".join(self.stderr_tail)[-STDERR_TAIL_BYTES:].decode("utf-8", "replace")
+
+    async def wait(self) -> int:
+        """Wait for the process to end (and its stderr to be drained)."""
+        code = await self._process.wait()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._stderr_task, REAP_TIMEOUT_S)
+        return code
+
+    async def kill(self) -> None:
+        """Kill the process group, reap it and remove its cgroup."""
+        if self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.wait(), REAP_TIMEOUT_S)
+        self._stderr_task.cancel()
+        self.cgroup.remove()

@@ -1,0 +1,117 @@
+"""Turn a guest's (untrusted) report, or the way its process ended, into a `RunResult`."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from .._types import Image, Limits, RunResult, Status, Usage
+
+RESTART_NOTE = "the session's interpreter was stopped; its next call starts a fresh one"
+
+
+def cap_text(text: object, limit: int) -> tuple[str, bool]:
+    """`text` (if a str) cut to `limit` UTF-8 bytes, and whether it was cut."""
+    if not isinstance(text, str):
+        return "", False
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text, False
+    return data[:limit].decode("utf-8", "ignore"), True
+
+
+def _opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def from_report(
+    answer: dict[str, Any],
+    limits: Limits,
+    *,
+    usage: Usage,
+    written: tuple[str, ...],
+    images: tuple[Image, ...],
+    workspace_over: bool,
+) -> RunResult:
+    """The result of a run the guest reported on. Every field is checked, nothing trusted."""
+    stdout, out_cut = cap_text(answer.get("stdout"), limits.output_bytes)
+    stderr, err_cut = cap_text(answer.get("stderr"), limits.output_bytes)
+    claimed = answer.get("truncated")
+    streams = claimed if isinstance(claimed, list) else []
+    truncated = {s for s in streams if s in ("stdout", "stderr")}
+    if out_cut:
+        truncated.add("stdout")
+    if err_cut:
+        truncated.add("stderr")
+    code = answer.get("exit_code")
+    exit_code = code if isinstance(code, int) and not isinstance(code, bool) else 1
+    error = _opt_str(answer.get("error"))
+    status: Status
+    limit: str | None = None
+    if answer.get("error_type") == "MemoryError":
+        status, limit = "memory", f"memory {limits.memory_bytes} bytes"
+    elif truncated:
+        status, limit = "output_limit", f"output {limits.output_bytes} bytes per stream"
+    elif exit_code == 0 and not answer.get("fatal"):
+        status = "ok"
+    else:
+        status = "error"
+    if answer.get("fatal"):
+        stderr += f"\nsandgate: the Pyodide interpreter failed; {RESTART_NOTE}\n"
+    if workspace_over:
+        limit = (limit + "; " if limit else "") + (
+            f"workspace {limits.workspace_bytes} bytes (some files were not saved)"
+        )
+    value = _opt_str(answer.get("value"))
+    return RunResult(
+        status=status,
+        stdout=stdout,
+        stderr=stderr,
+        exit_code=exit_code,
+        usage=usage,
+        value=value,
+        value_found=bool(answer.get("value_found")) and value is not None,
+        error=error if status != "ok" else None,
+        limit=limit,
+        truncated=tuple(sorted(truncated)),
+        images=images,
+        files_written=written,
+    )
+
+
+def from_death(
+    returncode: int | None, *, oom_killed: bool, stderr_tail: str, limits: Limits, usage: Usage
+) -> RunResult:
+    """The result of a run whose process ended before answering."""
+    status: Status
+    if oom_killed or "out of memory" in stderr_tail.lower() or "heap limit" in stderr_tail:
+        status, limit = "memory", f"memory {limits.memory_bytes} bytes"
+    elif returncode == -signal.SIGXCPU:
+        cpu = limits.cpu_time_s
+        status = "timeout"
+        limit = f"CPU time {cpu:g} s" if cpu is not None else "CPU time backstop"
+    else:
+        status = "killed"
+        how = f"signal {-returncode}" if returncode and returncode < 0 else f"exit {returncode}"
+        limit = f"the sandbox process ended ({how})"
+    return RunResult(
+        status=status,
+        stdout="",
+        stderr=f"sandgate: {limit}; {RESTART_NOTE}\n",
+        exit_code=None,
+        usage=usage,
+        limit=f"{limit}; {RESTART_NOTE}",
+    )
+
+
+def timed_out(limits: Limits, usage: Usage) -> RunResult:
+    """The result of a run stopped at its wall-clock deadline (the process was killed)."""
+    limit = f"wall time {limits.wall_timeout_s:g} s"
+    return RunResult(
+        status="timeout",
+        stdout="",
+        stderr=f"sandgate: stopped at the {limit} deadline; {RESTART_NOTE}\n",
+        exit_code=None,
+        usage=usage,
+        limit=f"{limit}; {RESTART_NOTE}",
+    )

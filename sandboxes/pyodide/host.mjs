@@ -1,0 +1,180 @@
+// sandgate's Pyodide host: runs under Deno with read access to the Pyodide assets only.
+//
+//   deno run [no net/env/run/ffi/sys/write] host.mjs snapshot <assets> <guest.py> <out>
+//   deno run [no net/env/run/ffi/sys/write] host.mjs serve <assets> <snapshot> [open]
+//
+// `snapshot` boots Pyodide, runs the guest harness and writes a memory snapshot (the one run
+// that may write, to that one file). `serve` boots from the snapshot, closes the JS bridge
+// (unless `open`, used only by tests of the permission layer) and then answers one JSON
+// request per stdin line with `TOKEN {json}` on stdout; TOKEN is the first stdin line, kept in
+// this closure only, so nothing user code prints can pass for an answer.
+
+// Primordials, captured before any user code can replace them.
+const D = Deno;
+const encoder = new TextEncoder();
+const encode = encoder.encode.bind(encoder);
+const decoder = new TextDecoder();
+const decode = decoder.decode.bind(decoder);
+const stringify = JSON.stringify;
+const parse = JSON.parse;
+const now = performance.now.bind(performance);
+const stdinRead = D.stdin.read.bind(D.stdin);
+const stdoutWrite = D.stdout.writeSync.bind(D.stdout);
+const stderrWrite = D.stderr.writeSync.bind(D.stderr);
+const exit = D.exit;
+const realGrow = WebAssembly.Memory.prototype.grow;
+const apply = Reflect.apply;
+const concat = (chunks, total) => {
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const c of chunks) { out.set(c, at); at += c.length; }
+  return out;
+};
+
+const [mode, assets, snapshotPath, flag] = D.args;
+
+// Wasm memory cap: growth past it fails, and Python raises MemoryError.
+let memoryCap = Infinity;
+let memoryBytes = 0;
+WebAssembly.Memory.prototype.grow = function (pages) {
+  const next = this.buffer.byteLength + pages * 65536;
+  if (next > memoryCap) throw new RangeError("sandgate: wasm memory cap reached");
+  const old = apply(realGrow, this, [pages]);
+  memoryBytes = Math.max(memoryBytes, this.buffer.byteLength);
+  return old;
+};
+
+function writeAll(write, bytes) {
+  let at = 0;
+  while (at < bytes.length) at += write(bytes.subarray(at));
+}
+
+const { loadPyodide } = await import(new URL("file://" + assets + "/pyodide.mjs").href);
+
+if (mode === "snapshot") {
+  const guest = decode(D.readFileSync(snapshotPath));
+  const py = await loadPyodide({ indexURL: assets + "/", _makeSnapshot: true, env: {} });
+  py.runPython(guest, { filename: "<sandgate>" });
+  D.writeFileSync(flag, py.makeMemorySnapshot());
+  exit(0);
+}
+
+// serve
+const began = now();
+const py = await loadPyodide({
+  indexURL: assets + "/",
+  _loadSnapshot: D.readFileSync(snapshotPath),
+  jsglobals: Object.create(null),
+  env: { HOME: "/home/pyodide", MPLBACKEND: "Agg" },
+});
+
+class Capture {
+  constructor() { this.reset(0); }
+  reset(cap) { this.cap = cap; this.chunks = []; this.kept = 0; this.seen = 0; }
+  write(buffer) {
+    this.seen += buffer.length;
+    const room = this.cap - this.kept;
+    if (room > 0) {
+      const part = buffer.length <= room ? buffer.slice() : buffer.slice(0, room);
+      this.chunks.push(part);
+      this.kept += part.length;
+    }
+    return buffer.length;
+  }
+  text() { return decode(concat(this.chunks, this.kept)); }
+}
+const out = new Capture();
+const err = new Capture();
+py.setStdout({ write: (b) => out.write(b), isatty: false });
+py.setStderr({ write: (b) => err.write(b), isatty: false });
+py.setStdin({ error: true });
+const guestModule = py.pyimport("_sandgate");
+guestModule.seal(true);
+// Touch, while the runtime is whole, the lazily loaded parts Pyodide needs later (node:crypto
+// for os.urandom, the clock, the time zone): once `Deno` is gone they could not load.
+guestModule.warm();
+const handle = guestModule.handle;
+
+// Close the JS side: keep the language, timers and pure Web APIs; drop every global that
+// reaches the host (Deno, process, fetch, sockets, workers, storage, stdin prompts...).
+const KEEP = new Set([
+  "Object", "Function", "Array", "Number", "parseFloat", "parseInt", "Infinity", "NaN",
+  "undefined", "Boolean", "String", "Symbol", "Date", "Promise", "RegExp", "Error",
+  "AggregateError", "EvalError", "RangeError", "ReferenceError", "SyntaxError", "TypeError",
+  "URIError", "globalThis", "JSON", "Math", "Intl", "ArrayBuffer", "Atomics", "Uint8Array",
+  "Int8Array", "Uint16Array", "Int16Array", "Uint32Array", "Int32Array", "BigUint64Array",
+  "BigInt64Array", "Uint8ClampedArray", "Float32Array", "Float64Array", "Float16Array",
+  "DataView", "Map", "BigInt", "Set", "Iterator", "WeakMap", "WeakSet", "Proxy", "Reflect",
+  "FinalizationRegistry", "WeakRef", "decodeURI", "decodeURIComponent", "encodeURI",
+  "encodeURIComponent", "escape", "unescape", "eval", "isFinite", "isNaN", "console",
+  "queueMicrotask", "AbortController", "AbortSignal", "DOMException", "Event", "EventTarget",
+  "ErrorEvent", "PromiseRejectionEvent", "TextDecoder", "TextEncoder", "URL",
+  "URLSearchParams", "atob", "btoa", "clearInterval", "clearTimeout", "setInterval",
+  "setTimeout", "setImmediate", "clearImmediate", "crypto", "Crypto", "performance",
+  "Performance", "structuredClone", "reportError", "WebAssembly", "SharedArrayBuffer",
+  "Temporal", "SuppressedError", "DisposableStack", "AsyncDisposableStack", "self",
+  "onerror", "onunhandledrejection",
+]);
+if (flag !== "open") {
+  globalThis.addEventListener("error", (e) => e.preventDefault());
+  globalThis.addEventListener("unhandledrejection", (e) => e.preventDefault());
+  const quiet = Object.create(null);
+  for (const k of Object.keys(console)) {
+    quiet[k] = (...a) => writeAll(stderrWrite, encode(a.map(String).join(" ") + "\n"));
+  }
+  globalThis.console = quiet;
+  for (const key of Reflect.ownKeys(globalThis)) {
+    if (typeof key === "string" && KEEP.has(key)) continue;
+    try { delete globalThis[key]; } catch { /* non-configurable: left as is */ }
+  }
+}
+
+// The protocol.
+let buffered = new Uint8Array(0);
+async function nextLine() {
+  while (true) {
+    const nl = buffered.indexOf(10);
+    if (nl >= 0) {
+      const line = decode(buffered.subarray(0, nl));
+      buffered = buffered.slice(nl + 1);
+      return line;
+    }
+    const chunk = new Uint8Array(1 << 20);
+    const n = await stdinRead(chunk);
+    if (n === null) return null;
+    buffered = concat([buffered, chunk.subarray(0, n)], buffered.length + n);
+  }
+}
+const token = await nextLine();
+const send = (obj) => writeAll(stdoutWrite, encode(token + " " + stringify(obj) + "\n"));
+send({ ready: true, load_ms: now() - began, memory_bytes: memoryBytes });
+
+while (true) {
+  const line = await nextLine();
+  if (line === null) exit(0);
+  const request = parse(line);
+  out.reset(request.output_bytes);
+  err.reset(request.output_bytes);
+  memoryCap = request.memory_bytes;
+  const t0 = now();
+  let report;
+  let fatal = false;
+  try {
+    let result = handle(line);
+    if (typeof result !== "string") result = await result;
+    report = parse(result);
+  } catch (e) {
+    fatal = true;
+    report = { exit_code: 1, error: "sandgate host: " + String(e).slice(0, 2000), fatal };
+  }
+  report.wall_ms = now() - t0;
+  report.stdout = out.text();
+  report.stderr = err.text();
+  report.truncated = [];
+  if (out.seen > out.kept) report.truncated.push("stdout");
+  if (err.seen > err.kept) report.truncated.push("stderr");
+  report.wasm_memory_bytes = memoryBytes;
+  report.id = request.id;
+  send(report);
+  if (fatal) exit(3); // the interpreter may be broken: the host starts the session afresh
+}
