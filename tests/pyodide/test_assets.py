@@ -1,0 +1,42 @@
+"""Setup and start-up: idempotent setup, a clear error without assets, the public API."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+import sandboxes.pyodide
+from sandboxes import EngineUnavailable
+from sandboxes.pyodide import PyodideEngine, setup_pyodide
+
+pytestmark = [pytest.mark.anyio, pytest.mark.pyodide]
+
+
+def test_setup_is_fast_once_done(assets_dir: Path) -> None:
+    lines: list[str] = []
+    began = time.monotonic()
+    assert setup_pyodide(assets_dir, progress=lines.append) == assets_dir
+    assert time.monotonic() - began < 2.0
+    assert lines == [f"pyodide: ready in {assets_dir}"]
+    assert [p.name for p in assets_dir.glob("pyodide-*/pyodide.asm.wasm")] == ["pyodide.asm.wasm"]
+
+
+async def test_start_without_assets_says_what_to_run(tmp_path: Path) -> None:
+    engine = PyodideEngine(assets_dir=tmp_path / "empty")
+    with pytest.raises(EngineUnavailable) as missing:
+        await engine.start()
+    assert str(missing.value) == "Pyodide assets are missing: run `sandgate setup pyodide`"
+    await engine.aclose()
+
+
+def test_the_public_api_is_sorted_and_complete() -> None:
+    exported = sandboxes.pyodide.__all__
+    assert exported == sorted(exported)
+    assert all(hasattr(sandboxes.pyodide, name) for name in exported)
+
+
+async def test_the_engine_reports_its_jail(engine: PyodideEngine) -> None:
+    assert engine.name == "pyodide"
+    assert engine.jail is not None and engine.jail.cpu_rlimit
