@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import jsonschema
@@ -50,8 +50,9 @@ class CompiledLimit:
 
     def key(self, tool: str, grant: str, session: str) -> str:
         """The store key: the counter plus the scope's value for this call."""
-        value = {"grant": grant, "session": session, "tool": tool, "global": "*"}[self.scope]
-        return f"{self.counter}|{self.scope}={value}"
+        scope = self.scope
+        value = grant if scope == "grant" else session if scope == "session" else tool
+        return f"{self.counter}|{scope}={'*' if scope == 'global' else value}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,7 @@ class CompiledTool:
     limits: tuple[CompiledLimit, ...]
     quotas: EffectiveQuotas
     base_limits: Limits
+    base_limits_record: Mapping[str, Any]
     profile: str
     engine: str
 
@@ -172,6 +174,7 @@ def _tool(policy: Policy, name: str | None, rule: ToolRule | None) -> CompiledTo
         limits=tuple(limits),
         quotas=quotas,
         base_limits=quotas.limits(),
+        base_limits_record=limits_record(quotas.limits()),
         profile=profile,
         engine=kind,
     )
@@ -202,6 +205,11 @@ def _effective(layers: list[tuple[tuple[str | int, ...], Quotas]]) -> EffectiveQ
             if value is not None:
                 values[name], sources[name] = value, pointer(*path, name)
     return EffectiveQuotas(Quotas.model_construct(**values), sources)
+
+
+def limits_record(limits: Limits) -> dict[str, Any]:
+    """`Limits` as the plain dict the audit log records."""
+    return {f.name: getattr(limits, f.name) for f in fields(limits)}
 
 
 def token_sha256(token: str) -> str:

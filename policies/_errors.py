@@ -33,6 +33,10 @@ class Problem:
     line: int | None = None
     column: int | None = None
 
+    def __str__(self) -> str:
+        where = f"line {self.line}, column {self.column}: " if self.line is not None else ""
+        return f"{where}{self.path or '<file>'}: {self.message}"
+
     def format(self, source: str | Path) -> str:
         """Return `FILE:LINE:COL: path: message` (the position is left out when unknown)."""
         where = f"{source}:{self.line}:{self.column}" if self.line is not None else f"{source}"

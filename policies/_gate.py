@@ -7,15 +7,12 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sandboxes import Limits
-
 from ._approvals import ApprovalDesk
 from ._audit import AuditDecision, AuditLog, canonical_json, iso_time, sha256_hex
-from ._compile import CompiledPolicy, CompiledTool, compile_policy, token_sha256
+from ._compile import CompiledPolicy, CompiledTool, compile_policy, limits_record, token_sha256
 from ._decisions import Allowed, Decision, Denied, NeedsApproval, Outcome, ToolCall
 from ._errors import AuditUnavailable, StateUnavailable
 from ._model import Policy
@@ -33,7 +30,6 @@ from ._store import ApprovalStatus, CounterStore
 from ._watch import PolicyWatcher
 
 logger = logging.getLogger("sandgate.policy")
-_LIMIT_FIELDS = tuple(f.name for f in fields(Limits))
 
 
 class _Pass(NamedTuple):
@@ -190,7 +186,10 @@ class Gate:
         self, ctx: _Context, rule: str, reason: str, passed: _Pass, decision: AuditDecision
     ) -> Decision:
         plan = build_plan(ctx.tool, ctx.call, ctx.decision_id)
-        limits = None if plan is None else {f: getattr(plan.limits, f) for f in _LIMIT_FIELDS}
+        limits = None
+        if plan is not None:
+            same = plan.limits is ctx.tool.base_limits
+            limits = ctx.tool.base_limits_record if same else limits_record(plan.limits)
         try:
             self._record(ctx, decision, rule, reason, limits=limits, approval_id=passed.approval_id)
         except AuditUnavailable as exc:
@@ -311,6 +310,7 @@ class Gate:
         Raises:
             UnknownApproval: No pending approval has this id (unknown, expired, resolved).
             StateUnavailable: The store cannot be reached.
+            AuditUnavailable: The answer was stored but could not be audited.
         """
         self._desk.resolve(approval_id, approved, by)
 

@@ -69,3 +69,8 @@ def test_policies_imports_only_sandboxes_value_types() -> None:
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     assert not alias.name.startswith(("runner", "mcp", "sandboxes")), module.name
+
+
+def test_problems_read_well_in_logs() -> None:
+    assert str(Problem("tools.x.action", "bad", 3, 4)) == "line 3, column 4: tools.x.action: bad"
+    assert str(Problem("", "unreadable")) == "<file>: unreadable"
