@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from ._approvals import ApprovalDesk
 from ._audit import AuditDecision, AuditLog, canonical_json, iso_time, sha256_hex
-from ._compile import CompiledPolicy, CompiledTool, compile_policy, limits_record, token_sha256
+from ._compile import CompiledPolicy, CompiledTool, compile_policy, token_sha256
 from ._decisions import Allowed, Decision, Denied, NeedsApproval, Outcome, ToolCall
 from ._errors import AuditUnavailable, StateUnavailable
 from ._model import Policy
@@ -187,9 +187,10 @@ class Gate:
     ) -> Decision:
         plan = build_plan(ctx.tool, ctx.call, ctx.decision_id)
         limits = None
-        if plan is not None:
-            same = plan.limits is ctx.tool.base_limits
-            limits = ctx.tool.base_limits_record if same else limits_record(plan.limits)
+        if plan is not None:  # only the wall timeout differs from the tool's (when clamped)
+            limits = ctx.tool.base_limits_record
+            if plan.limits is not ctx.tool.base_limits:
+                limits = {**limits, "wall_timeout_s": plan.limits.wall_timeout_s}
         try:
             self._record(ctx, decision, rule, reason, limits=limits, approval_id=passed.approval_id)
         except AuditUnavailable as exc:
@@ -278,7 +279,7 @@ class Gate:
     def _settle(self, reservation: str, outcome: Outcome) -> None:
         try:
             if outcome == "completed":
-                self._store.commit(reservation, now=self._clock())
+                self._store.commit(reservation)
             else:
                 self._store.rollback(reservation, now=self._clock())
         except StateUnavailable as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,8 @@ def test_requested_timeout_is_clamped_to_the_ceiling(
     decision = gate.decide(run(tmp_path, requested_timeout_s=requested))
     assert isinstance(decision, Allowed) and decision.plan is not None
     assert decision.plan.limits.wall_timeout_s == wall
+    (record,) = read_audit(tmp_path / "audit.jsonl")
+    assert record.limits == dataclasses.asdict(decision.plan.limits)  # what the run really got
 
 
 def test_quotas_inherit_builtin_policy_engine_tool(make_gate: GateFactory, tmp_path: Path) -> None:
