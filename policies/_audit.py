@@ -31,7 +31,7 @@ _second_prefix: tuple[int, str] = (-1, "")
 
 def canonical_json(value: Any) -> bytes:
     """UTF-8 JSON with sorted keys and no spaces: equal arguments give equal bytes."""
-    return _CANONICAL.encode(value).encode("utf-8")
+    return _CANONICAL.encode(value).encode("utf-8", "surrogatepass")
 
 
 def sha256_hex(data: bytes) -> str:

@@ -142,6 +142,32 @@ class Gate:
             logger.error("cannot audit a denial: %s", exc)
         return Denied(ctx.decision_id, result.rule, result.reason, result.retry_after_s)
 
+    def refuse(self, call: ToolCall, *, rule: str, reason: str) -> Denied:
+        """Audit a call the server refused before it reached the policy (bad arguments, an
+        unknown tool, a refused requirement) and return it as a denial. No counter moves.
+
+        Args:
+            call: The call as far as it was understood (its arguments may be partial).
+            rule: Where the refusal comes from, e.g. `/arguments/file_name`.
+            reason: The sentence the client was shown.
+        """
+        compiled = self._compiled
+        tool = compiled.tool(call.tool)
+        ctx = _Context(
+            call,
+            compiled,
+            tool,
+            Subject(call.tool, call.args, call.grant, call.session, ()),
+            os.urandom(16).hex(),
+            sha256_hex(canonical_json(call.args)),
+            self._clock(),
+        )
+        try:
+            self._record(ctx, "deny", rule, reason)
+        except AuditUnavailable as exc:
+            logger.error("cannot audit a refusal: %s", exc)
+        return Denied(ctx.decision_id, rule, reason)
+
     def _evaluate(self, ctx: _Context) -> _Pass | Refusal | NeedsApproval:
         tool, call, now = ctx.tool, ctx.call, ctx.now
         refusal = static_refusal(ctx.compiled, tool, call, ctx.subject)

@@ -167,6 +167,12 @@ class Service:
             result: types.CallToolResult = await handler(arguments or {}, caller)
             return result
         except (ArgumentError, UnknownTool) as exc:
+            rule = f"/arguments/{exc.argument}" if isinstance(exc, ArgumentError) else "/tools"
+            safe_args = dict(arguments) if isinstance(arguments, Mapping) else {}
+            refused = ToolCall(
+                tool=name, args=safe_args, grant=caller.grant, session=caller.session
+            )
+            await asyncio.to_thread(self.gate.refuse, refused, rule=rule, reason=str(exc))
             return _format.error_result(f"Error: {exc}")
         except AskHuman:
             raise
@@ -200,12 +206,7 @@ class Service:
                 await asyncio.to_thread(self.gate.resolve_approval, decision.approval_id, answer)
                 decision = await asyncio.to_thread(self.gate.decide, call)
             if isinstance(decision, NeedsApproval):
-                return Denied(
-                    decision.decision_id,
-                    decision.rule,
-                    f"{decision.reason} An operator must approve this exact call: "
-                    f"`sandgate approve {decision.approval_id}`; then repeat the call.",
-                )
+                return Denied(decision.decision_id, decision.rule, decision.reason)
         _trace().decision = "deny" if isinstance(decision, Denied) else "allow"
         return decision
 

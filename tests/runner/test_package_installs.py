@@ -159,3 +159,26 @@ async def test_a_tampered_wheel_is_refused_and_nothing_is_installed(
     assert results[0].startswith("ERROR") and "sha256" in results[0].lower()
     assert results[1].startswith("ERROR") and "ModuleNotFoundError" in results[1]
     assert all(not any(p.suffix == ".py" for p in site.rglob("*")) for site in sites)
+
+
+async def test_every_refusal_is_audited(
+    wasm_engine: WasmEngine, tmp_path: Path, mirror: tuple[Path, Path]
+) -> None:
+    import json
+
+    policy = _policy(tmp_path, *mirror)
+    state = tmp_path / "state"
+    async with service_for(state, wasm_engine, policy) as service:
+        await _calls(
+            build_server(service),
+            "a",
+            [
+                ("pip_install_package", {"package_name": "sixx"}),
+                ("pip_install_package", {"package_name": "git+https://example.invalid/x"}),
+            ],
+        )
+    records = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
+    off_list = [r for r in records if r.get("event") == "outcome" and r.get("status") == "refused"]
+    malformed = [r for r in records if r.get("rule") == "/arguments/package_name"]
+    assert len(off_list) == 1 and "six" in off_list[0]["error"]
+    assert len(malformed) == 1 and malformed[0]["decision"] == "deny"
