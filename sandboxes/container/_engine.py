@@ -245,8 +245,12 @@ class ContainerEngine:
                 "engine yet; use network 'none' (no network at all) in the policy's limits"
             )
         await self.start()
-        async with self._borrowing.hold(plan.workspace):
-            return await self._run_locked(plan)
+        try:
+            async with self._borrowing.hold(plan.workspace):
+                return await self._run_locked(plan)
+        finally:
+            if self._pool is not None and not self._closed:
+                self._pool.replenish()
 
     async def _run_locked(self, plan: ExecutionPlan) -> RunResult:
         assert self._pool is not None and self._fleet is not None
@@ -287,13 +291,13 @@ class ContainerEngine:
             raise
         if warm.slot is not None:
             await asyncio.to_thread(give_back, warm.slot, workspace)
-        if exchange.ended == "reply":
-            self._spawn(fleet.dispose(warm))
-        else:
-            await fleet.dispose(warm)
         after = await asyncio.to_thread(snapshot, workspace.files)
         written = changed(before, after)
         images = await asyncio.to_thread(images_among, workspace.files, written)
+        if exchange.ended == "reply":  # its processes are gone: remove it off the clock
+            self._spawn(fleet.dispose(warm))
+        else:
+            await fleet.dispose(warm)
         return to_result(
             exchange, limits, runtime=fleet.runtime, files_written=written, images=images
         )

@@ -83,29 +83,37 @@ class Pool:
 
     def fill(self, shape: Shape) -> None:
         """Aim the pool at `shape` (dropping idle containers of another) and top it up."""
+        self._aim(shape)
+        self._top_up()
+
+    def replenish(self) -> None:
+        """Top the pool up; the engine calls it when a run ends, so that starting containers
+        (CPU-heavy for dockerd and the runtime) does not compete with the run itself."""
+        self._last_demand = time.monotonic()
+        self._top_up()
+
+    def _aim(self, shape: Shape) -> None:
         self._last_demand = time.monotonic()
         if shape != self._shape:
             self._shape = shape
             while self._idle:
                 self._spawn(self._dispose(self._idle.popleft()))
-        self._top_up()
 
     async def take(self, shape: Shape) -> Warm | None:
         """An idle container of `shape`; when none is idle but one is starting, waits for it
-        (it is ready sooner than a new one); None when the caller must start its own."""
-        self.fill(shape)
+        (it is ready sooner than a new one); None when the caller must start its own. The pool
+        is topped up by `replenish`, after the run."""
+        self._aim(shape)
         while True:
             now = time.monotonic()
             while self._idle:
                 warm = self._idle.popleft()
                 if now - warm.sandbox.ready_at <= self._idle_s:
                     self.warm_runs += 1
-                    self._top_up()
                     return warm
                 self._spawn(self._dispose(warm))
             if self._waiting >= self._starting:
                 self.cold_runs += 1
-                self._top_up()
                 return None
             self._waiting += 1
             try:

@@ -1,10 +1,11 @@
 """sandgate's interpreter server: runs exactly one request in a pre-started, single-use container.
 
 Started as the container's main process (`python3 -I /opt/sandgate/server.py`, PID 1). Stdlib
-only. It announces itself with a hello frame on stdout, waits for one JSON request line on
-stdin, runs the user's program in a forked child whose stdout/stderr are pipes it forwards as
-frames, kills every other process left in the container once the child ends, sends one report
-frame and exits. The host enforces every limit on its own (container kill, cgroups); what this
+only. It forks its child ahead of time (forks are slow under gVisor), announces itself with a
+hello frame on stdout; the child reads the one JSON request line on stdin and becomes the
+user's program, its stdout/stderr pipes forwarded by the server as frames; once the child
+ends the server kills every other process left in the container, sends one report frame and
+exits. The host enforces every limit on its own (container kill, cgroups); what this
 server reports is what the sandbox says of itself.
 
 Frames on stdout: 1 tag byte, 4-byte big-endian length, payload. Tags: `H` hello (JSON),
@@ -175,10 +176,24 @@ def _run_user(kind, source, variable):
     return report
 
 
-def _child(request, stdin_fd, out_w, err_w, rep_w):
+def _read_request():
+    """The one request line from stdin, read without buffering past it."""
+    chunks = []
+    size = 0
+    while True:
+        chunk = os.read(0, CHUNK_BYTES)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size += len(chunk)
+        if chunk.endswith(b"\n") or size > MAX_REQUEST_BYTES:
+            return json.loads(b"".join(chunks))
+
+
+def _child(out_w, err_w, rep_w):
+    """The pre-forked child: waits for the request, then becomes the user's program."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    os.dup2(stdin_fd, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
     os.dup2(rep_w, 3)
@@ -187,6 +202,16 @@ def _child(request, stdin_fd, out_w, err_w, rep_w):
         if fd > 3:
             with contextlib.suppress(OSError):
                 os.close(fd)
+    request = _read_request()
+    if request is None:  # the host went away before asking anything
+        os._exit(0)
+    accepted = {k: request.get(k) for k in ("output_bytes", "deadline_s")}
+    os.write(3, json.dumps(accepted).encode("utf-8") + b"\n")
+    with open(STDIN_FILE, "wb") as f:
+        f.write(request.get("stdin", "").encode("utf-8", "surrogateescape"))
+    stdin_fd = os.open(STDIN_FILE, os.O_RDONLY)
+    os.dup2(stdin_fd, 0)
+    os.close(stdin_fd)
     _set_dumpable(1)
     sys.stdout.reconfigure(line_buffering=True)
     nproc = request.get("nproc")
@@ -211,10 +236,20 @@ def _child(request, stdin_fd, out_w, err_w, rep_w):
 # ---- the parent: forwards output, reaps, reports ----------------------------------------------
 
 
-def _serve(request):
-    with open(STDIN_FILE, "wb") as f:
-        f.write(request.get("stdin", "").encode("utf-8", "surrogateescape"))
-    stdin_fd = os.open(STDIN_FILE, os.O_RDONLY)
+def _kill_leftovers():
+    """Kill whatever the program left running: every other process of this PID namespace.
+
+    Only as PID 1, i.e. the init of the container's own PID namespace: anywhere else
+    `kill(-1)` would reach every process the user may signal on the host.
+    """
+    if os.getpid() != 1:
+        return
+    with contextlib.suppress(OSError):
+        os.kill(-1, signal.SIGKILL)
+
+
+def _serve():
+    """Fork the child ahead of the request, say hello, then forward its output and report."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     rep_r, rep_w = os.pipe()
@@ -223,17 +258,19 @@ def _serve(request):
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     refused_before, ooms_before = _pids_refused(), _oom_kills()
-    began = time.perf_counter()
-    backstop = began + float(request.get("deadline_s") or 3600) + BACKSTOP_GRACE_S
     pid = os.fork()
     if pid == 0:
         try:
-            _child(request, stdin_fd, out_w, err_w, rep_w)
+            _child(out_w, err_w, rep_w)
         finally:
             os._exit(70)
-    for fd in (stdin_fd, out_w, err_w, rep_w):
+    for fd in (out_w, err_w, rep_w):
         os.close(fd)
-    cap = int(request.get("output_bytes") or 0)
+    os.close(0)  # the child alone reads the request
+    hello = {"protocol": PROTOCOL, "python": sys.version.split()[0], "uid": os.getuid()}
+    _send(b"H", json.dumps(hello).encode("utf-8"))
+    accepted = None
+    began = backstop = None
     sent = {b"O": 0, b"E": 0}
     truncated = []
     report = bytearray()
@@ -243,11 +280,12 @@ def _serve(request):
         selector.register(fd, selectors.EVENT_READ, tag)
     open_pipes = 3
     while open_pipes or status is None:
-        if status is None and time.perf_counter() > backstop:
+        if status is None and backstop is not None and time.perf_counter() > backstop:
             os.kill(pid, signal.SIGKILL)
         for key, _ in selector.select(timeout=1.0):
             tag = key.data
             chunk = os.read(key.fd, CHUNK_BYTES)
+            cap = int((accepted or {}).get("output_bytes") or 0)
             if tag == b"W":
                 continue
             if not chunk:
@@ -255,6 +293,12 @@ def _serve(request):
                 open_pipes -= 1
             elif tag == b"R":
                 report += chunk[: MAX_REPORT_BYTES - len(report)]
+                if accepted is None and b"\n" in report:
+                    line, _, rest = bytes(report).partition(b"\n")
+                    accepted, report = json.loads(line), bytearray(rest)
+                    began = time.perf_counter()
+                    backstop = began + float(accepted.get("deadline_s") or 3600)
+                    backstop += BACKSTOP_GRACE_S
             elif cap and sent[tag] + len(chunk) > cap:
                 _send(tag, chunk[: cap - sent[tag]])
                 sent[tag] = cap
@@ -270,8 +314,9 @@ def _serve(request):
             if done == 0:
                 status = None
             else:
-                with contextlib.suppress(OSError):
-                    os.kill(-1, signal.SIGKILL)  # whatever the program left running
+                _kill_leftovers()
+    if accepted is None:
+        os._exit(0)  # no request came (the host went away): nothing to report
     wall_ms = (time.perf_counter() - began) * 1000
     refused_after, ooms_after = _pids_refused(), _oom_kills()
     try:
@@ -297,13 +342,8 @@ def _serve(request):
 
 def main():
     _set_dumpable(0)
-    hello = {"protocol": PROTOCOL, "python": sys.version.split()[0], "uid": os.getuid()}
-    _send(b"H", json.dumps(hello).encode("utf-8"))
-    line = sys.stdin.buffer.readline(MAX_REQUEST_BYTES)
-    if not line:
-        os._exit(0)
     try:
-        answer = _serve(json.loads(line))
+        answer = _serve()
     except Exception as exc:  # the one boundary: a server failure becomes a report
         answer = {"server_error": f"{type(exc).__name__}: {exc}"}
     _send(b"R", json.dumps(answer).encode("utf-8"))
