@@ -1,4 +1,4 @@
-"""The `sandgate` command: serve, setup, policy, audit, approve/deny, mirror."""
+"""The `sandgate` command: serve, setup, policy, audit, approve/deny, mirror, batch."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("-v", "--verbose", action="store_true", help="log more")
     setup = sub.add_parser("setup", help="prepare engines once (compile CPython-WASI)")
     setup.add_argument("what", nargs="?", default="wasm", choices=("wasm",))
-    for name in ("policy", "audit", "approve", "deny", "mirror"):
+    for name in ("policy", "audit", "approve", "deny", "mirror", "batch"):
         sub.add_parser(name, add_help=False)
     return parser
 
@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0] in ("policy", "audit", "approve", "deny", "mirror"):
+    if args_list and args_list[0] in ("policy", "audit", "approve", "deny", "mirror", "batch"):
         return _delegate(args_list[0], args_list[1:])
     args = _parser().parse_args(args_list)
     if args.command == "serve":
@@ -63,6 +63,10 @@ def _delegate(command: str, rest: list[str]) -> int:
         return _policy_cli.audit_main(rest)
     if command in ("approve", "deny"):
         return _policy_cli.approve_main(rest, deny=command == "deny")
+    if command == "batch":
+        from .batch import batch_main
+
+        return batch_main(rest)
     from .mirror import mirror_main
 
     return mirror_main(rest)

@@ -1,0 +1,181 @@
+"""Run one job through a `Service`: its own session, the gate, the engine, then a result."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import mcp_types as types
+
+from sandboxes import Engine, ExecutionPlan, RunResult
+
+from .._service import Caller, Service
+from ._jobs import Job
+from ._results import STATUSES, BatchStatus, JobResult
+
+BATCH_GRANT = "batch"
+"""The grant every batch job is decided under (the policy's `scope: grant` counters)."""
+
+TOOL = "run_code"
+MAX_RATE_WAIT_S = 3600.0
+"""Longest a job waits, in all, for room under the policy's rate limits before it is `denied`."""
+INFRA_ATTEMPTS = 3
+"""Runs of a job that failed for the server's reason (`infra_error`) before that is its result."""
+INFRA_BACKOFF_S = 0.5
+_RETRY_IN = re.compile(r"Retry in ([0-9]+(?:\.[0-9]+)?) s")
+
+_JOB_MEMORY_BYTES: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "sandgate_batch_memory", default=None
+)
+
+
+class _JobEngine:
+    """Delegates to an engine, lowering the plan's memory cap to the job's own (never raising
+    it: the gate's ceiling stays the ceiling), and counting the guests it ran."""
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.runs = 0
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def run(self, plan: ExecutionPlan) -> RunResult:
+        wanted = _JOB_MEMORY_BYTES.get()
+        if wanted is not None and wanted < plan.limits.memory_bytes:
+            limits = dataclasses.replace(plan.limits, memory_bytes=wanted)
+            plan = dataclasses.replace(plan, limits=limits)
+        self.runs += 1
+        return await self.inner.run(plan)
+
+    def pool_stats(self) -> dict[str, int]:
+        figures = getattr(self.inner, "pool_stats", None)
+        return dict(figures()) if callable(figures) else {}
+
+    async def aclose(self) -> None:
+        """Nothing: the service that opened the inner engine closes it."""
+
+    async def __aenter__(self) -> _JobEngine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class JobExecutor:
+    """Runs jobs on one service, each in a fresh session removed once it is done.
+
+    Args:
+        service: An open service (from `open_service`) serving `run_code`.
+        grant: The grant the jobs are decided under.
+        max_rate_wait_s: Total seconds a job may wait for room under rate limits.
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        grant: str = BATCH_GRANT,
+        max_rate_wait_s: float = MAX_RATE_WAIT_S,
+    ) -> None:
+        self.service = service
+        self.grant = grant
+        self.max_rate_wait_s = max_rate_wait_s
+        self._engines = {name: _JobEngine(engine) for name, engine in service.engines.items()}
+        service.engines = dict(self._engines)
+
+    @property
+    def runs(self) -> int:
+        """Guests started so far (every attempt counts)."""
+        return sum(engine.runs for engine in self._engines.values())
+
+    async def run(self, job: Job) -> JobResult:
+        """Run `job` and say how it ended; never raises for anything the job holds."""
+        args: dict[str, Any] = {"code": job.code}
+        if job.timeout_s is not None:
+            args["timeout_s"] = job.timeout_s
+        if job.stdin is not None:
+            args["stdin"] = job.stdin
+        memory = None if job.memory_mb is None else job.memory_mb * 1024 * 1024
+        token = _JOB_MEMORY_BYTES.set(memory)
+        waited = 0.0
+        failures = 0
+        try:
+            while True:
+                answer = await self._call(args)
+                result = interpret(job, answer)
+                retry_in = rate_limited(answer)
+                if retry_in is not None and waited + retry_in <= self.max_rate_wait_s:
+                    waited += retry_in
+                    await asyncio.sleep(retry_in)
+                    continue
+                if result.status == "infra_error" and failures + 1 < INFRA_ATTEMPTS:
+                    failures += 1
+                    await asyncio.sleep(INFRA_BACKOFF_S * failures)
+                    continue
+                return result
+        finally:
+            _JOB_MEMORY_BYTES.reset(token)
+
+    async def _call(self, args: Mapping[str, Any]) -> types.CallToolResult:
+        session = f"batch-{uuid.uuid4().hex}"
+        try:
+            return await self.service.call_tool(
+                TOOL, args, Caller(grant=self.grant, session=session)
+            )
+        finally:
+            await asyncio.to_thread(self.service.sessions.end, self.grant, session)
+
+
+def rate_limited(answer: types.CallToolResult) -> float | None:
+    """Seconds to wait when the policy refused the call for a rate limit; else `None`."""
+    payload = answer.structured_content or {}
+    if payload.get("status") != "denied" or "/limits/" not in str(payload.get("rule", "")):
+        return None
+    found = _RETRY_IN.search(str(payload.get("reason", "")))
+    wait = float(found.group(1)) if found else 1.0
+    return min(max(wait, 0.1), 60.0)
+
+
+def _text(answer: types.CallToolResult) -> str:
+    return "\n".join(b.text for b in answer.content if isinstance(b, types.TextContent))
+
+
+def interpret(job: Job, answer: types.CallToolResult) -> JobResult:
+    """The result line of `job` from `run_code`'s answer."""
+    payload = answer.structured_content
+    if payload is None or payload.get("status") not in STATUSES:
+        return JobResult(id=job.id, status="infra_error", error=_text(answer), line=job.line)
+    status: BatchStatus = payload["status"]
+    if status == "denied":
+        error = f"denied by policy rule {payload.get('rule')}: {payload.get('reason')}"
+        return JobResult(
+            id=job.id, status=status, error=error, line=job.line, passed=_passed(job, status, "")
+        )
+    stdout = str(payload.get("stdout") or "")
+    error = payload.get("error")
+    if status not in ("ok", "error") and payload.get("limit"):
+        error = f"stopped by a limit: {payload['limit']}"
+    return JobResult(
+        id=job.id,
+        status=status,
+        stdout=stdout,
+        stderr=str(payload.get("stderr") or ""),
+        exit_code=payload.get("exit_code"),
+        passed=_passed(job, status, stdout),
+        usage=dict(payload.get("usage") or {}),
+        error=error,
+        line=job.line,
+    )
+
+
+def _passed(job: Job, status: BatchStatus, stdout: str) -> bool | None:
+    if job.expected_stdout is None:
+        return None
+    return status == "ok" and stdout.rstrip() == job.expected_stdout.rstrip()
