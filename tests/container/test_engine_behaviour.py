@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import textwrap
+from dataclasses import replace
 
 import pytest
 
@@ -60,6 +61,15 @@ async def test_error_has_the_exception_line_and_a_clean_traceback(
     assert 'File "<code>", line 5, in <module>' in result.stderr
     assert "return a / 0" in result.stderr
     assert "server.py" not in result.stderr and "runpy" not in result.stderr
+
+
+async def test_stdin_reaches_the_program(
+    engine: ContainerEngine, workspace: WorkspacePaths
+) -> None:
+    plan = make_plan(workspace, "import sys; print(sys.stdin.read().upper())")
+    plan = replace(plan, program=replace(plan.program, stdin=b"fed from the host\n"))
+    result = await engine.run(plan)
+    assert (result.status, result.stdout) == ("ok", "FED FROM THE HOST\n\n")
 
 
 async def test_sys_exit_status_is_kept(engine: ContainerEngine, workspace: WorkspacePaths) -> None:

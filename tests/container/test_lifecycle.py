@@ -116,3 +116,21 @@ async def test_a_server_killed_mid_run_leaves_nothing_behind(
         assert left == []
         assert (workspace.files / "keep.txt").read_text() == "mine"
     assert not (pool / dead_instance).exists()
+
+
+async def test_a_cancelled_run_gives_files_back_and_removes_its_container(
+    engine: ContainerEngine, workspace: WorkspacePaths, tracker: Tracker
+) -> None:
+    (workspace.files / "keep.txt").write_text("mine")
+    plan = make_plan(workspace, "while True: pass", wall_timeout_s=60)
+    task = asyncio.ensure_future(engine.run(plan))
+    deadline = time.monotonic() + WAIT_S
+    while (workspace.files / "keep.txt").exists():  # lent to the container: the run is on
+        assert time.monotonic() < deadline and not task.done(), "the run never started"
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (workspace.files / "keep.txt").read_text() == "mine"
+    cid = engine.container_for(plan.decision_id)
+    assert cid is not None and cid not in {c.id for c in tracker.docker.labelled()}
