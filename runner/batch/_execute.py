@@ -23,11 +23,13 @@ BATCH_GRANT = "batch"
 
 TOOL = "run_code"
 MAX_RATE_WAIT_S = 3600.0
-"""Longest a job waits, in all, for room under the policy's rate limits before it is `denied`."""
+"""Longest a job waits, in all, for room (the policy's rate limits, a busy server) before its
+refusal becomes its result."""
 INFRA_ATTEMPTS = 3
 """Runs of a job that failed for the server's reason (`infra_error`) before that is its result."""
 INFRA_BACKOFF_S = 0.5
 _RETRY_IN = re.compile(r"Retry in ([0-9]+(?:\.[0-9]+)?) s")
+_BUSY = re.compile(r"server is busy; retry after ([0-9]+(?:\.[0-9]+)?) s")
 
 _JOB_MEMORY_BYTES: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "sandgate_batch_memory", default=None
@@ -110,7 +112,7 @@ class JobExecutor:
             while True:
                 answer = await self._call(args)
                 result = interpret(job, answer)
-                retry_in = rate_limited(answer)
+                retry_in = rate_limited(answer) or busy(answer)
                 if retry_in is not None and waited + retry_in <= self.max_rate_wait_s:
                     waited += retry_in
                     await asyncio.sleep(retry_in)
@@ -141,6 +143,14 @@ def rate_limited(answer: types.CallToolResult) -> float | None:
     found = _RETRY_IN.search(str(payload.get("reason", "")))
     wait = float(found.group(1)) if found else 1.0
     return min(max(wait, 0.1), 60.0)
+
+
+def busy(answer: types.CallToolResult) -> float | None:
+    """Seconds to wait when the server had no room for the run (nothing was counted)."""
+    if answer.structured_content is not None or not answer.is_error:
+        return None
+    found = _BUSY.search(_text(answer))
+    return None if found is None else min(max(float(found.group(1)), 0.1), 60.0)
 
 
 def _text(answer: types.CallToolResult) -> str:

@@ -6,7 +6,9 @@ import inspect
 import io
 import json
 from pathlib import Path
+from typing import Any
 
+import mcp_types as types
 import pytest
 
 import runner.batch
@@ -19,6 +21,7 @@ from runner.batch import (
     _errors,
     read_jobs_file,
 )
+from runner.batch._execute import busy, interpret, rate_limited
 from runner.batch._jobs import parse_job, parse_job_line
 from runner.batch._progress import Meter
 from runner.batch._results import ResultsFile
@@ -177,3 +180,44 @@ def test_progress_bar_and_lines() -> None:
     quiet.add(_result("a"))
     quiet.close()
     assert lines.getvalue() == ""
+
+
+def _answer(payload: dict[str, Any] | None, text: str = "", is_error: bool = True) -> Any:
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        structured_content=payload,
+        is_error=is_error,
+    )
+
+
+def test_a_rate_limit_denial_waits_for_the_hinted_time() -> None:
+    reason = "Rate limit 'x' reached: at most 3 per 2 s per grant (3 used). Retry in 1.5 s."
+    limited = _answer({"status": "denied", "rule": "/tools/run_code/limits/x", "reason": reason})
+    assert rate_limited(limited) == 1.5
+    other = _answer({"status": "denied", "rule": "/default", "reason": "no"})
+    assert rate_limited(other) is None
+    busy_text = "Error: the server is busy; retry after 2 s. Nothing was counted."
+    assert busy(_answer(None, busy_text)) == 2.0
+    assert busy(_answer(None, "Error: the wasm sandbox failed")) is None
+
+
+def test_answers_become_result_lines() -> None:
+    job = Job("a", "print(1)", expected_stdout="1", line=2)
+    ran = _answer(
+        {"status": "ok", "stdout": "1\n", "stderr": "", "exit_code": 0, "usage": {"wall_ms": 3}},
+        is_error=False,
+    )
+    assert interpret(job, ran) == JobResult(
+        id="a", status="ok", stdout="1\n", exit_code=0, passed=True, usage={"wall_ms": 3}, line=2
+    )
+    stopped = _answer({"status": "timeout", "stdout": "1\n", "limit": "wall time 1 s"})
+    assert interpret(job, stopped).passed is False
+    assert interpret(job, stopped).error == "stopped by a limit: wall time 1 s"
+    denied = interpret(job, _answer({"status": "denied", "rule": "/default", "reason": "no"}))
+    assert (denied.status, denied.passed) == ("denied", False)
+    broken = interpret(job, _answer(None, "Error: sandgate failed"))
+    assert (broken.status, broken.passed, broken.error) == (
+        "infra_error",
+        None,
+        "Error: sandgate failed",
+    )
