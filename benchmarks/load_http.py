@@ -1,0 +1,222 @@
+"""Throughput and latency of `sandgate serve --transport streamable-http` under concurrent clients.
+
+Run on demand (not a test): `python benchmarks/load_http.py [--clients 8] [--calls 400]`.
+
+Starts `sandgate serve --transport streamable-http` on a free loopback port with the shipped
+`eval-harness.yaml` policy, warms it, then N MCP clients (the SDK `Client` over
+`streamable_http_client`) share a fixed number of `run_python_code("print('hello')")` calls.
+In the same run, the upstream-style baseline does the same workload with the same concurrency:
+an in-process asyncio harness that runs `python3 -c CODE` in a subprocess per call (no sandbox,
+no policy, no MCP). Prints calls/s, p50/p95/p99 latency, errors, and sandgate/baseline ratios.
+Loopback only; every loop is bounded by the call count and every wait by a timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2 as httpx
+import mcp_types as types
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+HOST = "127.0.0.1"
+CODE = "print('hello')"
+START_TIMEOUT_S = 180.0
+CALL_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 20.0
+WARM_CALLS_PER_CLIENT = 2
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """One workload's measurements."""
+
+    name: str
+    calls: int
+    errors: int
+    wall_s: float
+    latencies_s: tuple[float, ...]
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.wall_s if self.wall_s > 0 else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        if not self.latencies_s:
+            return float("nan")
+        ordered = sorted(self.latencies_s)
+        return 1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    def row(self) -> str:
+        return (
+            f"{self.name:<22} {self.calls:>6} {self.errors:>6} {self.rate:>9.1f} "
+            f"{self.percentile_ms(0.5):>9.1f} {self.percentile_ms(0.95):>9.1f} "
+            f"{self.percentile_ms(0.99):>9.1f} {1000 * statistics.fmean(self.latencies_s):>9.1f}"
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _policy() -> Path:
+    return REPO / "policies" / "eval-harness.yaml"
+
+
+def _start_server(port: int, state_dir: str, workers: int | None) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "runner", "serve", "--transport", "streamable-http"]
+    argv += ["--host", HOST, "--port", str(port), "--policy", str(_policy())]
+    argv += ["--state-dir", state_dir]
+    argv += ["--workers", str(workers)] if workers else []
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"sandgate serve exited during start-up ({process.returncode})")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit(f"sandgate serve did not listen on {HOST}:{port} in {START_TIMEOUT_S} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=STOP_TIMEOUT_S)
+
+
+Call = Callable[[], Awaitable[bool]]
+"""One call of the workload; `True` when it succeeded."""
+
+
+async def _drive(name: str, calls: int, callers: list[Call]) -> Figures:
+    """Share `calls` calls among the callers (one concurrent loop each) and time them."""
+    remaining = calls
+    latencies: list[float] = []
+    errors = 0
+
+    async def loop(call: Call) -> None:
+        nonlocal remaining, errors
+        while remaining > 0:
+            remaining -= 1
+            began = time.perf_counter()
+            try:
+                ok = await asyncio.wait_for(call(), CALL_TIMEOUT_S)
+            except (TimeoutError, OSError, RuntimeError) as exc:
+                print(f"{name}: call failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                ok = False
+            latencies.append(time.perf_counter() - began)
+            errors += not ok
+
+    began = time.perf_counter()
+    await asyncio.gather(*(loop(c) for c in callers))
+    return Figures(name, calls, errors, time.perf_counter() - began, tuple(latencies))
+
+
+async def _sandgate(url: str, clients: int, calls: int) -> Figures:
+    async with contextlib.AsyncExitStack() as stack:
+        sessions: list[Client] = []
+        for _ in range(clients):
+            http = await stack.enter_async_context(httpx.AsyncClient(timeout=CALL_TIMEOUT_S))
+            client = await stack.enter_async_context(
+                Client(streamable_http_client(url, http_client=http))
+            )
+            sessions.append(client)
+
+        def caller(client: Client) -> Call:
+            async def call() -> bool:
+                result = await client.call_tool("run_python_code", {"code": CODE})
+                return (
+                    isinstance(result, types.CallToolResult)
+                    and not result.is_error
+                    and "hello"
+                    in "".join(b.text for b in result.content if isinstance(b, types.TextContent))
+                )
+
+            return call
+
+        callers = [caller(c) for c in sessions]
+        await _drive("warm-up", clients * WARM_CALLS_PER_CLIENT, callers)
+        return await _drive("sandgate (http, wasm)", calls, callers)
+
+
+async def _baseline(clients: int, calls: int) -> Figures:
+    async def call() -> bool:
+        process = await asyncio.create_subprocess_exec(
+            "python3", "-c", CODE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            out, _ = await asyncio.wait_for(process.communicate(), CALL_TIMEOUT_S)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            return False
+        return process.returncode == 0 and out.strip() == b"hello"
+
+    await _drive("warm-up", clients, [call] * clients)
+    return await _drive("baseline (python3 -c)", calls, [call] * clients)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=8, help="concurrent MCP clients")
+    parser.add_argument("--calls", type=int, default=400, help="calls in all (shared)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="server WASM workers (default: its own)"
+    )
+    args = parser.parse_args()
+    if args.clients < 1 or args.calls < 1:
+        raise SystemExit("--clients and --calls: expected whole numbers above 0")
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="sg-load-") as state:
+        server = _start_server(port, state, args.workers)
+        try:
+            url = f"http://{HOST}:{port}/mcp"
+            sandgate = asyncio.run(_sandgate(url, args.clients, args.calls))
+        finally:
+            _stop(server)
+    baseline = asyncio.run(_baseline(args.clients, args.calls))
+    print(
+        f"{args.clients} clients, {args.calls} calls of run_python_code({CODE!r}); "
+        f"{os.cpu_count()} cores; server WASM workers: {args.workers or 'its default'}"
+    )
+    print(
+        f"{'workload':<22} {'calls':>6} {'errors':>6} {'calls/s':>9} {'p50 ms':>9} "
+        f"{'p95 ms':>9} {'p99 ms':>9} {'mean ms':>9}"
+    )
+    print(sandgate.row())
+    print(baseline.row())
+    print(
+        f"sandgate/baseline: throughput x{sandgate.rate / baseline.rate:.2f}, "
+        f"p50 x{sandgate.percentile_ms(0.5) / baseline.percentile_ms(0.5):.2f}, "
+        f"p95 x{sandgate.percentile_ms(0.95) / baseline.percentile_ms(0.95):.2f}, "
+        f"p99 x{sandgate.percentile_ms(0.99) / baseline.percentile_ms(0.99):.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
