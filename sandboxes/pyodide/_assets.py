@@ -196,6 +196,9 @@ def setup_pyodide(assets_dir: Path | None = None, *, progress: Progress | None =
         assert assets is not None
     if not assets.snapshot.is_file():
         build_snapshot(assets, progress=say)
+    for stale in root.glob("snapshot-*.bin"):  # left by other versions of sandgate
+        if stale != assets.snapshot:
+            stale.unlink(missing_ok=True)
     say(f"pyodide: ready in {root}")
     return root
 
@@ -243,9 +246,6 @@ def build_snapshot(assets: Assets, *, progress: Progress | None = None) -> Path:
             f"{done.stderr.strip()[-800:]}"
         )
     partial.rename(assets.snapshot)
-    for stale in assets.root.glob("snapshot-*.bin"):
-        if stale != assets.snapshot:
-            stale.unlink(missing_ok=True)
     say(f"pyodide: snapshot built in {time.monotonic() - began:.1f} s")
     return assets.snapshot
 

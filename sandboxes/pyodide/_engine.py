@@ -42,7 +42,9 @@ from ._jail import JailInfo, clean_stale, cpu_seconds, limit_cpu, probe
 from ._pool import Pool
 from ._process import DenoProcess, ProcessDied
 from ._results import from_death, from_report, timed_out
-from ._sync import Mirror, prepare, settle
+from ._sync import Mirror
+from ._sync import plan as plan_copy
+from ._transfer import Settled, copy_in, copy_out
 
 logger = logging.getLogger("sandgate.pyodide")
 
@@ -115,7 +117,7 @@ class PyodideEngine:
         self._jail: JailInfo | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._started = False
-        self._closed = False
+        self._start_lock = asyncio.Lock()
 
     @property
     def jail(self) -> JailInfo | None:
@@ -143,8 +145,11 @@ class PyodideEngine:
         Raises:
             EngineUnavailable: Deno or the Pyodide assets are missing.
         """
-        if self._started:
-            return
+        async with self._start_lock:
+            if not self._started:
+                await self._start()
+
+    async def _start(self) -> None:
         find_deno()
         assets = locate(self._assets_dir)
         if assets is None:
@@ -214,6 +219,8 @@ class PyodideEngine:
                 session.last_used = time.monotonic()
                 if not session.process.alive or not self._persistent:
                     await self._drop(sid)
+        if not self._persistent and not lock.locked():
+            self._locks.pop(sid, None)
         return result if note is None else _with_note(result, note)
 
     async def _take(self) -> DenoProcess:
@@ -229,26 +236,23 @@ class PyodideEngine:
     async def _run_in(self, session: _Session, plan: ExecutionPlan) -> RunResult:
         limits, proc, program = plan.limits, session.process, plan.program
         sent = await asyncio.to_thread(
-            prepare, plan.workspace, session.mirror, limits.workspace_bytes
+            plan_copy, plan.workspace, session.mirror, limits.workspace_bytes
         )
         request = {
+            "op": "run",
             "kind": program.kind,
             "source": program.source,
             "variable": program.variable_to_return,
             "stdin": program.stdin.decode("utf-8", "replace"),
             "output_bytes": limits.output_bytes,
             "memory_bytes": limits.memory_bytes,
-            "workspace_bytes": limits.workspace_bytes,
-            "put": sent.put,
-            "delete": sent.delete,
-            "site_put": sent.site_put,
-            "site_delete": sent.site_delete,
         }
         proc.cgroup.set_memory_limit(limits.memory_bytes + RUNTIME_OVERHEAD_BYTES)
         proc.cgroup.reset_peak()
         limit_cpu(proc.pid, limits.cpu_time_s or limits.wall_timeout_s * CPU_BACKSTOP_FACTOR + 1)
         meter = _Meter(proc)
         try:
+            await copy_in(proc, plan.workspace, sent)
             answer = await proc.request(request, timeout_s=limits.wall_timeout_s)
         except TimeoutError:
             spent = meter.usage()
@@ -268,9 +272,19 @@ class PyodideEngine:
             await proc.kill()
             raise
         spent = meter.usage(answer)
-        done = await asyncio.to_thread(
-            settle, plan.workspace.files, answer, sent, session.mirror, limits.workspace_bytes
-        )
+        try:
+            done = await copy_out(
+                proc,
+                plan.workspace.files,
+                answer,
+                sent,
+                session.mirror,
+                budget=limits.workspace_bytes,
+            )
+        except (TimeoutError, ProcessDied):
+            await proc.kill()
+            self._restarted[plan.session_id] = "its files could not be copied back"
+            done = Settled((), (), True)
         if answer.get("fatal"):
             await proc.kill()
             self._restarted[plan.session_id] = "its interpreter failed"
@@ -312,7 +326,6 @@ class PyodideEngine:
 
     async def aclose(self) -> None:
         """Kill every process (pool and sessions) and stop the background tasks."""
-        self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(BaseException):

@@ -9,9 +9,9 @@ says of itself: the host validates it and enforces every limit on its own.
 """
 
 import ast
-import base64
 import builtins
 import contextlib
+import importlib
 import importlib.abc
 import io
 import json
@@ -109,26 +109,6 @@ def _safe_rel(rel: str) -> str | None:
     return "/".join(parts)
 
 
-def _apply(root: str, put: dict[str, str], delete: list[str]) -> None:
-    """Mirror the host's changes into the guest's in-memory copy of a host folder."""
-    for rel in delete:
-        safe = _safe_rel(rel)
-        if safe is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(root, safe))
-    for rel, data in put.items():
-        safe = _safe_rel(rel)
-        if safe is None:
-            continue
-        path = os.path.join(root, safe)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        if os.path.islink(path) or os.path.isdir(path):
-            continue
-        with open(path, "wb") as f:
-            f.write(base64.b64decode(data))
-        os.utime(path, (0, 0))
-
-
 def _scan(root: str) -> dict[str, tuple[int, int]]:
     found: dict[str, tuple[int, int]] = {}
     for folder, _dirs, files in os.walk(root):
@@ -143,24 +123,15 @@ def _scan(root: str) -> dict[str, tuple[int, int]]:
     return found
 
 
-def _collect(before: dict[str, tuple[int, int]], limit: int) -> dict[str, Any]:
-    """Files the run created or changed (sent back, capped) and files it deleted."""
+def _collect(before: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """Files the run created or changed (path, size) and files it deleted.
+
+    Files in sync with the host carry mtime 0 (set when they are copied in or out), so any
+    write by the run shows as a newer mtime.
+    """
     after = _scan(WORKSPACE)
-    files: dict[str, str] = {}
-    total, over = 0, False
-    for rel, sig in sorted(after.items()):
-        if before.get(rel) == sig and sig[1] == 0:
-            continue
-        path = os.path.join(WORKSPACE, rel)
-        if sig[0] + total > limit:
-            over = True
-            continue
-        with open(path, "rb") as f:
-            files[rel] = base64.b64encode(f.read()).decode("ascii")
-        total += sig[0]
-        os.utime(path, (0, 0))
-    deleted = sorted(set(before) - set(after))
-    return {"files": files, "deleted": deleted, "workspace_over": over}
+    changed = [[rel, sig[0]] for rel, sig in sorted(after.items()) if sig[1] != 0]
+    return {"changed": changed, "deleted": sorted(set(before) - set(after))}
 
 
 def _format_error(exc: BaseException, *, frames: bool) -> str:
@@ -209,7 +180,7 @@ def _finish(report: dict[str, Any], request: dict[str, Any], before: Any, last: 
         except Exception as exc:
             text = f"<could not format the value: {type(exc).__name__}>"
         report["value"], report["value_found"] = text[:MAX_VALUE_CHARS], True
-    report.update(_collect(before, int(request.get("workspace_bytes") or 0)))
+    report.update(_collect(before))
     return json.dumps(report)
 
 
@@ -238,8 +209,7 @@ def _compile(request: dict[str, Any]) -> tuple[types.CodeType, types.CodeType | 
 def handle(line: str) -> Any:
     """Run one request; return its report as JSON text, or an awaitable of it."""
     request: dict[str, Any] = json.loads(line)
-    _apply(SITE, request.get("site_put") or {}, request.get("site_delete") or [])
-    _apply(WORKSPACE, request.get("put") or {}, request.get("delete") or [])
+    importlib.invalidate_caches()  # the host may have copied modules in since the last run
     before = _scan(WORKSPACE)
     sys.stdin = io.StringIO(request.get("stdin") or "")
     sys.argv = [request["source"] if request["kind"] == "file" else "-c"]

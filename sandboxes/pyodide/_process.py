@@ -97,6 +97,9 @@ class DenoProcess:
         try:
             self._send_raw(token.encode("ascii") + b"\n")
             ready = await self._answer(READY_TIMEOUT_S)
+        except ProcessDied as exc:
+            await self.kill()
+            raise ProcessDied(f"{exc}: {self.stderr_text().strip()[-600:]}") from exc
         except BaseException:
             await self.kill()
             raise
@@ -150,6 +153,21 @@ class DenoProcess:
                     continue
                 if isinstance(answer, dict):
                     return answer
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        """Send one request that has no answer (file copies).
+
+        Raises:
+            ProcessDied: the process is gone.
+        """
+        try:
+            self._send_raw(json.dumps(payload).encode("utf-8") + b"\n")
+            stdin = self._process.stdin
+            assert stdin is not None
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            await self._process.wait()
+            raise ProcessDied(f"the Pyodide host (pid {self.pid}) is gone: {exc}") from exc
 
     async def request(self, payload: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
         """Send one request and wait at most `timeout_s` for its answer.

@@ -1,26 +1,27 @@
 """Copy a session's workspace into its guest and the guest's changes back, never via a link.
 
-Deno is given no access to the workspace at all (its permissions are fixed when a pooled
-process starts, before any session owns it, and Deno follows symlinks found inside an allowed
-folder). Instead the host sends the files that changed since the last run and writes back
-what the guest changed, reading and writing with `O_NOFOLLOW` on every path component.
+Deno gets no access to the workspace at all: its permissions are fixed when a pooled process
+starts, before any session owns it, and Deno follows symlinks it finds inside an allowed folder.
+So the host sends the files that changed since the last run (`put`/`delete` lines, one file per
+line) and fetches the files the run changed (`get`), reading and writing with `O_NOFOLLOW` on
+every path component, within the workspace size budget.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from .._files import Snapshot, changed, images_among, read_regular_file, snapshot
-from .._types import Image, WorkspacePaths
+from .._files import Snapshot, read_regular_file, snapshot
+from .._types import WorkspacePaths
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
+"""Largest single file copied either way."""
+BATCH_BYTES = 16 * 1024 * 1024
+"""Bytes read from disk per batch of files sent to a guest."""
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
@@ -33,49 +34,15 @@ class Mirror:
 
 
 @dataclass(frozen=True, slots=True)
-class Outbound:
-    """What one run sends to its guest, and what the guest will hold once it applied it."""
+class Plan:
+    """What to send before a run: files to copy in and paths to delete, per guest folder."""
 
     before: Snapshot
-    put: dict[str, str]
-    delete: list[str]
+    send: tuple[tuple[str, str, int], ...]
+    """(guest root, relative path, size) of each file to copy in."""
+    delete: dict[str, list[str]]
     held: Snapshot
-    site_put: dict[str, str]
-    site_delete: list[str]
     site_held: Snapshot
-
-
-@dataclass(frozen=True, slots=True)
-class Settled:
-    """What a run changed in the workspace, once the guest's changes are written back."""
-
-    touched: tuple[str, ...]
-    images: tuple[Image, ...]
-    over_budget: bool
-
-
-def prepare(workspace: WorkspacePaths, mirror: Mirror, budget: int) -> Outbound:
-    """The files to send before a run (blocking: call it in a thread)."""
-    before = snapshot(workspace.files) if workspace.files.is_dir() else {}
-    put, delete, held = outgoing(workspace.files, mirror.files, budget)
-    site_put, site_delete, site_held = outgoing(workspace.site, mirror.site, budget)
-    return Outbound(before, put, delete, held, site_put, site_delete, site_held)
-
-
-def settle(
-    files: Path, answer: dict[str, Any], sent: Outbound, mirror: Mirror, budget: int
-) -> Settled:
-    """Write the guest's changes back and update `mirror` (blocking: call it in a thread)."""
-    reported = answer.get("files")
-    written, over = write_back(files, reported, answer.get("deleted"), budget=budget)
-    after = snapshot(files) if files.is_dir() else {}
-    refused = set(reported) - set(written) if isinstance(reported, dict) else set()
-    keep = (set(sent.held) | set(written)) - refused
-    mirror.files = {p: after[p] for p in keep if p in after}
-    mirror.site = sent.site_held
-    touched = changed(sent.before, after)
-    images = images_among(files, touched)
-    return Settled(touched, images, over or bool(answer.get("workspace_over")))
 
 
 def safe_rel(rel: object) -> str | None:
@@ -88,66 +55,104 @@ def safe_rel(rel: object) -> str | None:
     return "/".join(parts)
 
 
-Outgoing = tuple[dict[str, str], list[str], Snapshot]
-
-
-def outgoing(root: Path, known: Snapshot, budget: int) -> Outgoing:
-    """Files of `root` the guest lacks or holds stale, base64, at most `budget` bytes in all.
-
-    Returns:
-        (files to put, paths to delete, the snapshot the guest will hold once applied)
-    """
+def _outgoing(root: Path, known: Snapshot, budget: int) -> tuple[list[str], list[str], Snapshot]:
     now = snapshot(root) if root.is_dir() else {}
-    put: dict[str, str] = {}
+    send: list[str] = []
     held: Snapshot = {p: sig for p, sig in known.items() if p in now}
     spent = 0
     for rel, sig in sorted(now.items()):
-        if known.get(rel) == sig:
+        if known.get(rel) == sig or sig[0] > MAX_FILE_BYTES or spent + sig[0] > budget:
             continue
-        if sig[0] > MAX_FILE_BYTES or spent + sig[0] > budget:
-            continue
-        data = read_regular_file(root, rel, max_bytes=MAX_FILE_BYTES)
-        if data is None:
-            continue
-        put[rel] = base64.b64encode(data).decode("ascii")
+        send.append(rel)
         held[rel] = sig
-        spent += len(data)
-    deleted = sorted(set(known) - set(now))
-    return put, deleted, held
+        spent += sig[0]
+    return send, sorted(set(known) - set(now)), held
 
 
-def write_back(
-    root: Path, files: Any, deleted: Any, *, budget: int
-) -> tuple[tuple[str, ...], bool]:
-    """Write what the guest reports into `root`, safely; untrusted input, checked here.
+def plan(workspace: WorkspacePaths, mirror: Mirror, budget: int) -> Plan:
+    """Compare the host folders with what the guest holds (blocking: call it in a thread)."""
+    before = snapshot(workspace.files) if workspace.files.is_dir() else {}
+    files, files_gone, held = _outgoing(workspace.files, mirror.files, budget)
+    site, site_gone, site_held = _outgoing(workspace.site, mirror.site, budget)
+    send = tuple(
+        [("/workspace", rel, held[rel][0]) for rel in files]
+        + [("/site", rel, site_held[rel][0]) for rel in site]
+    )
+    delete = {"/workspace": files_gone, "/site": site_gone}
+    return Plan(before, send, delete, held, site_held)
 
-    Returns:
-        (paths written or deleted, whether some were refused for the workspace size budget)
-    """
-    done: list[str] = []
-    over = False
-    spent = sum(size for size, _ in snapshot(root).values()) if root.is_dir() else 0
-    if isinstance(deleted, list):
-        for rel in deleted:
-            safe = safe_rel(rel)
-            if safe is not None and _unlink_beneath(root, safe):
-                done.append(safe)
-    if isinstance(files, dict):
-        for rel, encoded in files.items():
-            safe = safe_rel(rel)
-            if safe is None or not isinstance(encoded, str):
-                continue
-            try:
-                data = base64.b64decode(encoded, validate=True)
-            except (binascii.Error, ValueError):
-                continue
-            if spent + len(data) > budget:
-                over = True
-                continue
-            if _write_beneath(root, safe, data):
-                spent += len(data)
-                done.append(safe)
-    return tuple(sorted(set(done))), over
+
+def read_batch(
+    workspace: WorkspacePaths, items: tuple[tuple[str, str, int], ...]
+) -> list[tuple[str, str, bytes]]:
+    """The bytes of `items` (root, rel, size), read without following links; missing skipped."""
+    out: list[tuple[str, str, bytes]] = []
+    for root, rel, _size in items:
+        folder = workspace.files if root == "/workspace" else workspace.site
+        data = read_regular_file(folder, rel, max_bytes=MAX_FILE_BYTES)
+        if data is not None:
+            out.append((root, rel, data))
+    return out
+
+
+def batches(items: tuple[tuple[str, str, int], ...]) -> list[tuple[tuple[str, str, int], ...]]:
+    """`items` cut into groups of about `BATCH_BYTES`."""
+    groups: list[tuple[str, str, int]] = []
+    out: list[tuple[tuple[str, str, int], ...]] = []
+    size = 0
+    for item in items:
+        if groups and size + item[2] > BATCH_BYTES:
+            out.append(tuple(groups))
+            groups, size = [], 0
+        groups.append(item)
+        size += item[2]
+    if groups:
+        out.append(tuple(groups))
+    return out
+
+
+def write_file(root: Path, rel: str, data: bytes) -> bool:
+    """Write `root/rel`, creating folders, never through a link or over a non-file."""
+    parts = rel.split("/")
+    fd = _parent_fd(root, parts, create=True)
+    if fd is None:
+        return False
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                return False
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+        out = os.open(parts[-1], flags, 0o644, dir_fd=fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view) :]
+        finally:
+            os.close(out)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def unlink_file(root: Path, rel: str) -> bool:
+    """Delete the regular file `root/rel` (never a link's target, never a folder)."""
+    parts = rel.split("/")
+    fd = _parent_fd(root, parts, create=False)
+    if fd is None:
+        return False
+    try:
+        st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        os.unlink(parts[-1], dir_fd=fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _parent_fd(root: Path, parts: list[str], *, create: bool) -> int | None:
@@ -168,45 +173,3 @@ def _parent_fd(root: Path, parts: list[str], *, create: bool) -> int | None:
         os.close(fd)
         return None
     return fd
-
-
-def _write_beneath(root: Path, rel: str, data: bytes) -> bool:
-    parts = rel.split("/")
-    fd = _parent_fd(root, parts, create=True)
-    if fd is None:
-        return False
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode):
-                return False  # never write through a link or over a folder
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-        out = os.open(parts[-1], flags, 0o644, dir_fd=fd)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(out, view) :]
-        finally:
-            os.close(out)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def _unlink_beneath(root: Path, rel: str) -> bool:
-    parts = rel.split("/")
-    fd = _parent_fd(root, parts, create=False)
-    if fd is None:
-        return False
-    try:
-        st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
-        if not stat.S_ISREG(st.st_mode):
-            return False
-        os.unlink(parts[-1], dir_fd=fd)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)

@@ -129,43 +129,85 @@ if (flag !== "open") {
   }
 }
 
+// Files: the host copies the workspace in (`put`, `delete`) and changed files out (`get`)
+// through Emscripten's in-memory FS; file data lives in JS arrays, not in Python's heap.
+const FS = py.FS;
+const fromBase64 = Uint8Array.fromBase64;
+const toBase64 = (bytes) => bytes.toBase64();
+const ROOTS = new Set(["/workspace", "/site"]);
+function target(root, rel) {
+  if (!ROOTS.has(root) || typeof rel !== "string" || rel.startsWith("/")) return null;
+  const parts = rel.split("/").filter((p) => p !== "" && p !== ".");
+  if (parts.length === 0 || parts.includes("..") || rel.includes("\0")) return null;
+  return root + "/" + parts.join("/");
+}
+function lstatFile(path) {
+  try { const st = FS.lstat(path); return FS.isFile(st.mode) ? st : null; } catch { return null; }
+}
+function put(request) {
+  const path = target(request.root, request.path);
+  if (path === null) return;
+  try {
+    FS.mkdirTree(path.slice(0, path.lastIndexOf("/")));
+    let existing = null;
+    try { existing = FS.lstat(path); } catch { /* absent */ }
+    if (existing && FS.isLink(existing.mode)) FS.unlink(path); // never write through a link
+    FS.writeFile(path, fromBase64(request.data));
+    FS.utime(path, 0, 0);
+  } catch { /* a folder in the way: the guest keeps its own */ }
+}
+function remove(request) {
+  for (const rel of request.paths || []) {
+    const path = target(request.root, rel);
+    if (path !== null && lstatFile(path)) { try { FS.unlink(path); } catch { /* gone */ } }
+  }
+}
+function get(request) {
+  const path = target("/workspace", request.path);
+  if (path === null || !lstatFile(path)) return { data: null };
+  const data = toBase64(FS.readFile(path));
+  FS.utime(path, 0, 0);
+  return { data };
+}
+
 // The protocol.
-let buffered = new Uint8Array(0);
+let rest = new Uint8Array(0);
+let pieces = [];
+let piecesLength = 0;
 async function nextLine() {
   while (true) {
-    const nl = buffered.indexOf(10);
+    const nl = rest.indexOf(10);
     if (nl >= 0) {
-      const line = decode(buffered.subarray(0, nl));
-      buffered = buffered.slice(nl + 1);
-      return line;
+      const head = rest.subarray(0, nl);
+      const whole = piecesLength ? concat([...pieces, head], piecesLength + head.length) : head;
+      pieces = [];
+      piecesLength = 0;
+      rest = rest.subarray(nl + 1);
+      return decode(whole);
     }
+    if (rest.length) { pieces.push(rest); piecesLength += rest.length; }
     const chunk = new Uint8Array(1 << 20);
     const n = await stdinRead(chunk);
     if (n === null) return null;
-    buffered = concat([buffered, chunk.subarray(0, n)], buffered.length + n);
+    rest = chunk.subarray(0, n);
   }
 }
 const token = await nextLine();
 const send = (obj) => writeAll(stdoutWrite, encode(token + " " + stringify(obj) + "\n"));
-send({ ready: true, load_ms: now() - began, memory_bytes: memoryBytes });
+send({ ready: true, load_ms: now() - began });
 
-while (true) {
-  const line = await nextLine();
-  if (line === null) exit(0);
-  const request = parse(line);
+async function run(line, request) {
   out.reset(request.output_bytes);
   err.reset(request.output_bytes);
   memoryCap = request.memory_bytes;
   const t0 = now();
   let report;
-  let fatal = false;
   try {
     let result = handle(line);
     if (typeof result !== "string") result = await result;
     report = parse(result);
   } catch (e) {
-    fatal = true;
-    report = { exit_code: 1, error: "sandgate host: " + String(e).slice(0, 2000), fatal };
+    report = { exit_code: 1, error: "sandgate host: " + String(e).slice(0, 2000), fatal: true };
   }
   report.wall_ms = now() - t0;
   report.stdout = out.text();
@@ -174,7 +216,19 @@ while (true) {
   if (out.seen > out.kept) report.truncated.push("stdout");
   if (err.seen > err.kept) report.truncated.push("stderr");
   report.wasm_memory_bytes = memoryBytes;
-  report.id = request.id;
-  send(report);
-  if (fatal) exit(3); // the interpreter may be broken: the host starts the session afresh
+  return report;
+}
+
+while (true) {
+  const line = await nextLine();
+  if (line === null) exit(0);
+  const request = parse(line);
+  if (request.op === "put") put(request);
+  else if (request.op === "delete") remove(request);
+  else if (request.op === "get") send(get(request));
+  else if (request.op === "run") {
+    const report = await run(line, request);
+    send(report);
+    if (report.fatal) exit(3); // the interpreter may be broken: the session starts afresh
+  }
 }

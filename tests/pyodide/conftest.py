@@ -66,7 +66,7 @@ def assets_dir() -> Path:
 @pytest.fixture(scope="session")
 async def engine(anyio_backend: str, assets_dir: Path, secret: str) -> AsyncIterator[PyodideEngine]:
     """One hardened engine shared by the suite (each test uses its own session ids)."""
-    async with PyodideEngine(assets_dir=assets_dir, pool_size=2) as started:
+    async with PyodideEngine(assets_dir=assets_dir, pool_size=3) as started:
         await started.wait_ready()
         yield started
 
@@ -99,6 +99,16 @@ def workspace(tmp_path: Path) -> WorkspacePaths:
     files.mkdir()
     site.mkdir()
     return WorkspacePaths(files, site)
+
+
+@pytest.fixture(scope="module")
+async def shared_session(
+    request: pytest.FixtureRequest, engine: PyodideEngine
+) -> AsyncIterator[str]:
+    """One session for a module's tests that leave no state behind (saves process boots)."""
+    sid = f"{request.module.__name__}-{secrets.token_hex(4)}"
+    yield sid
+    await engine.end_session(sid)
 
 
 @pytest.fixture

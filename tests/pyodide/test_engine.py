@@ -151,3 +151,17 @@ async def test_a_guest_symlink_never_reaches_the_host(
     assert (result.status, result.value) == ("ok", "True")
     assert not (workspace.files / "link.txt").exists()
     assert outside.read_text() == "host only"
+
+
+async def test_packages_in_the_site_folder_are_importable(
+    engine: PyodideEngine, workspace: WorkspacePaths, session_id: str
+) -> None:
+    first = await engine.run(make_plan(workspace, "import tinypkg", session=session_id))
+    assert first.error == "ModuleNotFoundError: No module named 'tinypkg'"
+    (workspace.site / "tinypkg").mkdir()
+    (workspace.site / "tinypkg" / "__init__.py").write_text("def answer():\n    return 42\n")
+    result = await engine.run(
+        make_plan(workspace, "import tinypkg\ntinypkg.answer()", session=session_id)
+    )
+    assert (result.status, result.value) == ("ok", "42")
+    assert not (workspace.files / "tinypkg").exists()

@@ -70,9 +70,9 @@ def _no_connection(sock: socket.socket) -> None:
     ],
 )
 async def test_the_bridge_modules_are_refused(
-    engine: PyodideEngine, workspace: WorkspacePaths, session_id: str, code: str
+    engine: PyodideEngine, workspace: WorkspacePaths, shared_session: str, code: str
 ) -> None:
-    result = await engine.run(make_plan(workspace, code, session=session_id))
+    result = await engine.run(make_plan(workspace, code, session=shared_session))
     assert result.status == "error"
     assert result.error is not None
     assert result.error.split(":")[0] in ("ModuleNotFoundError", "AttributeError")
@@ -107,13 +107,13 @@ async def test_the_js_global_object_holds_nothing_of_the_host(
 async def test_host_files_and_environment_stay_out_of_reach(
     engine: PyodideEngine,
     workspace: WorkspacePaths,
-    session_id: str,
+    shared_session: str,
     secret: str,
     planted: Path,
     attempt: str,
 ) -> None:
     code = f"PATH = {str(planted)!r}\nSECRET = 'SANDGATE_TEST_SECRET'\n" + attempt
-    result = await engine.run(make_plan(workspace, code, session=session_id))
+    result = await engine.run(make_plan(workspace, code, session=shared_session))
     seen = _everything(result)
     assert planted.read_text() not in seen and secret not in seen
     assert result.status in ("ok", "error", "killed")
