@@ -65,15 +65,23 @@ EOF
 [ "$changed" = yes ] && say "registered runsc in $DAEMON_JSON"
 
 # 3. dockerd running (started in the background here when it is not), answering `docker info`.
-if pgrep -x dockerd >/dev/null; then
+#    The daemon is found by its pid file, never by process name.
+DOCKERD_PIDFILE=/var/run/docker.pid
+dockerd_pid() {
+  local pid
+  pid="$(cat "$DOCKERD_PIDFILE" 2>/dev/null || true)"
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
+}
+pid="$(dockerd_pid)"
+if [ -n "$pid" ]; then
   if [ "$changed" = yes ]; then
-    say "reloading dockerd (SIGHUP) for the new runtime"
-    pkill -HUP -x dockerd
+    say "reloading dockerd (SIGHUP to pid $pid) for the new runtime"
+    kill -HUP "$pid"
   fi
 else
   say "starting dockerd (log: $DOCKERD_LOG)"
   mkdir -p "$(dirname "$DOCKERD_LOG")"
-  setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
+  setsid nohup dockerd --pidfile "$DOCKERD_PIDFILE" >>"$DOCKERD_LOG" 2>&1 </dev/null &
 fi
 deadline=$(( $(date +%s) + DOCKER_WAIT_S ))
 until docker info >/dev/null 2>&1; do

@@ -1,7 +1,7 @@
 """The `container` engine: single-use Docker containers (runc or gVisor) from a warm pool."""
 
 from ._engine import DEFAULT_IDLE_S, DEFAULT_POOL_SIZE, ContainerEngine
-from ._image import IMAGE_CONTEXT, build_image_offline, image_is_current, server_sha256
+from ._image import IMAGE_CONTEXT, build_image_offline, context_sha256, image_is_current
 from ._pool import PoolStats
 from ._spec import DEFAULT_IMAGE, PROTOCOL, Runtime
 
@@ -15,6 +15,6 @@ __all__ = [
     "PoolStats",
     "Runtime",
     "build_image_offline",
+    "context_sha256",
     "image_is_current",
-    "server_sha256",
 ]

@@ -112,6 +112,29 @@ class Docker:
                 return None
         return dict((found.get("Config") or {}).get("Labels") or {})
 
+    def image_id(self, tag: str) -> str | None:
+        """The id of image `tag`, or None when there is no such image."""
+        import docker.errors
+
+        with translate(f"inspect image {tag}", where=self.where):
+            try:
+                return str(self._api.inspect_image(tag)["Id"])
+            except docker.errors.ImageNotFound:
+                return None
+
+    def remove_image(self, image_id: str) -> bool:
+        """Remove an image no tag or container uses any more; False when one still does."""
+        import docker.errors
+
+        with translate(f"remove image {image_id[:19]}", where=self.where):
+            try:
+                self._api.remove_image(image_id)
+            except docker.errors.APIError as exc:
+                if exc.status_code in (404, 409):
+                    return False
+                raise
+        return True
+
     def create(self, spec: ContainerSpec) -> str:
         """Create (not start) a container for `spec` and return its id."""
         import docker.types

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .._errors import EngineUnavailable
 from ._docker import Docker
-from ._spec import DEFAULT_IMAGE, LABEL_SERVER_SHA
+from ._spec import DEFAULT_IMAGE, LABEL_CONTEXT_SHA
 
 logger = logging.getLogger("sandgate.container")
 
@@ -21,7 +21,6 @@ Progress = Callable[[str], None]
 
 IMAGE_CONTEXT = Path(__file__).resolve().parents[1] / "images" / "python"
 """The build context: the Dockerfile and the interpreter server."""
-SERVER_FILE = IMAGE_CONTEXT / "sandgate_server.py"
 BASE_IMAGE = "sandgate-rootfs:bookworm"
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -37,15 +36,20 @@ def default_cache_dir() -> Path:
     return Path(base) / "sandgate"
 
 
-def server_sha256() -> str:
-    """The hash of the interpreter server this checkout ships; images carry it as a label."""
-    return hashlib.sha256(SERVER_FILE.read_bytes()).hexdigest()
+def context_sha256() -> str:
+    """The hash of this checkout's build context (Dockerfile and interpreter server); images
+    built by `build_image_offline` carry it as a label, so a changed context is rebuilt."""
+    digest = hashlib.sha256()
+    for path in sorted(IMAGE_CONTEXT.iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def image_is_current(docker: Docker, tag: str) -> bool:
-    """Whether `tag` exists and was built from this checkout's interpreter server."""
+    """Whether `tag` exists and was built from this checkout's build context."""
     labels = docker.image_labels(tag)
-    return labels is not None and labels.get(LABEL_SERVER_SHA) == server_sha256()
+    return labels is not None and labels.get(LABEL_CONTEXT_SHA) == context_sha256()
 
 
 def rootfs_tarball(
@@ -142,13 +146,17 @@ def build_image_offline(
             repository, _, base_tag = BASE_IMAGE.partition(":")
             docker.import_image(tarball, repository=repository, tag=base_tag)
         say(f"image: building {tag} from {IMAGE_CONTEXT} on {BASE_IMAGE}")
+        previous = docker.image_id(tag)
         for line in docker.build(
             IMAGE_CONTEXT,
             tag=tag,
             buildargs={"BASE": BASE_IMAGE},
-            labels={LABEL_SERVER_SHA: server_sha256()},
+            labels={LABEL_CONTEXT_SHA: context_sha256()},
         ):
             say(f"build: {line}")
+        replaced = previous is not None and previous != docker.image_id(tag)
+        if replaced and previous is not None and docker.remove_image(previous):
+            say(f"image: removed the previous build {previous[:19]}")  # unless still in use
         say(f"image: {tag} is ready")
         return tag
     finally:

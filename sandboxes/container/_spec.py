@@ -28,7 +28,7 @@ LABEL_INSTANCE = "sandgate.instance"
 LABEL_OWNER_PID = "sandgate.owner-pid"
 LABEL_OWNER_START = "sandgate.owner-start"
 LABEL_PROTOCOL = "sandgate.protocol"
-LABEL_SERVER_SHA = "sandgate.server-sha256"
+LABEL_CONTEXT_SHA = "sandgate.context-sha256"
 
 GUEST_ENVIRONMENT: dict[str, str] = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
