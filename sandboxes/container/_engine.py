@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from .._errors import EngineUnavailable, SandboxError
-from .._files import changed, images_among, snapshot
+from .._files import changed, images_among, snapshot, total_bytes
 from .._types import ExecutionPlan, Limits, RunResult
 from ._docker import Docker
 from ._fleet import Fleet
@@ -281,6 +281,7 @@ class ContainerEngine:
             cpu_s=limits.cpu_time_s,
             deadline_s=limits.wall_timeout_s,
             nproc=limits.processes if self.runtime == "runsc" else None,
+            fsize_bytes=max(0, limits.workspace_bytes - total_bytes(before)),
         )
         try:
             exchange = await warm.sandbox.exchange(
@@ -299,7 +300,12 @@ class ContainerEngine:
         else:
             await fleet.dispose(warm)
         return to_result(
-            exchange, limits, runtime=fleet.runtime, files_written=written, images=images
+            exchange,
+            limits,
+            runtime=fleet.runtime,
+            files_written=written,
+            images=images,
+            workspace_bytes=total_bytes(after),
         )
 
     async def _abandon(self, warm: Warm, plan: ExecutionPlan) -> None:

@@ -142,6 +142,7 @@ def request_line(
     cpu_s: float | None,
     deadline_s: float,
     nproc: int | None,
+    fsize_bytes: int | None,
 ) -> bytes:
     """The one JSON line a sandbox's server reads on stdin."""
     request = {
@@ -153,5 +154,6 @@ def request_line(
         "cpu_s": cpu_s,
         "deadline_s": deadline_s,
         "nproc": nproc,
+        "fsize_bytes": fsize_bytes,
     }
     return json.dumps(request).encode("ascii") + b"\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import signal
 from typing import Any
 
@@ -76,12 +77,16 @@ def to_result(
     runtime: str,
     files_written: tuple[str, ...],
     images: tuple[Image, ...],
+    workspace_bytes: int,
 ) -> RunResult:
-    """The `RunResult` of one exchange."""
+    """The `RunResult` of one exchange; `workspace_bytes` is what the workspace holds after."""
     status, limit, error = judge(exchange, limits, runtime=runtime)
     collector = exchange.collector
     reply = collector.reply or {}
     report = reply.get("report") or {}
+    over = _workspace_note(limits, report, workspace_bytes)
+    if over is not None:
+        limit = f"{limit}; {over}" if limit else over
     stdout = bytes(collector.stdout).decode("utf-8", "replace")
     stderr = bytes(collector.stderr).decode("utf-8", "replace")
     value = report.get("value")
@@ -105,6 +110,16 @@ def to_result(
             output_bytes=len(collector.stdout) + len(collector.stderr),
         ),
     )
+
+
+def _workspace_note(limits: Limits, report: dict[str, Any], held: int) -> str | None:
+    """Words for the workspace budget when the run hit it (a refused write) or overran it
+    (many files, each under the per-file cap the child runs with)."""
+    if report.get("errno") == errno.EFBIG:
+        return f"workspace {limits.workspace_bytes} bytes (a file would have passed it)"
+    if held > limits.workspace_bytes:
+        return f"workspace {limits.workspace_bytes} bytes (the workspace now holds {held})"
+    return None
 
 
 def _number(value: Any) -> float | None:

@@ -175,3 +175,18 @@ async def test_infinite_loop_times_out_and_leaves_no_container(
     cid = engine.container_for(plan.decision_id)
     assert cid is not None
     assert cid not in {c.id for c in tracker.docker.labelled()}
+
+
+async def test_workspace_budget_caps_each_file_and_is_reported(
+    engine: ContainerEngine, workspace: WorkspacePaths
+) -> None:
+    (workspace.files / "old.bin").write_bytes(b"o" * 40_000)
+    big = "open('big.bin', 'wb').write(b'x' * 100_000)"
+    result = await engine.run(make_plan(workspace, big, workspace_bytes=64_000))
+    assert result.status == "error" and result.error is not None
+    assert "File too large" in result.error
+    assert result.limit == "workspace 64000 bytes (a file would have passed it)"
+    assert (workspace.files / "big.bin").stat().st_size <= 24_000
+    many = "for n in range(3):\n    open(f'part{n}.bin', 'wb').write(b'y' * 20_000)"
+    spread = await engine.run(make_plan(workspace, many, workspace_bytes=64_000))
+    assert spread.limit is not None and spread.limit.startswith("workspace 64000 bytes")

@@ -154,6 +154,7 @@ def _run_user(kind, source, variable):
         sys.stderr.write("".join(te.format()))
         report["error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         report["error_type"] = type(exc).__name__
+        report["errno"] = getattr(exc, "errno", None)
         report["exit_code"] = 1
     try:
         sys.stdout.flush()
@@ -222,6 +223,11 @@ def _child(out_w, err_w, rep_w):
     if cpu_s:
         seconds = max(1, int(cpu_s + 0.999))
         resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
+    fsize = request.get("fsize_bytes")
+    if fsize is not None:
+        # No file may grow past what is left of the workspace budget (Python ignores SIGXFSZ,
+        # so the write fails with EFBIG).
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(fsize), int(fsize)))
     me = os.getpid()
     report = _run_user(request["kind"], request["source"], request.get("variable") or "")
     if os.getpid() != me:  # a process the program forked ran off the end: no report from it
