@@ -33,18 +33,18 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
-from .._types import DEFAULT_MEMORY_BYTES, ExecutionPlan, RunResult, Usage
+from .._types import DEFAULT_MEMORY_BYTES, ExecutionPlan, RunResult
 from ._assets import Assets, Progress, build_snapshot, find_deno, locate
-from ._jail import JailInfo, clean_stale, cpu_seconds, limit_cpu, probe
-from ._pool import Pool
+from ._jail import JailInfo, clean_stale, limit_cpu, probe
+from ._pool import Pool, Spawn
 from ._process import DenoProcess, ProcessDied
-from ._results import from_death, from_report, timed_out
+from ._results import Meter, from_death, from_report, timed_out
 from ._sync import Mirror
 from ._sync import plan as plan_copy
-from ._transfer import Settled, copy_in, copy_out
+from ._transfer import COPY_TIMEOUT_S, Settled, copy_in, copy_out
 
 logger = logging.getLogger("sandgate.pyodide")
 
@@ -163,7 +163,7 @@ class PyodideEngine:
         self._reaper = asyncio.create_task(self._reap_idle())
         self._started = True
 
-    def _spawner(self, assets: Assets) -> Any:
+    def _spawner(self, assets: Assets) -> Spawn:
         jail = self._jail
         assert jail is not None
 
@@ -250,9 +250,10 @@ class PyodideEngine:
         proc.cgroup.set_memory_limit(limits.memory_bytes + RUNTIME_OVERHEAD_BYTES)
         proc.cgroup.reset_peak()
         limit_cpu(proc.pid, limits.cpu_time_s or limits.wall_timeout_s * CPU_BACKSTOP_FACTOR + 1)
-        meter = _Meter(proc)
+        meter = Meter(proc)
         try:
-            await copy_in(proc, plan.workspace, sent)
+            async with asyncio.timeout(COPY_TIMEOUT_S):
+                await copy_in(proc, plan.workspace, sent)
             answer = await proc.request(request, timeout_s=limits.wall_timeout_s)
         except TimeoutError:
             spent = meter.usage()
@@ -347,28 +348,6 @@ class PyodideEngine:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-class _Meter:
-    """Wall time, CPU time (all threads, from /proc) and peak memory (cgroup) of one run."""
-
-    def __init__(self, proc: DenoProcess) -> None:
-        self._proc = proc
-        self._cpu0 = cpu_seconds(proc.pid)
-        self._began = time.perf_counter()
-
-    def usage(self, report: dict[str, Any] | None = None) -> Usage:
-        cpu1 = cpu_seconds(self._proc.pid)
-        peak = self._proc.cgroup.peak_bytes()
-        if peak is None and report is not None:
-            wasm = report.get("wasm_memory_bytes")
-            peak = wasm if isinstance(wasm, int) else None
-        cpu0 = self._cpu0
-        return Usage(
-            wall_ms=(time.perf_counter() - self._began) * 1000,
-            cpu_ms=None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) * 1000,
-            peak_memory_bytes=peak,
-        )
 
 
 def _with_note(result: RunResult, note: str) -> RunResult:

@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
 
 from .._types import Image, Limits, RunResult, Status, Usage
+from ._jail import cpu_seconds
+from ._process import DenoProcess
 
 RESTART_NOTE = "the session's interpreter was stopped; its next call starts a fresh one"
+
+
+class Meter:
+    """Wall time, CPU time (all threads, from /proc) and peak memory (cgroup) of one run."""
+
+    def __init__(self, proc: DenoProcess) -> None:
+        self._proc = proc
+        self._cpu0 = cpu_seconds(proc.pid)
+        self._began = time.perf_counter()
+
+    def usage(self, report: dict[str, Any] | None = None) -> Usage:
+        cpu1 = cpu_seconds(self._proc.pid)
+        peak = self._proc.cgroup.peak_bytes()
+        if peak is None and report is not None:
+            wasm = report.get("wasm_memory_bytes")
+            peak = wasm if isinstance(wasm, int) else None
+        cpu0 = self._cpu0
+        return Usage(
+            wall_ms=(time.perf_counter() - self._began) * 1000,
+            cpu_ms=None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) * 1000,
+            peak_memory_bytes=peak,
+        )
 
 
 def cap_text(text: object, limit: int) -> tuple[str, bool]:

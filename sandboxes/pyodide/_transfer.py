@@ -24,7 +24,7 @@ from ._sync import (
 )
 
 COPY_TIMEOUT_S = 60.0
-"""Longest wait for one file the guest sends back."""
+"""Longest wait for a run's files to be copied in, or for one file to come back."""
 
 
 @dataclass(frozen=True, slots=True)

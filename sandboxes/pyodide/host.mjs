@@ -49,11 +49,14 @@ function writeAll(write, bytes) {
   while (at < bytes.length) at += write(bytes.subarray(at));
 }
 
+// The guest's environment (fixed when the snapshot is made): nothing of the host's.
+const GUEST_ENV = { HOME: "/home/pyodide", LANG: "C.UTF-8", MPLBACKEND: "Agg", _: "/usr/bin/python3" };
+
 const { loadPyodide } = await import(new URL("file://" + assets + "/pyodide.mjs").href);
 
 if (mode === "snapshot") {
   const guest = decode(D.readFileSync(snapshotPath));
-  const py = await loadPyodide({ indexURL: assets + "/", _makeSnapshot: true, env: {} });
+  const py = await loadPyodide({ indexURL: assets + "/", _makeSnapshot: true, env: GUEST_ENV });
   py.runPython(guest, { filename: "<sandgate>" });
   D.writeFileSync(flag, py.makeMemorySnapshot());
   exit(0);
@@ -65,7 +68,7 @@ const py = await loadPyodide({
   indexURL: assets + "/",
   _loadSnapshot: D.readFileSync(snapshotPath),
   jsglobals: Object.create(null),
-  env: { HOME: "/home/pyodide", MPLBACKEND: "Agg" },
+  env: GUEST_ENV,
 });
 
 class Capture {

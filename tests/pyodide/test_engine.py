@@ -165,3 +165,15 @@ async def test_packages_in_the_site_folder_are_importable(
     )
     assert (result.status, result.value) == ("ok", "42")
     assert not (workspace.files / "tinypkg").exists()
+
+
+async def test_files_past_the_workspace_budget_are_not_saved(
+    engine: PyodideEngine, workspace: WorkspacePaths, session_id: str
+) -> None:
+    limits = Limits(wall_timeout_s=15.0, workspace_bytes=100_000)
+    code = "open('a.bin', 'wb').write(b'a' * 60_000)\nopen('b.bin', 'wb').write(b'b' * 60_000)"
+    result = await engine.run(make_plan(workspace, code, session=session_id, limits=limits))
+    assert result.status == "ok" and result.limit is not None
+    assert result.limit.startswith("workspace 100000 bytes")
+    assert result.files_written == ("a.bin",)
+    assert sum(p.stat().st_size for p in workspace.files.iterdir()) <= 100_000

@@ -78,6 +78,17 @@ async def test_the_bridge_modules_are_refused(
     assert result.error.split(":")[0] in ("ModuleNotFoundError", "AttributeError")
 
 
+async def test_the_guest_environment_is_its_own(
+    engine: PyodideEngine, workspace: WorkspacePaths, shared_session: str, secret: str
+) -> None:
+    result = await engine.run(
+        make_plan(workspace, "import os\ndict(os.environ)", session=shared_session)
+    )
+    assert result.status == "ok" and result.value is not None
+    assert secret not in result.value and "sandboxes" not in result.value
+    assert "'HOME': '/home/pyodide'" in result.value
+
+
 async def test_the_js_global_object_holds_nothing_of_the_host(
     engine: PyodideEngine, workspace: WorkspacePaths, session_id: str, secret: str
 ) -> None:
