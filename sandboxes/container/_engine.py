@@ -31,21 +31,19 @@ from types import TracebackType
 from typing import Any, Self
 
 from .._errors import EngineUnavailable, SandboxError
-from .._files import changed, images_among, snapshot, total_bytes
+from .._files import Snapshot, changed, images_among, snapshot, total_bytes
 from .._types import ExecutionPlan, Limits, RunResult
 from ._docker import Docker
-from ._fleet import Fleet
+from ._fleet import Fleet, check_daemon, remove_orphans
 from ._image import default_cache_dir
 from ._pool import Pool, PoolStats, Warm
 from ._protocol import request_line
 from ._result import to_result
+from ._sandbox import Exchange
 from ._spec import (
     DEFAULT_CPUS,
     DEFAULT_IMAGE,
-    LABEL_PROTOCOL,
-    PROTOCOL,
     Runtime,
-    owner_alive,
     owner_labels,
 )
 from ._workspace import Borrowing, CannotLend, give_back, lend, make_pool, recover, release_pool
@@ -129,7 +127,7 @@ class ContainerEngine:
             self._progress(f"container: connecting to dockerd ({self.runtime}, {self.image})")
             docker = await asyncio.to_thread(Docker.connect, self._docker_host)
             try:
-                await self._check(docker)
+                await asyncio.to_thread(check_daemon, docker, self.runtime, self.image)
                 await self._remove_leftovers(docker)
                 labels = owner_labels(self.instance)
                 folder = await asyncio.to_thread(make_pool, self._pools, labels)
@@ -152,34 +150,10 @@ class ContainerEngine:
             self._pool.fill(fleet.shape(Limits()))
             self._progress(f"container: ready; warming {self._pool_size} containers")
 
-    async def _check(self, docker: Docker) -> None:
-        runtimes = await asyncio.to_thread(docker.runtimes)
-        if self.runtime not in runtimes:
-            raise EngineUnavailable(
-                f"dockerd at {docker.where} has no runtime {self.runtime!r} (it has "
-                f"{', '.join(sorted(runtimes)) or 'none'}); run `sudo bash scripts/docker-setup.sh`"
-                ", which registers runsc in /etc/docker/daemon.json"
-            )
-        labels = await asyncio.to_thread(docker.image_labels, self.image)
-        if labels is None:
-            raise EngineUnavailable(
-                f"the sandbox image {self.image} is missing; build it with "
-                "`sudo bash scripts/docker-setup.sh` (offline) or `docker build -t "
-                f"{self.image} sandboxes/images/python`"
-            )
-        if labels.get(LABEL_PROTOCOL) != str(PROTOCOL):
-            raise EngineUnavailable(
-                f"the image {self.image} speaks interpreter-server protocol "
-                f"{labels.get(LABEL_PROTOCOL)!r}, expected {PROTOCOL}; rebuild it with "
-                "`python -m sandboxes.container build-image --force`"
-            )
-
     async def _remove_leftovers(self, docker: Docker) -> None:
-        found = await asyncio.to_thread(docker.labelled)
-        dead = [c.id for c in found if not owner_alive(c.labels)]
+        dead = await asyncio.to_thread(remove_orphans, docker)
         if dead:
-            self._progress(f"container: removing {len(dead)} containers left by dead servers")
-            await asyncio.gather(*(asyncio.to_thread(docker.remove, cid) for cid in dead))
+            self._progress(f"container: removed {dead} containers left by dead servers")
         restored = await asyncio.to_thread(recover, self._pools)
         for folder in restored:
             self._progress(f"container: gave files back to {folder} after a crash")
@@ -290,6 +264,15 @@ class ContainerEngine:
         except BaseException:
             await asyncio.shield(self._abandon(warm, plan))
             raise
+        # From here on the run is over: finish even if the caller is cancelled meanwhile.
+        return await asyncio.shield(self._finish(plan, warm, exchange, before))
+
+    async def _finish(
+        self, plan: ExecutionPlan, warm: Warm, exchange: Exchange, before: Snapshot
+    ) -> RunResult:
+        """Give the files back, see what the run wrote, remove the container, judge."""
+        assert self._fleet is not None
+        fleet, workspace = self._fleet, plan.workspace
         if warm.slot is not None:
             await asyncio.to_thread(give_back, warm.slot, workspace)
         after = await asyncio.to_thread(snapshot, workspace.files)
@@ -301,7 +284,7 @@ class ContainerEngine:
             await fleet.dispose(warm)
         return to_result(
             exchange,
-            limits,
+            plan.limits,
             runtime=fleet.runtime,
             files_written=written,
             images=images,

@@ -7,12 +7,21 @@ import logging
 import os
 from pathlib import Path
 
-from .._errors import SandboxError
+from .._errors import EngineUnavailable, SandboxError
 from .._types import Limits, WorkspacePaths
 from ._docker import Docker
 from ._pool import Warm
 from ._sandbox import Sandbox
-from ._spec import SANDBOX_GID, SANDBOX_UID, ContainerSpec, Runtime, Shape
+from ._spec import (
+    LABEL_PROTOCOL,
+    PROTOCOL,
+    SANDBOX_GID,
+    SANDBOX_UID,
+    ContainerSpec,
+    Runtime,
+    Shape,
+    owner_alive,
+)
 from ._workspace import Slot, adopt
 
 logger = logging.getLogger("sandgate.container")
@@ -112,3 +121,39 @@ class Fleet:
         """Remove every container still tracked."""
         live = list(self._live.values())
         await asyncio.gather(*(self.dispose(w) for w in live), return_exceptions=True)
+
+
+def check_daemon(docker: Docker, runtime: Runtime, image: str) -> None:
+    """Check that dockerd has `runtime` and `image`, built for this protocol.
+
+    Raises:
+        EngineUnavailable: something is missing; the message says what to run.
+    """
+    runtimes = docker.runtimes()
+    if runtime not in runtimes:
+        raise EngineUnavailable(
+            f"dockerd at {docker.where} has no runtime {runtime!r} (it has "
+            f"{', '.join(sorted(runtimes)) or 'none'}); run `sudo bash scripts/docker-setup.sh`, "
+            "which registers runsc in /etc/docker/daemon.json"
+        )
+    labels = docker.image_labels(image)
+    if labels is None:
+        raise EngineUnavailable(
+            f"the sandbox image {image} is missing; build it with "
+            "`sudo bash scripts/docker-setup.sh` (offline) or "
+            f"`docker build -t {image} sandboxes/images/python`"
+        )
+    if labels.get(LABEL_PROTOCOL) != str(PROTOCOL):
+        raise EngineUnavailable(
+            f"the image {image} speaks interpreter-server protocol "
+            f"{labels.get(LABEL_PROTOCOL)!r}, expected {PROTOCOL}; rebuild it with "
+            "`python -m sandboxes.container build-image --force`"
+        )
+
+
+def remove_orphans(docker: Docker) -> int:
+    """Remove every sandbox container whose owning server process is gone; how many."""
+    dead = [c.id for c in docker.labelled() if not owner_alive(c.labels)]
+    for cid in dead:
+        docker.remove(cid)
+    return len(dead)
