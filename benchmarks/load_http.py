@@ -164,10 +164,15 @@ async def _sandgate(url: str, clients: int, calls: int) -> Figures:
         return await _drive("sandgate (http, wasm)", calls, callers)
 
 
-async def _baseline(clients: int, calls: int) -> Figures:
+def _python3() -> str:
+    """The real interpreter binary (not a pyenv shim script, which costs ~10x its start-up)."""
+    return os.path.realpath(sys.executable)
+
+
+async def _baseline(python: str, clients: int, calls: int) -> Figures:
     async def call() -> bool:
         process = await asyncio.create_subprocess_exec(
-            "python3", "-c", CODE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            python, "-c", CODE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
         try:
             out, _ = await asyncio.wait_for(process.communicate(), CALL_TIMEOUT_S)
@@ -188,9 +193,13 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=None, help="server WASM workers (default: its own)"
     )
+    parser.add_argument(
+        "--python", default=_python3(), help="interpreter the baseline runs (default: this one's)"
+    )
     args = parser.parse_args()
     if args.clients < 1 or args.calls < 1:
         raise SystemExit("--clients and --calls: expected whole numbers above 0")
+    load_before = os.getloadavg()[0]
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="sg-load-") as state:
         server = _start_server(port, state, args.workers)
@@ -199,10 +208,12 @@ def main() -> None:
             sandgate = asyncio.run(_sandgate(url, args.clients, args.calls))
         finally:
             _stop(server)
-    baseline = asyncio.run(_baseline(args.clients, args.calls))
+    baseline = asyncio.run(_baseline(args.python, args.clients, args.calls))
     print(
         f"{args.clients} clients, {args.calls} calls of run_python_code({CODE!r}); "
-        f"{os.cpu_count()} cores; server WASM workers: {args.workers or 'its default'}"
+        f"{os.cpu_count()} cores; server WASM workers: {args.workers or 'its default'}; "
+        f"baseline: {args.python} -c; "
+        f"load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f}"
     )
     print(
         f"{'workload':<22} {'calls':>6} {'errors':>6} {'calls/s':>9} {'p50 ms':>9} "
