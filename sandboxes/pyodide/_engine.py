@@ -251,6 +251,7 @@ class PyodideEngine:
         proc.cgroup.reset_peak()
         limit_cpu(proc.pid, limits.cpu_time_s or limits.wall_timeout_s * CPU_BACKSTOP_FACTOR + 1)
         meter = Meter(proc)
+        proc.clear_output()
         try:
             async with asyncio.timeout(COPY_TIMEOUT_S):
                 await copy_in(proc, plan.workspace, sent)
@@ -259,7 +260,8 @@ class PyodideEngine:
             spent = meter.usage()
             await proc.kill()
             self._restarted[plan.session_id] = "stopped at its wall-time deadline"
-            return timed_out(limits, spent)
+            out, err = proc.take_output("stdout"), proc.take_output("stderr")
+            return timed_out(limits, spent, stdout=out, stderr=err)
         except ProcessDied:
             code = await proc.wait()
             spent = meter.usage()
@@ -267,12 +269,19 @@ class PyodideEngine:
             await proc.kill()
             self._restarted[plan.session_id] = "its process ended"
             return from_death(
-                code, oom_killed=oom, stderr_tail=proc.stderr_text(), limits=limits, usage=spent
+                code,
+                oom_killed=oom,
+                stderr_tail=proc.stderr_text(),
+                limits=limits,
+                usage=spent,
+                stdout=proc.take_output("stdout"),
+                stderr=proc.take_output("stderr"),
             )
         except BaseException:
             await proc.kill()
             raise
         spent = meter.usage(answer)
+        stdout, stderr = proc.take_output("stdout"), proc.take_output("stderr")
         try:
             done = await copy_out(
                 proc,
@@ -292,6 +301,8 @@ class PyodideEngine:
         return from_report(
             answer,
             limits,
+            stdout=stdout,
+            stderr=stderr,
             usage=spent,
             written=done.touched,
             images=done.images,

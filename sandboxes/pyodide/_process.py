@@ -45,6 +45,7 @@ class DenoProcess:
         self.stderr_tail: deque[bytes] = deque(maxlen=64)
         self._stderr_task = asyncio.create_task(self._drain_stderr())
         self.served = 0
+        self._streams: dict[str, list[str]] = {"stdout": [], "stderr": []}
 
     @classmethod
     async def spawn(
@@ -151,8 +152,23 @@ class DenoProcess:
                     answer = json.loads(line[len(self._token) :])
                 except ValueError:
                     continue
-                if isinstance(answer, dict):
-                    return answer
+                if not isinstance(answer, dict):
+                    continue
+                stream, data = answer.get("stream"), answer.get("data")
+                if stream in ("stdout", "stderr") and isinstance(data, str):
+                    self._streams[stream].append(data)
+                    continue
+                return answer
+
+    def clear_output(self) -> None:
+        """Forget streamed output (what a guest printed between runs)."""
+        self._streams = {"stdout": [], "stderr": []}
+
+    def take_output(self, stream: str) -> str:
+        """What the guest streamed on `stdout`/`stderr` since the last call (then cleared)."""
+        text = "".join(self._streams[stream])
+        self._streams[stream] = []
+        return text
 
     async def send(self, payload: dict[str, Any]) -> None:
         """Send one request that has no answer (file copies).

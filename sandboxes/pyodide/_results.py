@@ -53,14 +53,16 @@ def from_report(
     answer: dict[str, Any],
     limits: Limits,
     *,
+    stdout: str,
+    stderr: str,
     usage: Usage,
     written: tuple[str, ...],
     images: tuple[Image, ...],
     workspace_over: bool,
 ) -> RunResult:
     """The result of a run the guest reported on. Every field is checked, nothing trusted."""
-    stdout, out_cut = cap_text(answer.get("stdout"), limits.output_bytes)
-    stderr, err_cut = cap_text(answer.get("stderr"), limits.output_bytes)
+    stdout, out_cut = cap_text(stdout, limits.output_bytes)
+    stderr, err_cut = cap_text(stderr, limits.output_bytes)
     claimed = answer.get("truncated")
     streams = claimed if isinstance(claimed, list) else []
     truncated = {s for s in streams if s in ("stdout", "stderr")}
@@ -105,7 +107,14 @@ def from_report(
 
 
 def from_death(
-    returncode: int | None, *, oom_killed: bool, stderr_tail: str, limits: Limits, usage: Usage
+    returncode: int | None,
+    *,
+    oom_killed: bool,
+    stderr_tail: str,
+    limits: Limits,
+    usage: Usage,
+    stdout: str = "",
+    stderr: str = "",
 ) -> RunResult:
     """The result of a run whose process ended before answering."""
     status: Status
@@ -119,24 +128,30 @@ def from_death(
         status = "killed"
         how = f"signal {-returncode}" if returncode and returncode < 0 else f"exit {returncode}"
         limit = f"the sandbox process ended ({how})"
-    return RunResult(
-        status=status,
-        stdout="",
-        stderr=f"sandgate: {limit}; {RESTART_NOTE}\n",
-        exit_code=None,
-        usage=usage,
-        limit=f"{limit}; {RESTART_NOTE}",
-    )
+    return _stopped(status, limit, limits, usage, stdout, stderr)
 
 
-def timed_out(limits: Limits, usage: Usage) -> RunResult:
+def timed_out(limits: Limits, usage: Usage, *, stdout: str = "", stderr: str = "") -> RunResult:
     """The result of a run stopped at its wall-clock deadline (the process was killed)."""
     limit = f"wall time {limits.wall_timeout_s:g} s"
+    return _stopped("timeout", limit, limits, usage, stdout, stderr)
+
+
+def _stopped(
+    status: Status, limit: str, limits: Limits, usage: Usage, stdout: str, stderr: str
+) -> RunResult:
+    """A run the host stopped: what it printed until then, and why it stopped."""
+    out, out_cut = cap_text(stdout, limits.output_bytes)
+    err, err_cut = cap_text(stderr, limits.output_bytes)
+    if err and not err.endswith("\n"):
+        err += "\n"
+    truncated = tuple(n for n, cut in (("stderr", err_cut), ("stdout", out_cut)) if cut)
     return RunResult(
-        status="timeout",
-        stdout="",
-        stderr=f"sandgate: stopped at the {limit} deadline; {RESTART_NOTE}\n",
+        status=status,
+        stdout=out,
+        stderr=err + f"sandgate: stopped: {limit}; {RESTART_NOTE}\n",
         exit_code=None,
         usage=usage,
         limit=f"{limit}; {RESTART_NOTE}",
+        truncated=truncated,
     )

@@ -71,23 +71,47 @@ const py = await loadPyodide({
   env: GUEST_ENV,
 });
 
+// Output: kept up to the run's cap and streamed to the host as it comes: a write goes out at
+// once unless another did less than STREAM_FLUSH_MS ago (then with the next one, or at the
+// end), so a run stopped at its deadline still shows what it printed, but for its last 50 ms.
+const STREAM_FLUSH_MS = 50;
+const STREAM_FLUSH_BYTES = 64 * 1024;
+let token = null;
+const send = (obj) => writeAll(stdoutWrite, encode(token + " " + stringify(obj) + "\n"));
 class Capture {
-  constructor() { this.reset(0); }
-  reset(cap) { this.cap = cap; this.chunks = []; this.kept = 0; this.seen = 0; }
+  constructor(name) {
+    this.name = name;
+    this.decoder = new TextDecoder();
+    this.decodeChunk = this.decoder.decode.bind(this.decoder);
+    this.reset(0);
+  }
+  reset(cap) {
+    this.cap = cap; this.pending = []; this.pendingBytes = 0; this.kept = 0; this.seen = 0;
+    this.lastFlush = -Infinity; // a run's first write goes out at once
+  }
   write(buffer) {
     this.seen += buffer.length;
     const room = this.cap - this.kept;
     if (room > 0) {
       const part = buffer.length <= room ? buffer.slice() : buffer.slice(0, room);
-      this.chunks.push(part);
+      this.pending.push(part);
+      this.pendingBytes += part.length;
       this.kept += part.length;
+      if (this.pendingBytes >= STREAM_FLUSH_BYTES || now() - this.lastFlush >= STREAM_FLUSH_MS) {
+        this.flush(true);
+      }
     }
     return buffer.length;
   }
-  text() { return decode(concat(this.chunks, this.kept)); }
+  flush(more) {
+    const bytes = concat(this.pending, this.pendingBytes);
+    this.pending = []; this.pendingBytes = 0; this.lastFlush = now();
+    const data = this.decodeChunk(bytes, { stream: more });
+    if (data) send({ stream: this.name, data });
+  }
 }
-const out = new Capture();
-const err = new Capture();
+const out = new Capture("stdout");
+const err = new Capture("stderr");
 py.setStdout({ write: (b) => out.write(b), isatty: false });
 py.setStderr({ write: (b) => err.write(b), isatty: false });
 py.setStdin({ error: true });
@@ -195,8 +219,7 @@ async function nextLine() {
     rest = chunk.subarray(0, n);
   }
 }
-const token = await nextLine();
-const send = (obj) => writeAll(stdoutWrite, encode(token + " " + stringify(obj) + "\n"));
+token = await nextLine();
 send({ ready: true, load_ms: now() - began });
 
 async function run(line, request) {
@@ -213,8 +236,8 @@ async function run(line, request) {
     report = { exit_code: 1, error: "sandgate host: " + String(e).slice(0, 2000), fatal: true };
   }
   report.wall_ms = now() - t0;
-  report.stdout = out.text();
-  report.stderr = err.text();
+  out.flush(false);
+  err.flush(false);
   report.truncated = [];
   if (out.seen > out.kept) report.truncated.push("stdout");
   if (err.seen > err.kept) report.truncated.push("stderr");

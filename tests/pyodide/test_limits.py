@@ -26,11 +26,10 @@ async def test_an_endless_loop_stops_at_the_deadline_and_the_session_restarts(
     pid = engine.session_pid(session_id)
     limits = Limits(wall_timeout_s=1.0)
     began = time.monotonic()
-    result = await engine.run(
-        make_plan(workspace, "while True: pass", session=session_id, limits=limits)
-    )
+    code = "print('started')\nwhile True: pass"
+    result = await engine.run(make_plan(workspace, code, session=session_id, limits=limits))
     elapsed = time.monotonic() - began
-    assert (result.status, result.exit_code) == ("timeout", None)
+    assert (result.status, result.exit_code, result.stdout) == ("timeout", None, "started\n")
     assert elapsed < 2.0, f"the loop ran {elapsed:.2f} s past a 1 s deadline"
     assert result.limit is not None and result.limit.startswith("wall time 1 s")
     assert pid is not None and not _alive(pid)
