@@ -72,9 +72,12 @@ async def copy_out(
     The guest's report is untrusted: paths are checked, sizes re-measured, the workspace
     budget enforced on the bytes actually received, and nothing is written through a link.
     """
+    deleted, reported = answer.get("deleted"), _changed_entries(answer.get("changed"))
+    if not deleted and not reported:  # the common case: nothing to fetch, nothing to scan
+        mirror.files, mirror.site = dict(sent.held), sent.site_held
+        return Settled((), (), False)
     current = await asyncio.to_thread(snapshot, files) if files.is_dir() else {}
     spent = sum(size for size, _ in current.values())
-    deleted = answer.get("deleted")
     for rel in deleted if isinstance(deleted, list) else []:
         safe = safe_rel(rel)
         # Only files the guest got from the host: never a host file it did not know.
@@ -82,7 +85,7 @@ async def copy_out(
             spent -= current.pop(safe, (0, 0))[0]
     refused: set[str] = set()
     over = False
-    for rel, size in _changed_entries(answer.get("changed")):
+    for rel, size in reported:
         room = budget - spent + current.get(rel, (0, 0))[0]
         if size > MAX_FILE_BYTES or size > room:
             over = True
@@ -101,7 +104,7 @@ async def copy_out(
             spent += len(data) - current.get(rel, (0, 0))[0]
             current[rel] = (len(data), 0)
     after = await asyncio.to_thread(snapshot, files) if files.is_dir() else {}
-    keep = (set(sent.held) | {rel for rel, _ in _changed_entries(answer.get("changed"))}) - refused
+    keep = (set(sent.held) | {rel for rel, _ in reported}) - refused
     mirror.files = {p: after[p] for p in keep if p in after}
     mirror.site = sent.site_held
     touched = changed(sent.before, after)
