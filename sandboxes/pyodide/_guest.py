@@ -1,11 +1,12 @@
 """The guest-side harness: runs inside Pyodide, keeps a session's globals, reports each run.
 
 The host never imports this file. `host.mjs` runs its text once while building the memory
-snapshot (so it costs nothing per process), which registers the module `_sandgate` with two
-entry points: `seal()` (called once per process, after the JS side has installed its output
-handlers) and `handle(request_json)` (called per run; returns the report as JSON text, or an
-awaitable of it when the code uses top-level `await`). Every field it reports is what the guest
-says of itself: the host validates it and enforces every limit on its own.
+snapshot (so it costs nothing per process), which registers the module `_sandgate` with three
+entry points: `seal()` and `warm()` (called once per process, after the JS side installed its
+output handlers and before it drops the host globals) and `handle(request_json)` (called per
+run; returns the report as JSON text, or an awaitable of it for top-level `await`). Every
+field it reports is what the guest says of itself: the host validates it and enforces every
+limit on its own.
 """
 
 import ast
@@ -212,6 +213,7 @@ def handle(line: str) -> Any:
     importlib.invalidate_caches()  # the host may have copied modules in since the last run
     before = _scan(WORKSPACE)
     sys.stdin = io.StringIO(request.get("stdin") or "")
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # undo a previous run's rebinding
     sys.argv = [request["source"] if request["kind"] == "file" else "-c"]
     report: dict[str, Any] = {"exit_code": 0, "error": None, "error_type": None}
     report["value_found"] = False

@@ -232,5 +232,7 @@ class DenoProcess:
                 self._process.kill()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.wait(), REAP_TIMEOUT_S)
+        if self._process.stdin is not None:
+            self._process.stdin.close()
         self._stderr_task.cancel()
         self.cgroup.remove()
