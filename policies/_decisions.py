@@ -26,6 +26,7 @@ class ToolCall:
         program: Execution tools only: what to run. The gate then returns a plan.
         workspace: Execution tools only: the session's folders. Required with `program`.
         requested_timeout_s: A caller-set timeout in seconds; clamped to the policy ceiling.
+        requested_memory_bytes: A caller-set memory cap in bytes; clamped to the ceiling.
     """
 
     tool: str
@@ -35,6 +36,7 @@ class ToolCall:
     program: Program | None = None
     workspace: WorkspacePaths | None = None
     requested_timeout_s: float | None = None
+    requested_memory_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.program is not None and self.workspace is None:

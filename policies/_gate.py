@@ -213,10 +213,14 @@ class Gate:
     ) -> Decision:
         plan = build_plan(ctx.tool, ctx.call, ctx.decision_id)
         limits = None
-        if plan is not None:  # only the wall timeout differs from the tool's (when clamped)
+        if plan is not None:  # only the caller-lowered timeout and memory differ (when asked)
             limits = ctx.tool.base_limits_record
             if plan.limits is not ctx.tool.base_limits:
-                limits = {**limits, "wall_timeout_s": plan.limits.wall_timeout_s}
+                limits = {
+                    **limits,
+                    "wall_timeout_s": plan.limits.wall_timeout_s,
+                    "memory_bytes": plan.limits.memory_bytes,
+                }
         try:
             self._record(ctx, decision, rule, reason, limits=limits, approval_id=passed.approval_id)
         except AuditUnavailable as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from typing import Any
 
 import jsonschema
 
-from sandboxes import ExecutionPlan, Limits
+from sandboxes import ExecutionPlan
 
 from ._compile import CompiledLimit, CompiledPolicy, CompiledTool
 from ._decisions import ToolCall
@@ -163,22 +164,17 @@ def find_exhausted(
 
 
 def build_plan(tool: CompiledTool, call: ToolCall, decision_id: str) -> ExecutionPlan | None:
-    """The plan for a call carrying a program, with the requested timeout clamped."""
+    """The plan for a call carrying a program, with the caller's timeout and memory clamped to
+    the tool's ceilings (a request can only lower a limit, never raise it)."""
     if call.program is None or call.workspace is None:
         return None
     limits = tool.base_limits
     requested = call.requested_timeout_s
     if requested is not None and math.isfinite(requested) and 0 < requested < limits.wall_timeout_s:
-        limits = Limits(
-            float(requested),
-            limits.cpu_time_s,
-            limits.memory_bytes,
-            limits.output_bytes,
-            limits.processes,
-            limits.workspace_bytes,
-            limits.network,
-            limits.fuel,
-        )
+        limits = dataclasses.replace(limits, wall_timeout_s=float(requested))
+    memory = call.requested_memory_bytes
+    if memory is not None and 0 < memory < limits.memory_bytes:
+        limits = dataclasses.replace(limits, memory_bytes=int(memory))
     return ExecutionPlan(
         decision_id=decision_id,
         engine=tool.engine,

@@ -6,13 +6,16 @@ from ._errors import ArgumentError, RunnerError, SetupError, UnknownTool
 from ._server import build_server, connection_scope
 from ._service import Caller, Service
 from ._tools import ALL_TOOL_SETS, TOOLS, ToolSpec
+from .batch import BatchSummary, Job, run_batch
 
 __all__ = [
     "ALL_TOOL_SETS",
     "TOOLS",
     "ArgumentError",
+    "BatchSummary",
     "Caller",
     "Config",
+    "Job",
     "RunnerError",
     "Service",
     "SetupError",
@@ -22,4 +25,5 @@ __all__ = [
     "connection_scope",
     "main",
     "open_service",
+    "run_batch",
 ]

@@ -23,10 +23,11 @@ from policies import (
     open_counter_store,
     state_dir_default,
 )
-from sandboxes import Engine, WasmEngine
+from sandboxes import Engine
 from sandboxes.wasm import DEFAULT_WORKERS
 
 from ._admission import Admission
+from ._engines import Engines, default_factories, policy_engine_keys
 from ._errors import SetupError
 from ._installs import Installer
 from ._service import Service
@@ -71,7 +72,7 @@ async def open_service(
 
     Args:
         config: The configuration.
-        engines: Engines to use instead of starting the real ones (unit tests only).
+        engines: Engines already running, by key, used instead of starting those (tests).
 
     Raises:
         SetupError: the policy does not load or the state store cannot open.
@@ -91,11 +92,11 @@ async def open_service(
     gate = Gate(policy, store, audit, policy_path=Path(path))
     for warning in policy.warnings:
         logger.warning("policy %s: %s", path, warning)
-    own_engines = engines is None
-    running: dict[str, Engine] = (
-        engines
-        if engines is not None
-        else {"wasm": WasmEngine(workers=config.workers, progress=config.progress)}
+    running = Engines(
+        default_factories(
+            workers=config.workers, state_dir=config.state_dir, progress=config.progress
+        ),
+        ready=engines,
     )
     workspaces = config.state_dir / "workspaces" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     sessions = Sessions(workspaces, idle_s=config.idle_s)
@@ -114,17 +115,13 @@ async def open_service(
     )
     reaper = asyncio.create_task(_reap(sessions))
     try:
-        if own_engines:
-            for engine in running.values():
-                await engine.start()
+        await running.start(policy_engine_keys(policy))
         yield service
     finally:
         reaper.cancel()
         with contextlib.suppress(BaseException):
             await reaper
-        if own_engines:
-            for engine in running.values():
-                await engine.aclose()
+        await running.aclose()
         sessions.close()
         shutil.rmtree(workspaces, ignore_errors=True)
         store.close()

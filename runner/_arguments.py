@@ -63,6 +63,9 @@ class RunCodeArgs(BaseModel):
         default=None, description="Files (workspace-relative path → text) to write before the run."
     )
     stdin: str | None = Field(default=None, description="Standard input for the program.")
+    memory_mb: int | None = Field(
+        default=None, description="Memory cap in MiB (clamped to the policy ceiling)."
+    )
 
 
 def _describe(value: Any) -> str:

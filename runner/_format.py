@@ -37,15 +37,31 @@ def error_result(text: str) -> types.CallToolResult:
     return text_result(text, is_error=True)
 
 
-def denied_result(rule: str, reason: str, *, structured: bool = False) -> types.CallToolResult:
-    """A call the policy refused: names the deciding rule and its reason."""
+def denied_result(
+    rule: str, reason: str, *, structured: bool = False, retry_after_s: float | None = None
+) -> types.CallToolResult:
+    """A call the policy refused: names the deciding rule and its reason (and, for a rate
+    limit, when the call would fit again)."""
     text = f"Error: denied by policy rule {rule}: {reason}"
     if not structured:
         return error_result(text)
-    payload = {"status": "denied", "rule": rule, "reason": reason}
+    payload: dict[str, Any] = {"status": "denied", "rule": rule, "reason": reason}
+    if retry_after_s is not None:
+        payload["retry_after_s"] = retry_after_s
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=text)],
         structured_content=payload,
+        is_error=True,
+    )
+
+
+def busy_result(text: str, retry_after_s: float, *, structured: bool) -> types.CallToolResult:
+    """The server had no room for the run; nothing was counted. Retry after a moment."""
+    if not structured:
+        return error_result(text)
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        structured_content={"status": "busy", "retry_after_s": retry_after_s, "reason": text},
         is_error=True,
     )
 

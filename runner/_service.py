@@ -14,7 +14,7 @@ from typing import Any
 import mcp_types as types
 
 from policies import Allowed, Denied, Gate, NeedsApproval, ToolCall, UnknownApproval
-from sandboxes import Engine, EngineBusy, Program, RunResult, SandboxError
+from sandboxes import EngineBusy, Program, RunResult, SandboxError
 
 from . import _format, _paths
 from ._admission import Admission, Busy
@@ -26,6 +26,7 @@ from ._arguments import (
     SaveToFileAndRunArgs,
     validate_arguments,
 )
+from ._engines import Engines
 from ._errors import ArgumentError, UnknownTool
 from ._installs import Installer, InstallRefused
 from ._metrics import Metrics
@@ -101,7 +102,7 @@ class Service:
         self,
         *,
         gate: Gate,
-        engines: Mapping[str, Engine],
+        engines: Engines,
         sessions: Sessions,
         installer: Installer,
         tool_sets: tuple[ToolSet, ...],
@@ -111,7 +112,7 @@ class Service:
         self.gate = gate
         self.admission = admission or Admission(DEFAULT_RUN_SLOTS)
         self.metrics = metrics or Metrics(self.pool_stats)
-        self.engines = dict(engines)
+        self.engines = engines
         self.sessions = sessions
         self.installer = installer
         self._names = [n for n, s in TOOLS_BY_NAME.items() if s.tool_set in tool_sets]
@@ -119,7 +120,7 @@ class Service:
     def pool_stats(self) -> dict[str, dict[str, int]]:
         """Each engine's pool figures, for the metrics."""
         stats: dict[str, dict[str, int]] = {}
-        for name, engine in self.engines.items():
+        for name, engine in self.engines.running().items():
             figures = getattr(engine, "pool_stats", None)
             if callable(figures):
                 stats[name] = dict(figures())
@@ -219,6 +220,7 @@ class Service:
         program: Program,
         *,
         requested_timeout_s: float | None = None,
+        requested_memory_bytes: int | None = None,
         before_run: Callable[[], types.CallToolResult | None] | None = None,
     ) -> RunResult | types.CallToolResult:
         call = ToolCall(
@@ -229,6 +231,7 @@ class Service:
             program=program,
             workspace=session.workspace,
             requested_timeout_s=requested_timeout_s,
+            requested_memory_bytes=requested_memory_bytes,
         )
         decision = await self._decide(call, caller)
         if isinstance(decision, Denied):
@@ -243,14 +246,16 @@ class Service:
             if early is not None:
                 self._finish(decision, "completed", status="not_run")
                 return early
-            engine = self.engines.get(plan.engine)
-            if engine is None:
-                raise _NoEngine(plan.engine, sorted(self.engines))
+            engine = await self.engines.for_plan(plan, self._runtime(plan.profile))
             async with self.admission.slot(caller.grant):
                 result = await engine.run(plan)
-        except (SandboxError, _NoEngine, OSError, Busy) as exc:
+        except (SandboxError, OSError, Busy) as exc:
             self._finish(decision, "infra_error", error=f"{type(exc).__name__}: {exc}")
             _trace().status = "infra_error"
+            if isinstance(exc, (EngineBusy, Busy)):
+                return _format.busy_result(
+                    _infra_text(plan.engine, exc), exc.retry_after_s, structured=tool == "run_code"
+                )
             return _format.error_result(_infra_text(plan.engine, exc))
         except BaseException as exc:
             self._finish(decision, "infra_error", error=f"{type(exc).__name__}: {exc}")
@@ -361,6 +366,13 @@ class Service:
         _trace().status = "ok"
         return _format.text_result(message)
 
+    def _runtime(self, profile: str) -> str | None:
+        """The container runtime of an engine profile (`runsc` for gVisor), if it has one."""
+        try:
+            return self.gate.policy.profile(profile)[1]
+        except KeyError:
+            return None
+
     def _engine_kind(self, tool: str) -> str:
         """The engine kind that runs `tool`'s code under the current policy."""
         policy = self.gate.policy
@@ -392,6 +404,9 @@ class Service:
         timeout = None if args.timeout_s is None else float(args.timeout_s)
         if timeout is not None and timeout <= 0:
             raise ArgumentError("timeout_s", "a number of seconds above 0", repr(args.timeout_s))
+        if args.memory_mb is not None and args.memory_mb <= 0:
+            raise ArgumentError("memory_mb", "a whole number of MiB above 0", repr(args.memory_mb))
+        memory = None if args.memory_mb is None else args.memory_mb * 1024 * 1024
         outcome = await self._execute(
             "run_code",
             raw,
@@ -399,19 +414,12 @@ class Service:
             session,
             program,
             requested_timeout_s=timeout,
+            requested_memory_bytes=memory,
             before_run=lambda: write(),
         )
         if isinstance(outcome, types.CallToolResult):
             return outcome
         return _format.run_code_result(outcome)
-
-
-class _NoEngine(Exception):
-    def __init__(self, kind: str, available: list[str]) -> None:
-        super().__init__(
-            f"the policy routes this tool to the '{kind}' engine, which this server does not "
-            f"run (it runs: {', '.join(available)}); start it or change the policy's engine"
-        )
 
 
 def _infra_text(engine: str, exc: BaseException) -> str:

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV="${SANDGATE_VENV:-.venv}"
-SYSTEM_PACKAGES=(redis-server)
+SYSTEM_PACKAGES=(redis-server docker.io runsc debootstrap)
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
@@ -29,6 +29,13 @@ echo "==> installing sandgate and its test dependencies"
 
 echo "==> preparing the wasm engine (the first time compiles CPython-WASI, ~90 s)"
 "$VENV/bin/sandgate" setup wasm
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "==> preparing the container engine (dockerd + gVisor, sandbox image built offline)"
+  SANDGATE_PYTHON="$VENV/bin/python" bash scripts/docker-setup.sh
+else
+  echo "==> not root: the container engine is not prepared (its tests skip outside CI)"
+fi
 
 echo "==> running the tests"
 exec "$VENV/bin/python" -m pytest "$@"

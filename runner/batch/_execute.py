@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import dataclasses
-import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import mcp_types as types
-
-from sandboxes import Engine, ExecutionPlan, RunResult
 
 from .._service import Caller, Service
 from ._jobs import Job
@@ -28,46 +23,8 @@ refusal becomes its result."""
 INFRA_ATTEMPTS = 3
 """Runs of a job that failed for the server's reason (`infra_error`) before that is its result."""
 INFRA_BACKOFF_S = 0.5
-_RETRY_IN = re.compile(r"Retry in ([0-9]+(?:\.[0-9]+)?) s")
-_BUSY = re.compile(r"server is busy; retry after ([0-9]+(?:\.[0-9]+)?) s")
-
-_JOB_MEMORY_BYTES: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "sandgate_batch_memory", default=None
-)
-
-
-class _JobEngine:
-    """Delegates to an engine, lowering the plan's memory cap to the job's own (never raising
-    it: the gate's ceiling stays the ceiling), and counting the guests it ran."""
-
-    def __init__(self, inner: Engine) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.runs = 0
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def run(self, plan: ExecutionPlan) -> RunResult:
-        wanted = _JOB_MEMORY_BYTES.get()
-        if wanted is not None and wanted < plan.limits.memory_bytes:
-            limits = dataclasses.replace(plan.limits, memory_bytes=wanted)
-            plan = dataclasses.replace(plan, limits=limits)
-        self.runs += 1
-        return await self.inner.run(plan)
-
-    def pool_stats(self) -> dict[str, int]:
-        figures = getattr(self.inner, "pool_stats", None)
-        return dict(figures()) if callable(figures) else {}
-
-    async def aclose(self) -> None:
-        """Nothing: the service that opened the inner engine closes it."""
-
-    async def __aenter__(self) -> _JobEngine:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
+RAN: frozenset[str] = frozenset(STATUSES) - {"denied", "invalid", "infra_error"}
+"""Result statuses of runs that reached an engine."""
 
 
 class JobExecutor:
@@ -89,13 +46,12 @@ class JobExecutor:
         self.service = service
         self.grant = grant
         self.max_rate_wait_s = max_rate_wait_s
-        self._engines = {name: _JobEngine(engine) for name, engine in service.engines.items()}
-        service.engines = dict(self._engines)
+        self._runs = 0
 
     @property
     def runs(self) -> int:
-        """Guests started so far (every attempt counts)."""
-        return sum(engine.runs for engine in self._engines.values())
+        """Guests started so far (every attempt that reached an engine counts)."""
+        return self._runs
 
     async def run(self, job: Job) -> JobResult:
         """Run `job` and say how it ended; never raises for anything the job holds."""
@@ -104,26 +60,25 @@ class JobExecutor:
             args["timeout_s"] = job.timeout_s
         if job.stdin is not None:
             args["stdin"] = job.stdin
-        memory = None if job.memory_mb is None else job.memory_mb * 1024 * 1024
-        token = _JOB_MEMORY_BYTES.set(memory)
+        if job.memory_mb is not None:
+            args["memory_mb"] = job.memory_mb
         waited = 0.0
         failures = 0
-        try:
-            while True:
-                answer = await self._call(args)
-                result = interpret(job, answer)
-                retry_in = rate_limited(answer) or busy(answer)
-                if retry_in is not None and waited + retry_in <= self.max_rate_wait_s:
-                    waited += retry_in
-                    await asyncio.sleep(retry_in)
-                    continue
-                if result.status == "infra_error" and failures + 1 < INFRA_ATTEMPTS:
-                    failures += 1
-                    await asyncio.sleep(INFRA_BACKOFF_S * failures)
-                    continue
-                return result
-        finally:
-            _JOB_MEMORY_BYTES.reset(token)
+        while True:
+            answer = await self._call(args)
+            result = interpret(job, answer)
+            if result.status in RAN:
+                self._runs += 1
+            retry_in = rate_limited(answer) or busy(answer)
+            if retry_in is not None and waited + retry_in <= self.max_rate_wait_s:
+                waited += retry_in
+                await asyncio.sleep(retry_in)
+                continue
+            if result.status == "infra_error" and failures + 1 < INFRA_ATTEMPTS:
+                failures += 1
+                await asyncio.sleep(INFRA_BACKOFF_S * failures)
+                continue
+            return result
 
     async def _call(self, args: Mapping[str, Any]) -> types.CallToolResult:
         session = f"batch-{uuid.uuid4().hex}"
@@ -140,17 +95,20 @@ def rate_limited(answer: types.CallToolResult) -> float | None:
     payload = answer.structured_content or {}
     if payload.get("status") != "denied" or "/limits/" not in str(payload.get("rule", "")):
         return None
-    found = _RETRY_IN.search(str(payload.get("reason", "")))
-    wait = float(found.group(1)) if found else 1.0
-    return min(max(wait, 0.1), 60.0)
+    return _bounded_wait(payload.get("retry_after_s"))
 
 
 def busy(answer: types.CallToolResult) -> float | None:
     """Seconds to wait when the server had no room for the run (nothing was counted)."""
-    if answer.structured_content is not None or not answer.is_error:
+    payload = answer.structured_content or {}
+    if payload.get("status") != "busy":
         return None
-    found = _BUSY.search(_text(answer))
-    return None if found is None else min(max(float(found.group(1)), 0.1), 60.0)
+    return _bounded_wait(payload.get("retry_after_s"))
+
+
+def _bounded_wait(hint: Any) -> float:
+    wait = float(hint) if isinstance(hint, int | float) else 1.0
+    return min(max(wait, 0.1), 60.0)
 
 
 def _text(answer: types.CallToolResult) -> str:

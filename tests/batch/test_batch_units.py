@@ -192,12 +192,19 @@ def _answer(payload: dict[str, Any] | None, text: str = "", is_error: bool = Tru
 
 def test_a_rate_limit_denial_waits_for_the_hinted_time() -> None:
     reason = "Rate limit 'x' reached: at most 3 per 2 s per grant (3 used). Retry in 1.5 s."
-    limited = _answer({"status": "denied", "rule": "/tools/run_code/limits/x", "reason": reason})
+    limited = _answer(
+        {
+            "status": "denied",
+            "rule": "/tools/run_code/limits/x",
+            "reason": reason,
+            "retry_after_s": 1.5,
+        }
+    )
     assert rate_limited(limited) == 1.5
     other = _answer({"status": "denied", "rule": "/default", "reason": "no"})
     assert rate_limited(other) is None
     busy_text = "Error: the server is busy; retry after 2 s. Nothing was counted."
-    assert busy(_answer(None, busy_text)) == 2.0
+    assert busy(_answer({"status": "busy", "retry_after_s": 2.0, "reason": busy_text})) == 2.0
     assert busy(_answer(None, "Error: the wasm sandbox failed")) is None
 
 

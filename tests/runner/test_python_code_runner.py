@@ -233,3 +233,12 @@ async def test_code_over_the_policy_maximum_is_refused_naming_the_limit(
         big = await _call(client, "run_python_code", {"code": "x = 1\n" * 20})
     assert _text(small).strip() == "fits"
     assert big.is_error and "max_code_bytes" in _text(big)
+
+
+async def test_run_code_memory_is_lowered_by_the_caller_never_raised(client: Client) -> None:
+    grow = "blocks = [bytearray(16 << 20) for _ in range(8)]\nprint('held 128 MiB')"
+    capped = await _call(client, "run_code", {"code": grow, "memory_mb": 64})
+    assert capped.structured_content is not None
+    assert capped.structured_content["status"] == "memory"
+    roomy = await _call(client, "run_code", {"code": grow, "memory_mb": 10_000_000})
+    assert roomy.structured_content is not None and roomy.structured_content["status"] == "ok"

@@ -1,0 +1,34 @@
+"""Every package's public API is a sorted `__all__` (isort style: CONSTANTS, Classes,
+functions) of names that exist."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+PACKAGES = [
+    "policies",
+    "runner",
+    "runner.batch",
+    "runner.mirror",
+    "sandboxes",
+    "sandboxes.container",
+    "sandboxes.pyodide",
+    "sandboxes.wasm",
+]
+
+
+def _isort_key(name: str) -> tuple[int, str]:
+    if name.isupper():
+        return 0, name
+    return (1 if name[0].isupper() else 2), name
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_all_is_sorted_and_every_name_exists(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = list(module.__all__)
+    assert exported == sorted(exported, key=_isort_key), f"{name}.__all__ is not sorted"
+    missing = [item for item in exported if not hasattr(module, item)]
+    assert missing == [], f"{name}.__all__ names what it does not define: {missing}"
