@@ -1,0 +1,59 @@
+"""The policy routes a tool to an engine: `engine: container` (runc) and `engine: gvisor` (runsc)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import mcp_types as types
+import pytest
+from mcp import Client
+
+from runner import build_server
+from sandboxes import WasmEngine
+from tests.conftest import IN_CI, service_for
+
+pytestmark = [pytest.mark.anyio, pytest.mark.container, pytest.mark.slow]
+
+
+def _docker_ready() -> None:
+    if shutil.which("docker") is None or subprocess.run(
+        ["docker", "info"], capture_output=True, timeout=30
+    ).returncode:
+        if IN_CI:
+            pytest.fail("dockerd is required in CI (scripts/docker-setup.sh starts it)")
+        pytest.skip("no Docker daemon here")
+
+
+def _text(result: types.CallToolResult) -> str:
+    return "".join(b.text for b in result.content if isinstance(b, types.TextContent))
+
+
+@pytest.mark.parametrize(("profile", "runtime"), [("container", "runc"), ("gvisor", "runsc")])
+async def test_a_tool_routed_to_a_container_profile_runs_there(
+    wasm_engine: WasmEngine, tmp_path: Path, profile: str, runtime: str
+) -> None:
+    _docker_ready()
+    if os.geteuid() != 0 and not IN_CI:
+        pytest.skip("the container engine's workspace hand-over needs root here")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: '1'\ndefault: deny\n"
+        f"tools:\n  run_python_code: {{engine: {profile}}}\n  run_code: {{}}\n"
+    )
+    probe = "import sys; print(sys.platform)"
+    async with (
+        service_for(tmp_path / "state", wasm_engine, policy) as service,
+        Client(build_server(service)) as client,
+    ):
+        routed = await client.call_tool("run_python_code", {"code": probe})
+        assert isinstance(routed, types.CallToolResult)
+        assert not routed.is_error, _text(routed)
+        assert _text(routed).strip() == "linux"  # a real Linux container, not the WASI guest
+        running = service.engines.running()
+        assert f"container:{runtime}" in running
+        wasm = await client.call_tool("run_code", {"code": "import sys; print(sys.platform)"})
+        assert isinstance(wasm, types.CallToolResult) and wasm.structured_content is not None
+        assert wasm.structured_content["stdout"].strip() == "wasi"
