@@ -1,4 +1,4 @@
-"""Setup and start-up: idempotent setup, a clear error without assets, the public API."""
+"""Setup and start-up: idempotent setup, a clear error without assets, the jail report."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import sandboxes.pyodide
 from sandboxes import EngineUnavailable
-from sandboxes.pyodide import PyodideEngine, setup_pyodide
+from sandboxes.pyodide import PYODIDE_VERSION, PyodideEngine, setup_pyodide
 
 pytestmark = [pytest.mark.anyio, pytest.mark.pyodide]
 
@@ -20,7 +19,7 @@ def test_setup_is_fast_once_done(assets_dir: Path) -> None:
     assert setup_pyodide(assets_dir, progress=lines.append) == assets_dir
     assert time.monotonic() - began < 2.0
     assert lines == [f"pyodide: ready in {assets_dir}"]
-    assert [p.name for p in assets_dir.glob("pyodide-*/pyodide.asm.wasm")] == ["pyodide.asm.wasm"]
+    assert (assets_dir / f"pyodide-{PYODIDE_VERSION}" / "pyodide.asm.wasm").is_file()
 
 
 async def test_start_without_assets_says_what_to_run(tmp_path: Path) -> None:
@@ -29,12 +28,6 @@ async def test_start_without_assets_says_what_to_run(tmp_path: Path) -> None:
         await engine.start()
     assert str(missing.value) == "Pyodide assets are missing: run `sandgate setup pyodide`"
     await engine.aclose()
-
-
-def test_the_public_api_is_sorted_and_complete() -> None:
-    exported = sandboxes.pyodide.__all__
-    assert exported == sorted(exported)
-    assert all(hasattr(sandboxes.pyodide, name) for name in exported)
 
 
 async def test_the_engine_reports_its_jail(engine: PyodideEngine) -> None:
