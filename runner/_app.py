@@ -30,6 +30,7 @@ from ._admission import Admission
 from ._engines import Engines, default_factories, policy_engine_keys
 from ._errors import SetupError
 from ._installs import Installer
+from ._mounts import MountPoint
 from ._service import Service
 from ._sessions import DEFAULT_IDLE_S, Sessions
 from ._tools import ALL_TOOL_SETS, ToolSet
@@ -52,6 +53,7 @@ class Config:
         state_dir: Counters, audit trail and workspaces live here.
         workers: WASM worker processes (guests that run at once).
         tool_sets: Which tool sets to serve.
+        mounts: Operator folders the Mcp Pyodide mount tools can list and read.
         idle_s: Seconds of inactivity after which a session's workspace is removed.
         progress: Where start-up progress lines go.
     """
@@ -60,6 +62,7 @@ class Config:
     state_dir: Path = field(default_factory=state_dir_default)
     workers: int = DEFAULT_WORKERS
     tool_sets: tuple[ToolSet, ...] = ALL_TOOL_SETS
+    mounts: tuple[MountPoint, ...] = ()
     idle_s: float = DEFAULT_IDLE_S
     progress: Callable[[str], None] = _stderr
 
@@ -112,10 +115,11 @@ async def open_service(
         installer=installer,
         tool_sets=config.tool_sets,
         admission=Admission(config.workers),
+        operator_mounts=config.mounts,
     )
     reaper = asyncio.create_task(_reap(sessions))
     try:
-        await running.start(policy_engine_keys(policy))
+        await running.start(policy_engine_keys(policy, service.tool_names()))
         yield service
     finally:
         reaper.cancel()

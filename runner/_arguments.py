@@ -68,6 +68,34 @@ class RunCodeArgs(BaseModel):
     )
 
 
+class PyodideExecuteArgs(BaseModel):
+    model_config = _STRICT
+    code: str = Field(description="The Python code to run (the final expression is returned).")
+    timeout: float | int = Field(
+        default=5000, description="Milliseconds before the run is stopped (clamped by policy)."
+    )
+
+
+class PyodideInstallPackagesArgs(BaseModel):
+    model_config = _STRICT
+    package: str = Field(description="Space-separated package names (optional ==version each).")
+
+
+class PyodideGetMountPointsArgs(BaseModel):
+    model_config = _STRICT
+
+
+class PyodideListMountedDirectoryArgs(BaseModel):
+    model_config = _STRICT
+    mountName: str = Field(description="A mount name from pyodide_get-mount-points.")
+
+
+class PyodideReadImageArgs(BaseModel):
+    model_config = _STRICT
+    mountName: str = Field(description="A mount name from pyodide_get-mount-points.")
+    imagePath: str = Field(description="The image's path inside the mount.")
+
+
 def _describe(value: Any) -> str:
     kind = {
         bool: "boolean",

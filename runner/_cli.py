@@ -35,9 +35,16 @@ def _parser() -> argparse.ArgumentParser:
         choices=ALL_TOOL_SETS,
         help="tool sets to serve (default: all)",
     )
+    serve.add_argument(
+        "--mount",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="an operator folder the Mcp Pyodide mount tools may list and read (repeatable)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log more")
     setup = sub.add_parser("setup", help="prepare engines once (compile CPython-WASI)")
-    setup.add_argument("what", nargs="?", default="wasm", choices=("wasm",))
+    setup.add_argument("what", nargs="?", default="wasm", choices=("wasm", "pyodide", "all"))
     for name in ("policy", "audit", "approve", "deny", "mirror", "batch"):
         sub.add_parser(name, add_help=False)
     return parser
@@ -74,6 +81,7 @@ def _delegate(command: str, rest: list[str]) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from ._app import Config
+    from ._mounts import parse_mount
     from ._transports import serve_http, serve_stdio
 
     logging.basicConfig(
@@ -88,8 +96,9 @@ def _serve(args: argparse.Namespace) -> int:
         fields["workers"] = args.workers
     if args.tools:
         fields["tool_sets"] = tuple(args.tools)
-    config = Config(**fields)  # type: ignore[arg-type]
     try:
+        fields["mounts"] = tuple(parse_mount(m) for m in args.mount)
+        config = Config(**fields)  # type: ignore[arg-type]
         if args.transport == "stdio":
             asyncio.run(serve_stdio(config))
         else:
@@ -103,6 +112,28 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _setup(args: argparse.Namespace) -> int:
+    code = 0
+    if args.what in ("wasm", "all"):
+        code = _setup_wasm()
+    if code == 0 and args.what in ("pyodide", "all"):
+        code = _setup_pyodide()
+    return code
+
+
+def _setup_pyodide() -> int:
+    from sandboxes import SandboxError
+    from sandboxes.pyodide import setup_pyodide
+
+    try:
+        path = setup_pyodide(progress=lambda s: print(s, file=sys.stderr))
+    except (SandboxError, OSError) as exc:
+        print(f"sandgate setup pyodide: {exc}", file=sys.stderr)
+        return 1
+    print(f"pyodide: assets ready in {path}", file=sys.stderr)
+    return 0
+
+
+def _setup_wasm() -> int:
     from sandboxes import WasmEngine
     from sandboxes.wasm import default_cache_dir, is_compiled
 

@@ -53,9 +53,10 @@ def default_factories(*, workers: int, state_dir: Path, progress: Progress) -> d
     }
 
 
-def policy_engine_keys(policy: Policy) -> list[str]:
-    """The engines a policy routes tools to (always `wasm`, the default profile)."""
-    names = {rule.engine for rule in policy.tools.values() if rule.engine}
+def policy_engine_keys(policy: Policy, tools: Iterable[str]) -> list[str]:
+    """The engines a policy routes the served `tools` to (always `wasm`, the default)."""
+    served = set(tools)
+    names = {rule.engine for name, rule in policy.tools.items() if rule.engine and name in served}
     if policy.all_tools is not None and policy.all_tools.engine:
         names.add(policy.all_tools.engine)
     keys = {"wasm"}

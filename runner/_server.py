@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import uuid
@@ -12,9 +13,13 @@ from typing import Any
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 
 from policies import NeedsApproval
 
+from ._errors import ArgumentError
+from ._resources import list_resources, read_resource
 from ._service import AskHuman, Caller, Service
 
 logger = logging.getLogger("sandgate.server")
@@ -160,6 +165,25 @@ def build_server(
         except AskHuman as ask:
             return _input_required(ask.need)
 
+    async def on_list_resources(
+        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        grant = _grant_of(ctx)
+        caller = Caller(grant=grant, session=session_id_of(ctx, grant))
+        mounts = service.pyodide.mounts(caller)
+        return types.ListResourcesResult(resources=await asyncio.to_thread(list_resources, mounts))
+
+    async def on_read_resource(
+        ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        grant = _grant_of(ctx)
+        caller = Caller(grant=grant, session=session_id_of(ctx, grant))
+        mounts = service.pyodide.mounts(caller)
+        try:
+            return await asyncio.to_thread(read_resource, mounts, str(params.uri))
+        except ArgumentError as exc:
+            raise MCPError(INVALID_PARAMS, str(exc)) from None
+
     def input_schema(name: str) -> dict[str, Any] | None:
         for tool in service.list_tools():
             if tool.name == name:
@@ -178,6 +202,8 @@ def build_server(
         ),
         on_list_tools=on_list_tools,
         on_call_tool=on_call_tool,
+        on_list_resources=on_list_resources,
+        on_read_resource=on_read_resource,
         get_tool_input_schema=input_schema,
         **kwargs,
     )

@@ -30,6 +30,8 @@ from ._engines import Engines
 from ._errors import ArgumentError, UnknownTool
 from ._installs import Installer, InstallRefused
 from ._metrics import Metrics
+from ._mounts import MountPoint
+from ._pyodide_tools import PyodideTools
 from ._sessions import Session, Sessions
 from ._tools import TOOLS_BY_NAME, ToolSet
 
@@ -37,6 +39,8 @@ logger = logging.getLogger("sandgate.service")
 
 DEFAULT_RUN_SLOTS = 4
 """Runs admitted at once when the server does not say (it passes its engines' worker count)."""
+
+Handler = Callable[[Mapping[str, Any], "Caller"], Awaitable[types.CallToolResult]]
 
 Approver = Callable[[NeedsApproval], Awaitable[bool | None]]
 """Asks a human about a call (MCP elicitation); True/False is the answer, None: cannot ask."""
@@ -108,6 +112,7 @@ class Service:
         tool_sets: tuple[ToolSet, ...],
         metrics: Metrics | None = None,
         admission: Admission | None = None,
+        operator_mounts: tuple[MountPoint, ...] = (),
     ) -> None:
         self.gate = gate
         self.admission = admission or Admission(DEFAULT_RUN_SLOTS)
@@ -116,6 +121,15 @@ class Service:
         self.sessions = sessions
         self.installer = installer
         self._names = [n for n, s in TOOLS_BY_NAME.items() if s.tool_set in tool_sets]
+        self.pyodide = PyodideTools(self, operator_mounts)
+        self._handlers: dict[str, Handler] = {
+            "run_python_code": self._run_python_code,
+            "save_to_file_and_run": self._save_to_file_and_run,
+            "run_python_file": self._run_python_file,
+            "pip_install_package": self._pip_install_package,
+            "run_code": self._run_code,
+            **self.pyodide.handlers(),
+        }
 
     def pool_stats(self) -> dict[str, dict[str, int]]:
         """Each engine's pool figures, for the metrics."""
@@ -164,7 +178,7 @@ class Service:
         try:
             if name not in self._names:
                 raise UnknownTool(name, self.tool_names())
-            handler = getattr(self, "_" + name)
+            handler = self._handlers[name]
             result: types.CallToolResult = await handler(arguments or {}, caller)
             return result
         except (ArgumentError, UnknownTool) as exc:
@@ -186,11 +200,13 @@ class Service:
 
     # -- the shared path -------------------------------------------------------------------
 
-    def _session(self, caller: Caller, named: str | None = None) -> Session:
+    def session_of(self, caller: Caller, named: str | None = None) -> Session:
+        """The caller's session (or the named one of its grant), made on first use."""
         session_id = caller.session if named is None else f"named:{named}"
         return self.sessions.get(caller.grant, session_id)
 
-    async def _decide(self, call: ToolCall, caller: Caller) -> Allowed | Denied:
+    async def decide(self, call: ToolCall, caller: Caller) -> Allowed | Denied:
+        """Ask the gate (and a human, when the policy wants one) about `call`."""
         if caller.answer is not None:
             approval_id, approved = caller.answer
             with contextlib.suppress(UnknownApproval):
@@ -211,7 +227,7 @@ class Service:
         _trace().decision = "deny" if isinstance(decision, Denied) else "allow"
         return decision
 
-    async def _execute(
+    async def execute(
         self,
         tool: str,
         raw: Mapping[str, Any],
@@ -233,7 +249,7 @@ class Service:
             requested_timeout_s=requested_timeout_s,
             requested_memory_bytes=requested_memory_bytes,
         )
-        decision = await self._decide(call, caller)
+        decision = await self.decide(call, caller)
         if isinstance(decision, Denied):
             return _format.denied_result(
                 decision.rule, decision.reason, structured=tool == "run_code"
@@ -244,13 +260,13 @@ class Service:
         try:
             early = before_run() if before_run is not None else None
             if early is not None:
-                self._finish(decision, "completed", status="not_run")
+                self.finish(decision, "completed", status="not_run")
                 return early
             engine = await self.engines.for_plan(plan, self._runtime(plan.profile))
             async with self.admission.slot(caller.grant):
                 result = await engine.run(plan)
         except (SandboxError, OSError, Busy) as exc:
-            self._finish(decision, "infra_error", error=f"{type(exc).__name__}: {exc}")
+            self.finish(decision, "infra_error", error=f"{type(exc).__name__}: {exc}")
             _trace().status = "infra_error"
             if isinstance(exc, (EngineBusy, Busy)):
                 return _format.busy_result(
@@ -258,15 +274,16 @@ class Service:
                 )
             return _format.error_result(_infra_text(plan.engine, exc))
         except BaseException as exc:
-            self._finish(decision, "infra_error", error=f"{type(exc).__name__}: {exc}")
+            self.finish(decision, "infra_error", error=f"{type(exc).__name__}: {exc}")
             raise
         usage = {"wall_ms": result.usage.wall_ms, "cpu_ms": result.usage.cpu_ms}
         usage["peak_memory_bytes"] = result.usage.peak_memory_bytes
-        self._finish(decision, "completed", status=result.status, usage=usage)
+        self.finish(decision, "completed", status=result.status, usage=usage)
         _trace().status = result.status
         return result
 
-    def _finish(self, decision: Allowed, outcome: Any, **details: Any) -> None:
+    def finish(self, decision: Allowed, outcome: Any, **details: Any) -> None:
+        """Tell the gate how an allowed call ended (commit or roll back; audit)."""
         try:
             self.gate.finish(decision, outcome=outcome, **details)
         except Exception:
@@ -278,9 +295,9 @@ class Service:
         self, raw: Mapping[str, Any], caller: Caller
     ) -> types.CallToolResult:
         args = validate_arguments(RunPythonCodeArgs, raw)
-        session = self._session(caller)
+        session = self.session_of(caller)
         program = Program("code", args.code, args.variable_to_return)
-        outcome = await self._execute("run_python_code", raw, caller, session, program)
+        outcome = await self.execute("run_python_code", raw, caller, session, program)
         if isinstance(outcome, types.CallToolResult):
             return outcome
         return _format.python_result(
@@ -292,7 +309,7 @@ class Service:
     ) -> types.CallToolResult:
         args = validate_arguments(SaveToFileAndRunArgs, raw)
         rel = _paths.check_file_name(args.file_name)
-        session = self._session(caller)
+        session = self.session_of(caller)
         files = session.workspace.files
         _paths.refuse_links(files, rel)
 
@@ -303,7 +320,7 @@ class Service:
             return None
 
         program = Program("file", rel, args.variable_to_return)
-        outcome = await self._execute(
+        outcome = await self.execute(
             "save_to_file_and_run", raw, caller, session, program, before_run=write
         )
         if isinstance(outcome, types.CallToolResult):
@@ -317,7 +334,7 @@ class Service:
     ) -> types.CallToolResult:
         args = validate_arguments(RunPythonFileArgs, raw)
         rel = _paths.check_file_name(args.file_name)
-        session = self._session(caller)
+        session = self.session_of(caller)
         files = session.workspace.files
         _paths.refuse_links(files, rel)
 
@@ -330,7 +347,7 @@ class Service:
             )
 
         program = Program("file", rel, args.variable_to_return)
-        outcome = await self._execute(
+        outcome = await self.execute(
             "run_python_file", raw, caller, session, program, before_run=present
         )
         if isinstance(outcome, types.CallToolResult):
@@ -343,12 +360,12 @@ class Service:
         self, raw: Mapping[str, Any], caller: Caller
     ) -> types.CallToolResult:
         args = validate_arguments(PipInstallPackageArgs, raw)
-        session = self._session(caller)
+        session = self.session_of(caller)
         requested = self.installer.parse(args.package_name, argument="package_name")
         call = ToolCall(
             tool="pip_install_package", args=dict(raw), grant=caller.grant, session=session.id
         )
-        decision = await self._decide(call, caller)
+        decision = await self.decide(call, caller)
         if isinstance(decision, Denied):
             return _format.denied_result(decision.rule, decision.reason)
         try:
@@ -359,10 +376,10 @@ class Service:
                 engine=self._engine_kind("run_python_code"),
             )
         except InstallRefused as exc:
-            self._finish(decision, "completed", status="refused", error=str(exc))
+            self.finish(decision, "completed", status="refused", error=str(exc))
             _trace().status = "refused"
             return _format.error_result(f"Error installing package {args.package_name}: {exc}")
-        self._finish(decision, "completed", status="ok")
+        self.finish(decision, "completed", status="ok")
         _trace().status = "ok"
         return _format.text_result(message)
 
@@ -387,7 +404,7 @@ class Service:
 
     async def _run_code(self, raw: Mapping[str, Any], caller: Caller) -> types.CallToolResult:
         args = validate_arguments(RunCodeArgs, raw)
-        session = self._session(caller, args.session)
+        session = self.session_of(caller, args.session)
         files = session.workspace.files
         to_write: list[tuple[str, str]] = []
         for name, text in (args.files or {}).items():
@@ -407,7 +424,7 @@ class Service:
         if args.memory_mb is not None and args.memory_mb <= 0:
             raise ArgumentError("memory_mb", "a whole number of MiB above 0", repr(args.memory_mb))
         memory = None if args.memory_mb is None else args.memory_mb * 1024 * 1024
-        outcome = await self._execute(
+        outcome = await self.execute(
             "run_code",
             raw,
             caller,

@@ -9,6 +9,11 @@ from pydantic import BaseModel
 
 from ._arguments import (
     PipInstallPackageArgs,
+    PyodideExecuteArgs,
+    PyodideGetMountPointsArgs,
+    PyodideInstallPackagesArgs,
+    PyodideListMountedDirectoryArgs,
+    PyodideReadImageArgs,
     RunCodeArgs,
     RunPythonCodeArgs,
     RunPythonFileArgs,
@@ -16,7 +21,7 @@ from ._arguments import (
     input_schema,
 )
 
-ToolSet = Literal["python-code-runner", "native"]
+ToolSet = Literal["python-code-runner", "mcp-pyodide", "native"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,39 @@ TOOLS: tuple[ToolSpec, ...] = (
         RunPythonFileArgs,
     ),
     ToolSpec(
+        "pyodide_execute",
+        "mcp-pyodide",
+        "Run Python code in this session's Pyodide interpreter (state is kept between calls). "
+        "Returns what it printed and the value of its final expression; images it writes to "
+        "/workspace come back as images.",
+        PyodideExecuteArgs,
+    ),
+    ToolSpec(
+        "pyodide_install-packages",
+        "mcp-pyodide",
+        "Install packages (space-separated names) into this session's Pyodide interpreter, "
+        "from the operator's package mirror only.",
+        PyodideInstallPackagesArgs,
+    ),
+    ToolSpec(
+        "pyodide_get-mount-points",
+        "mcp-pyodide",
+        "List the mount points (name, path inside Pyodide, read-only or not).",
+        PyodideGetMountPointsArgs,
+    ),
+    ToolSpec(
+        "pyodide_list-mounted-directory",
+        "mcp-pyodide",
+        "List the files of a mount point.",
+        PyodideListMountedDirectoryArgs,
+    ),
+    ToolSpec(
+        "pyodide_read-image",
+        "mcp-pyodide",
+        "Read an image file from a mount point and return it as image content.",
+        PyodideReadImageArgs,
+    ),
+    ToolSpec(
         "run_code",
         "native",
         "Run Python code in a sandbox and return structured content: status (ok, error, "
@@ -72,4 +110,4 @@ TOOLS: tuple[ToolSpec, ...] = (
 )
 
 TOOLS_BY_NAME: dict[str, ToolSpec] = {spec.name: spec for spec in TOOLS}
-ALL_TOOL_SETS: tuple[ToolSet, ...] = ("python-code-runner", "native")
+ALL_TOOL_SETS: tuple[ToolSet, ...] = ("python-code-runner", "mcp-pyodide", "native")

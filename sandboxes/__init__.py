@@ -3,6 +3,7 @@
 from ._engine import Engine
 from ._errors import EngineBusy, EngineCrashed, EngineNotReady, EngineUnavailable, SandboxError
 from ._fake import FakeEngine
+from ._files import read_regular_file
 from ._types import (
     DEFAULT_MEMORY_BYTES,
     DEFAULT_OUTPUT_BYTES,
@@ -46,4 +47,5 @@ __all__ = [
     "Usage",
     "WasmEngine",
     "WorkspacePaths",
+    "read_regular_file",
 ]

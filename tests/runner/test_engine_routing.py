@@ -19,9 +19,10 @@ pytestmark = [pytest.mark.anyio, pytest.mark.container, pytest.mark.slow]
 
 
 def _docker_ready() -> None:
-    if shutil.which("docker") is None or subprocess.run(
-        ["docker", "info"], capture_output=True, timeout=30
-    ).returncode:
+    if (
+        shutil.which("docker") is None
+        or subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode
+    ):
         if IN_CI:
             pytest.fail("dockerd is required in CI (scripts/docker-setup.sh starts it)")
         pytest.skip("no Docker daemon here")

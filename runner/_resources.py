@@ -1,0 +1,83 @@
+"""Files under the mount points as MCP resources (`file:///workspace/…`, `file:///mounts/NAME/…`)."""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+from pathlib import Path
+from urllib.parse import quote, unquote, urlparse
+
+import mcp_types as types
+
+from sandboxes import read_regular_file
+from sandboxes.pyodide import MountPathRefused, list_mounted_directory
+
+from ._errors import ArgumentError
+from ._mounts import WORKSPACE_MOUNT, MountPoint
+
+MAX_LISTED = 500
+MAX_READ_BYTES = 8 * 1024 * 1024
+
+
+def _prefix(mount: MountPoint) -> str:
+    return (
+        "file:///workspace/" if mount.name == WORKSPACE_MOUNT else f"file:///mounts/{mount.name}/"
+    )
+
+
+def list_resources(mounts: list[MountPoint]) -> list[types.Resource]:
+    """Regular files under every mount (links never followed), at most `MAX_LISTED`."""
+    found: list[types.Resource] = []
+    for mount in mounts:
+        stack = [""]
+        while stack and len(found) < MAX_LISTED:
+            folder = stack.pop()
+            try:
+                entries = list_mounted_directory(mount.host, folder)
+            except MountPathRefused:
+                continue
+            for entry in entries:
+                if entry.kind == "directory":
+                    stack.append(entry.path)
+                elif entry.kind == "file" and len(found) < MAX_LISTED:
+                    mime, _ = mimetypes.guess_type(entry.name)
+                    found.append(
+                        types.Resource(
+                            uri=_prefix(mount) + quote(entry.path),
+                            name=f"{mount.name}/{entry.path}",
+                            mime_type=mime,
+                            size=entry.size_bytes,
+                        )
+                    )
+    return found
+
+
+def read_resource(mounts: list[MountPoint], uri: str) -> types.ReadResourceResult:
+    """The contents of a `file://` resource under a mount.
+
+    Raises:
+        ArgumentError: not a `file://` URI under a mount, or not a readable regular file.
+    """
+    parsed = urlparse(uri)
+    path = unquote(parsed.path)
+    for mount in mounts:
+        root = urlparse(_prefix(mount)).path
+        if parsed.scheme == "file" and path.startswith(root):
+            rel = path[len(root) :]
+            data = read_regular_file(mount.host, rel, max_bytes=MAX_READ_BYTES)
+            if data is None:
+                raise ArgumentError(
+                    "uri", "a regular file inside the mount (no links, at most 8 MiB)", uri
+                )
+            mime, _ = mimetypes.guess_type(Path(rel).name)
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                blob = base64.b64encode(data).decode("ascii")
+                return types.ReadResourceResult(
+                    contents=[types.BlobResourceContents(uri=uri, blob=blob, mime_type=mime)]
+                )
+            return types.ReadResourceResult(
+                contents=[types.TextResourceContents(uri=uri, text=text, mime_type=mime)]
+            )
+    raise ArgumentError("uri", "a file:///workspace/… or file:///mounts/NAME/… URI", uri)
