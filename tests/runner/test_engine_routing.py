@@ -1,4 +1,4 @@
-"""The policy routes a tool to an engine: `engine: container` (runc) and `engine: gvisor` (runsc)."""
+"""The policy routes a tool to an engine: `engine: container` (runc), `engine: gvisor` (runsc)."""
 
 from __future__ import annotations
 

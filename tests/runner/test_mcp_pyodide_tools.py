@@ -1,4 +1,4 @@
-"""The Mcp Pyodide tool set over MCP, on the real Deno + Pyodide engine, behind the default policy."""
+"""The Mcp Pyodide tool set over MCP on the real Deno + Pyodide engine, default policy."""
 
 from __future__ import annotations
 
@@ -118,7 +118,8 @@ async def test_read_image_refuses_paths_out_of_the_mount_and_non_images(
 
 
 async def test_an_image_the_code_writes_comes_back_and_as_a_resource(client: Client) -> None:
-    code = f"import base64\nopen('/workspace/dot.png', 'wb').write(base64.b64decode({base64.b64encode(PNG).decode()!r}))"
+    encoded = base64.b64encode(PNG).decode()
+    code = f"import base64\nopen('/workspace/dot.png', 'wb').write(base64.b64decode({encoded!r}))"
     result = await client.call_tool("pyodide_execute", {"code": code})
     assert not result.is_error, _text(result)
     assert any(isinstance(b, types.ImageContent) for b in result.content)
