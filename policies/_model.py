@@ -121,6 +121,50 @@ class StateSettings(BaseModel):
     )
 
 
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+"""Largest request (HTTP body, or a tool call's arguments as JSON), in bytes: 4 MiB."""
+DEFAULT_MAX_SESSIONS_PER_GRANT = 64
+"""Sessions one grant may hold at once."""
+DEFAULT_MAX_WORKSPACE_BYTES_TOTAL = 4 * 1024 * 1024 * 1024
+"""Disk all session workspaces of one server may use before new sessions are refused: 4 GiB."""
+DEFAULT_SESSION_IDLE_S = 3600.0
+"""Seconds without a call after which a session and its workspace are removed."""
+
+
+class ServerSettings(BaseModel):
+    """Limits that protect the server itself, whatever the tools' rules allow."""
+
+    model_config = MODEL_CONFIG
+
+    max_request_bytes: int = Field(
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        gt=0,
+        description="Largest request, in bytes: an HTTP request body (bigger ones get 413, read "
+        "at start-up) and a tool call's arguments as JSON (bigger ones are refused before the "
+        "policy, with rule /server/max_request_bytes). Default: 4194304 (4 MiB).",
+    )
+    max_sessions_per_grant: int = Field(
+        default=DEFAULT_MAX_SESSIONS_PER_GRANT,
+        gt=0,
+        description="Sessions (MCP sessions and named run_code sessions, each with a workspace) "
+        "one grant may hold at once; a call that would open one more is refused with rule "
+        "/server/max_sessions_per_grant until one ends or idles out. Default: 64.",
+    )
+    max_workspace_bytes_total: int = Field(
+        default=DEFAULT_MAX_WORKSPACE_BYTES_TOTAL,
+        gt=0,
+        description="Bytes all session workspaces of this server may use on disk; while they use "
+        "more, calls that would open a new session are refused with rule "
+        "/server/max_workspace_bytes_total. Default: 4294967296 (4 GiB).",
+    )
+    session_idle_s: float = Field(
+        default=DEFAULT_SESSION_IDLE_S,
+        gt=0,
+        description="Seconds without a call after which a session is ended and its workspace "
+        "removed (also the idle timeout of HTTP sessions). Default: 3600.",
+    )
+
+
 class Policy(BaseModel):
     """A whole policy file. Unknown keys are errors; every default is the safe one."""
 
@@ -171,6 +215,10 @@ class Policy(BaseModel):
     )
     limits: list[CounterLimit] = Field(
         default_factory=list, description="Rate limits applied to every call."
+    )
+    server: ServerSettings = Field(
+        default_factory=ServerSettings,
+        description="Limits protecting the server itself (request size, sessions, disk).",
     )
 
     _warnings: tuple[Problem, ...] = PrivateAttr(default=())
