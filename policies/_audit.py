@@ -161,7 +161,8 @@ class AuditLog:
         Raises:
             AuditUnavailable: The write failed (disk full, file closed).
         """
-        line = _LINE.encode(fields).encode("utf-8") + b"\n"
+        # An unpaired surrogate (from a caller's text) is kept as its JSON escape.
+        line = _LINE.encode(fields).encode("utf-8", "backslashreplace") + b"\n"
         with self._lock:
             if self._fd is None:
                 raise AuditUnavailable(self.path, "the audit log is closed")

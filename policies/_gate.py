@@ -47,7 +47,7 @@ class _Context(NamedTuple):
     tool: CompiledTool
     subject: Subject
     decision_id: str
-    args_sha256: str
+    args_sha256: str | None
     now: float
 
 
@@ -159,7 +159,7 @@ class Gate:
             tool,
             Subject(call.tool, call.args, call.grant, call.session, ()),
             os.urandom(16).hex(),
-            sha256_hex(canonical_json(call.args)),
+            _args_hash(call.args),
             self._clock(),
         )
         try:
@@ -206,6 +206,7 @@ class Gate:
 
     def _ask(self, ctx: _Context, asked: tuple[str, str]) -> NeedsApproval | Refusal | str:
         ttl = ctx.compiled.policy.approvals.timeout_s
+        assert ctx.args_sha256 is not None  # `decide` always hashes (its arguments are valid)
         return self._desk.check(ctx.call, ctx.args_sha256, asked, ctx.decision_id, ttl, ctx.now)
 
     def _allow(
@@ -364,6 +365,14 @@ class Gate:
             return False
         self._compiled = compiled
         return True
+
+
+def _args_hash(args: Mapping[str, Any]) -> str | None:
+    """sha256 of refused arguments, or None when no JSON can hold them (nested too deeply)."""
+    try:
+        return sha256_hex(canonical_json(args))
+    except (ValueError, TypeError, RecursionError):
+        return None
 
 
 def _audit_denied(ctx: _Context, exc: AuditUnavailable) -> Denied:
