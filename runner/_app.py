@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -32,12 +33,13 @@ from ._errors import SetupError
 from ._installs import Installer
 from ._mounts import MountPoint
 from ._service import Service
-from ._sessions import DEFAULT_IDLE_S, Sessions
+from ._sessions import Sessions
 from ._tools import ALL_TOOL_SETS, ToolSet
 
 logger = logging.getLogger("sandgate.app")
 
 REAP_EVERY_S = 60.0
+MIN_REAP_EVERY_S = 0.05
 
 
 def _stderr(line: str) -> None:
@@ -54,8 +56,10 @@ class Config:
         workers: WASM worker processes (guests that run at once).
         tool_sets: Which tool sets to serve.
         mounts: Operator folders the Mcp Pyodide mount tools can list and read.
-        idle_s: Seconds of inactivity after which a session's workspace is removed.
+        idle_s: Seconds of inactivity after which a session's workspace is removed;
+            `None` (the default) takes the policy's `server.session_idle_s`.
         progress: Where start-up progress lines go.
+        clock: Unix time source for session idling (tests pass a fake clock).
     """
 
     policy_path: Path | None = None
@@ -63,8 +67,9 @@ class Config:
     workers: int = DEFAULT_WORKERS
     tool_sets: tuple[ToolSet, ...] = ALL_TOOL_SETS
     mounts: tuple[MountPoint, ...] = ()
-    idle_s: float = DEFAULT_IDLE_S
+    idle_s: float | None = None
     progress: Callable[[str], None] = _stderr
+    clock: Callable[[], float] = time.time
 
 
 @asynccontextmanager
@@ -102,7 +107,9 @@ async def open_service(
         ready=engines,
     )
     workspaces = config.state_dir / "workspaces" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    sessions = Sessions(workspaces, idle_s=config.idle_s)
+    sessions = Sessions(
+        workspaces, idle_s=config.idle_s, settings=lambda: gate.policy.server, clock=config.clock
+    )
     packages = policy.packages
     installer = Installer(
         mirror_dir=Path(packages.mirror) if packages and packages.mirror else None,
@@ -133,6 +140,10 @@ async def open_service(
 
 
 async def _reap(sessions: Sessions) -> None:
+    """Remove idle sessions, checking every `REAP_EVERY_S` (more often for short idle times)."""
     while True:
-        await asyncio.sleep(REAP_EVERY_S)
-        await asyncio.to_thread(sessions.reap_idle)
+        await asyncio.sleep(min(REAP_EVERY_S, max(MIN_REAP_EVERY_S, sessions.idle_s / 4)))
+        try:
+            await asyncio.to_thread(sessions.reap_idle)
+        except Exception:  # a failed sweep must not end the reaping
+            logger.exception("could not remove idle sessions")

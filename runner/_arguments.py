@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
-from ._errors import ArgumentError
+from ._errors import ArgumentError, ServerLimit
 
 M = TypeVar("M", bound=BaseModel)
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -188,3 +188,55 @@ def input_schema(model: type[BaseModel]) -> dict[str, Any]:
         prop.pop("title", None)
     schema["additionalProperties"] = False
     return schema
+
+
+MAX_ARGUMENT_DEPTH = 64
+"""Deepest nesting of arrays and objects a tool call's arguments may have."""
+
+
+def check_request_size(arguments: Any, max_bytes: int) -> None:
+    """Refuse arguments bigger than `max_bytes` as JSON, or nested too deeply, without
+    building their JSON (the walk stops as soon as the size is over).
+
+    Raises:
+        ServerLimit: the arguments are bigger than `max_bytes` (`max_request_bytes`).
+        ArgumentError: they are nested more than `MAX_ARGUMENT_DEPTH` levels.
+    """
+    size = 0
+    stack: list[tuple[Any, int, str]] = [(arguments, 0, "(arguments)")]
+    while stack:
+        value, depth, top = stack.pop()
+        if isinstance(value, str):
+            size += (len(value) if value.isascii() else _utf8_len(value)) + 2
+        elif isinstance(value, Mapping | list | tuple):
+            if depth > MAX_ARGUMENT_DEPTH:
+                raise ArgumentError(
+                    top,
+                    f"JSON nested at most {MAX_ARGUMENT_DEPTH} levels deep",
+                    "a value nested deeper",
+                )
+            size += 2
+            if isinstance(value, Mapping):
+                for key, item in value.items():
+                    name = str(key) if depth == 0 else top
+                    stack.append((str(key), depth + 1, name))
+                    stack.append((item, depth + 1, name))
+                    size += 2
+            else:
+                stack.extend((item, depth + 1, top) for item in value)
+                size += len(value)
+        else:
+            size += 24
+        if size > max_bytes:
+            raise ServerLimit(
+                "max_request_bytes",
+                max_bytes,
+                size,
+                f"the arguments are larger than this server accepts (more than {max_bytes} "
+                "bytes as JSON, server.max_request_bytes); send less text per call, or save "
+                "large inputs as files over several calls",
+            )
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))

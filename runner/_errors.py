@@ -3,6 +3,7 @@
 RunnerError
 ├── ArgumentError      a tool argument is missing, extra, of the wrong type or refused
 ├── UnknownTool        no tool of that name is served
+├── ServerLimit        the call would take the server past one of its own limits (`server:`)
 └── SetupError         the server cannot start as configured (bad policy path, no engine)
 """
 
@@ -46,6 +47,27 @@ class UnknownTool(RunnerError):
         )
         self.name = name
         self.available = available
+
+
+class ServerLimit(RunnerError):
+    """A call would take the server past one of its own limits (the policy's `server:` section).
+
+    Attributes:
+        setting: The `server:` setting, e.g. `max_sessions_per_grant`.
+        limit: Its value.
+        value: What the call would have needed or reached (same unit as `limit`).
+    """
+
+    def __init__(self, setting: str, limit: float, value: float, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.limit = limit
+        self.value = value
+
+    @property
+    def rule(self) -> str:
+        """The rule the refusal is audited under: `/server/<setting>`."""
+        return f"/server/{self.setting}"
 
 
 class SetupError(RunnerError):

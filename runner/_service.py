@@ -24,10 +24,11 @@ from ._arguments import (
     RunPythonCodeArgs,
     RunPythonFileArgs,
     SaveToFileAndRunArgs,
+    check_request_size,
     validate_arguments,
 )
 from ._engines import Engines
-from ._errors import ArgumentError, UnknownTool
+from ._errors import ArgumentError, ServerLimit, UnknownTool
 from ._installs import Installer, InstallRefused
 from ._metrics import Metrics
 from ._mounts import MountPoint
@@ -164,7 +165,8 @@ class Service:
         began = time.perf_counter()
         self.metrics.in_flight.inc()
         try:
-            return await self._serve(name, arguments, caller)
+            with self.sessions.hold():
+                return await self._serve(name, arguments, caller)
         finally:
             self.metrics.in_flight.dec()
             _TRACE.reset(token)
@@ -176,13 +178,16 @@ class Service:
         self, name: str, arguments: Mapping[str, Any] | None, caller: Caller
     ) -> types.CallToolResult:
         try:
+            check_request_size(arguments, self.gate.policy.server.max_request_bytes)
             if name not in self._names:
                 raise UnknownTool(name, self.tool_names())
             handler = self._handlers[name]
             result: types.CallToolResult = await handler(arguments or {}, caller)
             return result
-        except (ArgumentError, UnknownTool) as exc:
+        except (ArgumentError, UnknownTool, ServerLimit) as exc:
             rule = f"/arguments/{exc.argument}" if isinstance(exc, ArgumentError) else "/tools"
+            if isinstance(exc, ServerLimit):
+                rule = exc.rule
             safe_args = dict(arguments) if isinstance(arguments, Mapping) else {}
             refused = ToolCall(
                 tool=name, args=safe_args, grant=caller.grant, session=caller.session

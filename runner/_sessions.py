@@ -1,64 +1,155 @@
-"""Sessions and their workspaces: one folder per session, removed when it ends or idles out."""
+"""Sessions and their workspaces: one folder per session, capped per grant and in total disk,
+removed when it ends or idles out."""
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
+import os
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from policies import ServerSettings
 from sandboxes import WorkspacePaths
+
+from ._errors import ServerLimit
 
 logger = logging.getLogger("sandgate.sessions")
 
-DEFAULT_IDLE_S = 3600.0
+DEFAULT_IDLE_S = ServerSettings().session_idle_s
+
+Settings = Callable[[], ServerSettings]
+"""Where the server limits come from (the policy in force, so a reload applies them)."""
 
 
 @dataclass(slots=True)
 class Session:
-    """One client session: its id, workspace and when it was last used."""
+    """One client session: its id, workspace, when it was last used and calls using it now."""
 
     id: str
     grant: str
     workspace: WorkspacePaths
     last_used: float
+    busy: int = 0
+
+
+_HELD: contextvars.ContextVar[list[Session] | None] = contextvars.ContextVar(
+    "sandgate_held_sessions", default=None
+)
 
 
 class Sessions:
     """Creates workspaces on first use and removes them when sessions end or idle out.
 
+    A new session is refused (`ServerLimit`) when its grant already holds
+    `max_sessions_per_grant` sessions, or when all workspaces together use more than
+    `max_workspace_bytes_total` bytes. A session in use by a call is never reaped.
+
     Args:
         root: Folder holding every workspace.
-        idle_s: Seconds without a call after which a session's workspace is removed.
+        idle_s: Seconds without a call after which a session's workspace is removed;
+            `None` takes `session_idle_s` from `settings`.
+        settings: The server limits (default: the built-in defaults).
+        clock: Unix time source (tests pass a fake clock to idle sessions out).
     """
 
-    def __init__(self, root: Path, *, idle_s: float = DEFAULT_IDLE_S) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        idle_s: float | None = None,
+        settings: Settings = ServerSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._root = root
         self._idle_s = idle_s
+        self._settings = settings
+        self._clock = clock
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
+
+    @property
+    def idle_s(self) -> float:
+        """Seconds of inactivity after which a session is removed (as configured now)."""
+        return self._idle_s if self._idle_s is not None else self._settings().session_idle_s
 
     @staticmethod
     def _folder_name(grant: str, session_id: str) -> str:
         return hashlib.sha256(f"{grant}\x00{session_id}".encode()).hexdigest()[:32]
 
     def get(self, grant: str, session_id: str) -> Session:
-        """The session for (grant, session id), created with an empty workspace on first use."""
+        """The session for (grant, session id), created with an empty workspace on first use.
+
+        Inside `hold()`, the session counts as in use until the hold ends.
+
+        Raises:
+            ServerLimit: a new session would exceed `max_sessions_per_grant` or
+                `max_workspace_bytes_total`.
+        """
         key = f"{grant}\x00{session_id}"
         with self._lock:
             session = self._sessions.get(key)
             if session is None:
+                self._check_room(grant)
                 base = self._root / self._folder_name(grant, session_id)
                 files, site = base / "files", base / "site"
                 files.mkdir(parents=True, exist_ok=True, mode=0o700)
                 site.mkdir(parents=True, exist_ok=True, mode=0o700)
-                session = Session(session_id, grant, WorkspacePaths(files, site), time.time())
+                session = Session(session_id, grant, WorkspacePaths(files, site), self._clock())
                 self._sessions[key] = session
-            session.last_used = time.time()
+            session.last_used = self._clock()
+            held = _HELD.get()
+            if held is not None:
+                session.busy += 1
+                held.append(session)
             return session
+
+    def _check_room(self, grant: str) -> None:
+        settings = self._settings()
+        mine = sum(1 for s in self._sessions.values() if s.grant == grant)
+        if mine >= settings.max_sessions_per_grant:
+            raise ServerLimit(
+                "max_sessions_per_grant",
+                settings.max_sessions_per_grant,
+                mine + 1,
+                f"this client already holds {mine} sessions, the server's maximum "
+                f"(server.max_sessions_per_grant = {settings.max_sessions_per_grant}); reuse a "
+                "session (or a named run_code session) or wait until one idles out "
+                f"({self.idle_s:g} s without a call)",
+            )
+        used = workspace_bytes(self._root)
+        if used > settings.max_workspace_bytes_total:
+            raise ServerLimit(
+                "max_workspace_bytes_total",
+                settings.max_workspace_bytes_total,
+                used,
+                f"the session workspaces on this server use {used} bytes, more than its maximum "
+                f"(server.max_workspace_bytes_total = {settings.max_workspace_bytes_total}), so "
+                "no new session can start now; use an existing session, or retry once idle "
+                "sessions have been removed",
+            )
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Sessions `get` returns inside count as in use (never reaped) until this ends; then
+        they count as used at that moment."""
+        held: list[Session] = []
+        token = _HELD.set(held)
+        try:
+            yield
+        finally:
+            _HELD.reset(token)
+            now = self._clock()
+            with self._lock:
+                for session in held:
+                    session.busy -= 1
+                    session.last_used = now
 
     def end(self, grant: str, session_id: str) -> None:
         """Forget a session and remove its workspace."""
@@ -68,10 +159,13 @@ class Sessions:
             shutil.rmtree(session.workspace.files.parent, ignore_errors=True)
 
     def reap_idle(self, now: float | None = None) -> list[str]:
-        """Remove sessions idle longer than `idle_s`; returns their ids."""
-        now = time.time() if now is None else now
+        """Remove sessions idle longer than `idle_s` (and not in use); returns their ids."""
+        now = self._clock() if now is None else now
+        idle_s = self.idle_s
         with self._lock:
-            idle = [k for k, s in self._sessions.items() if now - s.last_used > self._idle_s]
+            idle = [
+                k for k, s in self._sessions.items() if s.busy == 0 and now - s.last_used > idle_s
+            ]
             gone = [self._sessions.pop(k) for k in idle]
         for session in gone:
             shutil.rmtree(session.workspace.files.parent, ignore_errors=True)
@@ -88,3 +182,25 @@ class Sessions:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+
+def workspace_bytes(root: Path) -> int:
+    """Bytes of the regular files under `root` (0 when it does not exist); links not followed."""
+    total = 0
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = os.scandir(folder)
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+    return total

@@ -102,8 +102,13 @@ async def serve_http(config: Config, *, host: str, port: int, path: str = "/mcp"
     async with open_service(config) as service:
         server = build_server(service)
         metrics = Route("/metrics", endpoint=_metrics_endpoint(service.metrics))
+        limits = service.gate.policy.server
         app: Any = server.streamable_http_app(
-            streamable_http_path=path, host=host, custom_starlette_routes=[metrics]
+            streamable_http_path=path,
+            host=host,
+            custom_starlette_routes=[metrics],
+            max_request_body_size=limits.max_request_bytes,
+            session_idle_timeout=limits.session_idle_s,
         )
         app = BearerGrants(app, service.gate, loopback=_is_loopback(host))
         uv = uvicorn.Server(
