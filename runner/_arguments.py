@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -188,6 +189,15 @@ def input_schema(model: type[BaseModel]) -> dict[str, Any]:
         prop.pop("title", None)
     schema["additionalProperties"] = False
     return schema
+
+
+def as_float(value: float) -> float:
+    """`float(value)`, but an integer too large for a float is infinity (with its sign), as a
+    number literal too large for a float already is (a caller's limit is then clamped)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 MAX_ARGUMENT_DEPTH = 64

@@ -21,6 +21,7 @@ from ._arguments import (
     PyodideInstallPackagesArgs,
     PyodideListMountedDirectoryArgs,
     PyodideReadImageArgs,
+    as_float,
     validate_arguments,
 )
 from ._errors import ArgumentError
@@ -94,7 +95,7 @@ class PyodideTools:
             caller,
             session,
             program,
-            requested_timeout_s=float(args.timeout) / MS_PER_S,
+            requested_timeout_s=as_float(args.timeout) / MS_PER_S,
         )
         if isinstance(outcome, types.CallToolResult):
             return outcome

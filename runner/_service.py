@@ -24,6 +24,7 @@ from ._arguments import (
     RunPythonCodeArgs,
     RunPythonFileArgs,
     SaveToFileAndRunArgs,
+    as_float,
     check_request_size,
     validate_arguments,
 )
@@ -423,7 +424,7 @@ class Service:
 
         stdin = (args.stdin or "").encode("utf-8")
         program = Program("code", args.code, None, stdin)
-        timeout = None if args.timeout_s is None else float(args.timeout_s)
+        timeout = None if args.timeout_s is None else as_float(args.timeout_s)
         if timeout is not None and timeout <= 0:
             raise ArgumentError("timeout_s", "a number of seconds above 0", repr(args.timeout_s))
         if args.memory_mb is not None and args.memory_mb <= 0:
