@@ -1,4 +1,5 @@
-"""The engine contract every sandbox implements: `run(plan) -> RunResult`, `aclose()`."""
+"""The engine contract every sandbox implements: `run(plan) -> RunResult`, `aclose()`, and the
+async-context-manager behaviour (start on enter, close on exit) they share."""
 
 from __future__ import annotations
 
@@ -35,3 +36,25 @@ class Engine(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+class EngineLifecycle:
+    """`async with engine:` starts it on entry and closes it on exit. Engines inherit this."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import TracebackType
-from typing import Self
 
+from ._engine import EngineLifecycle
 from ._types import ExecutionPlan, RunResult, Usage
 
 Responder = Callable[[ExecutionPlan], RunResult]
@@ -15,7 +14,7 @@ def _echo(plan: ExecutionPlan) -> RunResult:
     return RunResult(status="ok", stdout="", stderr="", exit_code=0, usage=Usage(wall_ms=0.0))
 
 
-class FakeEngine:
+class FakeEngine(EngineLifecycle):
     """Records every plan it is given and answers with `respond(plan)`.
 
     Attributes:
@@ -37,15 +36,3 @@ class FakeEngine:
 
     async def aclose(self) -> None:
         self.closed = True
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -27,9 +27,9 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
+from .._engine import EngineLifecycle
 from .._errors import EngineUnavailable, SandboxError
 from .._files import Snapshot, changed, images_among, snapshot, total_bytes
 from .._types import ExecutionPlan, Limits, RunResult
@@ -57,7 +57,7 @@ DEFAULT_IDLE_S = 300.0
 SERVED_MEMORY = 1024
 
 
-class ContainerEngine:
+class ContainerEngine(EngineLifecycle):
     """Runs each plan in a fresh, single-use container from a warm pool.
 
     Args:
@@ -186,18 +186,6 @@ class ContainerEngine:
                 await self._fleet.dispose_all()
                 await asyncio.to_thread(release_pool, self._fleet.pool_folder)
                 await asyncio.to_thread(self._fleet.docker.close)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)

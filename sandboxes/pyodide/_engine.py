@@ -32,9 +32,8 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
+from .._engine import EngineLifecycle
 from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
 from .._types import DEFAULT_MEMORY_BYTES, ExecutionPlan, RunResult
 from ._assets import Assets, Progress, build_snapshot, find_deno, locate
@@ -67,7 +66,7 @@ class _Session:
     last_used: float = field(default_factory=time.monotonic)
 
 
-class PyodideEngine:
+class PyodideEngine(EngineLifecycle):
     """Runs plans in Pyodide under Deno; a session keeps its interpreter (and globals).
 
     Args:
@@ -347,18 +346,6 @@ class PyodideEngine:
         if self._pool is not None:
             await self._pool.aclose()
         self._started = False
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _with_note(result: RunResult, note: str) -> RunResult:

@@ -9,9 +9,9 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
+from .._engine import EngineLifecycle
 from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
 from .._files import changed, images_among, snapshot
 from .._types import ExecutionPlan, RunResult, Status, Usage
@@ -52,7 +52,7 @@ def is_compiled(cache_dir: Path | None = None) -> bool:
     return folder.is_dir() and any(folder.glob("*.cwasm"))
 
 
-class WasmEngine:
+class WasmEngine(EngineLifecycle):
     """Runs each plan in a fresh CPython-WASI guest hosted by a pool of worker processes.
 
     Args:
@@ -275,18 +275,6 @@ class WasmEngine:
             task.cancel()
         await asyncio.gather(*(w.kill() for w in list(self._all)), return_exceptions=True)
         self._all.clear()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _status(answer: dict[str, Any], plan: ExecutionPlan) -> tuple[Status, str | None]:
