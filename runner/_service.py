@@ -9,7 +9,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import mcp_types as types
 
@@ -314,37 +315,23 @@ class Service:
         self, raw: Mapping[str, Any], caller: Caller
     ) -> types.CallToolResult:
         args = validate_arguments(SaveToFileAndRunArgs, raw)
-        rel = _paths.check_file_name(args.file_name)
-        session = self.session_of(caller)
-        files = session.workspace.files
-        _paths.refuse_links(files, rel)
 
-        def write() -> types.CallToolResult | None:
+        def write(files: Path, rel: str) -> types.CallToolResult | None:
             if not args.overwrite and _paths.exists(files, rel):
                 return _format.text_result(f"File {args.file_name} already exists")
             _paths.write_text(files, rel, args.code)
             return None
 
-        program = Program("file", rel, args.variable_to_return)
-        outcome = await self.execute(
-            "save_to_file_and_run", raw, caller, session, program, before_run=write
-        )
-        if isinstance(outcome, types.CallToolResult):
-            return outcome
-        return _format.python_result(
-            "save_to_file_and_run", outcome, variable=args.variable_to_return, label=rel
+        return await self._run_workspace_file(
+            "save_to_file_and_run", raw, caller, args.file_name, args.variable_to_return, write
         )
 
     async def _run_python_file(
         self, raw: Mapping[str, Any], caller: Caller
     ) -> types.CallToolResult:
         args = validate_arguments(RunPythonFileArgs, raw)
-        rel = _paths.check_file_name(args.file_name)
-        session = self.session_of(caller)
-        files = session.workspace.files
-        _paths.refuse_links(files, rel)
 
-        def present() -> types.CallToolResult | None:
+        def present(files: Path, rel: str) -> types.CallToolResult | None:
             if _paths.exists(files, rel):
                 return None
             return _format.error_result(
@@ -352,15 +339,31 @@ class Service:
                 "workspace has no such file; save it first with save_to_file_and_run)"
             )
 
-        program = Program("file", rel, args.variable_to_return)
+        return await self._run_workspace_file(
+            "run_python_file", raw, caller, args.file_name, args.variable_to_return, present
+        )
+
+    async def _run_workspace_file(
+        self,
+        tool: Literal["save_to_file_and_run", "run_python_file"],
+        raw: Mapping[str, Any],
+        caller: Caller,
+        file_name: str,
+        variable: str | None,
+        before_run: Callable[[Path, str], types.CallToolResult | None],
+    ) -> types.CallToolResult:
+        """Run a workspace `.py` file (after `before_run`, once the gate allowed the call)."""
+        rel = _paths.check_file_name(file_name)
+        session = self.session_of(caller)
+        files = session.workspace.files
+        _paths.refuse_links(files, rel)
+        program = Program("file", rel, variable)
         outcome = await self.execute(
-            "run_python_file", raw, caller, session, program, before_run=present
+            tool, raw, caller, session, program, before_run=lambda: before_run(files, rel)
         )
         if isinstance(outcome, types.CallToolResult):
             return outcome
-        return _format.python_result(
-            "run_python_file", outcome, variable=args.variable_to_return, label=rel
-        )
+        return _format.python_result(tool, outcome, variable=variable, label=rel)
 
     async def _pip_install_package(
         self, raw: Mapping[str, Any], caller: Caller
