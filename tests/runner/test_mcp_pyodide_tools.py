@@ -136,3 +136,36 @@ async def test_installs_without_a_mirror_are_refused_item_by_item(client: Client
     assert result.is_error and "mirror" in _text(result)
     bad = await client.call_tool("pyodide_install-packages", {"package": "six --index-url=x"})
     assert bad.is_error and "argument 'package'" in _text(bad)
+
+
+async def test_installs_come_from_the_mirror_and_import_in_the_session(
+    wasm_engine: WasmEngine, tmp_path: Path, pyodide_assets: Path
+) -> None:
+    from runner.mirror import load_allowlist, sync_mirror
+
+    allowlist = tmp_path / "allow.toml"
+    allowlist.write_text('[packages]\npython-slugify = ">=8,<10"\n')
+    mirror = tmp_path / "mirror"
+    assert sync_mirror(load_allowlist(allowlist), mirror, engines=("pyodide",)).ok
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: '1'\ndefault: deny\n"
+        f"packages: {{allowlist: '{allowlist}', mirror: '{mirror}'}}\n"
+        "tools:\n  pyodide_execute: {engine: pyodide}\n  pyodide_install-packages: {}\n"
+    )
+    config = Config(policy_path=policy, state_dir=tmp_path / "state")
+    async with (
+        open_service(config, engines={"wasm": wasm_engine}) as service,
+        Client(build_server(service)) as client,
+    ):
+        installed = await client.call_tool(
+            "pyodide_install-packages", {"package": "python-slugify sixx"}
+        )
+        text = _text(installed)
+        assert installed.is_error  # one of the two was refused
+        assert "successfully installed package python-slugify" in text
+        assert "sixx" in text and "allow" in text
+        used = await client.call_tool(
+            "pyodide_execute", {"code": "import slugify\nslugify.slugify('Hello World')"}
+        )
+        assert "hello-world" in _text(used), _text(used)
