@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
 
-from ._types import Image
+from ._types import Image, WorkspacePaths
+
+logger = logging.getLogger("sandgate.files")
 
 IMAGE_MIME_TYPES = {
     ".png": "image/png",
@@ -84,22 +87,33 @@ def _open_beneath(root: Path, rel: str) -> int | None:
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if not parts or any(p == ".." for p in parts):
         return None
+    fd = _folder_beneath(root, parts[:-1])
+    if fd is None:
+        return None
+    try:
+        return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _folder_beneath(root: Path, parts: list[str]) -> int | None:
+    """An fd of the folder `root/parts…`, reached with O_NOFOLLOW on every step."""
     flags_dir = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
     try:
         fd = os.open(root, flags_dir)
     except OSError:
         return None
     try:
-        for part in parts[:-1]:
+        for part in parts:
             nxt = os.open(part, flags_dir, dir_fd=fd)
             os.close(fd)
             fd = nxt
-        final = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
     except OSError:
         os.close(fd)
         return None
-    os.close(fd)
-    return final
+    return fd
 
 
 def images_among(root: Path, paths: tuple[str, ...]) -> tuple[Image, ...]:
@@ -120,3 +134,74 @@ def images_among(root: Path, paths: tuple[str, ...]) -> tuple[Image, ...]:
 def total_bytes(snap: Snapshot) -> int:
     """Bytes held by the files of a snapshot."""
     return sum(size for size, _ in snap.values())
+
+
+def drop_foreign_links(workspace: WorkspacePaths) -> tuple[str, ...]:
+    """Unlink the names in a workspace of every file that also has a name outside it.
+
+    A hard link is the one link a sandbox follows without knowing it: a host file linked into
+    a workspace from elsewhere (no guest can make one, it sees nothing outside) would be read
+    and written through, and the container engine would hand it to the sandbox user. Engines
+    call this before a run; the file outside is left as it is, and links among a folder's own
+    files are kept. Returns the paths unlinked (those of the site folder under `site/`).
+    """
+    dropped = _drop_foreign(workspace.files, "")
+    dropped += _drop_foreign(workspace.site, "site/")
+    if dropped:
+        logger.warning(
+            "unlinked %d hard link(s) to files outside the workspace %s before a run: %s",
+            len(dropped),
+            workspace.files.parent,
+            ", ".join(dropped[:10]),
+        )
+    return dropped
+
+
+def _drop_foreign(root: Path, prefix: str) -> tuple[str, ...]:
+    names: dict[tuple[int, int], list[str]] = {}
+    counts: dict[tuple[int, int], int] = {}
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            entries = list(os.scandir(root / rel if rel else root))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(path)
+            elif st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                names.setdefault(key, []).append(path)
+                counts[key] = st.st_nlink
+    return tuple(
+        sorted(
+            prefix + path
+            for key, paths in names.items()
+            if len(paths) < counts[key]
+            for path in paths
+            if _unlink_beneath(root, path, key)
+        )
+    )
+
+
+def _unlink_beneath(root: Path, rel: str, key: tuple[int, int]) -> bool:
+    parts = rel.split("/")
+    fd = _folder_beneath(root, parts[:-1])
+    if fd is None:
+        return False
+    try:
+        st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) != key:
+            return False
+        os.unlink(parts[-1], dir_fd=fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._engine import EngineLifecycle
 from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
-from .._files import changed, images_among, snapshot
+from .._files import changed, drop_foreign_links, images_among, snapshot
 from .._types import ExecutionPlan, RunResult, Status, Usage
 from ._pool import Worker, WorkerDied
 
@@ -220,6 +220,7 @@ class WasmEngine(EngineLifecycle):
         """
         await self.wait_ready()
         files = plan.workspace.files
+        await asyncio.to_thread(drop_foreign_links, plan.workspace)
         before = await asyncio.to_thread(snapshot, files)
         worker = await self._acquire()
         limits = plan.limits
