@@ -31,7 +31,14 @@ from typing import Any
 
 from .._engine import EngineLifecycle
 from .._errors import EngineUnavailable, SandboxError
-from .._files import Snapshot, changed, images_among, snapshot, total_bytes
+from .._files import (
+    Snapshot,
+    changed,
+    drop_foreign_links,
+    images_among,
+    snapshot,
+    total_bytes,
+)
 from .._types import ExecutionPlan, Limits, RunResult
 from ._docker import Docker
 from ._fleet import Fleet, check_daemon, remove_orphans
@@ -218,6 +225,7 @@ class ContainerEngine(EngineLifecycle):
         assert self._pool is not None and self._fleet is not None
         fleet = self._fleet
         limits, workspace = plan.limits, plan.workspace
+        await asyncio.to_thread(drop_foreign_links, workspace)
         before = await asyncio.to_thread(snapshot, workspace.files)
         shape = fleet.shape(limits)
         warm = await self._pool.take(shape)

@@ -85,7 +85,9 @@ class Slot:
 
 def adopt(folder: Path, *, uid: int, gid: int, top: bool = True) -> None:
     """Hand `folder`'s entries (and `folder` itself when `top`) to the sandbox user, so code
-    running as that user can change them. Links are changed, never followed. Only root can."""
+    running as that user can change them. Links are changed, never followed, and a file with
+    several names is never given away (a name may be a hard link to a host file outside the
+    workspace; `drop_foreign_links` removes those, this closes the race). Only root can."""
     if os.geteuid() != 0:
         return
     stack = [folder]
@@ -101,7 +103,8 @@ def adopt(folder: Path, *, uid: int, gid: int, top: bool = True) -> None:
         for entry in entries:
             try:
                 st = entry.stat(follow_symlinks=False)
-                if st.st_uid != uid or st.st_gid != gid:
+                shared = st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode)
+                if (st.st_uid != uid or st.st_gid != gid) and not shared:
                     os.lchown(entry.path, uid, gid)
             except OSError:
                 continue
