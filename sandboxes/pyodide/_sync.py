@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._files import Snapshot, read_regular_file, snapshot
+from .._files import Snapshot, drop_foreign_links, read_regular_file, snapshot
 from .._types import WorkspacePaths
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -71,6 +71,7 @@ def _outgoing(root: Path, known: Snapshot, budget: int) -> tuple[list[str], list
 
 def plan(workspace: WorkspacePaths, mirror: Mirror, budget: int) -> Plan:
     """Compare the host folders with what the guest holds (blocking: call it in a thread)."""
+    drop_foreign_links(workspace)
     before = snapshot(workspace.files) if workspace.files.is_dir() else {}
     files, files_gone, held = _outgoing(workspace.files, mirror.files, budget)
     site, site_gone, site_held = _outgoing(workspace.site, mirror.site, budget)
@@ -112,7 +113,8 @@ def batches(items: tuple[tuple[str, str, int], ...]) -> list[tuple[tuple[str, st
 
 
 def write_file(root: Path, rel: str, data: bytes) -> bool:
-    """Write `root/rel`, creating folders, never through a link or over a non-file."""
+    """Write `root/rel`, creating folders, never through a link (symbolic or hard) or over a
+    non-file."""
     parts = rel.split("/")
     fd = _parent_fd(root, parts, create=True)
     if fd is None:
@@ -122,6 +124,8 @@ def write_file(root: Path, rel: str, data: bytes) -> bool:
             st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
             if not stat.S_ISREG(st.st_mode):
                 return False
+            if st.st_nlink > 1:  # never write through a hard link: the name gets a new file
+                os.unlink(parts[-1], dir_fd=fd)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
         out = os.open(parts[-1], flags, 0o644, dir_fd=fd)
         try:
