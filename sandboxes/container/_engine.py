@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -62,6 +63,9 @@ Progress = Callable[[str], None]
 DEFAULT_POOL_SIZE = 2
 DEFAULT_IDLE_S = 300.0
 SERVED_MEMORY = 1024
+WATCH_EVERY_S = 0.02
+"""How often a running sandbox's workspace is measured: RLIMIT_FSIZE caps each file in the
+container, the watchdog caps their sum (a run past the workspace budget is killed)."""
 
 
 class ContainerEngine(EngineLifecycle):
@@ -253,6 +257,8 @@ class ContainerEngine(EngineLifecycle):
             nproc=limits.processes if self.runtime == "runsc" else None,
             fsize_bytes=max(0, limits.workspace_bytes - total_bytes(before)),
         )
+        folder = warm.slot.files if warm.slot is not None else workspace.files
+        watchdog = asyncio.ensure_future(_watch_workspace(warm, folder, limits.workspace_bytes))
         try:
             exchange = await warm.sandbox.exchange(
                 request, deadline_s=limits.wall_timeout_s, output_bytes=limits.output_bytes
@@ -260,6 +266,9 @@ class ContainerEngine(EngineLifecycle):
         except BaseException:
             await asyncio.shield(self._abandon(warm, plan))
             raise
+        finally:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
         # From here on the run is over: finish even if the caller is cancelled meanwhile.
         return await asyncio.shield(self._finish(plan, warm, exchange, before))
 
@@ -300,3 +309,24 @@ class ContainerEngine(EngineLifecycle):
         self._served[decision_id] = cid
         while len(self._served) > SERVED_MEMORY:
             self._served.popitem(last=False)
+
+
+async def _watch_workspace(warm: Warm, folder: Path, budget: int) -> None:
+    """Kill `warm`'s container once `folder` holds more than `budget` bytes (many files, each
+    under the per-file cap, would otherwise fill the host's disk until the deadline)."""
+    pause = WATCH_EVERY_S
+    while True:
+        await asyncio.sleep(pause)
+        began = time.monotonic()
+        held = total_bytes(await asyncio.to_thread(snapshot, folder))
+        if held > budget:
+            logger.info(
+                "container: %s holds %d bytes of a %d-byte workspace budget; killing it",
+                warm.sandbox.id[:12],
+                held,
+                budget,
+            )
+            with contextlib.suppress(SandboxError):
+                await asyncio.to_thread(warm.sandbox.docker.kill, warm.sandbox.id)
+            return
+        pause = max(WATCH_EVERY_S, 4 * (time.monotonic() - began))
