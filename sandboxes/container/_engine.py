@@ -258,7 +258,8 @@ class ContainerEngine(EngineLifecycle):
             fsize_bytes=max(0, limits.workspace_bytes - total_bytes(before)),
         )
         folder = warm.slot.files if warm.slot is not None else workspace.files
-        watchdog = asyncio.ensure_future(_watch_workspace(warm, folder, limits.workspace_bytes))
+        ceiling = max(limits.workspace_bytes, total_bytes(before))  # past it: may shrink only
+        watchdog = asyncio.ensure_future(_watch_workspace(warm, folder, ceiling))
         try:
             exchange = await warm.sandbox.exchange(
                 request, deadline_s=limits.wall_timeout_s, output_bytes=limits.output_bytes
