@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 import uvicorn
-from mcp.server.stdio import stdio_server
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,6 +19,7 @@ from policies import Gate
 from ._app import Config, open_service
 from ._metrics import Metrics
 from ._server import GRANT_SCOPE_KEY, build_server, connection_scope
+from ._stdio import stdio_streams
 
 logger = logging.getLogger("sandgate.transports")
 
@@ -30,7 +30,7 @@ async def serve_stdio(config: Config) -> None:
     """Serve on this process's stdin/stdout until the client closes it. The grant is `local`."""
     async with open_service(config) as service:
         server = build_server(service)
-        async with stdio_server() as (read_stream, write_stream):
+        async with stdio_streams() as (read_stream, write_stream):
             with connection_scope():
                 await server.run(read_stream, write_stream, server.create_initialization_options())
 
