@@ -88,6 +88,9 @@ class Docker:
             api = docker.APIClient(
                 version="auto", timeout=timeout_s, max_pool_size=MAX_POOL_CONNECTIONS, **options
             )
+            # requests would read proxy and netrc variables on every call, iterating os.environ
+            # from worker threads: a KeyError whenever the process changes its environment.
+            api.trust_env = False
             api.ping()
         return cls(api, where)
 
