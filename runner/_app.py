@@ -124,7 +124,7 @@ async def open_service(
         admission=Admission(config.workers),
         operator_mounts=config.mounts,
     )
-    reaper = asyncio.create_task(_reap(sessions))
+    reaper = asyncio.create_task(_reap(sessions, running))
     try:
         await running.start(policy_engine_keys(policy, service.tool_names()))
         yield service
@@ -139,11 +139,12 @@ async def open_service(
         audit.close()
 
 
-async def _reap(sessions: Sessions) -> None:
+async def _reap(sessions: Sessions, engines: Engines) -> None:
     """Remove idle sessions, checking every `REAP_EVERY_S` (more often for short idle times)."""
     while True:
         await asyncio.sleep(min(REAP_EVERY_S, max(MIN_REAP_EVERY_S, sessions.idle_s / 4)))
         try:
-            await asyncio.to_thread(sessions.reap_idle)
+            for gone in await asyncio.to_thread(sessions.reap_idle):
+                await engines.end_session(gone)
         except Exception:  # a failed sweep must not end the reaping
             logger.exception("could not remove idle sessions")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import stat
 from pathlib import Path, PurePosixPath
 
@@ -85,7 +86,11 @@ def exists(root: Path, rel: str) -> bool:
 
 
 def write_text(root: Path, rel: str, text: str) -> None:
-    """Write `text` to `root/rel`, making folders, opening every part with O_NOFOLLOW."""
+    """Write `text` to `root/rel`, making folders, opening every part with O_NOFOLLOW.
+
+    The bytes go to a new file that then replaces the name, so a name that was a hard link to
+    some file elsewhere on the host is re-pointed, never written through.
+    """
     parts = rel.split("/")
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
@@ -95,9 +100,16 @@ def write_text(root: Path, rel: str, text: str) -> None:
             nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             os.close(fd)
             fd = nxt
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-        out = os.open(parts[-1], flags, 0o644, dir_fd=fd)
-        with os.fdopen(out, "wb") as handle:
-            handle.write(text.encode("utf-8"))
+        temporary = f".{parts[-1]}.sandgate-{secrets.token_hex(6)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        out = os.open(temporary, flags, 0o644, dir_fd=fd)
+        try:
+            with os.fdopen(out, "wb") as handle:
+                handle.write(text.encode("utf-8"))
+            os.replace(temporary, parts[-1], src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=fd)
+            raise
     finally:
         os.close(fd)

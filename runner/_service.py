@@ -143,6 +143,19 @@ class Service:
                 stats[name] = dict(figures())
         return stats
 
+    async def end_session(self, grant: str, session_id: str) -> bool:
+        """End a session: its workspace is removed and its engines' state (a Pyodide
+        interpreter) released. False when there was no such session."""
+        session = await asyncio.to_thread(self.sessions.end, grant, session_id)
+        if session is None:
+            return False
+        await self.engines.end_session(session.id)
+        return True
+
+    async def end_named_session(self, grant: str, name: str) -> bool:
+        """End the session `run_code(session=name)` made for `grant`."""
+        return await self.end_session(grant, f"named:{name}")
+
     def tool_names(self) -> list[str]:
         """The tools this server lists (policy-hidden ones removed)."""
         return self.gate.visible_tools(self._names)

@@ -151,12 +151,13 @@ class Sessions:
                     session.busy -= 1
                     session.last_used = now
 
-    def end(self, grant: str, session_id: str) -> None:
-        """Forget a session and remove its workspace."""
+    def end(self, grant: str, session_id: str) -> Session | None:
+        """Forget a session and remove its workspace; the session, if there was one."""
         with self._lock:
             session = self._sessions.pop(f"{grant}\x00{session_id}", None)
         if session is not None:
             shutil.rmtree(session.workspace.files.parent, ignore_errors=True)
+        return session
 
     def reap_idle(self, now: float | None = None) -> list[str]:
         """Remove sessions idle longer than `idle_s` (and not in use); returns their ids."""

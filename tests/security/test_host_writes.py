@@ -111,17 +111,8 @@ async def test_persistence_on_the_import_path(arena: Arena) -> None:
     await arena.verify(outcome, statuses={"ok"}, also=[later], needles=(persisted,))
 
 
-async def test_file_arguments_through_a_planted_hard_link(
-    arena: Arena, request: pytest.FixtureRequest
-) -> None:
+async def test_file_arguments_through_a_planted_hard_link(arena: Arena) -> None:
     """A `files` argument naming a workspace file that is a hard link to a host file."""
-    request.applymarker(
-        pytest.mark.xfail(
-            strict=True,
-            reason="runner/_paths.write_text opens an existing name with O_TRUNC, before any "
-            "engine drops foreign links (SECURITY.md, known gaps)",
-        )
-    )
     os.link(arena.plant.readonly_path, arena.workspace().files / "h-ro.txt")
     outcome = await arena.call("print('ran')", files={"h-ro.txt": "pwned by the client"})
     await arena.verify(outcome, statuses={"ok"})

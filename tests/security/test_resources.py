@@ -8,7 +8,6 @@ import struct
 import zlib
 from functools import cache
 
-import anyio
 import pytest
 
 from ._arena import ENGINE_KEYS, GRANT, HEALTH_CODE, OUTPUT_BYTES, SHORT_TIMEOUT_S, Arena
@@ -174,22 +173,12 @@ async def test_huge_integer(arena: Arena) -> None:
     await arena.verify(outcome, statuses={"timeout", "error", "memory"})
 
 
-async def test_sessions_a_client_leaves_behind(
-    arena: Arena, request: pytest.FixtureRequest
-) -> None:
+async def test_sessions_a_client_leaves_behind(arena: Arena) -> None:
     """An ended session must not keep an interpreter: otherwise one client holds every
     Pyodide process of the server (32 by default) and the others get `busy`."""
-    if arena.engine == "pyodide":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="runner: Sessions.end and reap_idle never end the engine's session "
-                "(SECURITY.md, known gaps)",
-            )
-        )
     left = arena.new_session()
     outcome = await arena.call(HEALTH_CODE, session=left)
-    await anyio.to_thread.run_sync(arena.service.sessions.end, GRANT, left)
+    assert await arena.service.end_session(GRANT, left)
     engine = arena.service.engines.running()[ENGINE_KEYS[arena.engine]]
     await arena.verify(outcome, statuses={"ok"})
     assert left not in getattr(engine, "sessions", ()), "the engine still holds the session"
