@@ -42,6 +42,10 @@ class SqliteCounterStore:
     that made a reservation can roll it back (one left open by a process that died simply
     counts, as a stale reservation does).
 
+    The file is checked before each use: removed, the store is unavailable (fail closed; it is
+    never silently recreated empty, which would reset every limit while other processes still
+    count in the old file); replaced (a backup restored), it is reopened.
+
     Args:
         path: The database file (created with mode 0600, parent folders with 0700).
         busy_timeout_s: Longest wait for another writer before the store reports itself
@@ -58,17 +62,28 @@ class SqliteCounterStore:
         self._lock = threading.Lock()
         self._calls = 0
         self._open: OrderedDict[str, tuple[float, tuple[tuple[str, float], ...]]] = OrderedDict()
+        self._busy_timeout_s = busy_timeout_s
         with self._translate():
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-            conn = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            self._file = _file_identity(self.path)
+            conn = self._connect()
+        self._conn: sqlite3.Connection | None = conn
+
+    def _connect(self) -> sqlite3.Connection:
+        timeout = self._busy_timeout_s
+        conn = sqlite3.connect(
+            self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.executescript(log.SCHEMA + _SCHEMA)
-        self._conn: sqlite3.Connection | None = conn
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def __repr__(self) -> str:
         return f"SqliteCounterStore({str(self.path)!r})"
@@ -97,6 +112,17 @@ class SqliteCounterStore:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             raise sqlite3.ProgrammingError("the store is closed")
+        try:
+            found = _file_identity(self.path)
+        except FileNotFoundError:
+            raise sqlite3.OperationalError(
+                "the state file was removed while the server ran; restore it from a backup "
+                "(a restart starts with empty counters)"
+            ) from None
+        if found != self._file:  # replaced, e.g. a backup restored: use the new file
+            conn = self._connect()
+            self._conn.close()
+            self._conn, self._file = conn, found
         return self._conn
 
     def reserve(self, items: Sequence[CounterSpec], now: float) -> str | None:
@@ -248,6 +274,12 @@ class SqliteCounterStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    """(device, inode) of `path`: which file the name points at now."""
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
 
 
 def _row(r: ApprovalRecord) -> tuple[object, ...]:
