@@ -114,7 +114,7 @@ def send(
     """One raw request; the answer's status, content type and (first MiB of) body."""
     idle = STREAM_IDLE_S if method == "GET" else REQUEST_TIMEOUT_S
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S, read=idle)
-    raw = {k: v.encode("latin-1") for k, v in headers.items()}  # any byte a header may carry
+    raw = {k.encode(): v.encode("latin-1") for k, v in headers.items()}  # any header byte
     with http.stream(method, url, headers=raw, content=body, timeout=timeout) as response:
         kind = response.headers.get("content-type", "")
         data = b""
