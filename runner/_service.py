@@ -467,6 +467,13 @@ def _infra_text(engine: str, exc: BaseException) -> str:
             f"Error: the server is busy; retry after {exc.retry_after_s:g} s. "
             "Nothing was counted against your limits."
         )
+    if isinstance(exc, OSError):  # the workspace (disk full, unwritable), not the sandbox
+        reason = exc.strerror or type(exc).__name__
+        return (
+            f"Error: the server could not use this session's workspace ({reason}), so the code "
+            "did not run. This is a server problem, not your code's; nothing was counted "
+            "against your limits."
+        )
     return (
         f"Error: the {engine} sandbox failed before the code finished: {exc}. "
         "This is a server problem, not your code's; nothing was counted against your limits."
