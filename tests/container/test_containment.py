@@ -24,10 +24,13 @@ SIOCGIFADDR = 0x8915
 SECRET_NAME = "SANDGATE_TEST_SECRET"
 
 
-def _bridge_address() -> str:
-    """The host's address on Docker's default bridge (docker0)."""
+def _bridge_address() -> str | None:
+    """The host's address on Docker's default bridge (docker0), if the daemon made one."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        packed = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", b"docker0"))
+        try:
+            packed = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", b"docker0"))
+        except OSError:
+            return None
     return socket.inet_ntoa(packed[20:24])
 
 
@@ -51,7 +54,9 @@ async def test_no_network_to_host_loopback_or_bridge(
     engine: ContainerEngine, workspace: WorkspacePaths, listener: socket.socket
 ) -> None:
     port = listener.getsockname()[1]
-    targets = ["127.0.0.1", _bridge_address(), "1.1.1.1"]
+    bridge = _bridge_address()
+    # Only addresses of this machine: the sandbox must reach none of them.
+    targets = ["127.0.0.1", *([bridge] if bridge else [])]
     code = textwrap.dedent(
         f"""
         import json, socket
