@@ -2,7 +2,7 @@
 
 from ._app import Config, open_service
 from ._cli import main
-from ._errors import ArgumentError, RunnerError, SetupError, UnknownTool
+from ._errors import ArgumentError, RunnerError, ServerLimit, SetupError, UnknownTool
 from ._server import build_server, connection_scope
 from ._service import Caller, Service
 from ._tools import ALL_TOOL_SETS, TOOLS, ToolSpec
@@ -17,6 +17,7 @@ __all__ = [
     "Config",
     "Job",
     "RunnerError",
+    "ServerLimit",
     "Service",
     "SetupError",
     "ToolSpec",

@@ -18,8 +18,7 @@ import mcp_types as types
 import pytest
 
 from policies import ServerSettings, load_policy_text, policy_json_schema
-from runner import Caller, Config, Service, open_service
-from runner._errors import ServerLimit
+from runner import Caller, Config, ServerLimit, Service, open_service
 from runner._sessions import Sessions, workspace_bytes
 from sandboxes import FakeEngine
 
