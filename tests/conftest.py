@@ -12,6 +12,7 @@ import pytest
 
 from runner import Config, Service, open_service
 from sandboxes import WasmEngine
+from tests.fuzz import _profiles  # noqa: F401  (registers the fuzz suite's hypothesis profiles)
 
 IN_CI = os.environ.get("CI") == "true"
 

@@ -16,27 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 
 from tests.conftest import IN_CI
 
-F = TypeVar("F", bound=Callable[..., Any])
+from ._profiles import PROFILES
 
-LONG_EXAMPLES = int(os.environ.get("SANDGATE_FUZZ_EXAMPLES") or 2000)
-_COMMON: dict[str, Any] = {
-    "deadline": None,  # a real server's latency varies; each example has its own time bound
-    "suppress_health_check": [
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.large_base_example,
-        HealthCheck.function_scoped_fixture,
-    ],
-    "print_blob": True,
-}
-settings.register_profile("ci", max_examples=40, database=None, **_COMMON)
-settings.register_profile("dev", max_examples=100, **_COMMON)
-settings.register_profile("long", max_examples=LONG_EXAMPLES, **_COMMON)
-PROFILES = ("ci", "dev", "long")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def profile_name() -> str:
