@@ -60,6 +60,8 @@ def read_resource(mounts: list[MountPoint], uri: str) -> types.ReadResourceResul
     """
     parsed = urlparse(uri)
     path = unquote(parsed.path)
+    if "\x00" in path:
+        raise ArgumentError("uri", "a file:// URI without NUL characters (%00)", uri)
     for mount in mounts:
         root = urlparse(_prefix(mount)).path
         if parsed.scheme == "file" and path.startswith(root):

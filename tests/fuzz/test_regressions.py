@@ -59,3 +59,20 @@ async def test_a_negative_integer_timeout_beyond_float_range_names_the_argument(
     result = await _call(svc, "run_code", {"code": "1", "timeout_s": -HUGE_INT})
     assert result.is_error and "argument 'timeout_s'" in text_of(result)
     assert engine.plans == []
+
+
+async def test_a_resource_uri_with_a_nul_is_invalid_params_not_an_internal_error(
+    service: tuple[Service, FakeEngine],
+) -> None:
+    """Was: ValueError (embedded null byte) out of resources/read → -32603 Internal error."""
+    from mcp import Client
+    from mcp.shared.exceptions import MCPError
+
+    from runner import build_server
+
+    svc, _ = service
+    async with Client(build_server(svc)) as client:
+        with pytest.raises(MCPError) as raised:
+            await client.read_resource("file:///workspace/a%00b.txt")
+    assert raised.value.error.code == types.INVALID_PARAMS
+    assert "NUL" in raised.value.error.message

@@ -21,11 +21,12 @@ import pytest
 from hypothesis import given, reject
 from hypothesis import strategies as st
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from runner import Caller, Config, Service, build_server, open_service
 from sandboxes import FakeEngine, WasmEngine
 
-from ._checks import assert_clean_result, text_of
+from ._checks import assert_clean_result, assert_clean_text, text_of
 from ._strategies import small_text, tool_calls
 from .conftest import fuzz_settings, write_fuzz_policy
 
@@ -148,6 +149,41 @@ async def test_any_tool_call_in_process_gets_a_clean_tool_result(
     with anyio.fail_after(PER_CALL_S):
         result = await fake_stack.service.call_tool(name, arguments, caller)
     assert_clean_result(result)
+    fake_stack.no_new_errors(before)
+
+
+resource_uris = st.one_of(
+    st.builds(
+        lambda parts: "file:///workspace/" + "/".join(parts),
+        st.lists(
+            st.one_of(
+                small_text,
+                st.sampled_from(["..", ".", "%00", "%2e%2e", "a.txt", "%ff", "a" * 300, "%2F"]),
+            ),
+            max_size=6,
+        ),
+    ),
+    st.builds(lambda name, rest: f"file:///mounts/{name}/{rest}", small_text, small_text),
+    small_text,
+    st.sampled_from(["file:///workspace/%00", "file:", "file://", "file:///", "data:,x", ""]),
+)
+
+
+@fuzz_settings()
+@given(uri=resource_uris)
+async def test_any_resource_uri_gets_contents_or_an_invalid_params_error(
+    fake_stack: Stack, uri: str
+) -> None:
+    before = len(fake_stack.errors.records)
+    await fake_stack.client.call_tool("run_code", {"code": "1", "files": {"a.txt": "hello"}})
+    try:
+        with anyio.fail_after(PER_CALL_S):
+            result = await fake_stack.client.read_resource(uri)
+    except MCPError as exc:
+        assert exc.error.code == types.INVALID_PARAMS, exc.error
+        assert_clean_text(exc.error.message)
+    else:
+        assert isinstance(result, types.ReadResourceResult)
     fake_stack.no_new_errors(before)
 
 
