@@ -26,7 +26,8 @@ def default_factories(*, workers: int, state_dir: Path, progress: Progress) -> d
     """How to make each engine this server can run."""
 
     def wasm() -> Engine:
-        return WasmEngine(workers=workers, progress=progress)
+        # Beside the workspaces, on their file system: a session's files move into a slot.
+        return WasmEngine(workers=workers, progress=progress, slots_dir=state_dir / "wasm-slots")
 
     def pyodide() -> Engine:
         from sandboxes.pyodide import PyodideEngine

