@@ -142,5 +142,5 @@ def _main(kind: str, source: str, variable: str, exit: bool = True) -> None:
         os._exit(report["exit_code"] & 0xFF if report["exit_code"] else 0)
 
 
-if len(sys.argv) == 4:  # started as `python -c HARNESS KIND SOURCE VARIABLE`
+if __name__ == "__main__" and len(sys.argv) == 4:  # `python -c HARNESS KIND SOURCE VARIABLE`
     _main(sys.argv[1], sys.argv[2], sys.argv[3])
