@@ -39,8 +39,10 @@ def _parser() -> argparse.ArgumentParser:
         "--mount",
         action="append",
         default=[],
-        metavar="NAME=DIR",
-        help="an operator folder the Mcp Pyodide mount tools may list and read (repeatable)",
+        metavar="NAME=DIR[:ro|:rw]",
+        help="an operator folder: pyodide code sees it at /mnt/NAME, the Mcp Pyodide mount "
+        "tools list and read it; read-only unless :rw, which copies code's changes back "
+        "(repeatable)",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log more")
     setup = sub.add_parser("setup", help="prepare engines once (compile CPython-WASI)")
@@ -81,7 +83,7 @@ def _delegate(command: str, rest: list[str]) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from ._app import Config
-    from ._mounts import parse_mount
+    from ._mounts import parse_mounts
     from ._transports import serve_http, serve_stdio
 
     logging.basicConfig(
@@ -97,7 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.tools:
         fields["tool_sets"] = tuple(args.tools)
     try:
-        fields["mounts"] = tuple(parse_mount(m) for m in args.mount)
+        fields["mounts"] = parse_mounts(args.mount)
         config = Config(**fields)  # type: ignore[arg-type]
         if args.transport == "stdio":
             asyncio.run(serve_stdio(config))

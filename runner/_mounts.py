@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from sandboxes.pyodide import HostMount
 
 from ._errors import ArgumentError
 
 WORKSPACE_MOUNT = "workspace"
 WORKSPACE_GUEST_PATH = "/workspace"
+OPERATOR_GUEST_ROOT = "/mnt"
+MAX_NAME_CHARS = 64
+_MOUNT_FORM = "NAME=DIR[:ro|:rw]"
+_MODES = {"ro": True, "rw": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,8 +25,9 @@ class MountPoint:
     Attributes:
         name: What clients call it (`mountName`).
         host: The host folder.
-        guest: Where code sees it (`/workspace`); operator mounts are not visible to code.
-        read_only: Whether code may write it.
+        guest: Where code sees it: `/workspace`, or `/mnt/NAME` for an operator mount
+            (on the pyodide engine; the other engines do not show operator mounts).
+        read_only: Whether code's changes are kept from the host folder.
     """
 
     name: str
@@ -27,31 +35,77 @@ class MountPoint:
     guest: str | None
     read_only: bool
 
-    def describe(self) -> dict[str, object]:
-        """What `pyodide_get-mount-points` shows (never the host path)."""
+    def describe(self, *, visible: bool = True) -> dict[str, object]:
+        """What `pyodide_get-mount-points` shows (never the host path). `visible`: whether
+        the engine that runs `pyodide_execute` shows this mount to code."""
         return {
             "name": self.name,
             "mountPoint": self.guest,
             "readOnly": self.read_only,
-            "visibleToCode": self.guest is not None,
+            "visibleToCode": visible and self.guest is not None,
         }
+
+    def host_mount(self) -> HostMount:
+        """The mount as the engines take it (in the `ExecutionPlan`'s workspace)."""
+        return HostMount(self.name, self.host, self.read_only)
 
 
 def parse_mount(text: str) -> MountPoint:
-    """An operator mount from `NAME=DIR` (read-only; `:rw` is refused: code never writes it).
+    """An operator mount from `NAME=DIR`, `NAME=DIR:ro` (both read-only) or `NAME=DIR:rw`.
+
+    Code sees it at `/mnt/NAME`. A DIR whose own name ends in `:something` is taken whole
+    when such a folder exists.
 
     Raises:
-        ArgumentError: not `NAME=DIR`, a reserved name, or DIR is not a folder.
+        ArgumentError: not `NAME=DIR[:ro|:rw]`, a reserved name, or DIR is not a folder.
     """
     name, sep, folder = text.partition("=")
-    if not sep or not name or not folder or not name.replace("-", "").replace("_", "").isalnum():
-        raise ArgumentError("--mount", "NAME=DIR with a name of letters, digits, - and _", text)
+    plain = name.replace("-", "").replace("_", "")
+    if not sep or not name or not folder or not plain.isascii() or not plain.isalnum():
+        raise ArgumentError(
+            "--mount", f"{_MOUNT_FORM} with a NAME of letters, digits, - and _", repr(text)
+        )
+    if len(name) > MAX_NAME_CHARS:
+        raise ArgumentError("--mount", f"a NAME of at most {MAX_NAME_CHARS} characters", repr(text))
     if name == WORKSPACE_MOUNT:
-        raise ArgumentError("--mount", f"a name other than '{WORKSPACE_MOUNT}' (reserved)", text)
-    host = Path(folder.removesuffix(":ro")).expanduser().resolve()
-    if not host.is_dir():
-        raise ArgumentError("--mount", "an existing folder", f"{text} (no folder {host})")
-    return MountPoint(name, host, None, True)
+        raise ArgumentError(
+            "--mount", f"a NAME other than '{WORKSPACE_MOUNT}' (reserved)", repr(text)
+        )
+    read_only = True
+    head, colon, mode = folder.rpartition(":")
+    if colon and "/" not in mode and not Path(folder).expanduser().is_dir():
+        if mode not in _MODES:
+            raise ArgumentError(
+                "--mount",
+                f"{_MOUNT_FORM}: the suffix ':ro' (read-only, the default) or ':rw'",
+                repr(text),
+                hint=f"write {name}={head}:ro or {name}={head}:rw",
+            )
+        folder, read_only = head, _MODES[mode]
+    host = Path(folder).expanduser().resolve()
+    if not folder or not host.is_dir():
+        raise ArgumentError(
+            "--mount",
+            "an existing folder as DIR",
+            f"{text!r} (no folder {host})",
+            hint="create the folder first",
+        )
+    return MountPoint(name, host, f"{OPERATOR_GUEST_ROOT}/{name}", read_only)
+
+
+def parse_mounts(texts: Iterable[str]) -> tuple[MountPoint, ...]:
+    """Every `--mount` value, names unique.
+
+    Raises:
+        ArgumentError: one is malformed (see `parse_mount`) or a NAME is given twice.
+    """
+    mounts: list[MountPoint] = []
+    for text in texts:
+        mount = parse_mount(text)
+        if any(m.name == mount.name for m in mounts):
+            raise ArgumentError("--mount", "each NAME once", repr(text), hint="rename one of them")
+        mounts.append(mount)
+    return tuple(mounts)
 
 
 def session_mounts(files: Path, operator: tuple[MountPoint, ...]) -> list[MountPoint]:

@@ -26,12 +26,18 @@ from ._arguments import (
 )
 from ._errors import ArgumentError
 from ._installs import InstallRefused
-from ._mounts import MountPoint, find_mount, session_mounts
+from ._mounts import WORKSPACE_GUEST_PATH, MountPoint, find_mount, session_mounts
 
 if TYPE_CHECKING:
     from ._service import Caller, Service
 
 MS_PER_S = 1000.0
+
+
+def guest_path(path: str) -> str:
+    """Where code sees a file the run wrote: workspace-relative paths under `/workspace`;
+    files in an operator mount come as their guest path (`/mnt/NAME/…`) already."""
+    return path if path.startswith("/") else f"{WORKSPACE_GUEST_PATH}/{path}"
 
 
 def execute_text(result: RunResult) -> types.CallToolResult:
@@ -54,7 +60,7 @@ def execute_text(result: RunResult) -> types.CallToolResult:
     if result.status == "ok" and result.value_found and result.value is not None:
         parts.append(f"Result: {result.value}")
     if result.images:
-        parts.append("images: " + ", ".join(f"/workspace/{i.path}" for i in result.images))
+        parts.append("images: " + ", ".join(guest_path(i.path) for i in result.images))
     text = "\n".join(parts) if parts else "(no output)"
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=text), *blocks],
@@ -142,7 +148,11 @@ class PyodideTools:
         refused = await self._gate_read("pyodide_get-mount-points", raw, caller)
         if refused is not None:
             return refused
-        listed = [m.describe() for m in self.mounts(caller)]
+        shown = self._code_sees_operator_mounts()
+        listed = [
+            m.describe(visible=shown or m.guest == WORKSPACE_GUEST_PATH)
+            for m in self.mounts(caller)
+        ]
         return _format.text_result(json.dumps(listed, indent=2))
 
     async def list_mounted_directory(
@@ -184,6 +194,13 @@ class PyodideTools:
                 types.TextContent(type="text", text=f"{mount.name}/{image.path}"),
             ]
         )
+
+    def _code_sees_operator_mounts(self) -> bool:
+        """Whether the engine that runs `pyodide_execute` shows operator mounts (pyodide)."""
+        try:
+            return self._service._engine_kind("pyodide_execute") == "pyodide"
+        except KeyError:
+            return False
 
     async def _gate_read(
         self, tool: str, raw: Mapping[str, Any], caller: Caller

@@ -8,7 +8,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,6 +125,7 @@ class Service:
         self.installer = installer
         self._names = [n for n, s in TOOLS_BY_NAME.items() if s.tool_set in tool_sets]
         self.pyodide = PyodideTools(self, operator_mounts)
+        self._host_mounts = tuple(m.host_mount() for m in operator_mounts)
         self._handlers: dict[str, Handler] = {
             "run_python_code": self._run_python_code,
             "save_to_file_and_run": self._save_to_file_and_run,
@@ -265,7 +266,7 @@ class Service:
             grant=caller.grant,
             session=session.id,
             program=program,
-            workspace=session.workspace,
+            workspace=replace(session.workspace, mounts=self._host_mounts),
             requested_timeout_s=requested_timeout_s,
             requested_memory_bytes=requested_memory_bytes,
         )

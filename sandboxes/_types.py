@@ -65,12 +65,30 @@ class Program:
 
 
 @dataclass(frozen=True, slots=True)
+class HostMount:
+    """An operator folder shown to code at `/mnt/NAME` (by the engines that support it: pyodide).
+
+    Attributes:
+        name: The mount's name: letters, digits, `-` and `_` (the caller checks it).
+        host: The host folder (absolute). Links inside it are never followed.
+        read_only: True: changes the code makes are never written back (and refused where
+            the engine can refuse them). False: they are written back to `host`.
+    """
+
+    name: str
+    host: Path
+    read_only: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class WorkspacePaths:
     """The host folders of one session: `files` is the guest's writable working directory,
-    `site` holds installed packages and is mounted read-only on the guest's import path."""
+    `site` holds installed packages and is mounted read-only on the guest's import path,
+    `mounts` are operator folders (engines without mount support ignore them)."""
 
     files: Path
     site: Path
+    mounts: tuple[HostMount, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +127,8 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Image:
-    """An image the run produced: its workspace-relative path, MIME type and bytes."""
+    """An image the run produced: its workspace-relative path (or its guest path `/mnt/NAME/…`
+    when it is in an operator mount), MIME type and bytes."""
 
     path: str
     mime_type: str
@@ -131,7 +150,8 @@ class RunResult:
         limit: The limit that stopped the run, in words, when one did.
         truncated: Streams whose output passed `Limits.output_bytes`.
         images: Images written by the code (or open matplotlib figures).
-        files_written: Workspace-relative paths created or changed by the run.
+        files_written: Workspace-relative paths created or changed by the run (guest paths
+            `/mnt/NAME/…` for files in a writable operator mount).
         usage: What the run used.
     """
 

@@ -1,5 +1,6 @@
 """The `pyodide` engine: Pyodide (npm) under a jailed Deno (PyPI), one process per session."""
 
+from .._types import HostMount
 from ._assets import PYODIDE_VERSION, default_assets_dir, setup_pyodide
 from ._engine import DEFAULT_POOL_SIZE, PyodideEngine
 from ._jail import JailInfo
@@ -9,6 +10,7 @@ __all__ = [
     "DEFAULT_POOL_SIZE",
     "PYODIDE_VERSION",
     "Entry",
+    "HostMount",
     "JailInfo",
     "MountPathRefused",
     "PyodideEngine",

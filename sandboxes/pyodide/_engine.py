@@ -15,8 +15,10 @@ whatever the runtime allows. So each layer below assumes the one above it has fa
    for answers, and the host checks every answer field anyway.
 3. Deno permissions: read of the Pyodide assets and the snapshot only; `--deny-write`,
    `--deny-net`, `--deny-env`, `--deny-run`, `--deny-ffi`, `--deny-sys`, `--deny-import`,
-   `--no-prompt`. Even code holding `Deno.readTextFileSync` gets `NotCapable`. The workspace
-   is not readable by Deno at all: files are copied in and out by the host (`_sync.py`).
+   `--no-prompt`. Even code holding `Deno.readTextFileSync` gets `NotCapable`. Neither the
+   workspace nor the operator mounts are readable by Deno at all: files are copied in and out
+   by the host (`_sync.py`), never through a link; read-only mounts are never copied back,
+   and their nodes in Pyodide's file system refuse writes, `chmod` and renames.
 4. OS (`_jail.py`), each where the host allows it: a network namespace with no interface
    (`unshare --net`), `no_new_privs` and an empty capability bounding set (`setpriv`), a
    cgroup v1 memory cap (the OOM killer ends the process: `memory`) and thread cap, a
@@ -43,7 +45,7 @@ from ._process import DenoProcess, ProcessDied
 from ._results import Meter, from_death, from_report, timed_out
 from ._sync import Mirror
 from ._sync import plan as plan_copy
-from ._transfer import COPY_TIMEOUT_S, Settled, copy_in, copy_out
+from ._transfer import COPY_TIMEOUT_S, Settled, copy_in, copy_out, scanned_roots
 
 logger = logging.getLogger("sandgate.pyodide")
 
@@ -203,6 +205,10 @@ class PyodideEngine(EngineLifecycle):
             if session is not None and not session.process.alive:
                 await self._drop(sid)
                 session, note = None, note or "its process ended between calls"
+            mounted = None if session is None else session.mirror.mounts
+            if session is not None and mounted is not None and mounted != plan.workspace.mounts:
+                await self._drop(sid)
+                session, note = None, note or "the operator mounts changed"
             if session is None:
                 if len(self._sessions) >= self._max_sessions:
                     raise EngineBusy(
@@ -243,6 +249,7 @@ class PyodideEngine(EngineLifecycle):
             "source": program.source,
             "variable": program.variable_to_return,
             "stdin": program.stdin.decode("utf-8", "replace"),
+            "scan": scanned_roots(sent),
             "output_bytes": limits.output_bytes,
             "memory_bytes": limits.memory_bytes,
         }
@@ -253,7 +260,7 @@ class PyodideEngine(EngineLifecycle):
         proc.clear_output()
         try:
             async with asyncio.timeout(COPY_TIMEOUT_S):
-                await copy_in(proc, plan.workspace, sent)
+                await copy_in(proc, sent)
             answer = await proc.request(request, timeout_s=limits.wall_timeout_s)
         except TimeoutError:
             spent = meter.usage()
@@ -282,14 +289,7 @@ class PyodideEngine(EngineLifecycle):
         spent = meter.usage(answer)
         stdout, stderr = proc.take_output("stdout"), proc.take_output("stderr")
         try:
-            done = await copy_out(
-                proc,
-                plan.workspace.files,
-                answer,
-                sent,
-                session.mirror,
-                budget=limits.workspace_bytes,
-            )
+            done = await copy_out(proc, answer, sent, session.mirror, budget=limits.workspace_bytes)
         except (TimeoutError, ProcessDied):
             await proc.kill()
             self._restarted[plan.session_id] = "its files could not be copied back"

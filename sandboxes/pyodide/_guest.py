@@ -124,15 +124,25 @@ def _scan(root: str) -> dict[str, tuple[int, int]]:
     return found
 
 
-def _collect(before: dict[str, tuple[int, int]]) -> dict[str, Any]:
-    """Files the run created or changed (path, size) and files it deleted.
+def _scan_roots(request: dict[str, Any]) -> dict[str, dict[str, tuple[int, int]]]:
+    """The files of each folder the host copies back (`scan`: the workspace, rw mounts)."""
+    roots = request.get("scan")
+    listed = roots if isinstance(roots, list) else [WORKSPACE]
+    return {root: _scan(root) for root in listed if isinstance(root, str)}
+
+
+def _collect(before: dict[str, dict[str, tuple[int, int]]]) -> dict[str, Any]:
+    """Per scanned folder: files the run created or changed (path, size) and files it deleted.
 
     Files in sync with the host carry mtime 0 (set when they are copied in or out), so any
     write by the run shows as a newer mtime.
     """
-    after = _scan(WORKSPACE)
-    changed = [[rel, sig[0]] for rel, sig in sorted(after.items()) if sig[1] != 0]
-    return {"changed": changed, "deleted": sorted(set(before) - set(after))}
+    files: dict[str, Any] = {}
+    for root, was in before.items():
+        after = _scan(root)
+        changed = [[rel, sig[0]] for rel, sig in sorted(after.items()) if sig[1] != 0]
+        files[root] = {"changed": changed, "deleted": sorted(set(was) - set(after))}
+    return {"files": files}
 
 
 def _format_error(exc: BaseException, *, frames: bool) -> str:
@@ -211,7 +221,7 @@ def handle(line: str) -> Any:
     """Run one request; return its report as JSON text, or an awaitable of it."""
     request: dict[str, Any] = json.loads(line)
     importlib.invalidate_caches()  # the host may have copied modules in since the last run
-    before = _scan(WORKSPACE)
+    before = _scan_roots(request)
     sys.stdin = io.StringIO(request.get("stdin") or "")
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # undo a previous run's rebinding
     sys.argv = [request["source"] if request["kind"] == "file" else "-c"]

@@ -87,7 +87,7 @@ def from_report(
         stderr += f"\nsandgate: the Pyodide interpreter failed; {RESTART_NOTE}\n"
     if workspace_over:
         limit = (limit + "; " if limit else "") + (
-            f"workspace {limits.workspace_bytes} bytes (some files were not saved)"
+            f"workspace {limits.workspace_bytes} bytes per folder (some files were not saved)"
         )
     value = _opt_str(answer.get("value"))
     return RunResult(

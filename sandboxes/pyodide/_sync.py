@@ -1,48 +1,118 @@
-"""Copy a session's workspace into its guest and the guest's changes back, never via a link.
+"""Copy a session's folders into its guest and the guest's changes back, never via a link.
 
 Deno gets no access to the workspace at all: its permissions are fixed when a pooled process
 starts, before any session owns it, and Deno follows symlinks it finds inside an allowed folder.
 So the host sends the files that changed since the last run (`put`/`delete` lines, one file per
 line) and fetches the files the run changed (`get`), reading and writing with `O_NOFOLLOW` on
 every path component, within the workspace size budget.
+
+The guest holds several such folders (roots): the workspace, the installed packages (`/site`,
+never copied back) and each operator mount (`/mnt/NAME`, copied back only when read-write).
+Links inside any of them on the host are skipped, never followed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._files import Snapshot, drop_foreign_links, read_regular_file, snapshot
-from .._types import WorkspacePaths
+from .._types import HostMount, WorkspacePaths
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 """Largest single file copied either way."""
 BATCH_BYTES = 16 * 1024 * 1024
 """Bytes read from disk per batch of files sent to a guest."""
+WORKSPACE_ROOT = "/workspace"
+SITE_ROOT = "/site"
+MOUNTS_ROOT = "/mnt"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+_MOUNT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What `host.mjs` accepts as a mount name (it ignores any other)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Root:
+    """One guest folder mirrored from a host folder.
+
+    Attributes:
+        guest: Where the guest sees it (`/workspace`, `/site`, `/mnt/NAME`).
+        host: The host folder.
+        writable: Whether the guest's changes are copied back (workspace, read-write mounts).
+    """
+
+    guest: str
+    host: Path
+    writable: bool
+
+
+def mount_root(mount: HostMount) -> str:
+    """The guest path of an operator mount."""
+    return f"{MOUNTS_ROOT}/{mount.name}"
+
+
+def roots_of(workspace: WorkspacePaths) -> tuple[Root, ...]:
+    """The guest folders of a session: workspace, site, then each operator mount.
+
+    Raises:
+        ValueError: a mount name is not 1-64 letters, digits, `-` and `_`, or comes twice.
+    """
+    names = [m.name for m in workspace.mounts]
+    for name in names:
+        if not _MOUNT_NAME.fullmatch(name) or names.count(name) > 1:
+            raise ValueError(
+                f"WorkspacePaths.mounts: expected unique names of 1-64 letters, digits, - and _, "
+                f"got {name!r}; check the names before building the plan"
+            )
+    return (
+        Root(WORKSPACE_ROOT, workspace.files, True),
+        Root(SITE_ROOT, workspace.site, False),
+        *(Root(mount_root(m), m.host, not m.read_only) for m in workspace.mounts),
+    )
 
 
 @dataclass(slots=True)
 class Mirror:
-    """What a guest already holds of the host folders (path → size, mtime at sync time)."""
+    """What a guest already holds of the host folders.
 
-    files: Snapshot = field(default_factory=dict)
-    site: Snapshot = field(default_factory=dict)
+    Attributes:
+        held: Guest root → path → (size, mtime) of the host file at sync time.
+        mounts: The operator mounts the guest was set up with; `None` before its first run.
+    """
+
+    held: dict[str, Snapshot] = field(default_factory=dict)
+    mounts: tuple[HostMount, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What to send before a run: files to copy in and paths to delete, per guest folder."""
+    """What to send before a run, and what the host looked like then.
 
-    before: Snapshot
+    Attributes:
+        roots: The guest folders of this run.
+        before: Writable roots: the host folder's files before the run.
+        send: (guest root, relative path, size) of each file to copy in.
+        delete: Guest root → paths to delete in the guest.
+        held: Guest root → what the guest will hold once `send` and `delete` are done.
+        mount: Operator mounts to set up in the guest first (on a session's first run).
+    """
+
+    roots: tuple[Root, ...]
+    before: dict[str, Snapshot]
     send: tuple[tuple[str, str, int], ...]
-    """(guest root, relative path, size) of each file to copy in."""
     delete: dict[str, list[str]]
-    held: Snapshot
-    site_held: Snapshot
+    held: dict[str, Snapshot]
+    mount: tuple[HostMount, ...] = ()
+
+    @property
+    def hosts(self) -> dict[str, Path]:
+        """Guest root → host folder."""
+        return {root.guest: root.host for root in self.roots}
 
 
 def safe_rel(rel: object) -> str | None:
@@ -55,8 +125,7 @@ def safe_rel(rel: object) -> str | None:
     return "/".join(parts)
 
 
-def _outgoing(root: Path, known: Snapshot, budget: int) -> tuple[list[str], list[str], Snapshot]:
-    now = snapshot(root) if root.is_dir() else {}
+def _outgoing(now: Snapshot, known: Snapshot, budget: int) -> tuple[list[str], list[str], Snapshot]:
     send: list[str] = []
     held: Snapshot = {p: sig for p, sig in known.items() if p in now}
     spent = 0
@@ -70,27 +139,34 @@ def _outgoing(root: Path, known: Snapshot, budget: int) -> tuple[list[str], list
 
 
 def plan(workspace: WorkspacePaths, mirror: Mirror, budget: int) -> Plan:
-    """Compare the host folders with what the guest holds (blocking: call it in a thread)."""
+    """Compare the host folders with what the guest holds (blocking: call it in a thread).
+
+    Each root copies in at most `budget` bytes of new or changed files per run.
+    """
     drop_foreign_links(workspace)
-    before = snapshot(workspace.files) if workspace.files.is_dir() else {}
-    files, files_gone, held = _outgoing(workspace.files, mirror.files, budget)
-    site, site_gone, site_held = _outgoing(workspace.site, mirror.site, budget)
-    send = tuple(
-        [("/workspace", rel, held[rel][0]) for rel in files]
-        + [("/site", rel, site_held[rel][0]) for rel in site]
-    )
-    delete = {"/workspace": files_gone, "/site": site_gone}
-    return Plan(before, send, delete, held, site_held)
+    roots = roots_of(workspace)
+    before: dict[str, Snapshot] = {}
+    send: list[tuple[str, str, int]] = []
+    delete: dict[str, list[str]] = {}
+    held: dict[str, Snapshot] = {}
+    for root in roots:
+        now = snapshot(root.host) if root.host.is_dir() else {}
+        if root.writable:
+            before[root.guest] = now
+        files, gone, held[root.guest] = _outgoing(now, mirror.held.get(root.guest, {}), budget)
+        send += [(root.guest, rel, held[root.guest][rel][0]) for rel in files]
+        delete[root.guest] = gone
+    mount = workspace.mounts if mirror.mounts is None else ()
+    return Plan(roots, before, tuple(send), delete, held, mount)
 
 
 def read_batch(
-    workspace: WorkspacePaths, items: tuple[tuple[str, str, int], ...]
+    hosts: Mapping[str, Path], items: tuple[tuple[str, str, int], ...]
 ) -> list[tuple[str, str, bytes]]:
     """The bytes of `items` (root, rel, size), read without following links; missing skipped."""
     out: list[tuple[str, str, bytes]] = []
     for root, rel, _size in items:
-        folder = workspace.files if root == "/workspace" else workspace.site
-        data = read_regular_file(folder, rel, max_bytes=MAX_FILE_BYTES)
+        data = read_regular_file(hosts[root], rel, max_bytes=MAX_FILE_BYTES)
         if data is not None:
             out.append((root, rel, data))
     return out

@@ -1,4 +1,4 @@
-"""Move files between a session's host workspace and its guest's in-memory copy of it."""
+"""Move files between a session's host folders and its guest's in-memory copy of them."""
 
 from __future__ import annotations
 
@@ -6,17 +6,19 @@ import asyncio
 import base64
 import binascii
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from .._files import changed, images_among, snapshot
-from .._types import Image, WorkspacePaths
+from .._files import MAX_IMAGES, Snapshot, changed, images_among, snapshot
+from .._types import Image
 from ._process import DenoProcess
 from ._sync import (
     MAX_FILE_BYTES,
+    WORKSPACE_ROOT,
     Mirror,
     Plan,
+    Root,
     batches,
+    mount_root,
     read_batch,
     safe_rel,
     unlink_file,
@@ -29,22 +31,36 @@ COPY_TIMEOUT_S = 60.0
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """What a run changed in the workspace, once the guest's changes are written back."""
+    """What a run changed in the writable host folders, once its changes are written back.
+
+    Attributes:
+        touched: Workspace-relative paths, and guest paths `/mnt/NAME/…` of mount files.
+        images: The images among them (paths as in `touched`).
+        over_budget: Some files were not written back: a folder would pass its budget.
+    """
 
     touched: tuple[str, ...]
     images: tuple[Image, ...]
     over_budget: bool
 
 
-async def copy_in(proc: DenoProcess, workspace: WorkspacePaths, sent: Plan) -> None:
-    """Send the deletions and the files the guest lacks, one file per protocol line."""
+async def copy_in(proc: DenoProcess, sent: Plan) -> None:
+    """Set up new mounts, send the deletions and the files the guest lacks, one per line."""
+    for mount in sent.mount:
+        await proc.send({"op": "mount", "root": mount_root(mount), "read_only": mount.read_only})
     for root, paths in sent.delete.items():
         if paths:
             await proc.send({"op": "delete", "root": root, "paths": paths})
+    hosts = sent.hosts
     for group in batches(sent.send):
-        for root, rel, data in await asyncio.to_thread(read_batch, workspace, group):
+        for root, rel, data in await asyncio.to_thread(read_batch, hosts, group):
             encoded = base64.b64encode(data).decode("ascii")
             await proc.send({"op": "put", "root": root, "path": rel, "data": encoded})
+
+
+def scanned_roots(sent: Plan) -> list[str]:
+    """The guest roots whose changes the guest reports after a run (the writable ones)."""
+    return [root.guest for root in sent.roots if root.writable]
 
 
 def _changed_entries(report: Any) -> list[tuple[str, int]]:
@@ -58,55 +74,92 @@ def _changed_entries(report: Any) -> list[tuple[str, int]]:
     return entries
 
 
-async def copy_out(
-    proc: DenoProcess,
-    files: Path,
-    answer: dict[str, Any],
-    sent: Plan,
-    mirror: Mirror,
-    *,
-    budget: int,
-) -> Settled:
-    """Fetch the files the run changed, write them (and its deletions) into `files`.
+def _report_of(answer: dict[str, Any], guest: str) -> tuple[list[Any], list[tuple[str, int]]]:
+    files = answer.get("files")
+    report = files.get(guest) if isinstance(files, dict) else None
+    if not isinstance(report, dict):
+        return [], []
+    deleted = report.get("deleted")
+    return deleted if isinstance(deleted, list) else [], _changed_entries(report.get("changed"))
 
-    The guest's report is untrusted: paths are checked, sizes re-measured, the workspace
+
+async def copy_out(
+    proc: DenoProcess, answer: dict[str, Any], sent: Plan, mirror: Mirror, *, budget: int
+) -> Settled:
+    """Fetch the files the run changed in each writable root and write them (and its
+    deletions) to the host; update `mirror` to what the guest now holds.
+
+    The guest's report is untrusted: paths are checked, sizes re-measured, each folder's
     budget enforced on the bytes actually received, and nothing is written through a link.
     """
-    deleted, reported = answer.get("deleted"), _changed_entries(answer.get("changed"))
+    touched: list[str] = []
+    images: list[Image] = []
+    over = False
+    for root in sent.roots:
+        if not root.writable:
+            mirror.held[root.guest] = sent.held[root.guest]
+            continue
+        held, written, refused = await _settle(proc, root, answer, sent, budget=budget)
+        mirror.held[root.guest] = held
+        over = over or refused
+        if root.guest == WORKSPACE_ROOT:
+            paths = changed(sent.before[root.guest], held) if written else ()
+            found = await asyncio.to_thread(images_among, root.host, paths)
+        else:
+            found = tuple(
+                Image(f"{root.guest}/{i.path}", i.mime_type, i.data)
+                for i in await asyncio.to_thread(images_among, root.host, written)
+            )
+            paths = tuple(f"{root.guest}/{rel}" for rel in written)
+        touched += paths
+        images += found[: MAX_IMAGES - len(images)]
+    if sent.mount:
+        mirror.mounts = sent.mount
+    return Settled(tuple(touched), tuple(images), over)
+
+
+async def _settle(
+    proc: DenoProcess, root: Root, answer: dict[str, Any], sent: Plan, *, budget: int
+) -> tuple[Snapshot, tuple[str, ...], bool]:
+    """Write one root's changes back: (what the guest now holds, paths written, refused?)."""
+    deleted, reported = _report_of(answer, root.guest)
+    held = sent.held[root.guest]
     if not deleted and not reported:  # the common case: nothing to fetch, nothing to scan
-        mirror.files, mirror.site = dict(sent.held), sent.site_held
-        return Settled((), (), False)
-    current = await asyncio.to_thread(snapshot, files) if files.is_dir() else {}
+        return dict(held), (), False
+    folder = root.host
+    current = await asyncio.to_thread(snapshot, folder) if folder.is_dir() else {}
     spent = sum(size for size, _ in current.values())
-    for rel in deleted if isinstance(deleted, list) else []:
+    for rel in deleted:
         safe = safe_rel(rel)
-        # Only files the guest got from the host: never a host file it did not know.
-        if safe in sent.held and await asyncio.to_thread(unlink_file, files, safe):
+        # Only files the guest got from the host, still as the guest got them: never a host
+        # file it did not know, nor one changed on the host since (a shared mount).
+        if (
+            safe is not None
+            and safe in held
+            and current.get(safe) == held[safe]
+            and await asyncio.to_thread(unlink_file, folder, safe)
+        ):
             spent -= current.pop(safe, (0, 0))[0]
     refused: set[str] = set()
-    over = False
+    written: list[str] = []
     for rel, size in reported:
         room = budget - spent + current.get(rel, (0, 0))[0]
         if size > MAX_FILE_BYTES or size > room:
-            over = True
             refused.add(rel)
             continue
-        reply = await proc.request({"op": "get", "path": rel}, timeout_s=COPY_TIMEOUT_S)
+        request = {"op": "get", "root": root.guest, "path": rel}
+        reply = await proc.request(request, timeout_s=COPY_TIMEOUT_S)
         try:
             data = base64.b64decode(reply.get("data") or "", validate=True)
         except (binascii.Error, ValueError):
             continue
         if len(data) > room:
-            over = True
             refused.add(rel)
             continue
-        if await asyncio.to_thread(write_file, files, rel, data):
+        if await asyncio.to_thread(write_file, folder, rel, data):
             spent += len(data) - current.get(rel, (0, 0))[0]
             current[rel] = (len(data), 0)
-    after = await asyncio.to_thread(snapshot, files) if files.is_dir() else {}
-    keep = (set(sent.held) | {rel for rel, _ in reported}) - refused
-    mirror.files = {p: after[p] for p in keep if p in after}
-    mirror.site = sent.site_held
-    touched = changed(sent.before, after)
-    images = await asyncio.to_thread(images_among, files, touched)
-    return Settled(touched, images, over)
+            written.append(rel)
+    after = await asyncio.to_thread(snapshot, folder) if folder.is_dir() else {}
+    keep = (set(held) | {rel for rel, _ in reported}) - refused
+    return {p: after[p] for p in keep if p in after}, tuple(sorted(written)), bool(refused)

@@ -156,12 +156,19 @@ if (flag !== "open") {
   }
 }
 
-// Files: the host copies the workspace in (`put`, `delete`) and changed files out (`get`)
-// through Emscripten's in-memory FS; file data lives in JS arrays, not in Python's heap.
+// Files: the host copies the workspace and the operator mounts in (`mount`, `put`, `delete`)
+// and changed files out (`get`) through Emscripten's in-memory FS; file data lives in JS
+// arrays, not in Python's heap.
 const FS = py.FS;
 const fromBase64 = Uint8Array.fromBase64;
 const toBase64 = (bytes) => bytes.toBase64();
+// Folders the host copies into; of those, the ones whose changes it fetches back, and the
+// read-only ones (operator mounts that code may not change).
 const ROOTS = new Set(["/workspace", "/site"]);
+const FETCHED = new Set(["/workspace"]);
+const READ_ONLY = new Set();
+const MOUNT_ROOT = /^\/mnt\/[A-Za-z0-9_-]{1,64}$/;
+const EROFS = 69;
 function target(root, rel) {
   if (!ROOTS.has(root) || typeof rel !== "string" || rel.startsWith("/")) return null;
   const parts = rel.split("/").filter((p) => p !== "" && p !== ".");
@@ -171,26 +178,90 @@ function target(root, rel) {
 function lstatFile(path) {
   try { const st = FS.lstat(path); return FS.isFile(st.mode) ? st : null; } catch { return null; }
 }
+
+// Read-only folders (`/mnt` and read-only mounts): their nodes lose every write permission
+// bit, and their node operations refuse, to anything but the host's own copying, what could
+// change them or give the bits back (chmod, utime, create, rename, unlink, rmdir, symlink).
+let hostWriting = false;
+const sealedOps = new Map();
+const MUTATORS = ["setattr", "mknod", "rename", "unlink", "rmdir", "symlink"];
+function sealedOpsOf(ops) {
+  let sealed = sealedOps.get(ops);
+  if (!sealed) {
+    sealed = { ...ops };
+    for (const name of MUTATORS) {
+      const original = ops[name];
+      if (typeof original !== "function") continue;
+      sealed[name] = (...args) => {
+        if (!hostWriting) throw new FS.ErrnoError(EROFS);
+        return apply(original, ops, args);
+      };
+    }
+    sealedOps.set(ops, sealed);
+    sealedOps.set(sealed, sealed);
+  }
+  return sealed;
+}
+function seal(path) {
+  const node = FS.lookupPath(path, { follow: false }).node;
+  node.mode &= ~0o222;
+  node.node_ops = sealedOpsOf(node.node_ops);
+}
+function sealTree(root, path) {
+  // Every folder from `root` down to `path`, and `path` itself.
+  let at = root;
+  seal(at);
+  for (const part of path.slice(root.length + 1).split("/")) {
+    at += "/" + part;
+    seal(at);
+  }
+}
+const asCode = (action) => action();
+function asHost(action) {
+  const ignored = FS.ignorePermissions;
+  hostWriting = true;
+  FS.ignorePermissions = true;
+  try { return action(); } finally { hostWriting = false; FS.ignorePermissions = ignored; }
+}
+function mount(request) {
+  const root = request.root;
+  if (typeof root !== "string" || !MOUNT_ROOT.test(root) || ROOTS.has(root)) return;
+  const readOnly = request.read_only !== false;
+  asHost(() => {
+    FS.mkdirTree(root);
+    seal("/mnt"); // code may not rename, replace or add mounts
+    if (readOnly) seal(root);
+  });
+  ROOTS.add(root);
+  (readOnly ? READ_ONLY : FETCHED).add(root);
+}
 function put(request) {
   const path = target(request.root, request.path);
   if (path === null) return;
-  try {
-    FS.mkdirTree(path.slice(0, path.lastIndexOf("/")));
-    let existing = null;
-    try { existing = FS.lstat(path); } catch { /* absent */ }
-    if (existing && FS.isLink(existing.mode)) FS.unlink(path); // never write through a link
-    FS.writeFile(path, fromBase64(request.data));
-    FS.utime(path, 0, 0);
-  } catch { /* a folder in the way: the guest keeps its own */ }
+  const readOnly = READ_ONLY.has(request.root);
+  (readOnly ? asHost : asCode)(() => {
+    try {
+      FS.mkdirTree(path.slice(0, path.lastIndexOf("/")));
+      let existing = null;
+      try { existing = FS.lstat(path); } catch { /* absent */ }
+      if (existing && FS.isLink(existing.mode)) FS.unlink(path); // never write through a link
+      FS.writeFile(path, fromBase64(request.data));
+      FS.utime(path, 0, 0);
+      if (readOnly) sealTree(request.root, path);
+    } catch { /* a folder in the way: the guest keeps its own */ }
+  });
 }
 function remove(request) {
-  for (const rel of request.paths || []) {
-    const path = target(request.root, rel);
-    if (path !== null && lstatFile(path)) { try { FS.unlink(path); } catch { /* gone */ } }
-  }
+  (READ_ONLY.has(request.root) ? asHost : asCode)(() => {
+    for (const rel of request.paths || []) {
+      const path = target(request.root, rel);
+      if (path !== null && lstatFile(path)) { try { FS.unlink(path); } catch { /* gone */ } }
+    }
+  });
 }
 function get(request) {
-  const path = target("/workspace", request.path);
+  const root = request.root ?? "/workspace";
+  const path = FETCHED.has(root) ? target(root, request.path) : null;
   if (path === null || !lstatFile(path)) return { data: null };
   const data = toBase64(FS.readFile(path));
   FS.utime(path, 0, 0);
@@ -250,6 +321,7 @@ while (true) {
   if (line === null) exit(0);
   const request = parse(line);
   if (request.op === "put") put(request);
+  else if (request.op === "mount") mount(request);
   else if (request.op === "delete") remove(request);
   else if (request.op === "get") send(get(request));
   else if (request.op === "run") {

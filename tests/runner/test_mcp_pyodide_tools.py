@@ -12,8 +12,9 @@ import mcp_types as types
 import pytest
 from mcp import Client
 
-from runner import Config, build_server, open_service
-from runner._mounts import parse_mount
+from runner import ArgumentError, Config, build_server, open_service
+from runner import main as cli_main
+from runner._mounts import parse_mount, parse_mounts
 from sandboxes import WasmEngine
 from sandboxes.pyodide import setup_pyodide
 from tests.conftest import IN_CI
@@ -169,3 +170,202 @@ async def test_installs_come_from_the_mirror_and_import_in_the_session(
             "pyodide_execute", {"code": "import slugify\nslugify.slugify('Hello World')"}
         )
         assert "hello-world" in _text(used), _text(used)
+
+
+# -- operator mounts: /mnt/NAME inside Pyodide ---------------------------------------------
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> dict[str, Path]:
+    """A read-only mount (a file, and links to a secret outside it), a read-write mount, and
+    the outside folder."""
+    data, out, outside = tmp_path / "data", tmp_path / "out", tmp_path / "outside"
+    for folder in (data, out, outside):
+        folder.mkdir()
+    (data / "input.csv").write_text("a,b\n1,2\n")
+    (outside / "secret.txt").write_text("host secret")
+    (data / "secret-link.txt").symlink_to(outside / "secret.txt")
+    (data / "outside-dir").symlink_to(outside)
+    (out / "stale.txt").write_text("delete me")
+    return {"data": data, "out": out, "outside": outside}
+
+
+@pytest.fixture
+async def mounted(
+    wasm_engine: WasmEngine, tmp_path: Path, pyodide_assets: Path, folders: dict[str, Path]
+) -> AsyncIterator[Client]:
+    """A server started as with `--mount data=DIR --mount out=DIR:rw`."""
+    mounts = parse_mounts([f"data={folders['data']}", f"out={folders['out']}:rw"])
+    config = Config(state_dir=tmp_path / "state", mounts=mounts)
+    async with (
+        open_service(config, engines={"wasm": wasm_engine}) as service,
+        Client(build_server(service)) as c,
+    ):
+        yield c
+
+
+async def _run(client: Client, code: str) -> types.CallToolResult:
+    result = await client.call_tool("pyodide_execute", {"code": code})
+    assert isinstance(result, types.CallToolResult)
+    return result
+
+
+async def test_operator_mounts_are_shown_at_mnt_with_their_mode(mounted: Client) -> None:
+    listed = json.loads(_text(await mounted.call_tool("pyodide_get-mount-points", {})))
+    assert listed == [
+        {"name": "workspace", "mountPoint": "/workspace", "readOnly": False, "visibleToCode": True},
+        {"name": "data", "mountPoint": "/mnt/data", "readOnly": True, "visibleToCode": True},
+        {"name": "out", "mountPoint": "/mnt/out", "readOnly": False, "visibleToCode": True},
+    ]
+
+
+async def test_code_reads_a_file_of_a_read_only_mount(mounted: Client) -> None:
+    result = await _run(mounted, "import csv\nlist(csv.reader(open('/mnt/data/input.csv')))")
+    assert not result.is_error, _text(result)
+    assert "Result: [['a', 'b'], ['1', '2']]" in _text(result)
+
+
+async def test_code_cannot_change_a_read_only_mount(
+    mounted: Client, folders: dict[str, Path]
+) -> None:
+    attempts = """
+import os
+refused = []
+for attempt in (
+    lambda: open('/mnt/data/input.csv', 'w').write('overwritten'),
+    lambda: open('/mnt/data/new.txt', 'w').write('new'),
+    lambda: os.chmod('/mnt/data/input.csv', 0o666),
+    lambda: os.remove('/mnt/data/input.csv'),
+    lambda: os.rename('/mnt/data', '/mnt/elsewhere'),
+    lambda: os.mkdir('/mnt/data/sub'),
+):
+    try:
+        attempt()
+    except OSError as exc:
+        refused.append(exc.errno)
+len(refused), open('/mnt/data/input.csv').read()
+"""
+    result = await _run(mounted, attempts)
+    assert not result.is_error, _text(result)
+    assert "Result: (6, 'a,b\\n1,2\\n')" in _text(result)
+    assert sorted(p.name for p in folders["data"].iterdir()) == [
+        "input.csv",
+        "outside-dir",
+        "secret-link.txt",
+    ]
+    assert (folders["data"] / "input.csv").read_text() == "a,b\n1,2\n"
+
+
+async def test_files_and_images_written_to_a_read_write_mount_reach_the_host(
+    mounted: Client, folders: dict[str, Path]
+) -> None:
+    encoded = base64.b64encode(PNG).decode()
+    code = f"""
+import base64, os
+os.makedirs('/mnt/out/plots', exist_ok=True)
+open('/mnt/out/plots/dot.png', 'wb').write(base64.b64decode({encoded!r}))
+open('/mnt/out/report.txt', 'w').write('done')
+os.remove('/mnt/out/stale.txt')
+"""
+    result = await _run(mounted, code)
+    assert not result.is_error, _text(result)
+    [image] = [b for b in result.content if isinstance(b, types.ImageContent)]
+    assert base64.b64decode(image.data) == PNG and image.mime_type == "image/png"
+    assert "/mnt/out/plots/dot.png" in _text(result)
+    out = folders["out"]
+    assert (out / "plots" / "dot.png").read_bytes() == PNG
+    assert (out / "report.txt").read_text() == "done"
+    assert not (out / "stale.txt").exists()
+    again = await mounted.call_tool(
+        "pyodide_read-image", {"mountName": "out", "imagePath": "plots/dot.png"}
+    )
+    assert isinstance(again, types.CallToolResult) and not again.is_error
+
+
+async def test_host_changes_to_a_mount_reach_the_session_on_its_next_call(
+    mounted: Client, folders: dict[str, Path]
+) -> None:
+    first = await _run(mounted, "open('/mnt/data/input.csv').read()")
+    assert "1,2" in _text(first)
+    (folders["data"] / "input.csv").write_text("a,b\n3,4\n")
+    (folders["data"] / "added.txt").write_text("added")
+    second = await _run(
+        mounted, "open('/mnt/data/input.csv').read(), open('/mnt/data/added.txt').read()"
+    )
+    assert "Result: ('a,b\\n3,4\\n', 'added')" in _text(second), _text(second)
+
+
+async def test_links_inside_a_mount_are_not_visible_to_code(
+    mounted: Client, folders: dict[str, Path]
+) -> None:
+    code = """
+import os
+listed = sorted(os.listdir('/mnt/data'))
+found = [p for p in ('/mnt/data/secret-link.txt', '/mnt/data/outside-dir/secret.txt')
+         if os.path.lexists(p)]
+listed, found
+"""
+    result = await _run(mounted, code)
+    assert not result.is_error, _text(result)
+    assert "Result: (['input.csv'], [])" in _text(result)
+    assert "host secret" not in _text(result)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "argument"),
+    [
+        ({"mountName": "out", "imagePath": "../data/input.png"}, "imagePath"),
+        ({"mountName": "out", "imagePath": "/mnt/out/plots/dot.png"}, "imagePath"),
+        ({"mountName": "../out", "imagePath": "dot.png"}, "mountName"),
+        ({"mountName": "data", "imagePath": "outside-dir/secret.png"}, "imagePath"),
+    ],
+)
+async def test_image_reads_that_leave_a_mount_are_refused(
+    mounted: Client, arguments: dict[str, str], argument: str
+) -> None:
+    result = await mounted.call_tool("pyodide_read-image", arguments)
+    assert result.is_error and f"argument '{argument}'" in _text(result)
+
+
+async def test_the_python_code_runner_on_wasm_still_runs_with_mounts_configured(
+    mounted: Client,
+) -> None:
+    result = await mounted.call_tool("run_python_code", {"code": "print(6 * 7)"})
+    assert not result.is_error and "42" in _text(result)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("data={dir}:xx", "':ro' (read-only, the default) or ':rw'"),
+        ("data{dir}", "NAME=DIR[:ro|:rw]"),
+        ("workspace={dir}", "reserved"),
+        ("data={dir}/missing:rw", "an existing folder"),
+    ],
+)
+def test_mount_options_that_are_wrong_name_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str, expected: str
+) -> None:
+    code = cli_main(["serve", "--state-dir", str(tmp_path), "--mount", value.format(dir=tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "argument '--mount'" in err and expected in err
+
+
+def test_a_mount_name_given_twice_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ArgumentError) as refused:
+        parse_mounts([f"out={tmp_path}", f"out={tmp_path}:rw"])
+    assert refused.value.argument == "--mount"
+
+
+def test_mount_modes_default_to_read_only(tmp_path: Path) -> None:
+    odd = tmp_path / "odd:name"
+    odd.mkdir()
+    parsed = parse_mounts([f"a={tmp_path}", f"b={tmp_path}:ro", f"c={tmp_path}:rw", f"d={odd}"])
+    assert [(m.name, m.read_only, m.guest) for m in parsed] == [
+        ("a", True, "/mnt/a"),
+        ("b", True, "/mnt/b"),
+        ("c", False, "/mnt/c"),
+        ("d", True, "/mnt/d"),
+    ]
+    assert parsed[3].host == odd
