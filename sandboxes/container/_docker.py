@@ -12,6 +12,7 @@ import json
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,22 @@ MAX_POOL_CONNECTIONS = 64
 
 @dataclass(frozen=True, slots=True)
 class ContainerState:
-    """What `docker inspect` says of a container's process."""
+    """What `docker inspect` says of a container's process.
+
+    Attributes:
+        running: Whether its process still runs.
+        exit_code: Its exit status once stopped.
+        oom_killed: Whether the kernel's OOM killer ended it.
+        error: The daemon's error text, if any.
+        lifetime_s: Seconds from its start to its exit by the daemon's clock; None while it
+            runs or when the daemon does not say.
+    """
 
     running: bool
     exit_code: int | None
     oom_killed: bool
     error: str
+    lifetime_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +228,9 @@ class Docker:
             exit_code=None if running else state.get("ExitCode"),
             oom_killed=bool(state.get("OOMKilled")),
             error=str(state.get("Error") or ""),
+            lifetime_s=None
+            if running
+            else _seconds_between(state.get("StartedAt"), state.get("FinishedAt")),
         )
 
     def remove(self, cid: str) -> None:
@@ -273,3 +287,26 @@ class Docker:
                 text = str(chunk.get("stream") or chunk.get("status") or "").rstrip()
                 if text:
                     yield text
+
+
+def _timestamp(value: Any) -> datetime | None:
+    """A Docker RFC 3339 timestamp (nanoseconds, `Z`), or None for Go's zero time or junk."""
+    if not isinstance(value, str) or value.startswith("0001-"):
+        return None
+    text = value.replace("Z", "+00:00")
+    whole, dot, rest = text.partition(".")
+    if dot:  # Python parses at most 6 fractional digits
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        text = f"{whole}.{rest[: min(digits, 6)]}{rest[digits:]}"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _seconds_between(started: Any, finished: Any) -> float | None:
+    """Seconds from `started` to `finished` (Docker timestamps); None when either is unknown."""
+    begin, end = _timestamp(started), _timestamp(finished)
+    if begin is None or end is None:
+        return None
+    return (end - begin).total_seconds()

@@ -16,6 +16,11 @@ passing a directory fd (`..` walks out of the container's root); a per-session c
 (a `docker run` on every new session, and state shared between runs). When the session's
 folders are on another filesystem than the pool, or a pool container is not ready, the run
 starts its own container (a "cold" run, ~0.6 s with runc, ~1 s with gVisor).
+
+A pool container can die while idle (dockerd restarted, something outside killed it). The pool
+drops such containers rather than hand them out; one that dies just as the request is sent is
+recognised by the exchange (`SandboxGone`: the code never ran), and the run moves, once, to a
+freshly created container, so the user is never blamed for a container that was already dead.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from .._files import (
 )
 from .._types import ExecutionPlan, Limits, RunResult
 from ._docker import Docker
+from ._errors import SandboxGone
 from ._fleet import Fleet, check_daemon, remove_orphans
 from ._image import default_cache_dir
 from ._pool import Pool, PoolStats, Warm
@@ -210,7 +216,8 @@ class ContainerEngine(EngineLifecycle):
 
         Raises:
             EngineUnavailable: no daemon, runtime or image, or an unsupported network mode.
-            EngineCrashed: the daemon or the container failed (not a limit of the run).
+            EngineCrashed: the daemon or the container failed (not a limit of the run), or
+                a second container was dead before the code reached it (`SandboxGone`).
         """
         if plan.limits.network != "none":
             raise EngineUnavailable(
@@ -232,20 +239,6 @@ class ContainerEngine(EngineLifecycle):
         await asyncio.to_thread(drop_foreign_links, workspace)
         before = await asyncio.to_thread(snapshot, workspace.files)
         shape = fleet.shape(limits)
-        warm = await self._pool.take(shape)
-        if warm is None:
-            warm = await fleet.launch_slot(shape)
-        try:
-            assert warm.slot is not None
-            await asyncio.to_thread(lend, warm.slot, workspace, uid=fleet.uid, gid=fleet.gid)
-        except CannotLend as exc:
-            logger.info("container: %s; this run mounts the session directly", exc)
-            self._spawn(fleet.dispose(warm))
-            warm = await fleet.launch_direct(workspace, shape)
-        except BaseException:
-            await asyncio.shield(fleet.dispose(warm))
-            raise
-        self._remember(plan.decision_id, warm.sandbox.id)
         request = request_line(
             kind=plan.program.kind,
             source=plan.program.source,
@@ -257,11 +250,51 @@ class ContainerEngine(EngineLifecycle):
             nproc=limits.processes if self.runtime == "runsc" else None,
             fsize_bytes=max(0, limits.workspace_bytes - total_bytes(before)),
         )
+        warm = await self._pool.take(shape)
+        retried = False
+        while True:
+            if warm is None:
+                warm = await fleet.launch_slot(shape)
+            warm = await self._lend(plan, warm)
+            try:
+                exchange = await self._exchange(plan, warm, request, before)
+            except SandboxGone as exc:
+                if retried:
+                    raise
+                logger.warning("container: %s; running the code on a fresh container", exc)
+                warm, retried = None, True
+                continue
+            # From here on the run is over: finish even if the caller is cancelled meanwhile.
+            return await asyncio.shield(self._finish(plan, warm, exchange, before))
+
+    async def _lend(self, plan: ExecutionPlan, warm: Warm) -> Warm:
+        """Lend the session's files to `warm`'s slot; the container that will run `plan`."""
+        assert self._fleet is not None
+        fleet, workspace = self._fleet, plan.workspace
+        try:
+            assert warm.slot is not None
+            await asyncio.to_thread(lend, warm.slot, workspace, uid=fleet.uid, gid=fleet.gid)
+        except CannotLend as exc:
+            logger.info("container: %s; this run mounts the session directly", exc)
+            self._spawn(fleet.dispose(warm))
+            warm = await fleet.launch_direct(workspace, fleet.shape(plan.limits))
+        except BaseException:
+            await asyncio.shield(fleet.dispose(warm))
+            raise
+        self._remember(plan.decision_id, warm.sandbox.id)
+        return warm
+
+    async def _exchange(
+        self, plan: ExecutionPlan, warm: Warm, request: bytes, before: Snapshot
+    ) -> Exchange:
+        """Run the request in `warm` under the workspace watchdog; on any failure (including
+        `SandboxGone`) stop the container and give the files back before raising."""
+        limits, workspace = plan.limits, plan.workspace
         folder = warm.slot.files if warm.slot is not None else workspace.files
         ceiling = max(limits.workspace_bytes, total_bytes(before))  # past it: may shrink only
         watchdog = asyncio.ensure_future(_watch_workspace(warm, folder, ceiling))
         try:
-            exchange = await warm.sandbox.exchange(
+            return await warm.sandbox.exchange(
                 request, deadline_s=limits.wall_timeout_s, output_bytes=limits.output_bytes
             )
         except BaseException:
@@ -270,8 +303,6 @@ class ContainerEngine(EngineLifecycle):
         finally:
             watchdog.cancel()
             await asyncio.gather(watchdog, return_exceptions=True)
-        # From here on the run is over: finish even if the caller is cancelled meanwhile.
-        return await asyncio.shield(self._finish(plan, warm, exchange, before))
 
     async def _finish(
         self, plan: ExecutionPlan, warm: Warm, exchange: Exchange, before: Snapshot

@@ -15,6 +15,11 @@ requests/urllib3/http.client other errors            EngineCrashed
 PermissionError                                      EngineUnavailable (no access to the socket)
 FileNotFoundError, ConnectionRefusedError            EngineUnavailable (start dockerd)
 OSError (any other: reset, broken pipe…)             EngineCrashed
+
+One exception of the engine's own, `SandboxGone(EngineCrashed)`: the container handed to a run
+was dead before the request reached it, so the user's code never ran. The engine retries such
+a run once on a fresh container; when it escapes, the runner treats it like any
+`EngineCrashed` (an infrastructure failure, not counted).
 """
 
 from __future__ import annotations
@@ -29,6 +34,24 @@ SETUP_HINT = "run `sudo bash scripts/docker-setup.sh` (installs Docker and gViso
 
 Rule = tuple[type[BaseException], str]
 """A foreign exception class and the rule name that maps it."""
+
+
+class SandboxGone(EngineCrashed):
+    """The container handed to a run was dead or gone before the request reached it (it died
+    while idle, was removed, or dockerd restarted): the user's code never ran.
+
+    Attributes:
+        container_id: The container's id.
+        evidence: How the engine knows the code never ran, in words.
+    """
+
+    def __init__(self, container_id: str, evidence: str) -> None:
+        super().__init__(
+            f"the sandbox container {container_id[:12]} was dead before the run began "
+            f"({evidence}); dockerd may have restarted, or something outside sandgate killed it"
+        )
+        self.container_id = container_id
+        self.evidence = evidence
 
 
 def _rules() -> list[Rule]:

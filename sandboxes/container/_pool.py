@@ -100,11 +100,14 @@ class Pool:
                 self._spawn(self._dispose(self._idle.popleft()))
 
     async def take(self, shape: Shape) -> Warm | None:
-        """An idle container of `shape`; when none is idle but one is starting, waits for it
-        (it is ready sooner than a new one); None when the caller must start its own. The pool
-        is topped up by `replenish`, after the run."""
+        """A live idle container of `shape`; when none is idle but one is starting, waits for
+        it (it is ready sooner than a new one); None when the caller must start its own. The
+        pool is topped up by `replenish`, after the run, or at once when idle containers turn
+        out dead (dockerd restarted, or something killed them)."""
         self._aim(shape)
         while True:
+            if self._drop_dead():
+                self._top_up()
             now = time.monotonic()
             while self._idle:
                 warm = self._idle.popleft()
@@ -133,6 +136,15 @@ class Pool:
             return False
         return True
 
+    def _drop_dead(self) -> int:
+        """Remove idle containers whose process is gone; how many."""
+        dead = [w for w in self._idle if not w.sandbox.alive()]
+        for warm in dead:
+            logger.info("container: pool container %s died while idle", warm.sandbox.id[:12])
+            self._idle.remove(warm)
+            self._spawn(self._dispose(warm))
+        return len(dead)
+
     def _top_up(self) -> None:
         if self._closed or self._shape is None:
             return
@@ -156,10 +168,12 @@ class Pool:
         self._changed.set()
 
     async def reap(self) -> None:
-        """Forever: remove idle containers older than `idle_s`; refill only while in demand."""
+        """Forever: remove idle containers that died or are older than `idle_s`; refill only
+        while in demand."""
         period = max(0.5, min(self._idle_s / 2, 30.0))
         while not self._closed:
             await asyncio.sleep(period)
+            self._drop_dead()
             now = time.monotonic()
             while self._idle and now - self._idle[0].sandbox.ready_at > self._idle_s:
                 self._spawn(self._dispose(self._idle.popleft()))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 from dataclasses import dataclass
 
 from .._errors import EngineCrashed, EngineUnavailable
 from ._docker import Attached, ContainerState, Docker
-from ._errors import translate
+from ._errors import SandboxGone, translate
 from ._protocol import Collector, Ended, ProtocolViolation
 from ._spec import PROTOCOL, ContainerSpec
 
@@ -109,22 +110,44 @@ class Sandbox:
                 "`sudo bash scripts/docker-setup.sh`"
             )
 
+    def alive(self) -> bool:
+        """Whether the attach stream is still open: dockerd closes it as soon as the container
+        exits or is removed, and a restarted dockerd has dropped it (costs no daemon call)."""
+        try:
+            return self._attached.sock.recv(1, socket.MSG_PEEK) != b""
+        except (BlockingIOError, InterruptedError):
+            return True  # open, nothing to read: the server waits for its request
+        except OSError:
+            return False
+
     async def exchange(self, request: bytes, *, deadline_s: float, output_bytes: int) -> Exchange:
         """Send the request and collect the answer; kill the container on the deadline, on the
-        output cap, or when the stream breaks (the caller then reads `state`)."""
+        output cap, or when the stream breaks (the caller then reads `state`).
+
+        Raises:
+            SandboxGone: the container was dead before the request reached it (the code never
+                ran; the run may be retried on another container).
+            EngineCrashed: the daemon failed while reading the container's state.
+        """
         collector = Collector(cap=output_bytes)
         loop = asyncio.get_running_loop()
         sock = self._attached.sock
+        if not self.alive():
+            raise SandboxGone(self.id, "its attach stream had closed")
+        idle_s = time.monotonic() - self.ready_at
         began = time.perf_counter()
+        received = 0
         ended: Ended | None = None
         try:
             async with asyncio.timeout(deadline_s):
-                with translate("send a request to a sandbox", where=self.docker.where):
-                    await loop.sock_sendall(sock, request)
+                await self._send(request)
                 while ended is None:
                     with translate("read a sandbox's output", where=self.docker.where):
                         data = await loop.sock_recv(sock, RECV_BYTES)
+                    received += len(data)
                     ended = collector.feed(data) if data else "eof"
+        except SandboxGone:
+            raise
         except TimeoutError:
             ended = "timeout"
         except ProtocolViolation:
@@ -135,7 +158,23 @@ class Sandbox:
         state = None
         if ended != "reply" or _maybe_oom(collector):
             state = await self.stop(kill=ended != "reply")
+        if ended == "eof" and received == 0 and state and _exited_before_request(state, idle_s):
+            raise SandboxGone(
+                self.id,
+                f"it exited with status {state.exit_code} {state.lifetime_s:.3f} s after its "
+                f"start, and had waited {idle_s:.3f} s for the request",
+            )
         return Exchange(ended, collector, wall_ms, state)
+
+    async def _send(self, request: bytes) -> None:
+        """Send the request line. A send that fails never delivered its final newline, and the
+        server runs nothing before it has read the whole line: the code did not run."""
+        loop = asyncio.get_running_loop()
+        try:
+            with translate("send a request to a sandbox", where=self.docker.where):
+                await loop.sock_sendall(self._attached.sock, request)
+        except EngineCrashed as exc:
+            raise SandboxGone(self.id, f"the request could not be sent: {exc}") from exc
 
     async def stop(self, *, kill: bool) -> ContainerState:
         """Make sure no process of the container runs, and return its final state."""
@@ -163,6 +202,13 @@ def _remove_when_made(task: asyncio.Future[Sandbox]) -> None:
 def _quietly_remove(docker: Docker, cid: str) -> None:
     with contextlib.suppress(Exception):
         docker.remove(cid)
+
+
+def _exited_before_request(state: ContainerState, idle_s: float) -> bool:
+    """Whether the container exited before the request was sent: it lived less time (by the
+    daemon's clock) than it had waited since its start returned, and its start came earlier
+    still. Only durations are compared, never one clock with another."""
+    return state.lifetime_s is not None and state.lifetime_s < idle_s
 
 
 def _maybe_oom(collector: Collector) -> bool:

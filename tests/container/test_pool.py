@@ -25,6 +25,10 @@ WAIT_S = 5.0
 class StandIn:
     id: str
     ready_at: float = field(default_factory=time.monotonic)
+    dead: bool = False
+
+    def alive(self) -> bool:
+        return not self.dead
 
 
 @dataclass
@@ -100,6 +104,20 @@ async def test_stale_idle_containers_are_dropped() -> None:
     async with asyncio.timeout(WAIT_S):
         while factory.disposed != ["c0"]:
             await asyncio.sleep(0)
+    await pool.close()
+
+
+async def test_a_container_that_died_while_idle_is_replaced_not_handed_out() -> None:
+    factory = Factory()
+    factory.gate.set()
+    pool = Pool(factory.launch, factory.dispose, size=1, idle_s=60)
+    pool.fill(SMALL)
+    assert await pool.wait_full(WAIT_S)
+    cast(StandIn, pool._idle[0].sandbox).dead = True
+    async with asyncio.timeout(WAIT_S):
+        warm = await pool.take(SMALL)
+    assert warm is not None and warm.sandbox.id == "c1"
+    assert factory.disposed == ["c0"] and pool.stats().warm_runs == 1
     await pool.close()
 
 

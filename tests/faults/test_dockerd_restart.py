@@ -184,13 +184,6 @@ async def test_after_a_dockerd_restart_the_next_call_fails_clearly_and_the_one_a
         assert not fourth.is_error, text_of(fourth)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sandboxes/container: a warm pool container that died while idle (dockerd "
-    "restart) is judged as the user's run being `killed` (exit 137) and counted, though the "
-    "code never ran; it should be an uncounted EngineCrashed, or the run should take a fresh "
-    "container",
-)
 async def test_a_call_that_met_a_container_killed_by_the_restart_is_not_counted(
     private_dockerd: PrivateDockerd, wasm_engine: WasmEngine, tmp_path: Path
 ) -> None:

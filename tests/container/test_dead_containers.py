@@ -1,0 +1,82 @@
+"""A container that dies before the run's code reaches it is never blamed on the user: a pool
+container killed while idle is not handed out, and one that is (it died just as it was taken)
+is recognised and the run moves to a fresh container."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sandboxes import WorkspacePaths
+from sandboxes.container import ContainerEngine, Runtime
+from sandboxes.container._docker import ContainerState
+from sandboxes.container._sandbox import Sandbox, _exited_before_request
+from tests.container.conftest import RUNTIMES, Tracker, make_plan
+
+pytestmark = [pytest.mark.anyio, pytest.mark.container]
+
+WAIT_S = 60.0
+
+
+def _idle_container(tracker: Tracker, engine: ContainerEngine) -> str:
+    (found,) = tracker.docker.labelled(**{"sandgate.instance": engine.instance})
+    return found.id
+
+
+def _docker_kill(cid: str) -> None:
+    """`docker kill` the container and wait until dockerd says it has exited."""
+    for command in (["docker", "kill", cid], ["docker", "wait", cid]):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=WAIT_S, check=False)
+        assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_an_idle_container_killed_from_outside_is_not_handed_to_the_next_run(
+    runtime: Runtime, tracker: Tracker, tmp_path: Path, workspace: WorkspacePaths
+) -> None:
+    engine = tracker.track(
+        ContainerEngine(runtime=runtime, pool_size=1, pool_dir=tmp_path / "pool")
+    )
+    async with engine:
+        assert await engine.wait_warm(WAIT_S)
+        killed = _idle_container(tracker, engine)
+        _docker_kill(killed)
+        plan = make_plan(workspace, "print('after')")
+        result = await engine.run(plan)
+        assert (result.status, result.stdout, result.error) == ("ok", "after\n", None)
+        assert engine.container_for(plan.decision_id) not in (None, killed)
+        assert await engine.wait_warm(WAIT_S)
+        assert killed not in tracker.leftovers(engine.instance)
+    assert tracker.leftovers(engine.instance) == []
+
+
+async def test_a_run_handed_a_dead_container_moves_to_a_fresh_one(
+    tracker: Tracker, tmp_path: Path, workspace: WorkspacePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As when the container dies between being taken and being sent the code: the pool's
+    liveness check is made to miss, so the exchange itself has to notice."""
+    (workspace.files / "keep.txt").write_text("mine")
+    engine = tracker.track(ContainerEngine(pool_size=1, pool_dir=tmp_path / "pool"))
+    async with engine:
+        assert await engine.wait_warm(WAIT_S)
+        killed = _idle_container(tracker, engine)
+        _docker_kill(killed)
+        monkeypatch.setattr(Sandbox, "alive", lambda self: True)
+        plan = make_plan(workspace, "print(open('keep.txt').read())")
+        result = await engine.run(plan)
+        assert (result.status, result.stdout, result.exit_code) == ("ok", "mine\n", 0)
+        assert engine.container_for(plan.decision_id) not in (None, killed)
+    assert (workspace.files / "keep.txt").read_text() == "mine"
+    assert tracker.leftovers(engine.instance) == []
+
+
+@pytest.mark.parametrize(("lifetime_s", "before"), [(2.0, True), (5.5, False), (None, False)])
+def test_only_a_container_that_lived_less_than_it_waited_missed_the_code(
+    lifetime_s: float | None, before: bool
+) -> None:
+    state = ContainerState(
+        running=False, exit_code=137, oom_killed=False, error="", lifetime_s=lifetime_s
+    )
+    assert _exited_before_request(state, idle_s=5.0) is before
