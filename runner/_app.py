@@ -54,6 +54,7 @@ class Config:
         policy_path: The policy file; `None` uses the shipped `policies/default.yaml`.
         state_dir: Counters, audit trail and workspaces live here.
         workers: WASM worker processes (guests that run at once).
+        prepared_guests: Each WASM worker keeps a guest prepared ahead of the next call.
         tool_sets: Which tool sets to serve.
         mounts: Operator folders the Mcp Pyodide mount tools can list and read.
         idle_s: Seconds of inactivity after which a session's workspace is removed;
@@ -65,6 +66,7 @@ class Config:
     policy_path: Path | None = None
     state_dir: Path = field(default_factory=state_dir_default)
     workers: int = DEFAULT_WORKERS
+    prepared_guests: bool = True
     tool_sets: tuple[ToolSet, ...] = ALL_TOOL_SETS
     mounts: tuple[MountPoint, ...] = ()
     idle_s: float | None = None
@@ -102,7 +104,10 @@ async def open_service(
         logger.warning("policy %s: %s", path, warning)
     running = Engines(
         default_factories(
-            workers=config.workers, state_dir=config.state_dir, progress=config.progress
+            workers=config.workers,
+            state_dir=config.state_dir,
+            progress=config.progress,
+            prepared_guests=config.prepared_guests,
         ),
         ready=engines,
     )

@@ -30,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", type=Path, help="counters, audit and workspaces")
     serve.add_argument("--workers", type=int, help="WASM worker processes")
     serve.add_argument(
+        "--no-prepared-guests",
+        dest="prepared_guests",
+        action="store_false",
+        help="start a WASM guest for every call instead of keeping one prepared ahead in each "
+        "worker (slower calls, less idle memory)",
+    )
+    serve.add_argument(
         "--tools",
         nargs="+",
         choices=ALL_TOOL_SETS,
@@ -96,6 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
         fields["state_dir"] = args.state_dir
     if args.workers:
         fields["workers"] = args.workers
+    fields["prepared_guests"] = args.prepared_guests
     if args.tools:
         fields["tool_sets"] = tuple(args.tools)
     try:

@@ -22,12 +22,19 @@ def engine_key(kind: str, runtime: str | None) -> str:
     return f"container:{runtime or 'runc'}" if kind == "container" else kind
 
 
-def default_factories(*, workers: int, state_dir: Path, progress: Progress) -> dict[str, Factory]:
+def default_factories(
+    *, workers: int, state_dir: Path, progress: Progress, prepared_guests: bool = True
+) -> dict[str, Factory]:
     """How to make each engine this server can run."""
 
     def wasm() -> Engine:
-        # Beside the workspaces, on their file system: a session's files move into a slot.
-        return WasmEngine(workers=workers, progress=progress, slots_dir=state_dir / "wasm-slots")
+        return WasmEngine(
+            workers=workers,
+            progress=progress,
+            # Beside the workspaces, on their file system: a session's files move into a slot.
+            slots_dir=state_dir / "wasm-slots",
+            prepare_guests=prepared_guests,
+        )
 
     def pyodide() -> Engine:
         from sandboxes.pyodide import PyodideEngine

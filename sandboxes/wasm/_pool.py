@@ -88,7 +88,18 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        return self._process.returncode is None
+        """Not ended, as far as this process knows: not reaped, and not a zombie waiting to be
+        (a worker killed while idle is seen at once, before a call is sent to it)."""
+        if self._process.returncode is not None:
+            return False
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except FileNotFoundError:  # gone from /proc (or no /proc here: trust the return code)
+            return not os.path.isdir("/proc/self")
+        except (OSError, IndexError):
+            return True
+        return state not in (b"Z", b"X")
 
     async def request(self, payload: dict[str, Any], *, timeout_s: float | None) -> dict[str, Any]:
         """Send one request and wait for its answer, at most `timeout_s` seconds.

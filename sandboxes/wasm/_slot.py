@@ -76,8 +76,11 @@ class Slot:
         """
         try:
             names = os.listdir(files)
+            same_disk = os.stat(files).st_dev == os.stat(self.workspace).st_dev
         except OSError as exc:
             raise SlotRefused(f"cannot list {files}: {exc}") from exc
+        if not same_disk:  # what the guest writes must land on the session's own disk
+            raise SlotRefused(f"{files} is on another file system than {self.root}")
         if len(names) > MAX_ENTRIES:
             raise SlotRefused(f"{len(names)} top-level entries (more than {MAX_ENTRIES})")
         if os.listdir(self.workspace):
@@ -110,7 +113,13 @@ class Slot:
             try:
                 os.rename(self.workspace / name, target)
             except OSError as exc:
-                logger.error("wasm: could not move %s back to %s: %s", name, files, exc)
+                if exc.errno != errno.EXDEV:
+                    logger.error("wasm: could not move %s back to %s: %s", name, files, exc)
+                    continue
+                try:  # the session folder moved to another disk meanwhile: copy, then remove
+                    shutil.move(self.workspace / name, target)
+                except OSError as copy_exc:
+                    logger.error("wasm: could not copy %s back to %s: %s", name, files, copy_exc)
         (self.root / _OWNER).unlink(missing_ok=True)
 
     def recover(self) -> None:

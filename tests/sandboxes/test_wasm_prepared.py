@@ -141,15 +141,18 @@ async def test_slots_on_another_file_system_fall_back_to_started_guests(
     if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
         pytest.skip("no second file system to put the slots on")
     slots = shm / f"sandgate-test-slots-{os.getpid()}"
-    workspace = _workspace(tmp_path / "s")
-    (workspace.files / "kept.txt").write_text("kept")
+    empty, holding = _workspace(tmp_path / "empty"), _workspace(tmp_path / "holding")
+    (holding.files / "kept.txt").write_text("kept")
     async with WasmEngine(workers=1, slots_dir=slots) as engine:
         await engine.wait_ready()
-        for _ in range(3):
-            result = await engine.run(_plan(workspace, "print(open('kept.txt').read())"))
-            assert result.stdout == "kept\n"
+        for n in range(3):
+            read = await engine.run(_plan(holding, "print(open('kept.txt').read())"))
+            assert read.stdout == "kept\n"
+            wrote = await engine.run(_plan(empty, f"open('w{n}.txt', 'w').write('{n}')"))
+            assert wrote.status == "ok" and wrote.files_written == (f"w{n}.txt",)
         assert _served(engine)[0] == 0
-    assert (workspace.files / "kept.txt").read_text() == "kept"
+    assert (holding.files / "kept.txt").read_text() == "kept"
+    assert sorted(p.name for p in empty.files.iterdir()) == ["w0.txt", "w1.txt", "w2.txt"]
 
 
 async def test_calls_of_one_session_take_turns_and_sessions_never_mix(
