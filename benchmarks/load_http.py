@@ -5,9 +5,11 @@ Run on demand (not a test): `python benchmarks/load_http.py [--clients 8] [--cal
 Starts `sandgate serve --transport streamable-http` on a free loopback port with the shipped
 `eval-harness.yaml` policy, warms it, then N MCP clients (the SDK `Client` over
 `streamable_http_client`) share a fixed number of `run_python_code("print('hello')")` calls.
-In the same run, the upstream-style baseline does the same workload with the same concurrency:
-an in-process asyncio harness that runs `python3 -c CODE` in a subprocess per call (no sandbox,
-no policy, no MCP). Prints calls/s, p50/p95/p99 latency, errors, and sandgate/baseline ratios.
+The same against a server started with `--no-prepared-guests` (the wasm engine as it was
+before guests were prepared ahead). In the same run, the upstream-style baseline does the same
+workload with the same concurrency: an in-process asyncio harness that runs `python3 -c CODE`
+in a subprocess per call (no sandbox, no policy, no MCP). Prints calls/s, p50/p95/p99 latency,
+errors, and sandgate/baseline ratios.
 Loopback only; every loop is bounded by the call count and every wait by a timeout.
 """
 
@@ -80,11 +82,14 @@ def _policy() -> Path:
     return REPO / "policies" / "eval-harness.yaml"
 
 
-def _start_server(port: int, state_dir: str, workers: int | None) -> subprocess.Popen[bytes]:
+def _start_server(
+    port: int, state_dir: str, workers: int | None, *, prepared: bool
+) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "runner", "serve", "--transport", "streamable-http"]
     argv += ["--host", HOST, "--port", str(port), "--policy", str(_policy())]
     argv += ["--state-dir", state_dir]
     argv += ["--workers", str(workers)] if workers else []
+    argv += [] if prepared else ["--no-prepared-guests"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -137,7 +142,7 @@ async def _drive(name: str, calls: int, callers: list[Call]) -> Figures:
     return Figures(name, calls, errors, time.perf_counter() - began, tuple(latencies))
 
 
-async def _sandgate(url: str, clients: int, calls: int) -> Figures:
+async def _sandgate(url: str, clients: int, calls: int, name: str) -> Figures:
     async with contextlib.AsyncExitStack() as stack:
         sessions: list[Client] = []
         for _ in range(clients):
@@ -161,7 +166,7 @@ async def _sandgate(url: str, clients: int, calls: int) -> Figures:
 
         callers = [caller(c) for c in sessions]
         await _drive("warm-up", clients * WARM_CALLS_PER_CLIENT, callers)
-        return await _drive("sandgate (http, wasm)", calls, callers)
+        return await _drive(name, calls, callers)
 
 
 def _python3() -> str:
@@ -200,14 +205,17 @@ def main() -> None:
     if args.clients < 1 or args.calls < 1:
         raise SystemExit("--clients and --calls: expected whole numbers above 0")
     load_before = os.getloadavg()[0]
-    port = _free_port()
-    with tempfile.TemporaryDirectory(prefix="sg-load-") as state:
-        server = _start_server(port, state, args.workers)
-        try:
-            url = f"http://{HOST}:{port}/mcp"
-            sandgate = asyncio.run(_sandgate(url, args.clients, args.calls))
-        finally:
-            _stop(server)
+    runs: list[Figures] = []
+    for prepared, name in ((True, "sandgate (http, wasm)"), (False, "  --no-prepared-guests")):
+        port = _free_port()
+        with tempfile.TemporaryDirectory(prefix="sg-load-") as state:
+            server = _start_server(port, state, args.workers, prepared=prepared)
+            try:
+                url = f"http://{HOST}:{port}/mcp"
+                runs.append(asyncio.run(_sandgate(url, args.clients, args.calls, name)))
+            finally:
+                _stop(server)
+    sandgate = runs[0]
     baseline = asyncio.run(_baseline(args.python, args.clients, args.calls))
     print(
         f"{args.clients} clients, {args.calls} calls of run_python_code({CODE!r}); "
@@ -219,7 +227,8 @@ def main() -> None:
         f"{'workload':<22} {'calls':>6} {'errors':>6} {'calls/s':>9} {'p50 ms':>9} "
         f"{'p95 ms':>9} {'p99 ms':>9} {'mean ms':>9}"
     )
-    print(sandgate.row())
+    for run in runs:
+        print(run.row())
     print(baseline.row())
     print(
         f"sandgate/baseline: throughput x{sandgate.rate / baseline.rate:.2f}, "

@@ -2,7 +2,7 @@
 
 Each worker keeps one guest prepared ahead of the next call (see `_prepared`): a call it fits
 has its session's files moved into the worker's slot and costs one interpreter turn instead
-of a whole guest start-up. Calls of one session run one at a time, since their files move.
+of a whole guest start-up. `_sharing` decides which call of a session may move its files.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
 from .._files import Snapshot, changed, drop_foreign_links, images_among, snapshot, total_bytes
 from .._types import ExecutionPlan, Image, RunResult, Status, Usage, WorkspacePaths
 from ._pool import Worker, WorkerDied, WorkerGone
+from ._sharing import SessionUses
 from ._slot import Slot, sweep
 
 logger = logging.getLogger("sandgate.wasm")
@@ -97,7 +98,7 @@ class WasmEngine(EngineLifecycle):
         self._slots_dir = slots_dir or default_data_dir() / "wasm-slots"
         self._prepare_guests = prepare_guests
         self._slots: dict[Worker, Path] = {}
-        self._session_locks: dict[Path, tuple[asyncio.Lock, int]] = {}
+        self._uses = SessionUses()
         self._served = {"served_prepared": 0, "served_started": 0}
         self._ready_timeout_s = ready_timeout_s
         self._progress = progress or (lambda line: logger.info("%s", line))
@@ -255,27 +256,15 @@ class WasmEngine(EngineLifecycle):
                 failures (no guest ran to completion).
         """
         await self.wait_ready()
-        async with self._session_lock(plan.workspace.files):
-            return await self._run_alone(plan)
-
-    @contextlib.asynccontextmanager
-    async def _session_lock(self, files: Path) -> AsyncIterator[None]:
-        """One call at a time per session folder (its files move into a worker's slot)."""
-        lock, users = self._session_locks.get(files, (asyncio.Lock(), 0))
-        self._session_locks[files] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._session_locks[files]
-            if users <= 1:
-                del self._session_locks[files]
-            else:
-                self._session_locks[files] = (lock, users - 1)
-
-    async def _run_alone(self, plan: ExecutionPlan) -> RunResult:
         files = plan.workspace.files
-        before = await asyncio.to_thread(_before_run, plan.workspace)
+        before, holds_files = await asyncio.to_thread(_before_run, plan.workspace)
+        async with self._uses.enter(files, wants_to_move=holds_files) as may_move:
+            return await self._run_entered(plan, before, may_move)
+
+    async def _run_entered(
+        self, plan: ExecutionPlan, before: Snapshot, may_move: bool
+    ) -> RunResult:
+        files = plan.workspace.files
         limits = plan.limits
         request = {
             "kind": plan.program.kind,
@@ -291,6 +280,7 @@ class WasmEngine(EngineLifecycle):
             "fuel": limits.fuel,
             "workspace_bytes": limits.workspace_bytes,
             "workspace_held": total_bytes(before),
+            "may_move": may_move,
         }
         began = time.perf_counter()
         for attempt in range(1, GONE_RETRIES + 1):
@@ -350,10 +340,15 @@ class WasmEngine(EngineLifecycle):
         self._all.clear()
 
 
-def _before_run(workspace: WorkspacePaths) -> Snapshot:
-    """Drop links the host did not make, then take the workspace's snapshot (one thread hop)."""
+def _before_run(workspace: WorkspacePaths) -> tuple[Snapshot, bool]:
+    """Drop links the host did not make, then take the workspace's snapshot, and whether the
+    folder holds anything at all (one thread hop)."""
     drop_foreign_links(workspace)
-    return snapshot(workspace.files)
+    try:
+        holds = bool(os.listdir(workspace.files))
+    except FileNotFoundError:
+        holds = False
+    return snapshot(workspace.files), holds
 
 
 def _after_run(files: Path, before: Snapshot) -> tuple[tuple[str, ...], tuple[Image, ...]]:

@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,25 +102,12 @@ class Slot:
             raise SlotRefused(f"cannot move {files}'s files into the slot: {exc}") from exc
 
     def move_back(self, files: Path) -> None:
-        """Move every entry of the slot's workspace back into `files`. A name the host made
-        in `files` meanwhile keeps its place; the run's entry lands beside it as NAME.run-N."""
+        """Move every entry of the slot's workspace back into `files`, as if the run had
+        written there: a file replaces one of its name, a folder merges into one of its name;
+        an entry whose kind differs from what the host holds lands beside it as NAME.run-N."""
         files.mkdir(parents=True, exist_ok=True)
         for name in os.listdir(self.workspace):
-            target = files / name
-            n = 0
-            while os.path.lexists(target):
-                n += 1
-                target = files / f"{name}.run-{n}"
-            try:
-                os.rename(self.workspace / name, target)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    logger.error("wasm: could not move %s back to %s: %s", name, files, exc)
-                    continue
-                try:  # the session folder moved to another disk meanwhile: copy, then remove
-                    shutil.move(self.workspace / name, target)
-                except OSError as copy_exc:
-                    logger.error("wasm: could not copy %s back to %s: %s", name, files, copy_exc)
+            _move_entry(self.workspace / name, files / name)
         (self.root / _OWNER).unlink(missing_ok=True)
 
     def recover(self) -> None:
@@ -135,6 +123,37 @@ class Slot:
         """Give back what the slot holds, then delete it."""
         self.recover()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _move_entry(source: Path, target: Path) -> None:
+    """`source` to `target` without following links, on the same disk when it can."""
+    try:
+        there = os.lstat(target)
+    except FileNotFoundError:
+        there = None
+    mine = os.lstat(source)
+    try:
+        if there is None:
+            os.rename(source, target)
+        elif stat.S_ISDIR(there.st_mode) and stat.S_ISDIR(mine.st_mode):
+            for name in os.listdir(source):
+                _move_entry(source / name, target / name)
+            os.rmdir(source)
+        elif not stat.S_ISDIR(there.st_mode) and not stat.S_ISDIR(mine.st_mode):
+            os.replace(source, target)
+        else:
+            n = 1
+            while os.path.lexists(target.with_name(f"{target.name}.run-{n}")):
+                n += 1
+            os.rename(source, target.with_name(f"{target.name}.run-{n}"))
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            logger.error("wasm: could not move %s back to %s: %s", source, target, exc)
+            return
+        try:  # the session folder moved to another disk meanwhile: copy, then remove
+            shutil.move(source, target)
+        except OSError as copy_exc:
+            logger.error("wasm: could not copy %s back to %s: %s", source, target, copy_exc)
 
 
 def _write_owner(path: Path, files: Path) -> None:

@@ -10,6 +10,7 @@ shares them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -61,7 +62,12 @@ class _Door:
 
 
 class _Host:
-    """This worker's state: its slot, and the guest prepared for the next call."""
+    """This worker's state: its slot, and the guest prepared for the next call.
+
+    Closing the last call's guest and preparing the next happen on a background thread at the
+    lowest CPU priority (`nice` 19, which the guest threads it starts inherit): a call another
+    worker serves meanwhile keeps the CPU. A call to this worker waits for that thread first.
+    """
 
     def __init__(self) -> None:
         self.door = _Door()
@@ -71,6 +77,7 @@ class _Host:
         """The guest that served the last call, closed once its answer is sent."""
         self.served_prepared = 0
         self.served_started = 0
+        self._behind: threading.Thread | None = None
 
     def prepare(self, shape: Shape) -> None:
         """Open the next call's guest now, while no call waits (best effort)."""
@@ -86,6 +93,7 @@ class _Host:
 
     def take(self, request: dict[str, Any]) -> PreparedGuest | None:
         """The prepared guest, if it may serve `request` (a guest that may not is closed)."""
+        self.settle()
         guest, self.prepared = self.prepared, None
         if guest is None:
             return None
@@ -95,17 +103,35 @@ class _Host:
         return None
 
     def finish(self, request: dict[str, Any]) -> None:
-        """After an answer is sent: close the guest that served it, prepare the next one if
-        the engine asks (it does not while calls queue: a guest started for a call costs less
-        than preparing one and then running it)."""
-        if self.used is not None:
-            self.used.close()
-            self.used = None
-        if request.get("prepare_next"):
-            self.prepare(Shape(request.get("memory_bytes"), request.get("mplconfig")))
+        """After an answer is sent: close the guest that served it and prepare the next one
+        if the engine asks (it does not while calls queue: a guest started for a call costs
+        less than preparing one and then running it), in the background."""
+        self.settle()
+        used, self.used = self.used, None
+        shape = Shape(request.get("memory_bytes"), request.get("mplconfig"))
+        wanted = bool(request.get("prepare_next"))
+        if used is None and not wanted:
+            return
+
+        def behind() -> None:
+            _lowest_priority()
+            if used is not None:
+                used.close()
+            if wanted:
+                self.prepare(shape)
+
+        self._behind = threading.Thread(target=behind, name="prepare", daemon=True)
+        self._behind.start()
+
+    def settle(self) -> None:
+        """Wait for the background closing and preparing to end."""
+        if self._behind is not None:
+            self._behind.join()
+            self._behind = None
 
     def close(self) -> None:
         self.finish({})
+        self.settle()
         if self.prepared is not None:
             self.prepared.close()
             self.prepared = None
@@ -113,9 +139,17 @@ class _Host:
             self.slot.remove()
 
 
+def _lowest_priority() -> None:
+    """This thread (and the threads it starts) at nice 19 (Linux: nice is per thread)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
     files = Path(request["files"])
     guest = host.take(request)
+    if guest is not None and not request.get("may_move", True) and _holds_anything(files):
+        host.prepared, guest = guest, None  # other calls share these files: they stay in place
     if guest is not None:
         try:
             guest.slot.move_in(files)
@@ -149,6 +183,14 @@ def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
     if report is not None and isinstance(report.get("exit_code"), int):
         answer["exit_code"] = report["exit_code"]  # the turn returned; its code is the report's
     return answer
+
+
+def _holds_anything(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return True
 
 
 def _start_guest(host: _Host, request: dict[str, Any], cancel: threading.Event) -> Any:

@@ -210,3 +210,40 @@ async def test_files_stranded_by_a_dead_server_go_home_at_the_next_start(
         await engine.wait_ready()
         assert (workspace.files / "a.txt").read_text() == "a"
         assert not stranded.root.exists()
+
+
+async def test_calls_of_one_session_with_an_empty_folder_run_at_once(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """Clients of one grant share its session over HTTP: nothing to move, nobody waits."""
+    workspace = _workspace(tmp_path / "shared")
+    async with WasmEngine(workers=3, slots_dir=tmp_path / "slots") as engine:
+        await engine.wait_ready()
+        began = time.monotonic()
+        results = await asyncio.gather(
+            *(
+                engine.run(_plan(workspace, f"import time; time.sleep(1.5); open('r{n}', 'w')"))
+                for n in range(3)
+            )
+        )
+        elapsed = time.monotonic() - began
+    assert [r.status for r in results] == ["ok"] * 3
+    assert elapsed < 1.5 * 2, f"three 1.5 s calls took {elapsed:.1f} s: they did not overlap"
+    assert sorted(p.name for p in workspace.files.iterdir()) == ["r0", "r1", "r2"]
+
+
+async def test_a_call_never_finds_its_sessions_files_away_in_another_calls_slot(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    workspace = _workspace(tmp_path / "s")
+    (workspace.files / "data.txt").write_text("shared")
+    code = "import time; time.sleep({}); print(open('data.txt').read())"
+    async with WasmEngine(workers=2, slots_dir=tmp_path / "slots") as engine:
+        await engine.wait_ready()
+        for _ in range(2):  # both workers prepared
+            await _until_prepared(engine, _workspace(tmp_path / "warm"))
+        first = asyncio.create_task(engine.run(_plan(workspace, code.format(1))))
+        while not list((tmp_path / "slots").glob("*/workspace/data.txt")):
+            await asyncio.sleep(0.01)  # the first call holds the files in its slot now
+        second = await engine.run(_plan(workspace, code.format(0)))
+        assert ((await first).stdout, second.stdout) == ("shared\n", "shared\n")
