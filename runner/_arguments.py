@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -182,7 +184,13 @@ def _check_text(name: str, value: Any) -> None:
 
 
 def input_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The JSON Schema clients see for a tool's arguments."""
+    """The JSON Schema clients see for a tool's arguments (a copy of it: made once per model,
+    since the server looks it up for every call)."""
+    return copy.deepcopy(_input_schema(model))
+
+
+@functools.cache
+def _input_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
     schema.pop("title", None)
     for prop in schema.get("properties", {}).values():

@@ -21,6 +21,7 @@ from policies import NeedsApproval
 from ._errors import ArgumentError
 from ._resources import list_resources, read_resource
 from ._service import AskHuman, Caller, Service
+from ._tools import TOOLS_BY_NAME
 
 logger = logging.getLogger("sandgate.server")
 
@@ -185,10 +186,9 @@ def build_server(
             raise MCPError(INVALID_PARAMS, str(exc)) from None
 
     def input_schema(name: str) -> dict[str, Any] | None:
-        for tool in service.list_tools():
-            if tool.name == name:
-                return dict(tool.input_schema)
-        return None
+        if name not in TOOLS_BY_NAME or name not in service.tool_names():
+            return None
+        return TOOLS_BY_NAME[name].schema()
 
     kwargs: dict[str, Any] = {}
     if lifespan is not None:

@@ -242,7 +242,7 @@ class WasmEngine(EngineLifecycle):
         try:
             while True:
                 worker = await self._idle.get()
-                if worker.alive:
+                if worker.reachable():
                     return worker
                 self._replace(worker)  # died while idle: the call waits for a live one
         finally:

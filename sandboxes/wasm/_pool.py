@@ -88,9 +88,13 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        """Not ended, as far as this process knows: not reaped, and not a zombie waiting to be
-        (a worker killed while idle is seen at once, before a call is sent to it)."""
-        if self._process.returncode is not None:
+        """Not ended, as far as the event loop knows (it reaps the process)."""
+        return self._process.returncode is None
+
+    def reachable(self) -> bool:
+        """Alive, and not a zombie waiting to be reaped: a worker killed while idle is seen
+        at once, before a call is sent to it (Linux; elsewhere the same as `alive`)."""
+        if not self.alive:
             return False
         try:
             with open(f"/proc/{self.pid}/stat", "rb") as f:
