@@ -23,8 +23,9 @@ from pathlib import Path
 import mcp_types as types
 from mcp import Client, StdioServerParameters
 
-PAUSE_S = 0.02
-"""Between calls, as a client that reads each answer before it sends the next call."""
+DEFAULT_PAUSE_MS = 100.0
+"""Between calls: a client reads each answer before it sends the next call. An agent takes
+seconds; at a 20 ms pace on 2 cores, preparing the next guests competes with the calls."""
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -37,7 +38,7 @@ def _sandgate() -> str:
     return str(beside) if beside.exists() else (shutil.which("sandgate") or "sandgate")
 
 
-async def _mcp_times(calls: int, state_dir: str, *, prepared: bool) -> list[float]:
+async def _mcp_times(calls: int, state_dir: str, *, prepared: bool, pause_s: float) -> list[float]:
     args = ["serve", "--state-dir", state_dir, "--policy", _policy()]
     params = StdioServerParameters(
         command=_sandgate(),
@@ -53,7 +54,7 @@ async def _mcp_times(calls: int, state_dir: str, *, prepared: bool) -> list[floa
             result = await client.call_tool("run_python_code", {"code": "print('hello')"})
             times.append(time.perf_counter() - began)
             assert isinstance(result, types.CallToolResult) and not result.is_error
-            await asyncio.sleep(PAUSE_S)
+            await asyncio.sleep(pause_s)
     return times
 
 
@@ -78,15 +79,20 @@ def _native_times(calls: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--pause-ms", type=float, default=DEFAULT_PAUSE_MS)
     args = parser.parse_args()
+    pause_s = args.pause_ms / 1000
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as state:
-        prepared = asyncio.run(_mcp_times(args.calls, state, prepared=True))
+        prepared = asyncio.run(_mcp_times(args.calls, state, prepared=True, pause_s=pause_s))
     with tempfile.TemporaryDirectory() as state:
-        started = asyncio.run(_mcp_times(args.calls, state, prepared=False))
+        started = asyncio.run(_mcp_times(args.calls, state, prepared=False, pause_s=pause_s))
     native = _native_times(args.calls)
     load_after = os.getloadavg()[0]
-    print(f"calls: {args.calls}; load average before/after: {load_before:.1f}/{load_after:.1f}")
+    print(
+        f"calls: {args.calls}, {args.pause_ms:g} ms apart; "
+        f"load average before/after: {load_before:.1f}/{load_after:.1f}"
+    )
     rows = [
         ("sandgate over MCP stdio, prepared guests", prepared),
         ("sandgate over MCP stdio, --no-prepared-guests", started),

@@ -232,6 +232,12 @@ class WasmEngine(EngineLifecycle):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _saturated(self) -> bool:
+        """Whether calls are queueing for workers, or (with several workers) none is idle.
+        A worker then skips preparing its next guest: under full load, a guest started for a
+        call costs less CPU than preparing one and then running it."""
+        return self._waiting > 0 or (len(self._all) > 1 and self._idle.empty())
+
     async def _acquire(self) -> Worker:
         if self._waiting >= self._max_queue and self._idle.empty():
             raise EngineBusy(
@@ -285,8 +291,7 @@ class WasmEngine(EngineLifecycle):
         began = time.perf_counter()
         for attempt in range(1, GONE_RETRIES + 1):
             worker = await self._acquire()
-            # The worker prepares its next guest only while no call queues for a worker.
-            request["prepare_next"] = self._prepare_guests and self._waiting == 0
+            request["prepare_next"] = self._prepare_guests and not self._saturated()
             try:
                 answer = await worker.request(
                     request, timeout_s=limits.wall_timeout_s + HOST_GRACE_S

@@ -65,8 +65,8 @@ class _Host:
     """This worker's state: its slot, and the guest prepared for the next call.
 
     Closing the last call's guest and preparing the next happen on a background thread at the
-    lowest CPU priority (`nice` 19, which the guest threads it starts inherit): a call another
-    worker serves meanwhile keeps the CPU. A call to this worker waits for that thread first.
+    lowest CPU priority (SCHED_IDLE, else nice 19): a call another worker serves meanwhile
+    keeps the CPU. A call to this worker waits for that thread first.
     """
 
     def __init__(self) -> None:
@@ -140,9 +140,14 @@ class _Host:
 
 
 def _lowest_priority() -> None:
-    """This thread (and the threads it starts) at nice 19 (Linux: nice is per thread)."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    """This thread (and the threads it starts) runs only when nothing else wants the CPU:
+    SCHED_IDLE, else nice 19 (Linux: both are per thread)."""
+    tid = threading.get_native_id()
+    try:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, tid, 19)
 
 
 def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:

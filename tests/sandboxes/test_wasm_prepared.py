@@ -52,6 +52,13 @@ async def _until_prepared(engine: WasmEngine, workspace: WorkspacePaths) -> None
     assert result.status == "ok", result.stderr
 
 
+async def _all_workers_up(engine: WasmEngine, count: int) -> None:
+    deadline = time.monotonic() + 120
+    while engine.pool_stats()["workers"] < count:
+        assert time.monotonic() < deadline, f"workers did not start: {engine.pool_stats()}"
+        await asyncio.sleep(0.05)
+
+
 def _served(engine: WasmEngine) -> tuple[int, int]:
     stats = engine.pool_stats()
     return stats["served_prepared"], stats["served_started"]
@@ -240,10 +247,13 @@ async def test_a_call_never_finds_its_sessions_files_away_in_another_calls_slot(
     code = "import time; time.sleep({}); print(open('data.txt').read())"
     async with WasmEngine(workers=2, slots_dir=tmp_path / "slots") as engine:
         await engine.wait_ready()
+        await _all_workers_up(engine, 2)
         for _ in range(2):  # both workers prepared
             await _until_prepared(engine, _workspace(tmp_path / "warm"))
         first = asyncio.create_task(engine.run(_plan(workspace, code.format(1))))
+        deadline = time.monotonic() + 30
         while not list((tmp_path / "slots").glob("*/workspace/data.txt")):
+            assert time.monotonic() < deadline, f"not run in a slot: {engine.pool_stats()}"
             await asyncio.sleep(0.01)  # the first call holds the files in its slot now
         second = await engine.run(_plan(workspace, code.format(0)))
         assert ((await first).stdout, second.stdout) == ("shared\n", "shared\n")
