@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandboxes.pyodide import HostMount
+from sandboxes import HostMount
 
 from ._errors import ArgumentError
 

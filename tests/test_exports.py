@@ -7,6 +7,9 @@ import importlib
 
 import pytest
 
+import sandboxes
+import sandboxes.pyodide
+
 PACKAGES = [
     "policies",
     "runner",
@@ -32,3 +35,9 @@ def test_all_is_sorted_and_every_name_exists(name: str) -> None:
     assert exported == sorted(exported, key=_isort_key), f"{name}.__all__ is not sorted"
     missing = [item for item in exported if not hasattr(module, item)]
     assert missing == [], f"{name}.__all__ names what it does not define: {missing}"
+
+
+def test_host_mount_is_one_type_exported_by_sandboxes_and_its_pyodide_engine() -> None:
+    assert "HostMount" in sandboxes.__all__
+    assert "HostMount" in sandboxes.pyodide.__all__
+    assert sandboxes.HostMount is sandboxes.pyodide.HostMount
