@@ -158,10 +158,9 @@ def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
     if guest is not None:
         try:
             guest.slot.move_in(files)
-        except SlotRefused as exc:
+        except SlotRefused as exc:  # the guest stays prepared for another session's call
             print(f"wasm worker: running in a fresh guest: {exc}", file=sys.stderr)
-            guest.close()
-            guest = None
+            host.prepared, guest = guest, None
     if guest is None:
         host.served_started += 1
         return _measured(host, request, files, lambda cancel: _start_guest(host, request, cancel))
