@@ -86,7 +86,8 @@ class ContainerEngine(EngineLifecycle):
         progress: Called with a line of text as the engine starts.
         cpus: CPUs each sandbox may use (`nano_cpus`).
         pool_dir: Folder for pool slots; put it on the filesystem of the session workspaces
-            (default: `$SANDGATE_CACHE/container-pool`).
+            (default: `$SANDGATE_CACHE/container-pool`). The engine touches only the
+            folders it made there; files it cannot return go to its `lost+found`.
     """
 
     name = "container"
@@ -182,8 +183,8 @@ class ContainerEngine(EngineLifecycle):
         return await self._pool.wait_full(timeout_s)
 
     def stats(self) -> PoolStats:
-        """Idle and starting pool containers, and runs served warm or cold so far."""
-        return self._pool.stats() if self._pool is not None else PoolStats(0, 0, 0, 0)
+        """Idle and starting pool containers, and runs served warm, cold or retried so far."""
+        return self._pool.stats() if self._pool is not None else PoolStats(0, 0, 0, 0, 0)
 
     def container_for(self, decision_id: str) -> str | None:
         """The id of the container that ran decision `decision_id` (recent runs only)."""
@@ -251,18 +252,23 @@ class ContainerEngine(EngineLifecycle):
             fsize_bytes=max(0, limits.workspace_bytes - total_bytes(before)),
         )
         warm = await self._pool.take(shape)
+        pooled = warm is not None  # counted warm by the pool
         retried = False
         while True:
             if warm is None:
                 warm = await fleet.launch_slot(shape)
-            warm = await self._lend(plan, warm)
+            given, warm = warm, await self._lend(plan, warm)
+            if pooled and warm is not given:  # it mounts the session directly: a cold run
+                self._pool.moved_cold(was_warm=True, retried=False)
+                pooled = False
             try:
                 exchange = await self._exchange(plan, warm, request, before)
             except SandboxGone as exc:
                 if retried:
                     raise
                 logger.warning("container: %s; running the code on a fresh container", exc)
-                warm, retried = None, True
+                self._pool.moved_cold(was_warm=pooled, retried=True)
+                warm, pooled, retried = None, False, True
                 continue
             # From here on the run is over: finish even if the caller is cancelled meanwhile.
             return await asyncio.shield(self._finish(plan, warm, exchange, before))

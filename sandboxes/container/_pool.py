@@ -35,13 +35,17 @@ class PoolStats:
         idle: Warm containers waiting for a run.
         starting: Containers being started for the pool.
         warm_runs: Runs served by a warm container.
-        cold_runs: Runs that had to start their own container.
+        cold_runs: Runs that had to start their own container (including runs handed a pool
+            container that could not take them, which are not counted warm).
+        retried_runs: Runs moved to a fresh container because theirs was dead before the
+            code reached it (each also counted in `cold_runs`).
     """
 
     idle: int
     starting: int
     warm_runs: int
     cold_runs: int
+    retried_runs: int
 
 
 Launch = Callable[[Shape], Awaitable[Warm]]
@@ -74,9 +78,22 @@ class Pool:
         self._closed = False
         self.warm_runs = 0
         self.cold_runs = 0
+        self.retried_runs = 0
 
     def stats(self) -> PoolStats:
-        return PoolStats(len(self._idle), self._starting, self.warm_runs, self.cold_runs)
+        return PoolStats(
+            len(self._idle), self._starting, self.warm_runs, self.cold_runs, self.retried_runs
+        )
+
+    def moved_cold(self, *, was_warm: bool, retried: bool) -> None:
+        """A run left the container it was given for one it started itself: count it cold
+        (`was_warm`: `take` had counted it warm), and as retried when its container was dead.
+        """
+        if was_warm:
+            self.warm_runs -= 1
+            self.cold_runs += 1
+        if retried:
+            self.retried_runs += 1
 
     def idle_ids(self) -> frozenset[str]:
         return frozenset(w.sandbox.id for w in self._idle)

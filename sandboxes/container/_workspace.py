@@ -7,6 +7,11 @@ run, the engine renames the session's top-level entries into the slot (same file
 rename per entry, no copy), runs, then renames everything back. Nothing in the container ever
 sees a host path other than its two slot folders; renames never follow links. A claim record
 in the slot names the session's folders, so a crash mid-run is repaired at the next start.
+
+Recovery touches only what the engine made: pool folders named like an instance (12 hex
+digits) whose owner record names that folder, and slots (16 hex digits) inside them. Anything
+else in the pools folder is left alone (one warning each). A slot that holds files but no
+readable claim is moved to `<pools>/lost+found/<slot>`, never deleted.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -24,12 +30,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._types import WorkspacePaths
-from ._spec import LABEL_INSTANCE, owner_alive
+from ._spec import LABEL_ENGINE, LABEL_INSTANCE, owner_alive
 
 logger = logging.getLogger("sandgate.container")
 
 CLAIM_FILE = "claim.json"
 OWNER_FILE = "owner.json"
+LOST_FOUND = "lost+found"
+"""Under the pools folder: slots whose files belong to no known session, moved, not deleted."""
+POOL_NAME = re.compile(r"[0-9a-f]{12}")
+"""An instance's pool folder (its instance name); recovery touches no other name."""
+SLOT_NAME = re.compile(r"[0-9a-f]{16}")
+"""A slot under a pool folder."""
+
+_warned: set[Path] = set()
+"""Entries of the pools folder the engine did not make, already named in a warning."""
 
 
 class Borrowing:
@@ -68,7 +83,7 @@ class Slot:
 
     @classmethod
     def make(cls, pool: Path, *, uid: int, gid: int) -> Slot:
-        root = pool / uuid.uuid4().hex[:16]
+        root = pool / uuid.uuid4().hex[:16]  # SLOT_NAME
         root.mkdir(mode=0o700, parents=True)
         slot = cls(root, root / "files", root / "site")
         slot.files.mkdir(mode=0o700)
@@ -78,9 +93,9 @@ class Slot:
         return slot
 
     def discard(self) -> None:
-        """Remove the slot once its container is gone; files still lent go back first."""
-        if _give_back_claimed(self.root):
-            shutil.rmtree(self.root, ignore_errors=True)
+        """Remove the slot once its container is gone; files still lent go back first (files
+        of no known session are moved to the pools folder's `lost+found`)."""
+        _release_slot(self.root, self.root.parent.parent / LOST_FOUND)
 
 
 def adopt(folder: Path, *, uid: int, gid: int, top: bool = True) -> None:
@@ -181,9 +196,19 @@ def give_back(slot: Slot, workspace: WorkspacePaths) -> None:
 
 
 def make_pool(pools: Path, labels: dict[str, str]) -> Path:
-    """Create this instance's pool folder under `pools`, with its owner record, atomically."""
-    pools.mkdir(mode=0o755, parents=True, exist_ok=True)
+    """Create this instance's pool folder under `pools`, with its owner record, atomically.
+
+    The owner record names the folder (`sandgate.instance`) and the engine: it is the marker
+    by which `recover` tells the engine's own folders from anything else in `pools`.
+
+    Raises:
+        ValueError: the instance name is not 12 lowercase hex digits (recovery would not
+            recognise the folder as the engine's).
+    """
     name = labels[LABEL_INSTANCE]
+    if not POOL_NAME.fullmatch(name):
+        raise ValueError(f"instance: expected 12 lowercase hex digits, got {name!r}")
+    pools.mkdir(mode=0o755, parents=True, exist_ok=True)
     partial = pools / f".{name}"
     partial.mkdir(mode=0o700)
     (partial / OWNER_FILE).write_text(json.dumps(labels))
@@ -194,52 +219,144 @@ def make_pool(pools: Path, labels: dict[str, str]) -> Path:
 
 def recover(pools: Path) -> list[str]:
     """Repair the pool folders of dead server instances under `pools`: give claimed files back
-    to their sessions, then remove the folders. Returns the session folders given back."""
+    to their sessions, then remove the folders. Returns the session folders given back.
+
+    Only the engine's own folders are touched: a 12-hex-digit name whose owner record names
+    that folder and this engine. Anything else in `pools` (the operator may share the folder)
+    is left alone, with one warning per entry."""
     restored: list[str] = []
     if not pools.is_dir():
         return restored
-    for pool in pools.iterdir():
-        if pool.name.startswith(".") or not pool.is_dir():
+    for entry in sorted(os.scandir(pools), key=lambda e: e.name):
+        if entry.name == LOST_FOUND or (
+            entry.name.startswith(".") and POOL_NAME.fullmatch(entry.name[1:])
+        ):
+            continue  # salvaged files; a folder being made (or left half-made by a crash)
+        pool = Path(entry.path)
+        owner = _own_pool_owner(entry)
+        if owner is None:
+            _warn_foreign(
+                pool, "is not a pool folder of the container engine (no owner record naming it)"
+            )
             continue
-        try:
-            owner = json.loads((pool / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            owner = {}
-        if isinstance(owner, dict) and owner_alive(owner):
+        if owner_alive(owner):
             continue
         restored += release_pool(pool)
     return restored
 
 
 def release_pool(pool: Path) -> list[str]:
-    """Give every claimed slot of `pool` back to its session, then remove the pool folder
-    (slots whose files could not be given back are kept). Returns the folders given back."""
+    """Give every claimed slot of `pool` back to its session, move unclaimed files to
+    `lost+found`, then remove the pool folder. Slots whose files could not be given back, and
+    entries the engine did not make, are kept (and so is the folder). Returns the session
+    folders given back."""
     restored: list[str] = []
     kept = False
-    for root in pool.iterdir() if pool.is_dir() else ():
-        claim = root / CLAIM_FILE
-        if claim.is_file():
-            with contextlib.suppress(OSError, ValueError):
-                restored.append(str(json.loads(claim.read_text()).get("files")))
-        if _give_back_claimed(root):
-            shutil.rmtree(root, ignore_errors=True)
-        else:
+    lost = pool.parent / LOST_FOUND
+    for entry in sorted(os.scandir(pool), key=lambda e: e.name) if pool.is_dir() else ():
+        if entry.name == OWNER_FILE:
+            continue
+        root = Path(entry.path)
+        if not (SLOT_NAME.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)):
+            _warn_foreign(root, "is not a slot of the container engine")
             kept = True
+            continue
+        gone, session = _release_slot(root, lost)
+        kept |= not gone
+        if session is not None:
+            restored.append(str(session.files))
     if not kept:
-        shutil.rmtree(pool, ignore_errors=True)
+        (pool / OWNER_FILE).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(pool)
     return restored
 
 
-def _give_back_claimed(root: Path) -> bool:
-    """Give the files of a claimed slot back to its session; False when that failed."""
-    claim = root / CLAIM_FILE
-    if not claim.is_file():
-        return True
+def _own_pool_owner(entry: os.DirEntry[str]) -> dict[str, str] | None:
+    """The owner record of `entry` when it is a pool folder the engine made, else None."""
+    if not (POOL_NAME.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)):
+        return None
     try:
-        record = json.loads(claim.read_text())
-        workspace = WorkspacePaths(Path(record["files"]), Path(record["site"]))
-        give_back(Slot(root, root / "files", root / "site"), workspace)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        logger.error("container: could not give back the files in %s: %s", root, exc)
+        owner = json.loads(Path(entry.path, OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(owner, dict) or not all(isinstance(v, str) for v in owner.values()):
+        return None
+    if owner.get(LABEL_INSTANCE) != entry.name or owner.get(LABEL_ENGINE) != "container":
+        return None
+    return owner
+
+
+def _warn_foreign(path: Path, why: str) -> None:
+    if path not in _warned:
+        _warned.add(path)
+        logger.warning("container: %s %s; left alone", path, why)
+
+
+def _release_slot(root: Path, lost: Path) -> tuple[bool, WorkspacePaths | None]:
+    """Empty and remove the slot at `root`: its claimed files go back to their session; files
+    without a readable claim are moved to `lost/<slot>`, never deleted. Returns whether the
+    slot is gone (False: its files could not be given back or moved, so it is kept), and the
+    session folders its files went back to."""
+    if not os.path.lexists(root):
+        return True, None
+    claim = root / CLAIM_FILE
+    workspace: WorkspacePaths | None = None
+    if os.path.lexists(claim):
+        try:
+            record = json.loads(claim.read_text())
+            workspace = WorkspacePaths(Path(record["files"]), Path(record["site"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.error("container: the claim record in %s is unreadable: %s", root, exc)
+    if workspace is not None:
+        try:
+            give_back(Slot(root, root / "files", root / "site"), workspace)
+        except OSError as exc:
+            logger.error("container: could not give back the files in %s: %s", root, exc)
+            return False, None
+    elif _holds_files(root):
+        return _salvage(root, lost), None
+    shutil.rmtree(root, ignore_errors=True)
+    return True, workspace
+
+
+def _holds_files(root: Path) -> bool:
+    """Whether the slot at `root` holds anything but its two empty folders (and a claim);
+    True when that cannot be told."""
+    try:
+        return _holds_files_in(root)
+    except OSError:
+        return True
+
+
+def _holds_files_in(root: Path) -> bool:
+    for name in os.listdir(root):
+        if name == CLAIM_FILE:
+            continue
+        path = root / name
+        if name not in ("files", "site") or path.is_symlink() or not path.is_dir():
+            return True
+        if os.listdir(path):
+            return True
+    return False
+
+
+def _salvage(root: Path, lost: Path) -> bool:
+    """Move the slot at `root`, whose files belong to no known session, to `lost/<slot>`."""
+    target = lost / root.name
+    try:
+        lost.mkdir(mode=0o700, exist_ok=True)
+        if lost.is_symlink() or not lost.is_dir():
+            raise NotADirectoryError(f"{lost} is not a folder")
+        if os.path.lexists(target):
+            target = lost / f"{root.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(root, target)
+    except OSError as exc:
+        logger.error("container: %s holds files of no known session; kept: %s", root, exc)
         return False
+    logger.warning(
+        "container: %s held files of no known session (no readable claim); moved to %s",
+        root,
+        target,
+    )
     return True

@@ -68,6 +68,8 @@ async def test_a_run_handed_a_dead_container_moves_to_a_fresh_one(
         result = await engine.run(plan)
         assert (result.status, result.stdout, result.exit_code) == ("ok", "mine\n", 0)
         assert engine.container_for(plan.decision_id) not in (None, killed)
+        stats = engine.stats()
+        assert (stats.warm_runs, stats.cold_runs, stats.retried_runs) == (0, 1, 1)
     assert (workspace.files / "keep.txt").read_text() == "mine"
     assert tracker.leftovers(engine.instance) == []
 

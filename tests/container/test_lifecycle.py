@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
 import textwrap
@@ -55,6 +56,41 @@ async def test_pool_serves_warm_runs_and_a_different_shape_starts_cold(
         assert (odd.status, odd.stdout, engine.stats().cold_runs) == ("ok", "odd\n", 1)
     assert tracker.leftovers(engine.instance) == []
     assert list((tmp_path / "pool").iterdir()) == []
+
+
+async def test_a_session_on_another_filesystem_runs_cold(
+    tracker: Tracker, tmp_path: Path, workspace: WorkspacePaths
+) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the temporary folder")
+    pool = shm / f"sandgate-test-pool-{os.getpid()}"
+    try:
+        engine = tracker.track(ContainerEngine(pool_size=1, pool_dir=pool))
+        async with engine:
+            assert await engine.wait_warm(WAIT_S)
+            result = await engine.run(make_plan(workspace, "print('direct')"))
+            assert (result.status, result.stdout) == ("ok", "direct\n")
+            stats = engine.stats()
+            assert (stats.warm_runs, stats.cold_runs, stats.retried_runs) == (0, 1, 0)
+        assert tracker.leftovers(engine.instance) == []
+    finally:
+        shutil.rmtree(pool, ignore_errors=True)
+
+
+async def test_engine_start_leaves_other_folders_in_the_pool_folder_alone(
+    tracker: Tracker, tmp_path: Path
+) -> None:
+    pool = tmp_path / "pool"
+    (pool / "shared" / "0123456789abcdef").mkdir(parents=True)
+    (pool / "shared" / "0123456789abcdef" / "data.txt").write_text("not the engine's")
+    (pool / "0123456789ab").mkdir()
+    (pool / "0123456789ab" / "data.txt").write_text("nor this")
+    async with tracker.track(ContainerEngine(pool_size=0, pool_dir=pool)):
+        pass
+    assert (pool / "shared" / "0123456789abcdef" / "data.txt").read_text() == "not the engine's"
+    assert (pool / "0123456789ab" / "data.txt").read_text() == "nor this"
+    assert sorted(os.listdir(pool)) == ["0123456789ab", "shared"]
 
 
 CRASHING_SERVER = textwrap.dedent(

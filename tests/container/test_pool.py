@@ -10,7 +10,7 @@ from typing import cast
 
 import pytest
 
-from sandboxes.container._pool import Pool, Warm
+from sandboxes.container._pool import Pool, PoolStats, Warm
 from sandboxes.container._sandbox import Sandbox
 from sandboxes.container._spec import Shape
 
@@ -118,6 +118,21 @@ async def test_a_container_that_died_while_idle_is_replaced_not_handed_out() -> 
         warm = await pool.take(SMALL)
     assert warm is not None and warm.sandbox.id == "c1"
     assert factory.disposed == ["c0"] and pool.stats().warm_runs == 1
+    await pool.close()
+
+
+async def test_a_run_moved_off_its_pool_container_counts_cold_not_warm() -> None:
+    factory = Factory()
+    factory.gate.set()
+    pool = Pool(factory.launch, factory.dispose, size=1, idle_s=60)
+    pool.fill(SMALL)
+    assert await pool.wait_full(WAIT_S)
+    assert await pool.take(SMALL) is not None
+    pool.moved_cold(was_warm=True, retried=True)
+    assert pool.stats() == PoolStats(0, 0, 0, 1, 1)
+    assert await pool.take(LARGE) is None
+    pool.moved_cold(was_warm=False, retried=True)
+    assert pool.stats() == PoolStats(0, 0, 0, 2, 2)
     await pool.close()
 
 
