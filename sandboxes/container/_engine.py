@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -185,6 +186,10 @@ class ContainerEngine(EngineLifecycle):
     def stats(self) -> PoolStats:
         """Idle and starting pool containers, and runs served warm, cold or retried so far."""
         return self._pool.stats() if self._pool is not None else PoolStats(0, 0, 0, 0, 0)
+
+    def pool_stats(self) -> dict[str, int]:
+        """`stats()` as figures by name, for the server's metrics."""
+        return dataclasses.asdict(self.stats())
 
     def container_for(self, decision_id: str) -> str | None:
         """The id of the container that ran decision `decision_id` (recent runs only)."""

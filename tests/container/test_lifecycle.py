@@ -54,6 +54,8 @@ async def test_pool_serves_warm_runs_and_a_different_shape_starts_cold(
         assert (warm.status, engine.stats().warm_runs) == ("ok", 1)
         odd = await engine.run(make_plan(workspace, "print('odd')", memory_bytes=300 << 20))
         assert (odd.status, odd.stdout, engine.stats().cold_runs) == ("ok", "odd\n", 1)
+        figures = engine.pool_stats()  # what the server's /metrics shows per engine
+        assert (figures["warm_runs"], figures["cold_runs"], figures["retried_runs"]) == (1, 1, 0)
     assert tracker.leftovers(engine.instance) == []
     assert list((tmp_path / "pool").iterdir()) == []
 
