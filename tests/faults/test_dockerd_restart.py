@@ -165,18 +165,13 @@ async def _restarted(
             yield live, await live.run("print(2)")
 
 
-async def test_after_a_dockerd_restart_the_next_call_fails_clearly_and_the_one_after_works(
+async def test_after_a_dockerd_restart_the_next_call_works_or_fails_clearly_then_all_work(
     private_dockerd: PrivateDockerd, wasm_engine: WasmEngine, tmp_path: Path
 ) -> None:
     async with _restarted(private_dockerd, wasm_engine, tmp_path) as (live, second):
-        if second.is_error:
-            payload = second.structured_content or {}
+        if second.is_error:  # retried on a fresh container; only a daemon still down fails it
             text = text_of(second)
-            infra = "container sandbox failed" in text and "nothing was counted" in text
-            killed = payload.get("status") == "killed" and "container exit status" in str(
-                payload.get("error")
-            )
-            assert infra or killed, text
+            assert "container sandbox failed" in text and "nothing was counted" in text, text
         third = await live.run("print(3)")
         assert not third.is_error, text_of(third)
         assert (third.structured_content or {})["stdout"].strip() == "3"
