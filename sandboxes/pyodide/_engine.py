@@ -17,8 +17,9 @@ whatever the runtime allows. So each layer below assumes the one above it has fa
    `--deny-net`, `--deny-env`, `--deny-run`, `--deny-ffi`, `--deny-sys`, `--deny-import`,
    `--no-prompt`. Even code holding `Deno.readTextFileSync` gets `NotCapable`. Neither the
    workspace nor the operator mounts are readable by Deno at all: files are copied in and out
-   by the host (`_sync.py`), never through a link; read-only mounts are never copied back,
-   and their nodes in Pyodide's file system refuse writes, `chmod` and renames.
+   by the host (`_sync.py`), never through a link; the installed packages (`/site`) and
+   read-only mounts are never copied back, and their nodes in Pyodide's file system refuse
+   writes, `chmod` and renames (as does `/` for the names `site` and `mnt`).
 4. OS (`_jail.py`), each where the host allows it: a network namespace with no interface
    (`unshare --net`), `no_new_privs` and an empty capability bounding set (`setpriv`), a
    cgroup v1 memory cap (the OOM killer ends the process: `memory`) and thread cap, a

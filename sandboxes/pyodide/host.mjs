@@ -163,10 +163,10 @@ const FS = py.FS;
 const fromBase64 = Uint8Array.fromBase64;
 const toBase64 = (bytes) => bytes.toBase64();
 // Folders the host copies into; of those, the ones whose changes it fetches back, and the
-// read-only ones (operator mounts that code may not change).
+// read-only ones (the installed packages and operator mounts: code may not change them).
 const ROOTS = new Set(["/workspace", "/site"]);
 const FETCHED = new Set(["/workspace"]);
-const READ_ONLY = new Set();
+const READ_ONLY = new Set(["/site"]);
 const MOUNT_ROOT = /^\/mnt\/[A-Za-z0-9_-]{1,64}$/;
 const EROFS = 69;
 function target(root, rel) {
@@ -179,9 +179,10 @@ function lstatFile(path) {
   try { const st = FS.lstat(path); return FS.isFile(st.mode) ? st : null; } catch { return null; }
 }
 
-// Read-only folders (`/mnt` and read-only mounts): their nodes lose every write permission
-// bit, and their node operations refuse, to anything but the host's own copying, what could
-// change them or give the bits back (chmod, utime, create, rename, unlink, rmdir, symlink).
+// Read-only folders (`/site`, `/mnt` and read-only mounts): their nodes lose every write
+// permission bit, and their node operations refuse, to anything but the host's own copying,
+// what could change them or give the bits back (chmod, utime, create, rename, unlink, rmdir,
+// symlink).
 let hostWriting = false;
 const sealedOps = new Map();
 const MUTATORS = ["setattr", "mknod", "rename", "unlink", "rmdir", "symlink"];
@@ -223,6 +224,35 @@ function asHost(action) {
   FS.ignorePermissions = true;
   try { return action(); } finally { hostWriting = false; FS.ignorePermissions = ignored; }
 }
+// The read-only folders at the top (`/site`, `/mnt`) sit in `/`, which stays writable. The
+// folder operations (one table shared by every in-memory folder, so a move from any of them
+// is covered) refuse, to code, removing, renaming, replacing or creating these names in `/`:
+// code could otherwise put a writable folder of its own where the host copies files.
+const PINNED = new Set(["site", "mnt"]);
+function pinTopFolders() {
+  const top = FS.lookupPath("/", { follow: false }).node;
+  const ops = top.node_ops;
+  const refuse = (dir, name) => {
+    if (dir === top && !hostWriting && PINNED.has(name)) throw new FS.ErrnoError(EROFS);
+  };
+  const checks = {
+    rename: (node, dir, name) => { refuse(node.parent, node.name); refuse(dir, name); },
+    mknod: (parent, name) => refuse(parent, name),
+    rmdir: (parent, name) => refuse(parent, name),
+    unlink: (parent, name) => refuse(parent, name),
+    symlink: (parent, name) => refuse(parent, name),
+  };
+  for (const [name, check] of Object.entries(checks)) {
+    const original = ops[name];
+    if (typeof original !== "function") continue;
+    ops[name] = (...args) => { check(...args); return apply(original, ops, args); };
+  }
+}
+asHost(() => {
+  pinTopFolders();
+  FS.mkdirTree("/site");
+  seal("/site"); // the host copies installed packages in; code only imports them
+});
 function mount(request) {
   const root = request.root;
   if (typeof root !== "string" || !MOUNT_ROOT.test(root) || ROOTS.has(root)) return;

@@ -56,6 +56,8 @@ attempts = {
     'rmdir': lambda: os.rmdir('/mnt/data/sub'),
     'replace mount': lambda: os.rename('/mnt/out', '/mnt/data2'),
     'new mount': lambda: os.mkdir('/mnt/other'),
+    'move mounts': lambda: os.rename('/mnt', '/mounts'),
+    'remove mounts': lambda: os.rmdir('/mnt'),
 }
 allowed = []
 for name, attempt in attempts.items():
