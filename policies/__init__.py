@@ -18,7 +18,7 @@ from ._loader import (
     policy_json_schema,
     shipped_policy_paths,
 )
-from ._model import Policy, ServerSettings
+from ._model import Policy, ServerMount, ServerSettings
 from ._redis import RedisCounterStore
 from ._sqlite import SqliteCounterStore
 from ._store import (
@@ -49,6 +49,7 @@ __all__ = [
     "PolicyLoadError",
     "Problem",
     "RedisCounterStore",
+    "ServerMount",
     "ServerSettings",
     "SqliteCounterStore",
     "StateUnavailable",

@@ -86,6 +86,17 @@ def _errors(policy: Policy, parsed: Parsed, extra_grants: dict[str, Grant]) -> l
                 "backend 'redis' needs `state.url` (e.g. redis://host:6379/0); add it",
             )
         )
+    seen: set[str] = set()
+    for index, mount in enumerate(policy.server.mounts):
+        if mount.name in seen:
+            problems.append(
+                parsed.problem(
+                    ("server", "mounts", index, "name"),
+                    f"mount name {mount.name!r} is given twice under server.mounts; "
+                    "rename or remove one",
+                )
+            )
+        seen.add(mount.name)
     for name in sorted(set(extra_grants) & set(policy.grants)):
         problems.append(
             parsed.problem(

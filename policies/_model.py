@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, field_validator
@@ -131,6 +132,58 @@ DEFAULT_SESSION_IDLE_S = 3600.0
 """Seconds without a call after which a session and its workspace are removed."""
 
 
+MOUNT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What an operator mount may be called (as with `sandgate serve --mount NAME=DIR`)."""
+RESERVED_MOUNT_NAME = "workspace"
+"""The session's own workspace mount: no operator mount may take its name."""
+
+
+class ServerMount(BaseModel):
+    """An operator folder shown to Pyodide code at `/mnt/NAME`, as `sandgate serve --mount`
+    gives one; read when the server starts (a reload does not change mounts)."""
+
+    model_config = MODEL_CONFIG
+
+    name: str = Field(
+        description="What clients call it (`mountName`) and where Pyodide code sees it "
+        "(`/mnt/NAME`): 1-64 letters, digits, - and _; not `workspace` (reserved).",
+        json_schema_extra={"pattern": f"^{MOUNT_NAME.pattern}$"},
+    )
+    path: str = Field(
+        description="The host folder, as an absolute path; it must be an existing folder when "
+        "the server starts."
+    )
+    read_only: bool = Field(
+        default=True,
+        description="true: code's changes are refused and never copied back; false: they are "
+        "copied back to the folder after each call. Default: true.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not MOUNT_NAME.fullmatch(value):
+            raise ValueError(
+                f"expected a mount name of 1-64 letters, digits, - and _, got {value!r}; rename it"
+            )
+        if value == RESERVED_MOUNT_NAME:
+            raise ValueError(
+                f"expected a mount name other than {RESERVED_MOUNT_NAME!r} (the session's own "
+                f"workspace), got {value!r}; rename the mount"
+            )
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not PurePosixPath(value).is_absolute():
+            raise ValueError(
+                f"expected an absolute folder path, got {value!r}; write it in full "
+                "(e.g. /srv/sandgate/data)"
+            )
+        return value
+
+
 class ServerSettings(BaseModel):
     """Limits that protect the server itself, whatever the tools' rules allow."""
 
@@ -162,6 +215,13 @@ class ServerSettings(BaseModel):
         gt=0,
         description="Seconds without a call after which a session is ended and its workspace "
         "removed (also the idle timeout of HTTP sessions). Default: 3600.",
+    )
+    mounts: list[ServerMount] = Field(
+        default_factory=list,
+        description="Operator folders shown to Pyodide code at `/mnt/NAME` and to the Mcp "
+        "Pyodide mount tools, in addition to `sandgate serve --mount` (a name given by both is "
+        "a start-up error). Read when the server starts: a reload does not change them. "
+        "Default: none.",
     )
 
 
@@ -218,7 +278,8 @@ class Policy(BaseModel):
     )
     server: ServerSettings = Field(
         default_factory=ServerSettings,
-        description="Limits protecting the server itself (request size, sessions, disk).",
+        description="Limits protecting the server itself (request size, sessions, disk) and "
+        "its operator mounts.",
     )
 
     _warnings: tuple[Problem, ...] = PrivateAttr(default=())

@@ -31,7 +31,7 @@ from ._admission import Admission
 from ._engines import Engines, default_factories, policy_engine_keys
 from ._errors import SetupError
 from ._installs import Installer
-from ._mounts import MountPoint
+from ._mounts import MountPoint, merge_mounts, policy_mounts
 from ._service import Service
 from ._sessions import Sessions
 from ._tools import ALL_TOOL_SETS, ToolSet
@@ -56,7 +56,9 @@ class Config:
         workers: WASM worker processes (guests that run at once).
         prepared_guests: Each WASM worker keeps a guest prepared ahead of the next call.
         tool_sets: Which tool sets to serve.
-        mounts: Operator folders the Mcp Pyodide mount tools can list and read.
+        mounts: Operator folders from `--mount` (Pyodide code sees them at `/mnt/NAME`, the
+            Mcp Pyodide mount tools list and read them); the policy's `server.mounts` come
+            after them, read once at start.
         idle_s: Seconds of inactivity after which a session's workspace is removed;
             `None` (the default) takes the policy's `server.session_idle_s`.
         progress: Where start-up progress lines go.
@@ -85,13 +87,19 @@ async def open_service(
         engines: Engines already running, by key, used instead of starting those (tests).
 
     Raises:
-        SetupError: the policy does not load or the state store cannot open.
+        SetupError: the policy does not load, one of its mounts is not a folder or has the
+            name of a `--mount` one, or the state store cannot open.
     """
     path = config.policy_path or default_policy_path()
     try:
         policy = load_policy(path)
     except PolicyError as exc:
         raise SetupError(f"cannot load the policy {path}: {exc}") from exc
+    mounts = merge_mounts(
+        config.mounts,
+        policy_mounts(policy.server.mounts, source=str(path)),
+        source=str(path),
+    )
     config.state_dir.mkdir(parents=True, exist_ok=True)
     try:
         store = open_counter_store(policy.state, default_dir=config.state_dir)
@@ -127,7 +135,7 @@ async def open_service(
         installer=installer,
         tool_sets=config.tool_sets,
         admission=Admission(config.workers),
-        operator_mounts=config.mounts,
+        operator_mounts=mounts,
     )
     reaper = asyncio.create_task(_reap(sessions, running))
     try:

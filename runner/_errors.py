@@ -71,4 +71,12 @@ class ServerLimit(RunnerError):
 
 
 class SetupError(RunnerError):
-    """The server cannot start as configured; the message says what to change."""
+    """The server cannot start as configured; the message says what to change.
+
+    Attributes:
+        setting: The setting at fault when it is one (`server.mounts[0].path`), else "".
+    """
+
+    def __init__(self, message: str, *, setting: str = "") -> None:
+        super().__init__(message)
+        self.setting = setting

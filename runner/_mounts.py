@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from policies import ServerMount
 from sandboxes import HostMount
 
-from ._errors import ArgumentError
+from ._errors import ArgumentError, SetupError
 
 WORKSPACE_MOUNT = "workspace"
 WORKSPACE_GUEST_PATH = "/workspace"
@@ -106,6 +107,50 @@ def parse_mounts(texts: Iterable[str]) -> tuple[MountPoint, ...]:
             raise ArgumentError("--mount", "each NAME once", repr(text), hint="rename one of them")
         mounts.append(mount)
     return tuple(mounts)
+
+
+def policy_mounts(entries: Sequence[ServerMount], *, source: str) -> tuple[MountPoint, ...]:
+    """The policy's `server.mounts` (names already checked by the policy), each an existing
+    folder. `source` names the policy file in errors.
+
+    Raises:
+        SetupError: an entry's path is not an existing folder (`setting` names it).
+    """
+    mounts: list[MountPoint] = []
+    for index, entry in enumerate(entries):
+        host = Path(entry.path).resolve()
+        if not host.is_dir():
+            setting = f"server.mounts[{index}].path"
+            found = "not a folder" if host.exists() else "no such folder"
+            raise SetupError(
+                f"policy {source}: {setting}: expected an existing folder, got "
+                f"{entry.path!r} ({found}); create the folder or fix the path",
+                setting=setting,
+            )
+        mounts.append(
+            MountPoint(entry.name, host, f"{OPERATOR_GUEST_ROOT}/{entry.name}", entry.read_only)
+        )
+    return tuple(mounts)
+
+
+def merge_mounts(
+    flags: tuple[MountPoint, ...], policy: tuple[MountPoint, ...], *, source: str
+) -> tuple[MountPoint, ...]:
+    """The `--mount` mounts, then the policy's; `source` names the policy file in errors.
+
+    Raises:
+        SetupError: a name is given by both (`setting` names the policy's entry).
+    """
+    for index, mount in enumerate(policy):
+        clash = next((m for m in flags if m.name == mount.name), None)
+        if clash is not None:
+            setting = f"server.mounts[{index}].name"
+            raise SetupError(
+                f"mount name {mount.name!r} is given twice: by --mount {clash.name}={clash.host} "
+                f"and by {setting} in the policy {source}; each name once: rename or drop one",
+                setting=setting,
+            )
+    return (*flags, *policy)
 
 
 def session_mounts(files: Path, operator: tuple[MountPoint, ...]) -> list[MountPoint]:

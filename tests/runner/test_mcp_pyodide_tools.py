@@ -369,3 +369,39 @@ def test_mount_modes_default_to_read_only(tmp_path: Path) -> None:
         ("d", True, "/mnt/d"),
     ]
     assert parsed[3].host == odd
+
+
+async def test_mounts_named_in_the_policy_are_listed_and_seen_by_code(
+    wasm_engine: WasmEngine, tmp_path: Path, pyodide_assets: Path, folders: dict[str, Path]
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: '1'\ndefault: deny\n"
+        "tools:\n  pyodide_execute: {engine: pyodide}\n  pyodide_get-mount-points: {}\n"
+        "server:\n  mounts:\n"
+        f"    - {{name: data, path: '{folders['data']}'}}\n"
+        f"    - {{name: out, path: '{folders['out']}', read_only: false}}\n"
+    )
+    flag = tmp_path / "flag"
+    flag.mkdir()
+    config = Config(
+        policy_path=policy, state_dir=tmp_path / "state", mounts=parse_mounts([f"flag={flag}"])
+    )
+    async with (
+        open_service(config, engines={"wasm": wasm_engine}) as service,
+        Client(build_server(service)) as client,
+    ):
+        listed = json.loads(_text(await client.call_tool("pyodide_get-mount-points", {})))
+        assert [(m["name"], m["mountPoint"], m["readOnly"]) for m in listed] == [
+            ("workspace", "/workspace", False),
+            ("flag", "/mnt/flag", True),
+            ("data", "/mnt/data", True),
+            ("out", "/mnt/out", False),
+        ]
+        code = (
+            "import os\ntext = open('/mnt/data/input.csv').read()\n"
+            "open('/mnt/out/copy.csv', 'w').write(text)\nsorted(os.listdir('/mnt'))"
+        )
+        result = await _run(client, code)
+        assert "Result: ['data', 'flag', 'out']" in _text(result), _text(result)
+    assert (folders["out"] / "copy.csv").read_text() == "a,b\n1,2\n"
