@@ -226,6 +226,7 @@ async def test_calls_of_one_session_with_an_empty_folder_run_at_once(
     workspace = _workspace(tmp_path / "shared")
     async with WasmEngine(workers=3, slots_dir=tmp_path / "slots") as engine:
         await engine.wait_ready()
+        await _all_workers_up(engine, 3)
         began = time.monotonic()
         results = await asyncio.gather(
             *(
