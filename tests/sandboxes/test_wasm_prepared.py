@@ -192,7 +192,9 @@ async def test_a_worker_killed_mid_call_gives_the_files_back(
         engine.run(_plan(workspace, "open('new.txt', 'w').write('n'); import time; time.sleep(60)"))
     )
     deadline = time.monotonic() + 30
-    while not list((tmp_path / "slots").glob("*/workspace/new.txt")):  # running in the slot
+    while not any(  # running in the slot, new.txt written and closed
+        f.read_text() == "n" for f in (tmp_path / "slots").glob("*/workspace/new.txt")
+    ):
         assert time.monotonic() < deadline, "the call never started in the slot"
         await asyncio.sleep(0.02)
     (pid,) = engine.worker_pids()
