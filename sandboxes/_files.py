@@ -131,6 +131,18 @@ def images_among(root: Path, paths: tuple[str, ...]) -> tuple[Image, ...]:
     return tuple(images)
 
 
+def has_entries(folder: str | Path) -> bool:
+    """Whether `folder` holds any entry: False when it does not exist, True when it cannot be
+    read (callers treat an unknown folder as a full one)."""
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is not None
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+
+
 def total_bytes(snap: Snapshot) -> int:
     """Bytes held by the files of a snapshot."""
     return sum(size for size, _ in snap.values())

@@ -18,7 +18,15 @@ from typing import Any
 
 from .._engine import EngineLifecycle
 from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
-from .._files import Snapshot, changed, drop_foreign_links, images_among, snapshot, total_bytes
+from .._files import (
+    Snapshot,
+    changed,
+    drop_foreign_links,
+    has_entries,
+    images_among,
+    snapshot,
+    total_bytes,
+)
 from .._types import ExecutionPlan, Image, RunResult, Status, Usage, WorkspacePaths
 from ._pool import Worker, WorkerDied, WorkerGone
 from ._sharing import SessionUses
@@ -343,17 +351,16 @@ class WasmEngine(EngineLifecycle):
             task.cancel()
         await asyncio.gather(*(w.kill() for w in list(self._all)), return_exceptions=True)
         self._all.clear()
+        slots, self._slots = list(self._slots.values()), {}
+        for slot in slots:  # killed workers leave their slots behind
+            await asyncio.to_thread(Slot(slot).remove)
 
 
 def _before_run(workspace: WorkspacePaths) -> tuple[Snapshot, bool]:
     """Drop links the host did not make, then take the workspace's snapshot, and whether the
     folder holds anything at all (one thread hop)."""
     drop_foreign_links(workspace)
-    try:
-        holds = bool(os.listdir(workspace.files))
-    except FileNotFoundError:
-        holds = False
-    return snapshot(workspace.files), holds
+    return snapshot(workspace.files), has_entries(workspace.files)
 
 
 def _after_run(files: Path, before: Snapshot) -> tuple[tuple[str, ...], tuple[Image, ...]]:

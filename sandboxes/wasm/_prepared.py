@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._files import has_entries
 from ._slot import Slot
 
 WORKSPACE_GUEST = "/workspace"
@@ -108,15 +109,5 @@ def fits(request: dict[str, Any], shape: Shape) -> bool:
         and not request.get("stdin")
         and request.get("fuel") is None
         and not request.get("mpl_writable")
-        and _empty_or_missing(request.get("site"))
+        and not has_entries(request.get("site") or "")
     )
-
-
-def _empty_or_missing(folder: str | None) -> bool:
-    if not folder:
-        return True
-    try:
-        with os.scandir(folder) as entries:
-            return next(entries, None) is None
-    except (FileNotFoundError, NotADirectoryError):
-        return True

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .._files import snapshot, total_bytes
+from .._files import has_entries, snapshot, total_bytes
 from ._prepared import MPL_GUEST, SITE_GUEST, WORKSPACE_GUEST, PreparedGuest, Shape, fits
 from ._slot import Slot, SlotRefused
 
@@ -153,7 +153,7 @@ def _lowest_priority() -> None:
 def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
     files = Path(request["files"])
     guest = host.take(request)
-    if guest is not None and not request.get("may_move", True) and _holds_anything(files):
+    if guest is not None and not request.get("may_move", True) and has_entries(files):
         host.prepared, guest = guest, None  # other calls share these files: they stay in place
     if guest is not None:
         try:
@@ -187,14 +187,6 @@ def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
     if report is not None and isinstance(report.get("exit_code"), int):
         answer["exit_code"] = report["exit_code"]  # the turn returned; its code is the report's
     return answer
-
-
-def _holds_anything(folder: Path) -> bool:
-    try:
-        with os.scandir(folder) as entries:
-            return next(entries, None) is not None
-    except OSError:
-        return True
 
 
 def _start_guest(host: _Host, request: dict[str, Any], cancel: threading.Event) -> Any:

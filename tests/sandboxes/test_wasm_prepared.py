@@ -80,6 +80,16 @@ async def test_a_prepared_guest_serves_the_next_call_with_the_sessions_files(
     assert not list((tmp_path / "slots").glob("*/workspace/*")), "nothing stays in the slot"
 
 
+async def test_a_closed_engine_leaves_no_slot_behind(tmp_path: Path, anyio_backend: str) -> None:
+    workspace = _workspace(tmp_path / "s")
+    async with WasmEngine(workers=2, slots_dir=tmp_path / "slots") as engine:
+        await engine.wait_ready()
+        await _all_workers_up(engine, 2)
+        await _until_prepared(engine, workspace)
+        assert len(list((tmp_path / "slots").iterdir())) == 2
+    assert list((tmp_path / "slots").iterdir()) == []
+
+
 async def test_a_prepared_guest_is_fresh_for_every_call(engine: WasmEngine, tmp_path: Path) -> None:
     workspace = _workspace(tmp_path / "s")
     await _until_prepared(engine, workspace)
