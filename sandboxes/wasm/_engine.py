@@ -34,7 +34,10 @@ from ._slot import Slot, sweep
 
 logger = logging.getLogger("sandgate.wasm")
 
-DEFAULT_WORKERS = 4
+DEFAULT_WORKERS = min(8, (os.cpu_count() or 1) + 1)
+"""One worker per core and one more, at most 8 (each holds a prepared guest). More workers than
+that only make short calls compete for the cores: on 2 cores, 3 workers served 47-49 calls/s
+where 4 served 36-41 (`benchmarks/load_http.py`)."""
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_READY_TIMEOUT_S = 600.0
 HOST_GRACE_S = 15.0
