@@ -116,6 +116,8 @@ class WasmEngine(EngineLifecycle):
         self._idle: asyncio.Queue[Worker] = asyncio.Queue()
         self._all: set[Worker] = set()
         self._waiting = 0
+        self._in_engine = 0
+        """Calls inside `run` now (waiting for a worker or running)."""
         self._ready = asyncio.Event()
         self._failed: str | None = None
         self._starter: asyncio.Task[None] | None = None
@@ -244,10 +246,12 @@ class WasmEngine(EngineLifecycle):
         task.add_done_callback(self._tasks.discard)
 
     def _saturated(self) -> bool:
-        """Whether calls are queueing for workers, or (with several workers) none is idle.
+        """Whether calls are queueing for workers, or (with several workers) there are as many
+        calls in the engine as workers (the runner queues the rest out of the engine's sight).
         A worker then skips preparing its next guest: under full load, a guest started for a
         call costs less CPU than preparing one and then running it."""
-        return self._waiting > 0 or (len(self._all) > 1 and self._idle.empty())
+        workers = len(self._all)
+        return self._waiting > 0 or (workers > 1 and self._in_engine >= workers)
 
     async def _acquire(self) -> Worker:
         if self._waiting >= self._max_queue and self._idle.empty():
@@ -274,9 +278,13 @@ class WasmEngine(EngineLifecycle):
         """
         await self.wait_ready()
         files = plan.workspace.files
-        before, holds_files = await asyncio.to_thread(_before_run, plan.workspace)
-        async with self._uses.enter(files, wants_to_move=holds_files) as may_move:
-            return await self._run_entered(plan, before, may_move)
+        self._in_engine += 1
+        try:
+            before, holds_files = await asyncio.to_thread(_before_run, plan.workspace)
+            async with self._uses.enter(files, wants_to_move=holds_files) as may_move:
+                return await self._run_entered(plan, before, may_move)
+        finally:
+            self._in_engine -= 1
 
     async def _run_entered(
         self, plan: ExecutionPlan, before: Snapshot, may_move: bool
