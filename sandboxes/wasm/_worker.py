@@ -75,8 +75,6 @@ class _Host:
         self.prepared: PreparedGuest | None = None
         self.used: PreparedGuest | None = None
         """The guest that served the last call, closed once its answer is sent."""
-        self.served_prepared = 0
-        self.served_started = 0
         self._behind: threading.Thread | None = None
 
     def prepare(self, shape: Shape) -> None:
@@ -84,9 +82,7 @@ class _Host:
         if self.slot is None or self.prepared is not None:
             return
         try:
-            self.prepared = PreparedGuest.open(
-                _HARNESS, shape, self.slot, self.slot.site, self.door
-            )
+            self.prepared = PreparedGuest.open(_HARNESS, shape, self.slot, self.door)
         except Exception as exc:  # a guest failing to open only costs the fast path
             print(f"wasm worker: could not prepare a guest: {exc}", file=sys.stderr)
             self.prepared = None
@@ -162,9 +158,7 @@ def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
             print(f"wasm worker: running in a fresh guest: {exc}", file=sys.stderr)
             host.prepared, guest = guest, None
     if guest is None:
-        host.served_started += 1
         return _measured(host, request, files, lambda cancel: _start_guest(host, request, cancel))
-    host.served_prepared += 1
     host.used = guest
     try:
         answer = _measured(
@@ -328,15 +322,6 @@ def _warm(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _stats(host: _Host) -> dict[str, Any]:
-    return {
-        "ok": True,
-        "served_prepared": host.served_prepared,
-        "served_started": host.served_started,
-        "prepared": host.prepared is not None,
-    }
-
-
 def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
     host = _Host()
     try:
@@ -344,12 +329,7 @@ def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
             request = json.loads(line)
             op = request.get("op")
             try:
-                if op == "warm":
-                    answer = _warm(host, request)
-                elif op == "stats":
-                    answer = _stats(host)
-                else:
-                    answer = _run(host, request)
+                answer = _warm(host, request) if op == "warm" else _run(host, request)
             except Exception as exc:  # the one boundary: a host-side failure becomes an answer
                 answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             answers.write(json.dumps(answer).encode("utf-8") + b"\n")
