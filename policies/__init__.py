@@ -18,7 +18,7 @@ from ._loader import (
     policy_json_schema,
     shipped_policy_paths,
 )
-from ._model import Policy, ServerMount, ServerSettings
+from ._model import RESERVED_MOUNT_NAME, Policy, ServerMount, ServerSettings, mount_name_problem
 from ._redis import RedisCounterStore
 from ._sqlite import SqliteCounterStore
 from ._store import (
@@ -48,6 +48,7 @@ __all__ = [
     "PolicyError",
     "PolicyLoadError",
     "Problem",
+    "RESERVED_MOUNT_NAME",
     "RedisCounterStore",
     "ServerMount",
     "ServerSettings",
@@ -58,6 +59,7 @@ __all__ = [
     "default_policy_path",
     "load_policy",
     "load_policy_text",
+    "mount_name_problem",
     "open_counter_store",
     "policy_json_schema",
     "read_audit",

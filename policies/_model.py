@@ -138,6 +138,16 @@ RESERVED_MOUNT_NAME = "workspace"
 """The session's own workspace mount: no operator mount may take its name."""
 
 
+def mount_name_problem(value: str) -> str | None:
+    """What an operator mount name must be, when `value` is not one ("a mount name of …"),
+    else None. The one rule for `sandgate serve --mount` and the policy's `server.mounts`."""
+    if not MOUNT_NAME.fullmatch(value):
+        return "a mount name of 1-64 letters, digits, - and _"
+    if value == RESERVED_MOUNT_NAME:
+        return f"a mount name other than {RESERVED_MOUNT_NAME!r} (reserved for the workspace)"
+    return None
+
+
 class ServerMount(BaseModel):
     """An operator folder shown to Pyodide code at `/mnt/NAME`, as `sandgate serve --mount`
     gives one; read when the server starts (a reload does not change mounts)."""
@@ -162,15 +172,9 @@ class ServerMount(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not MOUNT_NAME.fullmatch(value):
-            raise ValueError(
-                f"expected a mount name of 1-64 letters, digits, - and _, got {value!r}; rename it"
-            )
-        if value == RESERVED_MOUNT_NAME:
-            raise ValueError(
-                f"expected a mount name other than {RESERVED_MOUNT_NAME!r} (the session's own "
-                f"workspace), got {value!r}; rename the mount"
-            )
+        expected = mount_name_problem(value)
+        if expected is not None:
+            raise ValueError(f"expected {expected}, got {value!r}; rename the mount")
         return value
 
     @field_validator("path")

@@ -6,15 +6,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from policies import ServerMount
+from policies import RESERVED_MOUNT_NAME, ServerMount, mount_name_problem
 from sandboxes import HostMount
 
 from ._errors import ArgumentError, SetupError
 
-WORKSPACE_MOUNT = "workspace"
+WORKSPACE_MOUNT = RESERVED_MOUNT_NAME
 WORKSPACE_GUEST_PATH = "/workspace"
 OPERATOR_GUEST_ROOT = "/mnt"
-MAX_NAME_CHARS = 64
 _MOUNT_FORM = "NAME=DIR[:ro|:rw]"
 _MODES = {"ro": True, "rw": False}
 
@@ -61,17 +60,11 @@ def parse_mount(text: str) -> MountPoint:
         ArgumentError: not `NAME=DIR[:ro|:rw]`, a reserved name, or DIR is not a folder.
     """
     name, sep, folder = text.partition("=")
-    plain = name.replace("-", "").replace("_", "")
-    if not sep or not name or not folder or not plain.isascii() or not plain.isalnum():
-        raise ArgumentError(
-            "--mount", f"{_MOUNT_FORM} with a NAME of letters, digits, - and _", repr(text)
-        )
-    if len(name) > MAX_NAME_CHARS:
-        raise ArgumentError("--mount", f"a NAME of at most {MAX_NAME_CHARS} characters", repr(text))
-    if name == WORKSPACE_MOUNT:
-        raise ArgumentError(
-            "--mount", f"a NAME other than '{WORKSPACE_MOUNT}' (reserved)", repr(text)
-        )
+    if not sep or not folder:
+        raise ArgumentError("--mount", _MOUNT_FORM, repr(text))
+    expected = mount_name_problem(name)
+    if expected is not None:
+        raise ArgumentError("--mount", f"{_MOUNT_FORM} with {expected} as NAME", repr(text))
     read_only = True
     head, colon, mode = folder.rpartition(":")
     if colon and "/" not in mode and not Path(folder).expanduser().is_dir():

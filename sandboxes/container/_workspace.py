@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import stat
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -211,9 +212,13 @@ def make_pool(pools: Path, labels: dict[str, str]) -> Path:
     pools.mkdir(mode=0o755, parents=True, exist_ok=True)
     partial = pools / f".{name}"
     partial.mkdir(mode=0o700)
-    (partial / OWNER_FILE).write_text(json.dumps(labels))
     final = pools / name
-    os.rename(partial, final)
+    try:
+        (partial / OWNER_FILE).write_text(json.dumps(labels))
+        os.rename(partial, final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return final
 
 
@@ -228,10 +233,11 @@ def recover(pools: Path) -> list[str]:
     if not pools.is_dir():
         return restored
     for entry in sorted(os.scandir(pools), key=lambda e: e.name):
-        if entry.name == LOST_FOUND or (
-            entry.name.startswith(".") and POOL_NAME.fullmatch(entry.name[1:])
-        ):
-            continue  # salvaged files; a folder being made (or left half-made by a crash)
+        if entry.name == LOST_FOUND:
+            continue  # salvaged files
+        if entry.name.startswith(".") and POOL_NAME.fullmatch(entry.name[1:]):
+            _remove_half_made(entry)  # a folder being made, or left half-made by a crash
+            continue
         pool = Path(entry.path)
         owner = _own_pool_owner(entry)
         if owner is None:
@@ -272,19 +278,54 @@ def release_pool(pool: Path) -> list[str]:
     return restored
 
 
-def _own_pool_owner(entry: os.DirEntry[str]) -> dict[str, str] | None:
-    """The owner record of `entry` when it is a pool folder the engine made, else None."""
-    if not (POOL_NAME.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)):
-        return None
+HALF_MADE_GRACE_S = 60.0
+"""A half-made pool folder with no owner record yet is removed only once this old: `make_pool`
+writes the record right after making the folder, so a younger one may be a live server's."""
+
+
+def _remove_half_made(entry: os.DirEntry[str]) -> None:
+    """Remove a `.<instance>` folder `make_pool` left behind when it stopped before its rename:
+    only when it holds nothing but its owner record, and that record names a server that is
+    gone (or, with no record, the folder is older than `HALF_MADE_GRACE_S`)."""
+    folder = Path(entry.path)
+    if not entry.is_dir(follow_symlinks=False):
+        _warn_foreign(folder, "has a pool folder's name but is not a folder")
+        return
     try:
-        owner = json.loads(Path(entry.path, OWNER_FILE).read_text())
+        names = os.listdir(folder)
+        if set(names) - {OWNER_FILE}:
+            _warn_foreign(folder, "is a half-made pool folder holding entries not the engine's")
+            return
+        if names:
+            owner = _owner_record(folder / OWNER_FILE, entry.name[1:])
+            if owner is None or owner_alive(owner):
+                return
+            (folder / OWNER_FILE).unlink()
+        elif time.time() - entry.stat(follow_symlinks=False).st_mtime < HALF_MADE_GRACE_S:
+            return
+        folder.rmdir()
+    except OSError as exc:
+        logger.warning("container: could not remove the half-made pool folder %s: %s", folder, exc)
+
+
+def _owner_record(path: Path, instance: str) -> dict[str, str] | None:
+    """The owner record at `path` when it names `instance` and this engine, else None."""
+    try:
+        owner = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(owner, dict) or not all(isinstance(v, str) for v in owner.values()):
         return None
-    if owner.get(LABEL_INSTANCE) != entry.name or owner.get(LABEL_ENGINE) != "container":
+    if owner.get(LABEL_INSTANCE) != instance or owner.get(LABEL_ENGINE) != "container":
         return None
     return owner
+
+
+def _own_pool_owner(entry: os.DirEntry[str]) -> dict[str, str] | None:
+    """The owner record of `entry` when it is a pool folder the engine made, else None."""
+    if not (POOL_NAME.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)):
+        return None
+    return _owner_record(Path(entry.path, OWNER_FILE), entry.name)
 
 
 def _warn_foreign(path: Path, why: str) -> None:

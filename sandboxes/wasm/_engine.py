@@ -340,7 +340,11 @@ class WasmEngine(EngineLifecycle):
         if not answer.get("ok"):
             raise WorkerDied(f"the wasm worker could not run the guest: {answer.get('error')}")
         self._served["served_prepared" if answer.get("prepared") else "served_started"] += 1
-        written, images = await asyncio.to_thread(_after_run, files, before)
+        written, images, over = await asyncio.to_thread(
+            _after_run, files, before, limits.workspace_bytes
+        )
+        if answer.get("workspace_over") is None:  # a run shorter than the watchdog's first look
+            answer["workspace_over"] = over
         return _result(answer, plan, written, images)
 
     async def _lose(self, worker: Worker) -> None:
@@ -374,10 +378,20 @@ def _before_run(workspace: WorkspacePaths) -> tuple[Snapshot, bool]:
     return snapshot(workspace.files), has_entries(workspace.files)
 
 
-def _after_run(files: Path, before: Snapshot) -> tuple[tuple[str, ...], tuple[Image, ...]]:
-    """The files the run wrote and the images among them."""
-    written = changed(before, snapshot(files))
-    return written, tuple(images_among(files, written))
+def _after_run(
+    files: Path, before: Snapshot, budget: int | None
+) -> tuple[tuple[str, ...], tuple[Image, ...], int | None]:
+    """The files the run wrote, the images among them, and what the workspace holds when that
+    is past its budget (one walk for all three). A workspace already past its budget before the
+    run may shrink, not grow. The worker's watchdog stops a run that outgrows its budget; this
+    catches the run that ended before the watchdog's first look."""
+    after = snapshot(files)
+    written = changed(before, after)
+    over = None
+    if budget is not None:
+        held = total_bytes(after)
+        over = held if held > max(budget, total_bytes(before)) else None
+    return written, tuple(images_among(files, written)), over
 
 
 def _status(answer: dict[str, Any], plan: ExecutionPlan) -> tuple[Status, str | None]:

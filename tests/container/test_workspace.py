@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,69 @@ def test_a_pool_folder_is_named_so_that_recovery_knows_it(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="12 lowercase hex digits"):
         make_pool(tmp_path, owner_labels("not-an-instance"))
     assert os.listdir(tmp_path) == []
+
+
+def test_a_half_made_pool_folder_of_a_gone_server_is_removed(tmp_path: Path) -> None:
+    pools = tmp_path / "pools"
+    pool = _dead_pool(pools)
+    half_made = pools / f".{INSTANCE}"
+    os.rename(pool, half_made)  # as a crash between the owner record and the rename leaves it
+
+    assert recover(pools) == []
+
+    assert os.listdir(pools) == []
+
+
+def test_a_half_made_pool_folder_of_a_live_server_is_left_alone(tmp_path: Path) -> None:
+    pools = tmp_path / "pools"
+    alive = pools / f".{INSTANCE}"
+    alive.mkdir(parents=True)
+    (alive / OWNER_FILE).write_text(json.dumps(owner_labels(INSTANCE)))  # this process: alive
+    just_made = pools / f".{OTHER}"  # no owner record yet: made a moment ago
+    just_made.mkdir()
+
+    assert recover(pools) == []
+
+    assert sorted(os.listdir(pools)) == sorted([alive.name, just_made.name])
+
+
+def test_a_half_made_pool_folder_without_owner_record_goes_once_it_is_old(tmp_path: Path) -> None:
+    pools = tmp_path / "pools"
+    stale = pools / f".{INSTANCE}"
+    stale.mkdir(parents=True)
+    an_hour_ago = time.time() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+
+    assert recover(pools) == []
+
+    assert os.listdir(pools) == []
+
+
+def test_a_half_made_pool_folder_holding_foreign_files_is_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pools = tmp_path / "pools"
+    pool = _dead_pool(pools)
+    (pool / "notes.txt").write_text("not the engine's")
+    half_made = pools / f".{INSTANCE}"
+    os.rename(pool, half_made)
+
+    with caplog.at_level(logging.WARNING, logger="sandgate.container"):
+        assert recover(pools) == []
+
+    assert _tree(half_made)["notes.txt"] == "not the engine's"
+    assert any("half-made" in r.getMessage() for r in caplog.records)
+
+
+def test_make_pool_leaves_no_half_made_folder_when_it_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pools = tmp_path / "pools"
+
+    def refuse(source: object, target: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "rename", refuse)
+    with pytest.raises(OSError, match="No space"):
+        make_pool(pools, owner_labels(INSTANCE))
+    assert os.listdir(pools) == []

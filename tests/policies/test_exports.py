@@ -17,6 +17,8 @@ from policies import (
 
 PACKAGE = Path(policies.__file__).parent
 RUNNER_NEEDS = {
+    "RESERVED_MOUNT_NAME",
+    "mount_name_problem",
     "PolicyError",
     "PolicyLoadError",
     "StateUnavailable",
