@@ -31,6 +31,7 @@ from ._store import (
 )
 
 __all__ = [
+    "RESERVED_MOUNT_NAME",
     "Allowed",
     "ApprovalRecord",
     "ApprovalStatus",
@@ -48,7 +49,6 @@ __all__ = [
     "PolicyError",
     "PolicyLoadError",
     "Problem",
-    "RESERVED_MOUNT_NAME",
     "RedisCounterStore",
     "ServerMount",
     "ServerSettings",

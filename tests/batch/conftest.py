@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import psutil
 import pytest
 
 from tests.conftest import IN_CI
+from tests.processes import free_port
 
 EVAL_POLICY = Path(__file__).resolve().parents[2] / "policies" / "eval-harness.yaml"
 RAY_IP = "127.0.0.2"
@@ -77,13 +77,6 @@ def ray_binary() -> str:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((RAY_IP, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class RayCluster:
     """A local cluster of a head node and a second node, each with its own temp folder."""
@@ -98,7 +91,7 @@ class RayCluster:
         return f"{RAY_IP}:{self.port}"
 
     def start(self) -> None:
-        self.port = free_port()
+        self.port = free_port(RAY_IP)
         self.env = {**os.environ, **RAY_ENV}
         common = [
             f"--node-ip-address={RAY_IP}",

@@ -19,8 +19,14 @@ PER_NODE = 2
 """Jobs in flight on each node (and WASM workers there): the machine has 2 cores."""
 
 
-def _jobs(count: int) -> list[dict[str, Any]]:
-    """Tiny jobs; every 50th spins into its 1 s timeout, every 50th (offset) raises."""
+SLOW_S = 0.6
+"""How long each job of a `slow` range sleeps: long enough that a node killed while it runs
+such jobs certainly has some in flight (tiny jobs may all be answered by the time it dies)."""
+
+
+def _jobs(count: int, slow: range = range(0)) -> list[dict[str, Any]]:
+    """Tiny jobs; every 50th spins into its 1 s timeout, every 50th (offset) raises; those
+    whose index is in `slow` sleep `SLOW_S` first."""
     jobs: list[dict[str, Any]] = []
     for i in range(count):
         if i % 50 == 7:
@@ -28,7 +34,10 @@ def _jobs(count: int) -> list[dict[str, Any]]:
         elif i % 50 == 3:
             jobs.append({"id": f"j{i}", "code": "1/0"})
         else:
-            jobs.append({"id": f"j{i}", "code": f"print({i}*{i})", "expected_stdout": str(i * i)})
+            code = f"print({i}*{i})"
+            if i in slow:
+                code = f"import time; time.sleep({SLOW_S}); {code}"
+            jobs.append({"id": f"j{i}", "code": code, "expected_stdout": str(i * i)})
     return jobs
 
 
@@ -68,13 +77,14 @@ def test_a_batch_of_500_runs_on_both_nodes(ray_cluster: RayCluster, tmp_path: Pa
 def test_losing_a_node_mid_batch_loses_and_repeats_nothing(
     ray_cluster: RayCluster, tmp_path: Path
 ) -> None:
-    jobs = _jobs(300)
+    kill_at = 100
+    jobs = _jobs(300, slow=range(kill_at - 2 * PER_NODE, kill_at + 4 * PER_NODE))
     out = tmp_path / "results.jsonl"
     config = Config(policy_path=EVAL_POLICY, state_dir=tmp_path / "state", workers=PER_NODE)
     killed: list[int] = []
 
     def kill_second_node_at_a_third(progress: BatchProgress) -> None:
-        if not killed and progress.done >= len(jobs) // 3:
+        if not killed and progress.done >= kill_at:  # its jobs in flight are slow ones
             killed.append(ray_cluster.kill("second"))
 
     began = time.monotonic()

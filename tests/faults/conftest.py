@@ -28,6 +28,7 @@ from mcp import Client
 from runner import Config, Service, build_server, open_service
 from sandboxes import Engine
 from tests.conftest import IN_CI
+from tests.processes import stop
 
 COUNTER_KEY = "runs|grant=local"
 WAIT_S = 60.0
@@ -146,10 +147,6 @@ async def wait_until(
         await asyncio.sleep(every_s)
 
 
-def text_of(result: types.CallToolResult) -> str:
-    return "".join(b.text for b in result.content if isinstance(b, types.TextContent))
-
-
 def require(condition: bool, why: str) -> None:
     """Skip (outside CI) or fail (in CI) when the machine cannot run a fault test."""
     if condition:
@@ -177,13 +174,7 @@ class Tracked:
     def cleanup(self) -> list[str]:
         problems = []
         for process in reversed(self.processes):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=20)
+            stop(process)
         for point in reversed(self.mounts):
             if _mounted(point):
                 done = subprocess.run(["umount", str(point)], capture_output=True, check=False)

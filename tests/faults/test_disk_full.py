@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from sandboxes import WasmEngine
+from tests.results import text_of
 
-from .conftest import Tracked, fault_policy, require, stack, text_of
+from .conftest import Tracked, fault_policy, require, stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.wasm, pytest.mark.slow]
 

@@ -24,8 +24,9 @@ import mcp_types as types
 import pytest
 
 from sandboxes import Engine, WasmEngine
+from tests.results import text_of
 
-from .conftest import Stack, fault_policy, require, stack, text_of
+from .conftest import Stack, fault_policy, require, stack
 
 pytestmark = [pytest.mark.anyio, pytest.mark.container, pytest.mark.slow]
 

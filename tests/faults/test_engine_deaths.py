@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from sandboxes import Engine, WasmEngine
+from tests.results import text_of
 
-from .conftest import Stack, fault_policy, require, stack, text_of, wait_until
+from .conftest import Stack, fault_policy, require, stack, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

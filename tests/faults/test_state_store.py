@@ -18,8 +18,10 @@ from typing import cast
 import pytest
 
 from sandboxes import WasmEngine
+from tests.processes import free_port
+from tests.results import text_of
 
-from .conftest import Stack, Tracked, require, stack, text_of, wait_until
+from .conftest import Stack, Tracked, require, stack, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.wasm, pytest.mark.slow]
 
@@ -84,12 +86,6 @@ async def test_a_removed_sqlite_file_denies_until_it_is_restored(
 # -- Redis ---------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_redis(tracked: Tracked, port: int, folder: Path) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server")
     require(binary is not None, "redis-server is not installed (apt-get install redis-server)")
@@ -144,7 +140,7 @@ def _redis_units(port: int) -> int:
 async def test_redis_on_a_closed_port_denies_until_it_listens(
     wasm_engine: WasmEngine, tmp_path: Path, tracked: Tracked
 ) -> None:
-    port = _free_port()
+    port = free_port()
     state = f"state: {{backend: redis, url: 'redis://127.0.0.1:{port}/0'}}\n"
     async with stack(tmp_path, _policy(extra=state), {"wasm": wasm_engine}) as live:
         before = len(live.records())
@@ -160,7 +156,7 @@ async def test_redis_on_a_closed_port_denies_until_it_listens(
 async def test_redis_killed_mid_life_denies_until_it_is_back(
     wasm_engine: WasmEngine, tmp_path: Path, tracked: Tracked
 ) -> None:
-    port = _free_port()
+    port = free_port()
     data = tmp_path / "redis"
     redis_server = _start_redis(tracked, port, data)
     state = f"state: {{backend: redis, url: 'redis://127.0.0.1:{port}/0'}}\n"

@@ -11,6 +11,8 @@ from typing import Any
 
 import mcp_types as types
 
+from tests.results import text_of
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRACEBACK = "Traceback (most recent call last)"
 INTERNAL_ERROR = "an internal error, logged on the server"
@@ -18,11 +20,6 @@ INTERNAL_ERROR = "an internal error, logged on the server"
 _FRAME = re.compile(r'File "([^"]+)"')
 _HOST_PREFIXES = tuple({str(REPO_ROOT), sys.prefix, sys.base_prefix, sys.exec_prefix})
 _INTERNAL_MARKS = ("site-packages", "/runner/", "/policies/", "/sandboxes/", "errors.pydantic.dev")
-
-
-def text_of(result: types.CallToolResult) -> str:
-    """The text blocks of a tool result, joined."""
-    return "".join(b.text for b in result.content if isinstance(b, types.TextContent))
 
 
 def _strings(value: Any) -> Iterator[str]:

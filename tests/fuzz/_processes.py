@@ -8,37 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from tests.processes import STOP_TIMEOUT_S, free_port, sandgate_command, stop
+
 START_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 20.0
-
-
-def sandgate_command() -> str:
-    """The installed `sandgate` command (beside this Python, else on PATH)."""
-    beside = Path(sys.executable).with_name("sandgate")
-    found = str(beside) if beside.exists() else shutil.which("sandgate")
-    assert found, "the `sandgate` command is not installed (pip install -e .)"
-    return found
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """End `process`: terminate, then kill if it does not go within `STOP_TIMEOUT_S`."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
 
 
 class RawStdio:
@@ -174,12 +154,6 @@ class RawStdio:
             stop(self.process)
             self._reader.join(timeout=STOP_TIMEOUT_S)
             self._stderr.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class HttpServer:

@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from ._checks import INTERNAL_ERROR, TRACEBACK, assert_clean_text, text_of
+from tests.results import text_of
+
+from ._checks import INTERNAL_ERROR, TRACEBACK, assert_clean_text
 from ._processes import HttpServer
 from ._strategies import encode, messages, raw_lines
 from .conftest import fuzz_settings, write_fuzz_policy

@@ -11,8 +11,9 @@ import pytest
 
 from runner import Caller, Config, Service, open_service
 from sandboxes import FakeEngine
+from tests.results import text_of
 
-from ._checks import assert_clean_result, text_of
+from ._checks import assert_clean_result
 
 pytestmark = pytest.mark.anyio
 

@@ -25,8 +25,9 @@ from mcp.shared.exceptions import MCPError
 
 from runner import Caller, Config, Service, build_server, open_service
 from sandboxes import FakeEngine, WasmEngine
+from tests.results import text_of
 
-from ._checks import assert_clean_result, assert_clean_text, text_of
+from ._checks import assert_clean_result, assert_clean_text
 from ._strategies import small_text, tool_calls
 from .conftest import fuzz_settings, write_fuzz_policy
 

@@ -21,22 +21,11 @@ from policies import (
     SqliteCounterStore,
     load_policy_text,
 )
+from tests.clock import FakeClock
+from tests.processes import stop
 
 IN_CI = os.environ.get("CI") == "true"
 REDIS_START_TIMEOUT_S = 20.0
-
-
-class FakeClock:
-    """A clock tests move by hand, so sliding windows pass without sleeping."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -106,12 +95,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _wait_ready(process)
         yield f"unix://{socket_path}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop(process, timeout_s=10)
         if process.stdout is not None:
             process.stdout.close()
 

@@ -15,8 +15,9 @@ from policies import (
     UnknownApproval,
     read_audit,
 )
+from tests.clock import FakeClock
 
-from .conftest import FakeClock, GateFactory
+from .conftest import GateFactory
 
 POLICY = """
 approvals: {timeout_s: 60}

@@ -21,8 +21,7 @@ from policies import (
     shipped_policy_paths,
 )
 from sandboxes import Program, WorkspacePaths
-
-from .conftest import FakeClock
+from tests.clock import FakeClock
 
 HERE = default_policy_path().parent
 SEED = (

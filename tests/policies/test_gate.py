@@ -22,8 +22,9 @@ from policies import (
     read_audit,
 )
 from sandboxes import Program, WorkspacePaths
+from tests.clock import FakeClock
 
-from .conftest import FakeClock, GateFactory
+from .conftest import GateFactory
 
 MIB = 1024 * 1024
 

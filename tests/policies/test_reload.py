@@ -17,8 +17,7 @@ from policies import (
     ToolCall,
     load_policy,
 )
-
-from .conftest import FakeClock
+from tests.clock import FakeClock
 
 ALLOW = "tools: {run_code: {limits: [{counter: runs, window: hour, max: 3}]}}\n"
 DENY = "tools: {run_code: {action: deny, reason: closed for today}}\n"

@@ -13,6 +13,7 @@ from mcp import Client
 from runner import build_server, main
 from sandboxes import WasmEngine
 from tests.conftest import service_for
+from tests.results import text_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.wasm]
 
@@ -25,10 +26,6 @@ tools:
     reason: a human reviews every run
 """
 CALL = {"code": "print('approved run')"}
-
-
-def _text(result: types.CallToolResult) -> str:
-    return "".join(b.text for b in result.content if isinstance(b, types.TextContent))
 
 
 def _answering(approve: bool, asked: list[str]) -> Any:
@@ -56,7 +53,7 @@ async def test_an_approving_human_asked_by_elicitation_lets_the_call_run(
     ):
         result = await client.call_tool("run_python_code", CALL)
     assert isinstance(result, types.CallToolResult)
-    assert not result.is_error and _text(result).strip() == "approved run"
+    assert not result.is_error and text_of(result).strip() == "approved run"
     assert len(asked) == 1 and "a human reviews every run" in asked[0]
 
 
@@ -70,7 +67,7 @@ async def test_a_refusing_human_denies_the_call(
     ):
         result = await client.call_tool("run_python_code", CALL)
     assert isinstance(result, types.CallToolResult) and result.is_error
-    assert "approved run" not in _text(result) and len(asked) == 1
+    assert "approved run" not in text_of(result) and len(asked) == 1
 
 
 async def test_without_elicitation_an_operator_approves_with_the_cli_once(
@@ -83,12 +80,12 @@ async def test_without_elicitation_an_operator_approves_with_the_cli_once(
     ):
         first = await client.call_tool("run_python_code", CALL)
         assert isinstance(first, types.CallToolResult) and first.is_error
-        found = re.search(r"sandgate approve (\S+?)`", _text(first))
-        assert found, _text(first)
+        found = re.search(r"sandgate approve (\S+?)`", text_of(first))
+        assert found, text_of(first)
         assert main(["approve", found.group(1), "--state-dir", str(state)]) == 0
         second = await client.call_tool("run_python_code", CALL)
         assert isinstance(second, types.CallToolResult) and not second.is_error
-        assert _text(second).strip() == "approved run"
+        assert text_of(second).strip() == "approved run"
         third = await client.call_tool("run_python_code", CALL)
         assert isinstance(third, types.CallToolResult) and third.is_error
         other = await client.call_tool("run_python_code", {"code": "print('other')"})

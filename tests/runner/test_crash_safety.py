@@ -14,7 +14,8 @@ import psutil
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tests.runner.test_stdio_command import _sandgate, _text
+from tests.processes import sandgate_command
+from tests.results import text_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.wasm, pytest.mark.slow]
 
@@ -30,7 +31,7 @@ tools:
 
 def _params(state: Path, policy: Path) -> StdioServerParameters:
     return StdioServerParameters(
-        command=_sandgate(),
+        command=sandgate_command(),
         args=["serve", "--state-dir", str(state), "--policy", str(policy), "--workers", "1"],
         env=dict(os.environ),
     )
@@ -76,7 +77,7 @@ async def test_sigkill_mid_run_keeps_counters_and_acknowledged_audit_records(
     async with Client(_params(state, policy), read_timeout_seconds=60) as client:
         fourth = await client.call_tool("run_python_code", {"code": "print('again')"})
         assert isinstance(fourth, types.CallToolResult) and fourth.is_error
-        assert "/tools/run_python_code/limits/runs" in _text(fourth)
+        assert "/tools/run_python_code/limits/runs" in text_of(fourth)
 
 
 def _records(state: Path) -> list[dict[str, object]]:

@@ -14,6 +14,7 @@ from mcp import Client
 from runner import build_server
 from sandboxes import WasmEngine
 from tests.conftest import IN_CI, service_for
+from tests.results import text_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.container, pytest.mark.slow]
 
@@ -26,10 +27,6 @@ def _docker_ready() -> None:
         if IN_CI:
             pytest.fail("dockerd is required in CI (scripts/docker-setup.sh starts it)")
         pytest.skip("no Docker daemon here")
-
-
-def _text(result: types.CallToolResult) -> str:
-    return "".join(b.text for b in result.content if isinstance(b, types.TextContent))
 
 
 @pytest.mark.parametrize(("profile", "runtime"), [("container", "runc"), ("gvisor", "runsc")])
@@ -51,8 +48,8 @@ async def test_a_tool_routed_to_a_container_profile_runs_there(
     ):
         routed = await client.call_tool("run_python_code", {"code": probe})
         assert isinstance(routed, types.CallToolResult)
-        assert not routed.is_error, _text(routed)
-        assert _text(routed).strip() == "linux"  # a real Linux container, not the WASI guest
+        assert not routed.is_error, text_of(routed)
+        assert text_of(routed).strip() == "linux"  # a real Linux container, not the WASI guest
         running = service.engines.running()
         assert f"container:{runtime}" in running
         wasm = await client.call_tool("run_code", {"code": "import sys; print(sys.platform)"})

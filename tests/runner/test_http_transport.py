@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,28 +14,13 @@ import mcp_types as types
 import pytest
 from mcp import Client
 
+from tests.processes import free_port, stop, wait_for_port
+from tests.results import text_of
+
 pytestmark = [pytest.mark.anyio, pytest.mark.wasm, pytest.mark.slow]
 
 TOKEN = "test-token-for-grant-alice"
 START_TIMEOUT_S = 120.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the server exited during start-up"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"the server did not listen on {port} within {START_TIMEOUT_S} s")
 
 
 @pytest.fixture
@@ -49,7 +32,7 @@ def http_server(tmp_path: Path) -> Iterator[str]:
         f"grants:\n  alice: {{token_sha256: '{digest}'}}\n"
         "tools:\n  run_python_code: {}\n  save_to_file_and_run: {}\n  run_python_file: {}\n"
     )
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -72,19 +55,10 @@ def http_server(tmp_path: Path) -> Iterator[str]:
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     try:
-        _wait_for_port(port, process)
+        wait_for_port(port, process, START_TIMEOUT_S)
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=20)
-
-
-def _text(result: types.CallToolResult) -> str:
-    return "".join(b.text for b in result.content if isinstance(b, types.TextContent))
+        stop(process)
 
 
 async def test_a_call_without_a_token_gets_401(http_server: str) -> None:
@@ -108,16 +82,16 @@ async def test_the_tools_run_over_http_for_a_known_grant(http_server: str) -> No
             names = {tool.name for tool in (await client.list_tools()).tools}
             assert "run_python_code" in names
             result = await client.call_tool("run_python_code", {"code": "print(1+1)"})
-            assert isinstance(result, types.CallToolResult) and _text(result).strip() == "2"
+            assert isinstance(result, types.CallToolResult) and text_of(result).strip() == "2"
             saved = await client.call_tool(
                 "save_to_file_and_run",
                 {"file_name": "k.py", "code": "k = 'kept'", "variable_to_return": "k"},
             )
-            assert isinstance(saved, types.CallToolResult) and _text(saved) == "kept"
+            assert isinstance(saved, types.CallToolResult) and text_of(saved) == "kept"
             again = await client.call_tool(
                 "run_python_file", {"file_name": "k.py", "variable_to_return": "k"}
             )
-            assert isinstance(again, types.CallToolResult) and _text(again) == "kept"
+            assert isinstance(again, types.CallToolResult) and text_of(again) == "kept"
 
 
 async def test_metrics_count_calls_by_tool_decision_and_status(http_server: str) -> None:

@@ -6,7 +6,6 @@ import base64
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import mcp_types as types
 import pytest
@@ -18,6 +17,7 @@ from runner._mounts import parse_mount, parse_mounts
 from sandboxes import WasmEngine
 from sandboxes.pyodide import setup_pyodide
 from tests.conftest import IN_CI
+from tests.results import text_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.pyodide, pytest.mark.slow]
 
@@ -59,11 +59,6 @@ async def client(
         yield c
 
 
-def _text(result: Any) -> str:
-    assert isinstance(result, types.CallToolResult)
-    return "".join(b.text for b in result.content if isinstance(b, types.TextContent))
-
-
 async def test_the_five_tools_are_listed_with_upstream_arguments(client: Client) -> None:
     listed = {tool.name: tool for tool in (await client.list_tools()).tools}
     for name, arguments in UPSTREAM.items():
@@ -73,30 +68,30 @@ async def test_the_five_tools_are_listed_with_upstream_arguments(client: Client)
 
 async def test_output_and_final_value_come_back_and_state_is_kept(client: Client) -> None:
     first = await client.call_tool("pyodide_execute", {"code": "x = 20\nprint('hi')\nx + 1"})
-    assert not first.is_error and "hi" in _text(first) and "Result: 21" in _text(first)
+    assert not first.is_error and "hi" in text_of(first) and "Result: 21" in text_of(first)
     second = await client.call_tool("pyodide_execute", {"code": "x * 2"})
-    assert "Result: 40" in _text(second)
+    assert "Result: 40" in text_of(second)
 
 
 async def test_an_exception_returns_the_traceback_as_an_error(client: Client) -> None:
     result = await client.call_tool("pyodide_execute", {"code": "def f():\n    1/0\nf()"})
-    assert result.is_error and "ZeroDivisionError" in _text(result)
+    assert result.is_error and "ZeroDivisionError" in text_of(result)
 
 
 async def test_the_timeout_stops_the_code_and_the_next_call_works(client: Client) -> None:
     stopped = await client.call_tool(
         "pyodide_execute", {"code": "while True: pass", "timeout": 1000}
     )
-    assert stopped.is_error and "timeout" in _text(stopped)
+    assert stopped.is_error and "timeout" in text_of(stopped)
     again = await client.call_tool("pyodide_execute", {"code": "1 + 1"})
-    assert "Result: 2" in _text(again)
+    assert "Result: 2" in text_of(again)
 
 
 async def test_mount_points_listing_and_images(client: Client) -> None:
-    mounts = json.loads(_text(await client.call_tool("pyodide_get-mount-points", {})))
+    mounts = json.loads(text_of(await client.call_tool("pyodide_get-mount-points", {})))
     assert [m["name"] for m in mounts] == ["workspace", "shared"]
     listing = json.loads(
-        _text(await client.call_tool("pyodide_list-mounted-directory", {"mountName": "shared"}))
+        text_of(await client.call_tool("pyodide_list-mounted-directory", {"mountName": "shared"}))
     )
     assert sorted(e["name"] for e in listing["entries"]) == ["chart.png", "notes.txt"]
     image = await client.call_tool(
@@ -114,17 +109,17 @@ async def test_read_image_refuses_paths_out_of_the_mount_and_non_images(
     result = await client.call_tool(
         "pyodide_read-image", {"mountName": "shared", "imagePath": path}
     )
-    assert result.is_error and "argument 'imagePath'" in _text(result)
-    assert "root:" not in _text(result)
+    assert result.is_error and "argument 'imagePath'" in text_of(result)
+    assert "root:" not in text_of(result)
 
 
 async def test_an_image_the_code_writes_comes_back_and_as_a_resource(client: Client) -> None:
     encoded = base64.b64encode(PNG).decode()
     code = f"import base64\nopen('/workspace/dot.png', 'wb').write(base64.b64decode({encoded!r}))"
     result = await client.call_tool("pyodide_execute", {"code": code})
-    assert not result.is_error, _text(result)
+    assert not result.is_error, text_of(result)
     assert any(isinstance(b, types.ImageContent) for b in result.content)
-    assert "/workspace/dot.png" in _text(result)
+    assert "/workspace/dot.png" in text_of(result)
     uris = [str(r.uri) for r in (await client.list_resources()).resources]
     assert "file:///workspace/dot.png" in uris and "file:///mounts/shared/notes.txt" in uris
     read = await client.read_resource("file:///mounts/shared/notes.txt")
@@ -134,9 +129,9 @@ async def test_an_image_the_code_writes_comes_back_and_as_a_resource(client: Cli
 
 async def test_installs_without_a_mirror_are_refused_item_by_item(client: Client) -> None:
     result = await client.call_tool("pyodide_install-packages", {"package": "six attrs"})
-    assert result.is_error and "mirror" in _text(result)
+    assert result.is_error and "mirror" in text_of(result)
     bad = await client.call_tool("pyodide_install-packages", {"package": "six --index-url=x"})
-    assert bad.is_error and "argument 'package'" in _text(bad)
+    assert bad.is_error and "argument 'package'" in text_of(bad)
 
 
 async def test_installs_come_from_the_mirror_and_import_in_the_session(
@@ -162,14 +157,14 @@ async def test_installs_come_from_the_mirror_and_import_in_the_session(
         installed = await client.call_tool(
             "pyodide_install-packages", {"package": "python-slugify sixx"}
         )
-        text = _text(installed)
+        text = text_of(installed)
         assert installed.is_error  # one of the two was refused
         assert "successfully installed package python-slugify" in text
         assert "sixx" in text and "allow" in text
         used = await client.call_tool(
             "pyodide_execute", {"code": "import slugify\nslugify.slugify('Hello World')"}
         )
-        assert "hello-world" in _text(used), _text(used)
+        assert "hello-world" in text_of(used), text_of(used)
 
 
 # -- operator mounts: /mnt/NAME inside Pyodide ---------------------------------------------
@@ -211,7 +206,7 @@ async def _run(client: Client, code: str) -> types.CallToolResult:
 
 
 async def test_operator_mounts_are_shown_at_mnt_with_their_mode(mounted: Client) -> None:
-    listed = json.loads(_text(await mounted.call_tool("pyodide_get-mount-points", {})))
+    listed = json.loads(text_of(await mounted.call_tool("pyodide_get-mount-points", {})))
     assert listed == [
         {"name": "workspace", "mountPoint": "/workspace", "readOnly": False, "visibleToCode": True},
         {"name": "data", "mountPoint": "/mnt/data", "readOnly": True, "visibleToCode": True},
@@ -221,8 +216,8 @@ async def test_operator_mounts_are_shown_at_mnt_with_their_mode(mounted: Client)
 
 async def test_code_reads_a_file_of_a_read_only_mount(mounted: Client) -> None:
     result = await _run(mounted, "import csv\nlist(csv.reader(open('/mnt/data/input.csv')))")
-    assert not result.is_error, _text(result)
-    assert "Result: [['a', 'b'], ['1', '2']]" in _text(result)
+    assert not result.is_error, text_of(result)
+    assert "Result: [['a', 'b'], ['1', '2']]" in text_of(result)
 
 
 async def test_code_cannot_change_a_read_only_mount(
@@ -246,8 +241,8 @@ for attempt in (
 len(refused), open('/mnt/data/input.csv').read()
 """
     result = await _run(mounted, attempts)
-    assert not result.is_error, _text(result)
-    assert "Result: (6, 'a,b\\n1,2\\n')" in _text(result)
+    assert not result.is_error, text_of(result)
+    assert "Result: (6, 'a,b\\n1,2\\n')" in text_of(result)
     assert sorted(p.name for p in folders["data"].iterdir()) == [
         "input.csv",
         "outside-dir",
@@ -268,10 +263,10 @@ open('/mnt/out/report.txt', 'w').write('done')
 os.remove('/mnt/out/stale.txt')
 """
     result = await _run(mounted, code)
-    assert not result.is_error, _text(result)
+    assert not result.is_error, text_of(result)
     [image] = [b for b in result.content if isinstance(b, types.ImageContent)]
     assert base64.b64decode(image.data) == PNG and image.mime_type == "image/png"
-    assert "/mnt/out/plots/dot.png" in _text(result)
+    assert "/mnt/out/plots/dot.png" in text_of(result)
     out = folders["out"]
     assert (out / "plots" / "dot.png").read_bytes() == PNG
     assert (out / "report.txt").read_text() == "done"
@@ -286,13 +281,13 @@ async def test_host_changes_to_a_mount_reach_the_session_on_its_next_call(
     mounted: Client, folders: dict[str, Path]
 ) -> None:
     first = await _run(mounted, "open('/mnt/data/input.csv').read()")
-    assert "1,2" in _text(first)
+    assert "1,2" in text_of(first)
     (folders["data"] / "input.csv").write_text("a,b\n3,4\n")
     (folders["data"] / "added.txt").write_text("added")
     second = await _run(
         mounted, "open('/mnt/data/input.csv').read(), open('/mnt/data/added.txt').read()"
     )
-    assert "Result: ('a,b\\n3,4\\n', 'added')" in _text(second), _text(second)
+    assert "Result: ('a,b\\n3,4\\n', 'added')" in text_of(second), text_of(second)
 
 
 async def test_links_inside_a_mount_are_not_visible_to_code(
@@ -306,9 +301,9 @@ found = [p for p in ('/mnt/data/secret-link.txt', '/mnt/data/outside-dir/secret.
 listed, found
 """
     result = await _run(mounted, code)
-    assert not result.is_error, _text(result)
-    assert "Result: (['input.csv'], [])" in _text(result)
-    assert "host secret" not in _text(result)
+    assert not result.is_error, text_of(result)
+    assert "Result: (['input.csv'], [])" in text_of(result)
+    assert "host secret" not in text_of(result)
 
 
 @pytest.mark.parametrize(
@@ -324,14 +319,14 @@ async def test_image_reads_that_leave_a_mount_are_refused(
     mounted: Client, arguments: dict[str, str], argument: str
 ) -> None:
     result = await mounted.call_tool("pyodide_read-image", arguments)
-    assert result.is_error and f"argument '{argument}'" in _text(result)
+    assert result.is_error and f"argument '{argument}'" in text_of(result)
 
 
 async def test_the_python_code_runner_on_wasm_still_runs_with_mounts_configured(
     mounted: Client,
 ) -> None:
     result = await mounted.call_tool("run_python_code", {"code": "print(6 * 7)"})
-    assert not result.is_error and "42" in _text(result)
+    assert not result.is_error and "42" in text_of(result)
 
 
 @pytest.mark.parametrize(
@@ -391,7 +386,7 @@ async def test_mounts_named_in_the_policy_are_listed_and_seen_by_code(
         open_service(config, engines={"wasm": wasm_engine}) as service,
         Client(build_server(service)) as client,
     ):
-        listed = json.loads(_text(await client.call_tool("pyodide_get-mount-points", {})))
+        listed = json.loads(text_of(await client.call_tool("pyodide_get-mount-points", {})))
         assert [(m["name"], m["mountPoint"], m["readOnly"]) for m in listed] == [
             ("workspace", "/workspace", False),
             ("flag", "/mnt/flag", True),
@@ -403,5 +398,5 @@ async def test_mounts_named_in_the_policy_are_listed_and_seen_by_code(
             "open('/mnt/out/copy.csv', 'w').write(text)\nsorted(os.listdir('/mnt'))"
         )
         result = await _run(client, code)
-        assert "Result: ['data', 'flag', 'out']" in _text(result), _text(result)
+        assert "Result: ['data', 'flag', 'out']" in text_of(result), text_of(result)
     assert (folders["out"] / "copy.csv").read_text() == "a,b\n1,2\n"

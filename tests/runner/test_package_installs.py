@@ -18,6 +18,7 @@ from runner import build_server, connection_scope
 from runner.mirror import load_allowlist, sync_mirror
 from sandboxes import WasmEngine
 from tests.conftest import service_for
+from tests.results import text_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.wasm]
 
@@ -52,10 +53,6 @@ def _policy(tmp_path: Path, allowlist: Path, mirror_dir: Path) -> Path:
     return policy
 
 
-def _text(result: types.CallToolResult) -> str:
-    return "".join(b.text for b in result.content if isinstance(b, types.TextContent))
-
-
 async def _calls(server: Any, name: str, calls: list[tuple[str, dict[str, Any]]]) -> list[str]:
     with connection_scope(name):
         async with Client(server) as client:
@@ -63,7 +60,7 @@ async def _calls(server: Any, name: str, calls: list[tuple[str, dict[str, Any]]]
             for tool, args in calls:
                 result = await client.call_tool(tool, args)
                 assert isinstance(result, types.CallToolResult)
-                out.append(("ERROR " if result.is_error else "") + _text(result))
+                out.append(("ERROR " if result.is_error else "") + text_of(result))
             return out
 
 

@@ -14,6 +14,7 @@ from mcp import Client
 from runner import build_server, connection_scope
 from sandboxes import WasmEngine
 from tests.conftest import service_for
+from tests.results import text_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.wasm]
 
@@ -23,10 +24,6 @@ UPSTREAM_ARGUMENTS = {
     "pip_install_package": {"package_name"},
     "run_python_file": {"file_name", "variable_to_return"},
 }
-
-
-def _text(result: types.CallToolResult) -> str:
-    return "".join(b.text for b in result.content if isinstance(b, types.TextContent))
 
 
 async def _call(client: Client, tool: str, args: dict[str, Any]) -> types.CallToolResult:
@@ -54,12 +51,12 @@ async def test_lists_the_upstream_tools_with_their_argument_names(client: Client
 
 async def test_run_python_code_prints_2(client: Client) -> None:
     result = await _call(client, "run_python_code", {"code": "print(1+1)"})
-    assert not result.is_error and _text(result).strip() == "2"
+    assert not result.is_error and text_of(result).strip() == "2"
 
 
 async def test_an_error_comes_back_as_error_text_with_the_traceback(client: Client) -> None:
     result = await _call(client, "run_python_code", {"code": "def f():\n    return 1/0\nf()"})
-    text = _text(result)
+    text = text_of(result)
     assert result.is_error and text.startswith("Error")
     assert "ZeroDivisionError: division by zero" in text and "return 1/0" in text
 
@@ -67,14 +64,14 @@ async def test_an_error_comes_back_as_error_text_with_the_traceback(client: Clie
 async def test_save_to_file_and_run_returns_the_variable(client: Client) -> None:
     args = {"file_name": "calc.py", "code": "a=5\nb=15\nc=a*b", "variable_to_return": "c"}
     result = await _call(client, "save_to_file_and_run", args)
-    assert not result.is_error and _text(result) == "75"
+    assert not result.is_error and text_of(result) == "75"
 
 
 async def test_overwrite_false_on_an_existing_file_says_it_exists(client: Client) -> None:
     args = {"file_name": "once.py", "code": "x = 1"}
     assert not (await _call(client, "save_to_file_and_run", args)).is_error
     again = await _call(client, "save_to_file_and_run", {**args, "overwrite": False})
-    assert _text(again) == "File once.py already exists"
+    assert text_of(again) == "File once.py already exists"
 
 
 async def test_run_python_file_finds_saved_files_in_the_session(client: Client) -> None:
@@ -82,17 +79,17 @@ async def test_run_python_file_finds_saved_files_in_the_session(client: Client) 
     result = await _call(
         client, "run_python_file", {"file_name": "lib/m.py", "variable_to_return": "v"}
     )
-    assert _text(result) == "42"
+    assert text_of(result) == "42"
 
 
 async def test_run_python_file_on_a_missing_file_is_an_error_message(client: Client) -> None:
     result = await _call(client, "run_python_file", {"file_name": "missing.py"})
-    assert result.is_error and "No such file" in _text(result)
+    assert result.is_error and "No such file" in text_of(result)
 
 
 async def test_a_missing_variable_is_reported_as_upstream_does(client: Client) -> None:
     result = await _call(client, "run_python_code", {"code": "x=1", "variable_to_return": "y"})
-    assert _text(result) == "Variable y not found"
+    assert text_of(result) == "Variable y not found"
 
 
 @pytest.mark.parametrize(
@@ -120,12 +117,12 @@ async def test_bad_input_names_the_argument(
 ) -> None:
     result = await _call(client, tool, args)
     assert result.is_error
-    assert f"argument '{argument}'" in _text(result)
+    assert f"argument '{argument}'" in text_of(result)
 
 
 async def test_an_unknown_tool_is_an_error_naming_what_is_served(client: Client) -> None:
     result = await _call(client, "rm_rf", {})
-    assert result.is_error and "run_python_code" in _text(result)
+    assert result.is_error and "run_python_code" in text_of(result)
 
 
 async def test_a_link_out_of_the_workspace_is_refused(
@@ -140,29 +137,29 @@ async def test_a_link_out_of_the_workspace_is_refused(
     result = await _call(
         client, "run_python_file", {"file_name": "evil.py", "variable_to_return": "secret"}
     )
-    assert result.is_error and "link" in _text(result)
+    assert result.is_error and "link" in text_of(result)
     write = await _call(client, "save_to_file_and_run", {"file_name": "evil.py", "code": "x=1"})
     assert write.is_error and outside.read_text() == "secret = 'host file'"
 
 
 async def test_pip_install_without_a_mirror_refuses_clearly(client: Client) -> None:
     result = await _call(client, "pip_install_package", {"package_name": "requests"})
-    assert result.is_error and "mirror" in _text(result)
+    assert result.is_error and "mirror" in text_of(result)
 
 
 async def test_pip_install_refuses_options_and_urls_before_anything_runs(client: Client) -> None:
     for bad in ("--index-url=http://x y", "git+https://example.invalid/x", "../x.whl"):
         result = await _call(client, "pip_install_package", {"package_name": bad})
-        assert result.is_error and "argument 'package_name'" in _text(result), bad
+        assert result.is_error and "argument 'package_name'" in text_of(result), bad
 
 
 async def test_a_saved_figure_comes_back_as_image_content(client: Client) -> None:
     code = "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.savefig('plot.png')\nprint('ok')"
     result = await _call(client, "run_python_code", {"code": code})
-    assert not result.is_error, _text(result)
+    assert not result.is_error, text_of(result)
     images = [b for b in result.content if isinstance(b, types.ImageContent)]
     assert len(images) == 1 and images[0].mime_type == "image/png"
-    assert "plot.png" in _text(result)
+    assert "plot.png" in text_of(result)
 
 
 async def test_run_code_returns_structured_status_and_usage(client: Client) -> None:
@@ -198,8 +195,8 @@ async def test_sessions_do_not_share_workspaces(wasm_engine: WasmEngine, tmp_pat
         server = build_server(service)
         first = await _as_connection("first", server, [save, run])
         second = await _as_connection("second", server, [run])
-    assert _text(first[1]) == "1"
-    assert second[0].is_error and "No such file" in _text(second[0])
+    assert text_of(first[1]) == "1"
+    assert second[0].is_error and "No such file" in text_of(second[0])
 
 
 async def test_two_sessions_run_slow_calls_at_the_same_time(
@@ -213,7 +210,7 @@ async def test_two_sessions_run_slow_calls_at_the_same_time(
             _as_connection("first", server, [slow]), _as_connection("second", server, [slow])
         )
         elapsed = time.monotonic() - began
-    assert [_text(r[0]).strip() for r in results] == ["done", "done"]
+    assert [text_of(r[0]).strip() for r in results] == ["done", "done"]
     assert elapsed < 3.5, f"two 2 s calls took {elapsed:.1f} s together"
 
 
@@ -231,8 +228,8 @@ async def test_code_over_the_policy_maximum_is_refused_naming_the_limit(
     ):
         small = await _call(client, "run_python_code", {"code": "print('fits')"})
         big = await _call(client, "run_python_code", {"code": "x = 1\n" * 20})
-    assert _text(small).strip() == "fits"
-    assert big.is_error and "max_code_bytes" in _text(big)
+    assert text_of(small).strip() == "fits"
+    assert big.is_error and "max_code_bytes" in text_of(big)
 
 
 async def test_run_code_memory_is_lowered_by_the_caller_never_raised(client: Client) -> None:

@@ -14,30 +14,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import mcp_types as types
 import pytest
 
 from policies import ServerSettings, load_policy_text, policy_json_schema
 from runner import Caller, Config, ServerLimit, Service, open_service
 from runner._sessions import Sessions, workspace_bytes
 from sandboxes import FakeEngine
+from tests.clock import FakeClock
+from tests.results import text_of
 
 pytestmark = pytest.mark.anyio
 
 MIB = 1024 * 1024
-
-
-class FakeClock:
-    """Unix time that moves only when told to."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _policy(tmp_path: Path, server: str, *, limits: str = "") -> Path:
@@ -65,10 +53,6 @@ async def _service(
     )
     async with open_service(config, engines={"wasm": engine}) as service:
         yield service, engine
-
-
-def _text(result: types.CallToolResult) -> str:
-    return "".join(b.text for b in result.content if isinstance(b, types.TextContent))
 
 
 def _audit(tmp_path: Path) -> list[dict[str, Any]]:
@@ -123,14 +107,14 @@ async def test_arguments_over_max_request_bytes_are_refused_before_the_policy(
     limits = "limits: [{counter: runs, window: hour, max: 1, scope: grant}]"
     async with _service(tmp_path, "{max_request_bytes: 4096}", limits=limits) as (service, engine):
         big = await service.call_tool("run_code", {"code": "x" * 5000}, Caller())
-        assert big.is_error and "server.max_request_bytes" in _text(big)
+        assert big.is_error and "server.max_request_bytes" in text_of(big)
         many = await service.call_tool(
             "run_code", {"code": "1", "files": {f"f{i}.py": "" for i in range(2000)}}, Caller()
         )
-        assert many.is_error and "server.max_request_bytes" in _text(many)
+        assert many.is_error and "server.max_request_bytes" in text_of(many)
         assert engine.plans == []
         fits = await service.call_tool("run_code", {"code": "x" * 3000}, Caller())
-        assert not fits.is_error, _text(fits)  # the refusals consumed no counter
+        assert not fits.is_error, text_of(fits)  # the refusals consumed no counter
     refusals = [r for r in _audit(tmp_path) if r["decision"] == "deny"]
     assert [r["rule"] for r in refusals] == ["/server/max_request_bytes"] * 2
     assert refusals[0]["arg_keys"] == ["code"]
@@ -142,8 +126,8 @@ async def test_arguments_nested_too_deeply_are_an_argument_error(tmp_path: Path)
         deep = [deep]
     async with _service(tmp_path, "{}") as (service, engine):
         result = await service.call_tool("run_code", {"code": "1", "extra": deep}, Caller())
-    assert result.is_error and "argument 'extra'" in _text(result)
-    assert "nested" in _text(result) and engine.plans == []
+    assert result.is_error and "argument 'extra'" in text_of(result)
+    assert "nested" in text_of(result) and engine.plans == []
 
 
 # -- sessions per grant ------------------------------------------------------------------------
@@ -154,9 +138,9 @@ async def test_a_grant_cannot_hold_more_sessions_than_allowed(tmp_path: Path) ->
         alice, bob = Caller(grant="alice", session="a1"), Caller(grant="bob", session="b1")
         for name in ("one", "two"):
             ok = await service.call_tool("run_code", {"code": "1", "session": name}, alice)
-            assert not ok.is_error, _text(ok)
+            assert not ok.is_error, text_of(ok)
         third = await service.call_tool("run_code", {"code": "1", "session": "three"}, alice)
-        assert third.is_error and "server.max_sessions_per_grant = 2" in _text(third)
+        assert third.is_error and "server.max_sessions_per_grant = 2" in text_of(third)
         again = await service.call_tool("run_code", {"code": "1", "session": "one"}, alice)
         assert not again.is_error  # an existing session goes on
         other = await service.call_tool("run_code", {"code": "1"}, bob)
@@ -182,7 +166,7 @@ async def test_no_new_session_while_the_workspaces_use_more_than_the_total(tmp_p
         )
         assert not big.is_error
         refused = await service.call_tool("run_code", {"code": "1"}, Caller(session="second"))
-        assert refused.is_error and "server.max_workspace_bytes_total" in _text(refused)
+        assert refused.is_error and "server.max_workspace_bytes_total" in text_of(refused)
         same = await service.call_tool("run_code", {"code": "1"}, first)
         assert not same.is_error  # the session that holds the bytes goes on
         service.sessions.end("local", "first")

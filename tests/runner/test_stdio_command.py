@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,6 +12,8 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from policies import default_policy_path
+from tests.processes import sandgate_command
+from tests.results import text_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.wasm, pytest.mark.slow]
 
@@ -23,26 +23,15 @@ SEED_POLICY = (
 )
 
 
-def _sandgate() -> str:
-    beside = Path(sys.executable).with_name("sandgate")
-    found = str(beside) if beside.exists() else shutil.which("sandgate")
-    assert found, "the `sandgate` command is not installed (pip install -e .)"
-    return found
-
-
 @asynccontextmanager
 async def _serve(state_dir: Path, *extra: str) -> AsyncIterator[Client]:
     params = StdioServerParameters(
-        command=_sandgate(),
+        command=sandgate_command(),
         args=["serve", "--state-dir", str(state_dir), "--workers", "2", *extra],
         env={k: v for k, v in os.environ.items() if k != "SANDGATE_TEST_SECRET"},
     )
     async with Client(params, read_timeout_seconds=120) as client:
         yield client
-
-
-def _text(result: types.CallToolResult) -> str:
-    return "".join(b.text for b in result.content if isinstance(b, types.TextContent))
 
 
 async def test_the_command_serves_the_upstream_tools_and_runs_code(tmp_path: Path) -> None:
@@ -52,12 +41,12 @@ async def test_the_command_serves_the_upstream_tools_and_runs_code(tmp_path: Pat
         assert "run_python_file" in names
         result = await client.call_tool("run_python_code", {"code": "print(1+1)"})
         assert isinstance(result, types.CallToolResult)
-        assert _text(result).strip() == "2"
+        assert text_of(result).strip() == "2"
         saved = await client.call_tool(
             "save_to_file_and_run",
             {"file_name": "calc.py", "code": "a=5\nb=15\nc=a*b", "variable_to_return": "c"},
         )
-        assert isinstance(saved, types.CallToolResult) and _text(saved) == "75"
+        assert isinstance(saved, types.CallToolResult) and text_of(saved) == "75"
         again = await client.call_tool("run_python_file", {"file_name": "calc.py"})
         assert isinstance(again, types.CallToolResult) and not again.is_error
 
@@ -72,19 +61,19 @@ async def test_the_policylayer_seed_policy_behaves_as_written_across_restarts(
     async with _serve(state, "--policy", str(policy)) as client:
         denied = await client.call_tool("run_python_code", {"code": "print(1)"})
         assert isinstance(denied, types.CallToolResult) and denied.is_error
-        assert "/default" in _text(denied)
+        assert "/default" in text_of(denied)
         for _ in range(6):
             allowed = await client.call_tool("pip_install_package", install)
             assert isinstance(allowed, types.CallToolResult)
-            assert "pip_install_package_rate" not in _text(allowed)
+            assert "pip_install_package_rate" not in text_of(allowed)
     async with _serve(state, "--policy", str(policy)) as client:
         for _ in range(4):
             allowed = await client.call_tool("pip_install_package", install)
             assert isinstance(allowed, types.CallToolResult)
-            assert "pip_install_package_rate" not in _text(allowed)
+            assert "pip_install_package_rate" not in text_of(allowed)
         eleventh = await client.call_tool("pip_install_package", install)
         assert isinstance(eleventh, types.CallToolResult) and eleventh.is_error
-        assert "pip_install_package_rate" in _text(eleventh)
+        assert "pip_install_package_rate" in text_of(eleventh)
 
 
 async def test_the_default_policy_is_the_shipped_file() -> None:
