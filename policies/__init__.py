@@ -1,5 +1,6 @@
 """The policy gate of sandgate: the policy format, decisions, counters, approvals and audit."""
 
+from ._approvals import answer_approval
 from ._audit import AuditLog, AuditRecord, read_audit
 from ._decisions import Allowed, Decision, Denied, NeedsApproval, Outcome, ToolCall
 from ._errors import (
@@ -56,6 +57,7 @@ __all__ = [
     "StateUnavailable",
     "ToolCall",
     "UnknownApproval",
+    "answer_approval",
     "default_policy_path",
     "load_policy",
     "load_policy_text",

@@ -83,24 +83,7 @@ class ApprovalDesk:
             StateUnavailable: The store cannot be reached.
             AuditUnavailable: The answer was stored but could not be audited.
         """
-        now = self._clock()
-        record = self._store.resolve_approval(approval_id, approved, by, now)
-        self._audit.append(
-            AuditRecord(
-                time=iso_time(now),
-                id=uuid.uuid4().hex,
-                event="approval",
-                decision="allow" if approved else "deny",
-                tool=record.tool,
-                grant=record.grant,
-                session=record.session,
-                args_sha256=record.args_sha256,
-                approval_id=approval_id,
-                by=by,
-                reason=f"{'approved' if approved else 'denied'} by {by}",
-            )
-        )
-        return record
+        return answer_approval(self._store, self._audit, approval_id, approved, by, self._clock())
 
     def status(self, approval_id: str) -> ApprovalStatus:
         """The approval's status now.
@@ -112,3 +95,33 @@ class ApprovalDesk:
         if record is None:
             raise UnknownApproval(approval_id)
         return record.status_at(self._clock())
+
+
+def answer_approval(
+    store: CounterStore, audit: AuditLog, approval_id: str, approved: bool, by: str, now: float
+) -> ApprovalRecord:
+    """Answer a pending approval in `store` and audit the answer in `audit`: what a running
+    gate does, and what `sandgate approve` / `sandgate deny` do from another process.
+
+    Raises:
+        UnknownApproval: No pending approval has this id.
+        StateUnavailable: The store cannot be reached.
+        AuditUnavailable: The answer was stored but could not be audited.
+    """
+    record = store.resolve_approval(approval_id, approved, by, now)
+    audit.append(
+        AuditRecord(
+            time=iso_time(now),
+            id=uuid.uuid4().hex,
+            event="approval",
+            decision="allow" if approved else "deny",
+            tool=record.tool,
+            grant=record.grant,
+            session=record.session,
+            args_sha256=record.args_sha256,
+            approval_id=approval_id,
+            by=by,
+            reason=f"{'approved' if approved else 'denied'} by {by}",
+        )
+    )
+    return record

@@ -9,7 +9,6 @@ import json
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from policies import (
     PolicyLoadError,
     SqliteCounterStore,
     ToolCall,
+    answer_approval,
     load_policy,
     open_counter_store,
     policy_json_schema,
@@ -298,33 +298,17 @@ def _approve(args: argparse.Namespace, *, approved: bool) -> int:
             if policy is not None
             else SqliteCounterStore(state_dir / "state.sqlite3")
         )
-        try:
-            now = time.time()
-            record = store.resolve_approval(args.approval_id, approved, by, now)
-        finally:
-            store.close()
         audit_path = (
             Path(policy.audit.path) if policy and policy.audit.path else (state_dir / "audit.jsonl")
         )
-        audit = AuditLog(audit_path)
         try:
-            audit.append(
-                AuditRecord(
-                    time=datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                    id=uuid.uuid4().hex,
-                    event="approval",
-                    decision="allow" if approved else "deny",
-                    tool=record.tool,
-                    grant=record.grant,
-                    session=record.session,
-                    args_sha256=record.args_sha256,
-                    approval_id=record.approval_id,
-                    by=by,
-                    reason=f"{'approved' if approved else 'denied'} by {by}",
-                )
-            )
+            audit = AuditLog(audit_path)
+            try:
+                record = answer_approval(store, audit, args.approval_id, approved, by, time.time())
+            finally:
+                audit.close()
         finally:
-            audit.close()
+            store.close()
     except PolicyError as exc:
         _err(f"sandgate: {exc}")
         return 1
