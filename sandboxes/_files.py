@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -87,7 +88,7 @@ def _open_beneath(root: Path, rel: str) -> int | None:
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if not parts or any(p == ".." for p in parts):
         return None
-    fd = _folder_beneath(root, parts[:-1])
+    fd = folder_beneath(root, parts[:-1])
     if fd is None:
         return None
     try:
@@ -98,8 +99,9 @@ def _open_beneath(root: Path, rel: str) -> int | None:
         os.close(fd)
 
 
-def _folder_beneath(root: Path, parts: list[str]) -> int | None:
-    """An fd of the folder `root/parts…`, reached with O_NOFOLLOW on every step."""
+def folder_beneath(root: Path, parts: list[str], *, create: bool = False) -> int | None:
+    """An fd of the folder `root/parts…`, reached with O_NOFOLLOW on every step (`create`:
+    missing folders are made on the way, 0755), or None when a step is not a real folder."""
     flags_dir = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
     try:
         fd = os.open(root, flags_dir)
@@ -107,6 +109,9 @@ def _folder_beneath(root: Path, parts: list[str]) -> int | None:
         return None
     try:
         for part in parts:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
             nxt = os.open(part, flags_dir, dir_fd=fd)
             os.close(fd)
             fd = nxt
@@ -204,7 +209,7 @@ def _drop_foreign(root: Path, prefix: str) -> tuple[str, ...]:
 
 def _unlink_beneath(root: Path, rel: str, key: tuple[int, int]) -> bool:
     parts = rel.split("/")
-    fd = _folder_beneath(root, parts[:-1])
+    fd = folder_beneath(root, parts[:-1])
     if fd is None:
         return False
     try:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._files import Snapshot, drop_foreign_links, read_regular_file, snapshot
+from .._files import Snapshot, drop_foreign_links, folder_beneath, read_regular_file, snapshot
 from .._types import HostMount, WorkspacePaths
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -31,7 +31,6 @@ BATCH_BYTES = 16 * 1024 * 1024
 WORKSPACE_ROOT = "/workspace"
 SITE_ROOT = "/site"
 MOUNTS_ROOT = "/mnt"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _MOUNT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """What `host.mjs` accepts as a mount name (it ignores any other)."""
 
@@ -237,19 +236,4 @@ def unlink_file(root: Path, rel: str) -> bool:
 
 def _parent_fd(root: Path, parts: list[str], *, create: bool) -> int | None:
     """An fd of the folder holding `parts[-1]`, reached without following any link."""
-    try:
-        fd = os.open(root, _DIR_FLAGS)
-    except OSError:
-        return None
-    try:
-        for part in parts[:-1]:
-            if create:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o755, dir_fd=fd)
-            nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
+    return folder_beneath(root, parts[:-1], create=create)
