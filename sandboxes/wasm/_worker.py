@@ -24,7 +24,12 @@ from .._files import has_entries, snapshot, total_bytes
 from ._prepared import MPL_GUEST, SITE_GUEST, WORKSPACE_GUEST, PreparedGuest, Shape, fits
 from ._slot import Slot, SlotRefused
 
-_HARNESS = (Path(__file__).with_name("_harness.py")).read_text(encoding="utf-8")
+_PROGRAM = Path(__file__).parents[1] / "images" / "python" / "sandgate_program.py"
+_HARNESS = "\n".join(
+    path.read_text(encoding="utf-8") for path in (_PROGRAM, Path(__file__).with_name("_harness.py"))
+)
+"""The guest's harness: the program runner shared with the container engine's guest, then the
+wasm guest's own part (its report goes through the host door)."""
 _MAX_REPORT_BYTES = 4 * 1024 * 1024
 _WATCH_EVERY_S = 0.02
 """How often the workspace is measured while a guest runs (WASI has no file-size quota)."""

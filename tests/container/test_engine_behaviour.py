@@ -61,6 +61,15 @@ async def test_error_has_the_exception_line_and_a_clean_traceback(
     assert 'File "<code>", line 5, in <module>' in result.stderr
     assert "return a / 0" in result.stderr
     assert "server.py" not in result.stderr and "runpy" not in result.stderr
+    assert "sandgate_program" not in result.stderr
+
+
+async def test_the_program_sees_its_workspace_and_packages_on_its_path_not_the_server(
+    engine: ContainerEngine, workspace: WorkspacePaths
+) -> None:
+    code = "import sys; print(sys.path[:2]); print(any('sandgate' in p for p in sys.path))"
+    result = await engine.run(make_plan(workspace, code))
+    assert result.stdout == "['/workspace', '/site']\nFalse\n", result.stderr
 
 
 async def test_stdin_reaches_the_program(

@@ -1,12 +1,13 @@
 """sandgate's interpreter server: runs exactly one request in a pre-started, single-use container.
 
 Started as the container's main process (`python3 -I /opt/sandgate/server.py`, PID 1). Stdlib
-only. It forks its child ahead of time (forks are slow under gVisor), announces itself with a
-hello frame on stdout; the child reads the one JSON request line on stdin and becomes the
-user's program, its stdout/stderr pipes forwarded by the server as frames; once the child
-ends the server kills every other process left in the container, sends one report frame and
-exits. The host enforces every limit on its own (container kill, cgroups); what this
-server reports is what the sandbox says of itself.
+only; the user's program is run by `sandgate_program.run_program` (beside this file, shared
+with the wasm engine's guest). It forks its child ahead of time (forks are slow under gVisor),
+announces itself with a hello frame on stdout; the child reads the one JSON request line on
+stdin and becomes the user's program, its stdout/stderr pipes forwarded by the server as
+frames; once the child ends the server kills every other process left in the container, sends
+one report frame and exits. The host enforces every limit on its own (container kill,
+cgroups); what this server reports is what the sandbox says of itself.
 
 Frames on stdout: 1 tag byte, 4-byte big-endian length, payload. Tags: `H` hello (JSON),
 `O` user stdout bytes, `E` user stderr bytes, `R` the final report (JSON).
@@ -23,15 +24,17 @@ import signal
 import struct
 import sys
 import time
-import traceback
-import types
+import traceback  # noqa: F401
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # `-I` leaves the script's folder off sys.path; the runner is beside it
+import sandgate_program  # noqa: E402
+
+sys.path.remove(HERE)  # the user's program does not see the server's folder
 
 PROTOCOL = 1
-WORKSPACE = "/workspace"
 SITE = "/site"
 STDIN_FILE = "/tmp/.sandgate-stdin"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
-MAX_VALUE_CHARS = 1_000_000
 MAX_REPORT_BYTES = 8 * 1024 * 1024
 MAX_REQUEST_BYTES = 256 * 1024 * 1024
 CHUNK_BYTES = 64 * 1024
@@ -85,96 +88,9 @@ def _oom_kills():
 # ---- the child: runs the user's program --------------------------------------------------------
 
 
-def _user_stack(tb):
-
-    kept = [
-        f for f in traceback.extract_tb(tb) if f.filename != __file__ and "runpy" not in f.filename
-    ]
-    return traceback.StackSummary.from_list(kept)
-
-
-def _images_written_since(start):
-    for root, _dirs, files in os.walk(WORKSPACE):
-        for name in files:
-            if name.lower().endswith(IMAGE_SUFFIXES):
-                with contextlib.suppress(OSError):
-                    if os.stat(os.path.join(root, name)).st_mtime >= start - 1:
-                        return True
-    return False
-
-
-def _save_open_figures(start):
-    """Save matplotlib figures left open, unless the code saved an image itself."""
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is None or _images_written_since(start):
-        return []
-    saved = []
-    for number in pyplot.get_fignums():
-        path = os.path.join(WORKSPACE, f"figure_{number}.png")
-        pyplot.figure(number).savefig(path)
-        saved.append(path)
-    return saved
-
-
-def _run_user(kind, source, variable):
-    start = time.time()
-    me = os.getpid()
-    os.chdir(WORKSPACE)
-    sys.path[:0] = [WORKSPACE, SITE]
-    main = types.ModuleType("__main__")
-    sys.modules["__main__"] = main
-    report = {"error": None, "error_type": None, "exit_code": 0, "value_found": False}
-    namespace = main.__dict__
-    try:
-        if kind == "code":
-            sys.argv = ["-c"]
-            exec(compile(source, "<code>", "exec"), namespace)
-        else:
-            import runpy
-
-            sys.argv = [source]
-            namespace = runpy.run_path(source, run_name="__main__")
-    except SystemExit as exc:
-        code = exc.code
-        if code is None:
-            report["exit_code"] = 0
-        elif isinstance(code, int):
-            report["exit_code"] = code
-        else:
-            print(code, file=sys.stderr)
-            report["exit_code"] = 1
-    except BaseException as exc:
-        import linecache
-        import traceback
-
-        if kind == "code":
-            linecache.cache["<code>"] = (len(source), None, source.splitlines(True), "<code>")
-        te = traceback.TracebackException.from_exception(exc)
-        te.stack = _user_stack(exc.__traceback__)
-        sys.stderr.write("".join(te.format()))
-        report["error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        report["error_type"] = type(exc).__name__
-        report["errno"] = getattr(exc, "errno", None)
-        report["exit_code"] = 1
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BaseException:
-        pass
-    if variable:
-        value = namespace.get(variable)
-        if value is not None:
-            report["value_found"] = True
-            try:
-                text = str(value)
-            except BaseException as exc:
-                text = f"<str() of {variable} failed: {type(exc).__name__}>"
-            report["value"] = text[:MAX_VALUE_CHARS]
-    try:
-        report["figures"] = _save_open_figures(start) if os.getpid() == me else []
-    except BaseException as exc:
-        report["figures_error"] = f"{type(exc).__name__}: {exc}"
-    return report
+def _is_server_file(name):
+    """Whether a traceback frame is the server's or the runner's (left out of what users see)."""
+    return name in (__file__, sandgate_program.__file__)
 
 
 def _read_request():
@@ -229,7 +145,9 @@ def _child(out_w, err_w, rep_w):
         # so the write fails with EFBIG).
         resource.setrlimit(resource.RLIMIT_FSIZE, (int(fsize), int(fsize)))
     me = os.getpid()
-    report = _run_user(request["kind"], request["source"], request.get("variable") or "")
+    report = sandgate_program.run_program(
+        request["kind"], request["source"], request.get("variable") or "", _is_server_file, (SITE,)
+    )
     if os.getpid() != me:  # a process the program forked ran off the end: no report from it
         os._exit(report["exit_code"] & 0xFF if report["exit_code"] else 0)
     data = json.dumps(report).encode("utf-8")[:MAX_REPORT_BYTES]

@@ -1,0 +1,126 @@
+"""sandgate's guest-side program runner: runs one user program as `__main__` in /workspace and
+says how it ended, as a report (a JSON-able dict).
+
+Shared by both guests that run Python: the container engine's interpreter server
+(`sandgate_server.py`, beside this file in the image) imports it; the wasm engine puts this text
+ahead of its own harness (`sandboxes/wasm/_harness.py`). Stdlib only, for CPython 3.11 (the
+image) to 3.15 (the wasm guest). It imports as little as it can: every import costs a wasm guest
+time (`traceback` alone ~60 ms), so the costly ones happen only on the error path. What it
+reports is what the guest says of itself; the host enforces every limit on its own.
+"""
+
+import os
+import sys
+import time
+
+WORKSPACE = "/workspace"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
+MAX_VALUE_CHARS = 1_000_000
+
+
+def run_program(kind, source, variable, is_harness_file, search_path=()):
+    """Run the program (`kind` "code": `source` is its text; "file": its path), then report.
+
+    Args:
+        kind: "code" or "file".
+        source: The code, or the path of the file to run.
+        variable: A global whose `str()` the report carries as `value` ("" for none).
+        is_harness_file: Whether a traceback frame's file name is the harness's own (its
+            frames are left out of the traceback the program's stderr shows).
+        search_path: Folders put on `sys.path` after /workspace (the session's packages).
+
+    Returns:
+        The report: `exit_code`, `error` and `error_type` (an uncaught exception), `errno`,
+        `value_found` and `value`, `figures` (matplotlib figures left open, saved as PNG) or
+        `figures_error`.
+    """
+    start = time.time()
+    me = os.getpid()
+    os.chdir(WORKSPACE)
+    sys.path[:0] = [WORKSPACE, *search_path]
+    main = type(sys)("__main__")
+    sys.modules["__main__"] = main
+    report = {"error": None, "error_type": None, "exit_code": 0, "value_found": False}
+    namespace = main.__dict__
+    try:
+        if kind == "code":
+            sys.argv = ["-c"]
+            exec(compile(source, "<code>", "exec"), namespace)
+        else:
+            import runpy
+
+            sys.argv = [source]
+            namespace = runpy.run_path(source, run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            report["exit_code"] = 0
+        elif isinstance(code, int):
+            report["exit_code"] = code
+        else:
+            print(code, file=sys.stderr)
+            report["exit_code"] = 1
+    except BaseException as exc:
+        import linecache
+        import traceback
+
+        if kind == "code":
+            linecache.cache["<code>"] = (len(source), None, source.splitlines(True), "<code>")
+        shown = traceback.TracebackException.from_exception(exc)
+        shown.stack = traceback.StackSummary.from_list(
+            [
+                frame
+                for frame in traceback.extract_tb(exc.__traceback__)
+                if not is_harness_file(frame.filename) and "runpy" not in frame.filename
+            ]
+        )
+        sys.stderr.write("".join(shown.format()))
+        report["error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        report["error_type"] = type(exc).__name__
+        report["errno"] = getattr(exc, "errno", None)
+        report["exit_code"] = 1
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    if variable:
+        value = namespace.get(variable)
+        if value is not None:
+            report["value_found"] = True
+            try:
+                text = str(value)
+            except BaseException as exc:
+                text = f"<str() of {variable} failed: {type(exc).__name__}>"
+            report["value"] = text[:MAX_VALUE_CHARS]
+    try:  # a process the program forked that ran off its end saves no figure
+        report["figures"] = save_open_figures(start) if os.getpid() == me else []
+    except BaseException as exc:
+        report["figures_error"] = f"{type(exc).__name__}: {exc}"
+    return report
+
+
+def save_open_figures(start):
+    """Save the matplotlib figures left open as /workspace/figure_N.png, unless the program
+    wrote an image itself since `start`; the paths saved."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None or _image_written_since(start):
+        return []
+    saved = []
+    for number in pyplot.get_fignums():
+        path = os.path.join(WORKSPACE, f"figure_{number}.png")
+        pyplot.figure(number).savefig(path)
+        saved.append(path)
+    return saved
+
+
+def _image_written_since(start):
+    for root, _dirs, files in os.walk(WORKSPACE):
+        for name in files:
+            if name.lower().endswith(IMAGE_SUFFIXES):
+                try:
+                    if os.stat(os.path.join(root, name)).st_mtime >= start - 1:
+                        return True
+                except OSError:
+                    pass
+    return False
