@@ -286,7 +286,7 @@ writes the record right after making the folder, so a younger one may be a live 
 def _remove_half_made(entry: os.DirEntry[str]) -> None:
     """Remove a `.<instance>` folder `make_pool` left behind when it stopped before its rename:
     only when it holds nothing but its owner record, and that record names a server that is
-    gone (or, with no record, the folder is older than `HALF_MADE_GRACE_S`)."""
+    gone (or, with no readable record, the folder is older than `HALF_MADE_GRACE_S`)."""
     folder = Path(entry.path)
     if not entry.is_dir(follow_symlinks=False):
         _warn_foreign(folder, "has a pool folder's name but is not a folder")
@@ -296,13 +296,14 @@ def _remove_half_made(entry: os.DirEntry[str]) -> None:
         if set(names) - {OWNER_FILE}:
             _warn_foreign(folder, "is a half-made pool folder holding entries not the engine's")
             return
-        if names:
-            owner = _owner_record(folder / OWNER_FILE, entry.name[1:])
-            if owner is None or owner_alive(owner):
+        owner = _owner_record(folder / OWNER_FILE, entry.name[1:]) if names else None
+        if owner is not None:
+            if owner_alive(owner):
                 return
-            (folder / OWNER_FILE).unlink()
         elif time.time() - entry.stat(follow_symlinks=False).st_mtime < HALF_MADE_GRACE_S:
-            return
+            return  # no readable record yet: maybe one being written
+        for name in names:
+            (folder / name).unlink()
         folder.rmdir()
     except OSError as exc:
         logger.warning("container: could not remove the half-made pool folder %s: %s", folder, exc)

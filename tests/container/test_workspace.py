@@ -205,8 +205,12 @@ def test_a_half_made_pool_folder_without_owner_record_goes_once_it_is_old(tmp_pa
     pools = tmp_path / "pools"
     stale = pools / f".{INSTANCE}"
     stale.mkdir(parents=True)
+    torn = pools / f".{OTHER}"
+    torn.mkdir()
+    (torn / OWNER_FILE).write_text('{"sandgate.inst')  # the crash cut the record short
     an_hour_ago = time.time() - 3600
-    os.utime(stale, (an_hour_ago, an_hour_ago))
+    for folder in (stale, torn):
+        os.utime(folder, (an_hour_ago, an_hour_ago))
 
     assert recover(pools) == []
 
