@@ -19,9 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,16 +29,13 @@ from pathlib import Path
 
 import httpx2 as httpx
 import mcp_types as types
+from _http_server import HOST, REPO, free_port, start_server, stop_server
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-HOST = "127.0.0.1"
 CODE = "print('hello')"
-START_TIMEOUT_S = 180.0
 CALL_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 20.0
 WARM_CALLS_PER_CLIENT = 2
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,47 +66,8 @@ class Figures:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _policy() -> Path:
     return REPO / "policies" / "eval-harness.yaml"
-
-
-def _start_server(
-    port: int, state_dir: str, workers: int | None, *, prepared: bool
-) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "runner", "serve", "--transport", "streamable-http"]
-    argv += ["--host", HOST, "--port", str(port), "--policy", str(_policy())]
-    argv += ["--state-dir", state_dir]
-    argv += ["--workers", str(workers)] if workers else []
-    argv += [] if prepared else ["--no-prepared-guests"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"sandgate serve exited during start-up ({process.returncode})")
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5):
-                return process
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit(f"sandgate serve did not listen on {HOST}:{port} in {START_TIMEOUT_S} s")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=STOP_TIMEOUT_S)
 
 
 Call = Callable[[], Awaitable[bool]]
@@ -207,14 +163,16 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     runs: list[Figures] = []
     for prepared, name in ((True, "sandgate (http, wasm)"), (False, "  --no-prepared-guests")):
-        port = _free_port()
+        port = free_port()
+        extra = ("--workers", str(args.workers)) if args.workers else ()
+        extra += () if prepared else ("--no-prepared-guests",)
         with tempfile.TemporaryDirectory(prefix="sg-load-") as state:
-            server = _start_server(port, state, args.workers, prepared=prepared)
+            server = start_server(port, policy=_policy(), state_dir=state, extra=extra)
             try:
                 url = f"http://{HOST}:{port}/mcp"
                 runs.append(asyncio.run(_sandgate(url, args.clients, args.calls, name)))
             finally:
-                _stop(server)
+                stop_server(server)
     sandgate = runs[0]
     baseline = asyncio.run(_baseline(args.python, args.clients, args.calls))
     print(

@@ -4,6 +4,7 @@ from ._approvals import answer_approval
 from ._audit import AuditLog, AuditRecord, read_audit
 from ._decisions import Allowed, Decision, Denied, NeedsApproval, Outcome, ToolCall
 from ._errors import (
+    ApprovalRefused,
     AuditUnavailable,
     PolicyError,
     PolicyLoadError,
@@ -19,7 +20,14 @@ from ._loader import (
     policy_json_schema,
     shipped_policy_paths,
 )
-from ._model import RESERVED_MOUNT_NAME, Policy, ServerMount, ServerSettings, mount_name_problem
+from ._model import (
+    RESERVED_MOUNT_NAME,
+    Policy,
+    ServerMount,
+    ServerSettings,
+    grant_share,
+    mount_name_problem,
+)
 from ._redis import RedisCounterStore
 from ._sqlite import SqliteCounterStore
 from ._store import (
@@ -35,6 +43,7 @@ __all__ = [
     "RESERVED_MOUNT_NAME",
     "Allowed",
     "ApprovalRecord",
+    "ApprovalRefused",
     "ApprovalStatus",
     "AuditLog",
     "AuditRecord",
@@ -59,6 +68,7 @@ __all__ = [
     "UnknownApproval",
     "answer_approval",
     "default_policy_path",
+    "grant_share",
     "load_policy",
     "load_policy_text",
     "mount_name_problem",

@@ -71,7 +71,7 @@ class AuditRecord:
         limits: The run's limits (seconds, bytes), when a plan was made.
         usage: What the run used (outcome records).
         status: How the user's code ended (`ok`, `error`, `timeout`, ...).
-        outcome: `completed` or `infra_error`.
+        outcome: `completed`, `cancelled` (by the client) or `infra_error`.
         error: The infrastructure error, for `infra_error`.
         mode: The policy mode that applied.
         approval_id: The approval asked for, used, approved or denied.

@@ -9,7 +9,7 @@ from typing import Any
 
 import jsonschema
 
-from sandboxes import Limits
+from sandboxes import DEFAULT_WORKSPACE_FILES, Limits
 
 from ._model import DEFAULT_PROFILE, Policy
 from ._predicates import CompiledPredicate
@@ -21,6 +21,7 @@ BUILTIN_QUOTAS = Quotas(
     memory_mb=512,
     output_bytes=MIB,
     workspace_mb=256,
+    workspace_files=DEFAULT_WORKSPACE_FILES,
     processes=64,
     network="none",
     max_code_bytes=MIB,
@@ -72,6 +73,7 @@ class EffectiveQuotas:
             output_bytes=int(q.output_bytes if q.output_bytes is not None else MIB),
             processes=int(q.processes or 64),
             workspace_bytes=int(q.workspace_mb if q.workspace_mb is not None else 256) * MIB,
+            workspace_files=int(q.workspace_files or DEFAULT_WORKSPACE_FILES),
             network=q.network or "none",
             fuel=q.fuel,
         )

@@ -103,6 +103,8 @@ class NeedsApproval:
         rule: The rule asking for approval (`/tools/x/action`, `/tools/x/approve_if/0`).
         reason: A sentence for the agent and the human.
         expires_at: Unix time after which the request expires.
+        by: Who may answer (the policy's `approvals.by`): `operator` only, or also the human
+            at a `client` that declared the elicitation capability.
     """
 
     decision_id: str
@@ -110,10 +112,12 @@ class NeedsApproval:
     rule: str
     reason: str
     expires_at: float = 0.0
+    by: Literal["client", "operator"] = "operator"
 
 
 Decision = Allowed | Denied | NeedsApproval
 """What `Gate.decide` returns."""
 
-Outcome = Literal["completed", "infra_error"]
-"""How an allowed call ended: `completed` (whatever the user code did) or `infra_error`."""
+Outcome = Literal["completed", "cancelled", "infra_error"]
+"""How an allowed call ended: `completed` (whatever the user code did), `cancelled` (the client
+cancelled it; its sandbox was stopped) or `infra_error` (the server failed to run it)."""

@@ -4,6 +4,7 @@
     ├── PolicyLoadError     a policy file (or text) is invalid; `problems` lists every one
     ├── StateUnavailable    the counter/approval store cannot be reached or failed
     ├── UnknownApproval     no pending approval has that id (unknown, expired or resolved)
+    ├── ApprovalRefused     a client's answer to an approval was refused; nothing changed
     └── AuditUnavailable    the audit log cannot be opened or written
 
 A denial is not an exception: `Gate.decide` returns `Denied`. These are raised only for
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,93 @@ class UnknownApproval(PolicyError):
         else:
             detail = f"it is already {status}; ask the agent to repeat the call for a new id"
         super().__init__(f"cannot resolve approval {approval_id!r}: {detail}")
+
+
+ApprovalProblem = Literal["operator_only", "no_elicitation", "not_found", "other_call", "answered"]
+"""Why a client's answer to an approval was refused (`ApprovalRefused.problem`)."""
+
+
+class ApprovalRefused(PolicyError):
+    """A client's answer to an approval was refused; no approval changed, nothing ran.
+
+    Attributes:
+        approval_id: The approval id the client answered (as sent; maybe not its own).
+        problem: `operator_only` (the policy's `approvals.by` is `operator`),
+            `no_elicitation` (the client did not declare the elicitation capability),
+            `not_found` (no approval of the caller's grant has that id), `other_call` (the
+            approval was asked for a call with another tool, arguments or session),
+            `answered` (it is no longer pending: see `status`).
+        by: Who answered (`client:<grant>`).
+        differs: For `other_call`: what differs, among `tool`, `arguments`, `session`.
+        status: For `answered`: `approved`, `denied`, `used` or `expired`.
+        decision_id: The audit id of the refusal.
+    """
+
+    def __init__(
+        self,
+        approval_id: str,
+        problem: ApprovalProblem,
+        *,
+        by: str,
+        differs: tuple[str, ...] = (),
+        status: str | None = None,
+        decision_id: str = "",
+    ) -> None:
+        self.approval_id = approval_id
+        self.problem: ApprovalProblem = problem
+        self.by = by
+        self.differs = differs
+        self.status = status
+        self.decision_id = decision_id
+        super().__init__(_refusal_text(approval_id, problem, differs, status))
+
+    @property
+    def rule(self) -> str:
+        """The policy path the refusal comes from: `/approvals/by` or `/approvals`."""
+        operator_only = self.problem in ("operator_only", "no_elicitation")
+        return "/approvals/by" if operator_only else "/approvals"
+
+
+def _refusal_text(
+    approval_id: str, problem: ApprovalProblem, differs: tuple[str, ...], status: str | None
+) -> str:
+    shown = repr(approval_id)
+    operator = (
+        "Repeat the call without an answer to get its approval id, and ask an operator to run "
+        "`sandgate approve ID`; then repeat the identical call."
+    )
+    if problem == "operator_only":
+        return (
+            f"Your answer to approval {shown} was refused and nothing changed: this server's "
+            "policy lets only an operator answer approvals (approvals.by: operator), so a "
+            f"client's input response is never an approval. {operator}"
+        )
+    if problem == "no_elicitation":
+        return (
+            f"Your answer to approval {shown} was refused and nothing changed: this client did "
+            "not declare the `elicitation` capability, so its input responses are not a human's "
+            "answer. Use a client that declares elicitation (the human at it is then asked), or: "
+            f"{operator}"
+        )
+    if problem == "not_found":
+        return (
+            f"Your answer to approval {shown} was refused and nothing changed: your grant has "
+            "no approval with this id. Answer only the approval id your own call was given; "
+            "repeat the call without an answer to be asked again."
+        )
+    if problem == "other_call":
+        what = " and ".join(differs) or "call"
+        return (
+            f"Your answer to approval {shown} was refused and nothing changed: that approval "
+            f"was asked for another call (another {what}). An approval answers only the exact "
+            "call it was asked for; repeat this call without an answer to get its own approval "
+            "id."
+        )
+    return (
+        f"Your answer to approval {shown} was refused and nothing changed: it is already "
+        f"{status}. Repeat the identical call without an answer (a used or expired approval "
+        "is asked for anew; a denied call stays refused)."
+    )
 
 
 class AuditUnavailable(PolicyError):

@@ -15,7 +15,7 @@ from ._audit import AuditDecision, AuditLog, canonical_json, iso_time, sha256_he
 from ._compile import CompiledPolicy, CompiledTool, compile_policy, token_sha256
 from ._decisions import Allowed, Decision, Denied, NeedsApproval, Outcome, ToolCall
 from ._errors import AuditUnavailable, StateUnavailable
-from ._model import Policy
+from ._model import Policy, grant_share
 from ._predicates import Subject
 from ._steps import (
     Refusal,
@@ -26,10 +26,13 @@ from ._steps import (
     limit_refusal,
     static_refusal,
 )
-from ._store import ApprovalStatus, CounterStore
+from ._store import ApprovalRecord, ApprovalStatus, CounterStore
 from ._watch import PolicyWatcher
 
 logger = logging.getLogger("sandgate.policy")
+
+COUNTED: frozenset[Outcome] = frozenset({"completed", "cancelled"})
+"""Outcomes whose reservation is committed: the call used its resources (or could have)."""
 
 
 class _Pass(NamedTuple):
@@ -205,14 +208,23 @@ class Gate:
         return _Pass(reservation, approval_id)
 
     def _ask(self, ctx: _Context, asked: tuple[str, str]) -> NeedsApproval | Refusal | str:
-        ttl = ctx.compiled.policy.approvals.timeout_s
+        settings = ctx.compiled.policy.approvals
         assert ctx.args_sha256 is not None  # `decide` always hashes (its arguments are valid)
-        return self._desk.check(ctx.call, ctx.args_sha256, asked, ctx.decision_id, ttl, ctx.now)
+        return self._desk.check(
+            ctx.call,
+            ctx.args_sha256,
+            asked,
+            ctx.decision_id,
+            settings.timeout_s,
+            ctx.now,
+            settings.by,
+        )
 
     def _allow(
         self, ctx: _Context, rule: str, reason: str, passed: _Pass, decision: AuditDecision
     ) -> Decision:
-        plan = build_plan(ctx.tool, ctx.call, ctx.decision_id)
+        share = grant_share(ctx.compiled.policy, ctx.call.grant)
+        plan = build_plan(ctx.tool, ctx.call, ctx.decision_id, pool_share=share)
         limits = None
         if plan is not None:  # only the caller-lowered timeout and memory differ (when asked)
             limits = ctx.tool.base_limits_record
@@ -280,8 +292,9 @@ class Gate:
         usage: Mapping[str, Any] | None = None,
         error: str | None = None,
     ) -> None:
-        """Commit the call's counters (`completed`, whatever the user code did) or roll them
-        back (`infra_error`), and audit the outcome. Store and audit failures are logged."""
+        """Commit the call's counters (`completed`, whatever the user code did, and
+        `cancelled`: a cancelled run used its sandbox too) or roll them back (`infra_error`),
+        and audit the outcome. Store and audit failures are logged."""
         if allowed.reservation is not None:
             self._settle(allowed.reservation, outcome)
         call, plan = allowed.call, allowed.plan
@@ -309,7 +322,7 @@ class Gate:
 
     def _settle(self, reservation: str, outcome: Outcome) -> None:
         try:
-            if outcome == "completed":
+            if outcome in COUNTED:
                 self._store.commit(reservation)
             else:
                 self._store.rollback(reservation, now=self._clock())
@@ -336,8 +349,11 @@ class Gate:
                 found = name
         return found
 
-    def resolve_approval(self, approval_id: str, approved: bool, by: str = "operator") -> None:
-        """Approve or deny a pending approval (audited).
+    def resolve_approval(self, approval_id: str, approved: bool, by: str = "api") -> None:
+        """An operator approves or denies a pending approval (audited as `operator:<by>`,
+        `operator:api` by default), whatever `approvals.by` says; the operator API. A client's
+        answer goes through `answer_approval`, which checks that it may answer and that the
+        approval is its own.
 
         Raises:
             UnknownApproval: No pending approval has this id (unknown, expired, resolved).
@@ -345,6 +361,35 @@ class Gate:
             AuditUnavailable: The answer was stored but could not be audited.
         """
         self._desk.resolve(approval_id, approved, by)
+
+    def answer_approval(
+        self, call: ToolCall, approval_id: str, approved: bool, *, elicitation: bool
+    ) -> ApprovalRecord:
+        """The human at `call`'s client answers `approval_id` (audited as `client:<grant>`).
+
+        Args:
+            call: The call the client answered with (the approval must be bound to exactly
+                this tool, these arguments, this grant and this session).
+            approval_id: The approval the client says it answers.
+            approved: The human's answer.
+            elicitation: The client declared the elicitation capability.
+
+        Raises:
+            ApprovalRefused: The policy lets only an operator answer (`approvals.by:
+                operator`), the client cannot elicit, or the approval is not this call's
+                pending one; nothing changed, and the refusal is audited.
+            StateUnavailable: The store cannot be reached.
+            AuditUnavailable: The answer was stored but could not be audited.
+        """
+        self.reload_if_changed()
+        return self._desk.answer_for_call(
+            call,
+            sha256_hex(canonical_json(call.args)),
+            approval_id,
+            approved,
+            allowed=self._compiled.policy.approvals.by,
+            elicitation=elicitation,
+        )
 
     def approval_status(self, approval_id: str) -> ApprovalStatus:
         """`pending`, `approved`, `denied`, `used` or `expired`.

@@ -37,6 +37,13 @@ class Grant(BaseModel):
     roles: list[str] = Field(
         default_factory=list, description="Roles predicates can test with `path: roles`."
     )
+    share: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="This grant's fraction of every pooled resource while other grants need "
+        "them. Default: `server.grant_share`.",
+    )
 
     @field_validator("token_sha256")
     @classmethod
@@ -77,8 +84,12 @@ class Packages(BaseModel):
     )
 
 
+ApprovalAnswerer = Literal["client", "operator"]
+"""Who may answer an approval request (`approvals.by`)."""
+
+
 class ApprovalSettings(BaseModel):
-    """How long a human has to answer an approval request."""
+    """Who answers an approval request, and how long they have."""
 
     model_config = MODEL_CONFIG
 
@@ -87,6 +98,14 @@ class ApprovalSettings(BaseModel):
         gt=0,
         description="Seconds a pending approval "
         "waits (and an approved one stays usable) before it expires.",
+    )
+    by: ApprovalAnswerer = Field(
+        default="operator",
+        description="Who may answer: `operator` (default: only `sandgate approve/deny ID` on the "
+        "server's host; a client's input response is never an approval and clients are never "
+        "asked) or `client` (the human at the MCP client, asked by MCP elicitation; only a "
+        "client that declared the `elicitation` capability may answer, only for its own grant "
+        "and the exact call; the operator can answer too).",
     )
 
 
@@ -220,6 +239,15 @@ class ServerSettings(BaseModel):
         description="Seconds without a call after which a session is ended and its workspace "
         "removed (also the idle timeout of HTTP sessions). Default: 3600.",
     )
+    grant_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Fraction of every pooled resource (run slots, Pyodide interpreters, "
+        "workspace disk and sessions) one grant may hold while other grants need them; a grant "
+        "over its share gets 'busy' while the others are served. A grant's own `share` "
+        "overrides it. Default: 0.5.",
+    )
     mounts: list[ServerMount] = Field(
         default_factory=list,
         description="Operator folders shown to Pyodide code at `/mnt/NAME` and to the Mcp "
@@ -227,6 +255,14 @@ class ServerSettings(BaseModel):
         "a start-up error). Read when the server starts: a reload does not change them. "
         "Default: none.",
     )
+
+
+def grant_share(policy: Policy, grant: str) -> float:
+    """The share of pooled resources `grant` may hold (its own, else the server's)."""
+    known = policy.grants.get(grant)
+    if known is not None and known.share is not None:
+        return known.share
+    return policy.server.grant_share
 
 
 class Policy(BaseModel):

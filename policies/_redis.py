@@ -63,6 +63,9 @@ return redis.call('DEL', KEYS[1])
 """
 _RESOLVE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'binding') ~= ARGV[4] then
+  return 'missing'
+end
 local status = redis.call('HGET', KEYS[1], 'status')
 local expires = tonumber(redis.call('HGET', KEYS[1], 'expires_at'))
 if status ~= 'used' and tonumber(ARGV[1]) >= expires then
@@ -227,12 +230,14 @@ class RedisCounterStore:
         )
 
     def resolve_approval(
-        self, approval_id: str, approved: bool, by: str, now: float
+        self, approval_id: str, approved: bool, by: str, now: float, *, binding: str | None = None
     ) -> ApprovalRecord:
-        """Approve or deny a pending approval."""
+        """Approve or deny a pending approval (bound to `binding`, when given)."""
         status = "approved" if approved else "denied"
         with self._translate():
-            answer = self._resolve(keys=[self._approval(approval_id)], args=[repr(now), status, by])
+            answer = self._resolve(
+                keys=[self._approval(approval_id)], args=[repr(now), status, by, binding or ""]
+            )
         if answer != "ok":
             raise UnknownApproval(approval_id, None if answer == "missing" else str(answer))
         record = self.get_approval(approval_id)

@@ -175,7 +175,17 @@ class Quotas(BaseModel):
         default=None, ge=0, description="Bytes kept per output stream. Built-in: 1048576 (1 MiB)."
     )
     workspace_mb: int | None = Field(
-        default=None, ge=0, description="Session workspace size in MiB. Built-in: 256."
+        default=None,
+        ge=0,
+        description="Session workspace size in MiB of disk actually occupied (allocated "
+        "blocks of every file, folder and link; a sparse file counts what it occupies). "
+        "Built-in: 256.",
+    )
+    workspace_files: int | None = Field(
+        default=None,
+        ge=1,
+        description="Session workspace size in inodes: files, folders, links and other "
+        "entries, each counted once. Built-in: 10000.",
     )
     processes: int | None = Field(
         default=None,

@@ -239,9 +239,9 @@ class SqliteCounterStore:
         return None if row is None else _record(row)
 
     def resolve_approval(
-        self, approval_id: str, approved: bool, by: str, now: float
+        self, approval_id: str, approved: bool, by: str, now: float, *, binding: str | None = None
     ) -> ApprovalRecord:
-        """Approve or deny a pending approval."""
+        """Approve or deny a pending approval (bound to `binding`, when given)."""
         with self._tx() as conn:
             row = conn.execute(
                 f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE id = ?", (approval_id,)
@@ -249,6 +249,8 @@ class SqliteCounterStore:
             if row is None:
                 raise UnknownApproval(approval_id)
             record = _record(row)
+            if binding is not None and record.binding != binding:
+                raise UnknownApproval(approval_id)
             if record.status_at(now) != "pending":
                 raise UnknownApproval(approval_id, record.status_at(now))
             status = "approved" if approved else "denied"

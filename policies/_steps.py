@@ -163,9 +163,12 @@ def find_exhausted(
     return 0
 
 
-def build_plan(tool: CompiledTool, call: ToolCall, decision_id: str) -> ExecutionPlan | None:
+def build_plan(
+    tool: CompiledTool, call: ToolCall, decision_id: str, *, pool_share: float
+) -> ExecutionPlan | None:
     """The plan for a call carrying a program, with the caller's timeout and memory clamped to
-    the tool's ceilings (a request can only lower a limit, never raise it)."""
+    the tool's ceilings (a request can only lower a limit, never raise it), and the caller's
+    grant and its share of the engines' pools."""
     if call.program is None or call.workspace is None:
         return None
     limits = tool.base_limits
@@ -183,4 +186,6 @@ def build_plan(tool: CompiledTool, call: ToolCall, decision_id: str) -> Executio
         workspace=call.workspace,
         session_id=call.session,
         profile=tool.profile,
+        grant=call.grant,
+        pool_share=pool_share,
     )

@@ -119,12 +119,21 @@ class CounterStore(Protocol):
         ...
 
     def resolve_approval(
-        self, approval_id: str, approved: bool, by: str, now: float
+        self, approval_id: str, approved: bool, by: str, now: float, *, binding: str | None = None
     ) -> ApprovalRecord:
         """Approve or deny a pending approval; it then lives `ttl_s` more.
 
+        Args:
+            approval_id: The approval to answer.
+            approved: Approve (True) or deny (False).
+            by: Who answers (`operator:<name>` or `client:<grant>`).
+            now: Unix time of the answer.
+            binding: When given, the approval must be bound to it (the answering client's
+                exact call); one bound to anything else is treated as unknown. Checked in the
+                same transaction as the status.
+
         Raises:
-            UnknownApproval: No pending, unexpired approval has this id.
+            UnknownApproval: No pending, unexpired approval has this id (and `binding`).
         """
         ...
 

@@ -20,6 +20,7 @@ from policies import (
     Gate,
     PolicyError,
     default_policy_path,
+    grant_share,
     load_policy,
     open_counter_store,
     state_dir_default,
@@ -121,7 +122,11 @@ async def open_service(
     )
     workspaces = config.state_dir / "workspaces" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     sessions = Sessions(
-        workspaces, idle_s=config.idle_s, settings=lambda: gate.policy.server, clock=config.clock
+        workspaces,
+        idle_s=config.idle_s,
+        settings=lambda: gate.policy.server,
+        share=lambda grant: grant_share(gate.policy, grant),
+        clock=config.clock,
     )
     packages = policy.packages
     installer = Installer(

@@ -141,16 +141,17 @@ class Engines:
         """The engine that runs `plan` (`runtime` picks the container runtime)."""
         return await self.get(engine_key(plan.engine, runtime))
 
-    async def end_session(self, session_id: str) -> None:
-        """Tell every running engine that keeps per-session state (Pyodide) the session ended."""
-        for key, engine in self.running().items():
+    async def end_session(self, key: str) -> None:
+        """Tell every running engine that keeps per-session state (Pyodide) the session whose
+        `session_key` is `key` ended."""
+        for name, engine in self.running().items():
             end = getattr(engine, "end_session", None)
             if end is None:
                 continue
             try:
-                await end(session_id)
+                await end(key)
             except SandboxError as exc:
-                logger.warning("engine %s could not end session %s: %s", key, session_id, exc)
+                logger.warning("engine %s could not end session %r: %s", name, key, exc)
 
     async def aclose(self) -> None:
         """Close the engines started here (not borrowed ones)."""

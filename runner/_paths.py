@@ -8,6 +8,8 @@ import secrets
 import stat
 from pathlib import Path, PurePosixPath
 
+from sandboxes import FileRefused, kind_of, open_folder
+
 from ._errors import ArgumentError
 
 MAX_PATH_CHARS = 1024
@@ -50,38 +52,57 @@ def check_file_name(file_name: str, *, argument: str = "file_name", suffix: str 
 
 
 def refuse_links(root: Path, rel: str, *, argument: str = "file_name") -> None:
-    """Refuse a path whose existing parts include a symbolic link or a non-regular file.
+    """Refuse a path whose existing parts include a symbolic link or a non-regular file
+    (a FIFO, socket or device is refused here, before anything opens it). Walked by
+    descriptor from `root`.
 
     Raises:
-        ArgumentError: a part of the path is a link (which could lead out of the workspace).
+        ArgumentError: a part of the path is a link (which could lead out of the workspace),
+            not a folder, or the file itself is not a regular file.
     """
-    here = root
     parts = rel.split("/")
-    for i, part in enumerate(parts):
-        here = here / part
-        try:
-            st = os.lstat(here)
-        except FileNotFoundError:
-            return
-        if stat.S_ISLNK(st.st_mode):
-            raise ArgumentError(
-                argument,
-                "a path with no symbolic links",
-                f"{rel!r}, where {'/'.join(parts[: i + 1])!r} is a link",
-            )
-        last = i == len(parts) - 1
-        if not last and not stat.S_ISDIR(st.st_mode):
-            raise ArgumentError(argument, "a path through folders", f"{rel!r}")
-        if last and not stat.S_ISREG(st.st_mode):
-            raise ArgumentError(argument, "a regular file", f"{rel!r}, which is not a file")
+    fd = open_folder(root, [])
+    try:
+        for i, part in enumerate(parts):
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return
+            if stat.S_ISLNK(st.st_mode):
+                raise ArgumentError(
+                    argument,
+                    "a path with no symbolic links",
+                    f"{rel!r}, where {'/'.join(parts[: i + 1])!r} is a link",
+                )
+            last = i == len(parts) - 1
+            if not last and not stat.S_ISDIR(st.st_mode):
+                raise ArgumentError(argument, "a path through folders", f"{rel!r}")
+            if last:
+                if not stat.S_ISREG(st.st_mode):
+                    raise ArgumentError(
+                        argument, "a regular file", f"{rel!r}, which is {kind_of(st.st_mode)}"
+                    )
+                return
+            nxt = open_folder(fd, [part])
+            os.close(fd)
+            fd = nxt
+    finally:
+        os.close(fd)
 
 
 def exists(root: Path, rel: str) -> bool:
-    """Whether `root/rel` exists (links are not followed)."""
+    """Whether `root/rel` exists (links are not followed; walked by descriptor)."""
+    parts = rel.split("/")
     try:
-        os.lstat(root / rel)
+        fd = open_folder(root, parts[:-1])
+    except FileRefused:
+        return False
+    try:
+        os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
+    finally:
+        os.close(fd)
     return True
 
 
@@ -92,14 +113,8 @@ def write_text(root: Path, rel: str, text: str) -> None:
     some file elsewhere on the host is re-pointed, never written through.
     """
     parts = rel.split("/")
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    fd = open_folder(root, parts[:-1], create=True)
     try:
-        for part in parts[:-1]:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, 0o755, dir_fd=fd)
-            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
         temporary = f".{parts[-1]}.sandgate-{secrets.token_hex(6)}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         out = os.open(temporary, flags, 0o644, dir_fd=fd)

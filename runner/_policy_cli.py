@@ -278,7 +278,9 @@ def approve_main(argv: list[str], *, deny: bool = False) -> int:
         type=Path,
         help="the server's policy, when its state or audit are configured there (e.g. Redis)",
     )
-    parser.add_argument("--by", help="who answers (default: your user name)")
+    parser.add_argument(
+        "--by", help="who answers, audited as operator:NAME (default: your user name)"
+    )
     return _run(parser, argv, lambda args: _approve(args, approved=not deny))
 
 
@@ -319,7 +321,7 @@ def _approve(args: argparse.Namespace, *, approved: bool) -> int:
         else "the identical call is refused"
     )
     print(
-        f"{done} {record.approval_id}: {record.tool} for grant {record.grant}, session "
-        f"{record.session}; {then}"
+        f"{done} {record.approval_id} (by {record.resolved_by}): {record.tool} for grant "
+        f"{record.grant}, session {record.session}, arguments sha256 {record.args_sha256}; {then}"
     )
     return 0

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import mcp_types as types
 
 from policies import Denied, ToolCall
-from sandboxes import Program, RunResult, SandboxError
+from sandboxes import HOST_IO, HostIOBusy, HostIOTimeout, Program, RunResult, SandboxError
 from sandboxes.pyodide import MountPathRefused, list_mounted_directory, read_image
 
 from . import _format
@@ -164,9 +164,13 @@ class PyodideTools:
         if refused is not None:
             return refused
         try:
-            entries = await asyncio.to_thread(list_mounted_directory, mount.host, "")
+            entries = await HOST_IO.call(
+                caller.grant, lambda: list_mounted_directory(mount.host, "")
+            )
         except MountPathRefused as exc:
             raise ArgumentError("mountName", exc.expected, exc.got) from None
+        except (HostIOBusy, HostIOTimeout) as exc:
+            return _format.error_result(f"Error: {exc}")
         listed = [
             {"name": e.name, "path": e.path, "kind": e.kind, "size": e.size_bytes} for e in entries
         ]
@@ -179,7 +183,7 @@ class PyodideTools:
         if refused is not None:
             return refused
         try:
-            image = await asyncio.to_thread(read_image, mount.host, args.imagePath)
+            image = await HOST_IO.call(caller.grant, lambda: read_image(mount.host, args.imagePath))
         except MountPathRefused as exc:
             raise ArgumentError("imagePath", exc.expected, exc.got) from None
         except SandboxError as exc:

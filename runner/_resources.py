@@ -9,7 +9,7 @@ from urllib.parse import quote, unquote, urlparse
 
 import mcp_types as types
 
-from sandboxes import read_regular_file
+from sandboxes import HOST_IO, FileRefused, HostIO, read_file
 from sandboxes.pyodide import MountPathRefused, list_mounted_directory
 
 from ._errors import ArgumentError
@@ -25,7 +25,18 @@ def _prefix(mount: MountPoint) -> str:
     )
 
 
-def list_resources(mounts: list[MountPoint]) -> list[types.Resource]:
+async def list_resources(
+    mounts: list[MountPoint], *, grant: str, io: HostIO = HOST_IO
+) -> list[types.Resource]:
+    """`find_resources` on the host I/O executor, as one of `grant`'s operations.
+
+    Raises:
+        HostIOBusy, HostIOTimeout: the grant's host file operations are stuck or too many.
+    """
+    return await io.call(grant, lambda: find_resources(mounts))
+
+
+def find_resources(mounts: list[MountPoint]) -> list[types.Resource]:
     """Regular files under every mount (links never followed), at most `MAX_LISTED`."""
     found: list[types.Resource] = []
     for mount in mounts:
@@ -52,8 +63,22 @@ def list_resources(mounts: list[MountPoint]) -> list[types.Resource]:
     return found
 
 
-def read_resource(mounts: list[MountPoint], uri: str) -> types.ReadResourceResult:
-    """The contents of a `file://` resource under a mount.
+async def read_resource(
+    mounts: list[MountPoint], uri: str, *, grant: str, io: HostIO = HOST_IO
+) -> types.ReadResourceResult:
+    """`resource_contents` on the host I/O executor, as one of `grant`'s operations: a FIFO,
+    socket or device is refused at once, and a read stuck on a slow disk holds only a place of
+    `grant`'s (`io.per_grant`), never the server's thread pool.
+
+    Raises:
+        ArgumentError: not a `file://` URI under a mount, or not a readable regular file.
+        HostIOBusy, HostIOTimeout: the grant's host file operations are stuck or too many.
+    """
+    return await io.call(grant, lambda: resource_contents(mounts, uri))
+
+
+def resource_contents(mounts: list[MountPoint], uri: str) -> types.ReadResourceResult:
+    """The contents of a `file://` resource under a mount (blocking).
 
     Raises:
         ArgumentError: not a `file://` URI under a mount, or not a readable regular file.
@@ -66,11 +91,15 @@ def read_resource(mounts: list[MountPoint], uri: str) -> types.ReadResourceResul
         root = urlparse(_prefix(mount)).path
         if parsed.scheme == "file" and path.startswith(root):
             rel = path[len(root) :]
-            data = read_regular_file(mount.host, rel, max_bytes=MAX_READ_BYTES)
-            if data is None:
+            try:
+                data = read_file(mount.host, rel, max_bytes=MAX_READ_BYTES)
+            except FileRefused as exc:
                 raise ArgumentError(
-                    "uri", "a regular file inside the mount (no links, at most 8 MiB)", uri
-                )
+                    "uri",
+                    f"a regular file inside the mount (no links, at most {MAX_READ_BYTES} bytes)",
+                    f"{uri}, which is {exc.got}",
+                    hint="list the readable files with resources/list",
+                ) from None
             mime, _ = mimetypes.guess_type(Path(rel).name)
             try:
                 text = data.decode("utf-8")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import logging
 import uuid
@@ -14,9 +13,10 @@ import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS
+from mcp_types import INTERNAL_ERROR, INVALID_PARAMS
 
 from policies import NeedsApproval
+from sandboxes import SandboxError
 
 from ._errors import ArgumentError
 from ._resources import list_resources, read_resource
@@ -89,17 +89,24 @@ def _approval_message(need: NeedsApproval) -> str:
 
 
 def _answer_of(params: types.CallToolRequestParams) -> tuple[str, bool] | None:
-    """On a retry after an approval elicitation: the approval id and the human's answer."""
+    """A client's answer to an approval sent with this call: the approval id (from
+    `request_state`; "" when it names none) and whether the human approved. Any call that
+    carries our state prefix or our input response counts as answering, so that the gate
+    checks (and refuses) every such answer instead of it being silently ignored."""
     state = params.request_state or ""
-    if not state.startswith(APPROVAL_STATE_PREFIX):
+    responses = params.input_responses or {}
+    if not state.startswith(APPROVAL_STATE_PREFIX) and APPROVAL_INPUT_KEY not in responses:
         return None
-    response = (params.input_responses or {}).get(APPROVAL_INPUT_KEY)
+    response = responses.get(APPROVAL_INPUT_KEY)
     approved = (
         isinstance(response, types.ElicitResult)
         and response.action == "accept"
         and (response.content or {}).get("approve") is True
     )
-    return state[len(APPROVAL_STATE_PREFIX) :], approved
+    approval_id = (
+        state[len(APPROVAL_STATE_PREFIX) :] if state.startswith(APPROVAL_STATE_PREFIX) else ""
+    )
+    return approval_id, approved
 
 
 def _input_required(need: NeedsApproval) -> types.InputRequiredResult:
@@ -118,7 +125,9 @@ def _input_required(need: NeedsApproval) -> types.InputRequiredResult:
 def _approver(
     ctx: ServerRequestContext[Any, Any],
 ) -> Callable[[NeedsApproval], Awaitable[bool | None]] | None:
-    """Asks over the back-channel (handshake-era connections); None where there is none."""
+    """Asks over the back-channel (handshake-era connections); None where there is none.
+    `Service.decide` calls it only when the policy lets clients answer (`approvals.by:
+    client`); its answer then goes through the gate's checks like any client answer."""
     if not _can_elicit(ctx) or not ctx.session.can_send_request:
         return None
 
@@ -154,12 +163,14 @@ def build_server(
     ) -> types.CallToolResult | types.InputRequiredResult:
         grant = _grant_of(ctx)
         approver = _approver(ctx)
+        elicitation = _can_elicit(ctx)
         caller = Caller(
             grant=grant,
             session=session_id_of(ctx, grant),
             approver=approver,
-            can_ask_input=approver is None and _can_elicit(ctx),
+            can_ask_input=approver is None and elicitation,
             answer=_answer_of(params),
+            elicitation=elicitation,
         )
         try:
             return await service.call_tool(params.name, params.arguments, caller)
@@ -172,7 +183,11 @@ def build_server(
         grant = _grant_of(ctx)
         caller = Caller(grant=grant, session=session_id_of(ctx, grant))
         mounts = service.pyodide.mounts(caller)
-        return types.ListResourcesResult(resources=await asyncio.to_thread(list_resources, mounts))
+        try:
+            found = await list_resources(mounts, grant=grant)
+        except SandboxError as exc:  # the grant's host file operations are stuck or too many
+            raise MCPError(INTERNAL_ERROR, str(exc)) from None
+        return types.ListResourcesResult(resources=found)
 
     async def on_read_resource(
         ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
@@ -181,9 +196,11 @@ def build_server(
         caller = Caller(grant=grant, session=session_id_of(ctx, grant))
         mounts = service.pyodide.mounts(caller)
         try:
-            return await asyncio.to_thread(read_resource, mounts, str(params.uri))
+            return await read_resource(mounts, str(params.uri), grant=grant)
         except ArgumentError as exc:
             raise MCPError(INVALID_PARAMS, str(exc)) from None
+        except SandboxError as exc:  # the grant's host file operations are stuck or too many
+            raise MCPError(INTERNAL_ERROR, str(exc)) from None
 
     def input_schema(name: str) -> dict[str, Any] | None:
         if name not in TOOLS_BY_NAME or name not in service.tool_names():

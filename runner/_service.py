@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import time
@@ -14,8 +13,17 @@ from typing import Any, Literal
 
 import mcp_types as types
 
-from policies import Allowed, Denied, Gate, NeedsApproval, ToolCall, UnknownApproval
-from sandboxes import EngineBusy, Program, RunResult, SandboxError
+from policies import (
+    Allowed,
+    ApprovalRefused,
+    AuditUnavailable,
+    Denied,
+    Gate,
+    NeedsApproval,
+    StateUnavailable,
+    ToolCall,
+)
+from sandboxes import EngineBusy, Program, RunResult, SandboxError, session_key
 
 from . import _format, _paths
 from ._admission import Admission, Busy
@@ -29,6 +37,7 @@ from ._arguments import (
     check_request_size,
     validate_arguments,
 )
+from ._disk import settle_workspace
 from ._engines import Engines
 from ._errors import ArgumentError, ServerLimit, UnknownTool
 from ._installs import Installer, InstallRefused
@@ -58,7 +67,10 @@ class Caller:
         session: The MCP session (or connection) id.
         approver: Asks the human over the connection's back-channel (legacy protocol).
         can_ask_input: The client takes `InputRequiredResult` elicitations (2026-07-28).
-        answer: On a retry after such an elicitation: (approval id, approved?).
+        answer: The client's answer to an approval, sent with this call (`request_state`
+            and `input_responses`): (approval id as sent, or "" when none; approved?).
+        elicitation: The client declared the elicitation capability (at initialize, or on
+            this request); without it, nothing it sends is taken as a human's answer.
     """
 
     grant: str = "local"
@@ -66,6 +78,7 @@ class Caller:
     approver: Approver | None = None
     can_ask_input: bool = False
     answer: tuple[str, bool] | None = None
+    elicitation: bool = False
 
 
 @dataclass(slots=True)
@@ -148,10 +161,8 @@ class Service:
         """End a session: its workspace is removed and its engines' state (a Pyodide
         interpreter) released. False when there was no such session."""
         session = await asyncio.to_thread(self.sessions.end, grant, session_id)
-        if session is None:
-            return False
-        await self.engines.end_session(session.id)
-        return True
+        await self.engines.end_session(session_key(grant, session_id))
+        return session is not None
 
     async def end_named_session(self, grant: str, name: str) -> bool:
         """End the session `run_code(session=name)` made for `grant`."""
@@ -227,26 +238,60 @@ class Service:
         return self.sessions.get(caller.grant, session_id)
 
     async def decide(self, call: ToolCall, caller: Caller) -> Allowed | Denied:
-        """Ask the gate (and a human, when the policy wants one) about `call`."""
+        """Ask the gate (and a human, when the policy wants one) about `call`.
+
+        A client's answer sent with the call is taken first, through the gate, which refuses
+        it (a `Denied`, nothing changed) unless the policy lets clients answer, the client
+        declared elicitation, and the approval is its own for exactly this call. A client is
+        asked (elicitation) only when the policy lets clients answer and it can elicit.
+        """
         if caller.answer is not None:
-            approval_id, approved = caller.answer
-            with contextlib.suppress(UnknownApproval):
-                await asyncio.to_thread(self.gate.resolve_approval, approval_id, approved)
+            refused = await self._answer(call, caller, *caller.answer)
+            if refused is not None:
+                return refused
         began = time.perf_counter()
         decision = await asyncio.to_thread(self.gate.decide, call)
         self.metrics.gate_latency.observe(time.perf_counter() - began)
         if isinstance(decision, NeedsApproval):
             _trace().decision = "needs_approval"
-            answer = await caller.approver(decision) if caller.approver else None
-            if answer is None and caller.can_ask_input and caller.answer is None:
+            ask = decision.by == "client" and caller.elicitation
+            answer = await caller.approver(decision) if ask and caller.approver else None
+            if answer is None and ask and caller.can_ask_input and caller.answer is None:
                 raise AskHuman(decision)
             if answer is not None:
-                await asyncio.to_thread(self.gate.resolve_approval, decision.approval_id, answer)
+                refused = await self._answer(call, caller, decision.approval_id, answer)
+                if refused is not None:
+                    return refused
                 decision = await asyncio.to_thread(self.gate.decide, call)
             if isinstance(decision, NeedsApproval):
                 return Denied(decision.decision_id, decision.rule, decision.reason)
         _trace().decision = "deny" if isinstance(decision, Denied) else "allow"
         return decision
+
+    async def _answer(
+        self, call: ToolCall, caller: Caller, approval_id: str, approved: bool
+    ) -> Denied | None:
+        """Give the gate the client's answer; a `Denied` when it was refused (audited)."""
+        try:
+            await asyncio.to_thread(
+                self.gate.answer_approval,
+                call,
+                approval_id,
+                approved,
+                elicitation=caller.elicitation,
+            )
+        except ApprovalRefused as exc:
+            _trace().decision = "deny"
+            return Denied(exc.decision_id, exc.rule, str(exc))
+        except (StateUnavailable, AuditUnavailable) as exc:
+            _trace().decision = "deny"
+            rule = "/state" if isinstance(exc, StateUnavailable) else "/audit"
+            reason = (
+                f"Your answer to approval {approval_id!r} could not be recorded ({exc}); nothing "
+                "ran. Repeat the call once the server's state store and audit log are back."
+            )
+            return await asyncio.to_thread(self.gate.refuse, call, rule=rule, reason=reason)
+        return None
 
     async def execute(
         self,
@@ -284,8 +329,16 @@ class Service:
                 self.finish(decision, "completed", status="not_run")
                 return early
             engine = await self.engines.for_plan(plan, self._runtime(plan.profile))
-            async with self.admission.slot(caller.grant):
+            async with self.admission.slot(caller.grant, plan.pool_share):
                 result = await engine.run(plan)
+            result = await settle_workspace(
+                plan,
+                result,
+                end_session=lambda: self.engines.end_session(plan.session_key),
+                record=lambda used: self.sessions.record_usage(
+                    plan.grant, plan.session_id, used.bytes
+                ),
+            )
         except (SandboxError, OSError, Busy) as exc:
             self.finish(decision, "infra_error", error=f"{type(exc).__name__}: {exc}")
             _trace().status = "infra_error"
@@ -294,6 +347,13 @@ class Service:
                     _infra_text(plan.engine, exc), exc.retry_after_s, structured=tool == "run_code"
                 )
             return _format.error_result(_infra_text(plan.engine, exc))
+        except asyncio.CancelledError:
+            # The client cancelled (or gave up on) the call: the engine has stopped the run and
+            # restored its sandbox. It counts like any run that used resources; no answer goes
+            # out for a cancelled request.
+            self.finish(decision, "cancelled", status="cancelled")
+            _trace().status = "cancelled"
+            raise
         except BaseException as exc:
             self.finish(decision, "infra_error", error=f"{type(exc).__name__}: {exc}")
             raise

@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import logging
-import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policies import ServerSettings
-from sandboxes import WorkspacePaths
+from sandboxes import DiskUsage, WorkspacePaths, disk_usage, remove_tree, session_key
 
 from ._errors import ServerLimit
 
@@ -37,6 +35,13 @@ class Session:
     workspace: WorkspacePaths
     last_used: float
     busy: int = 0
+    disk_bytes: int = 0
+    """What its workspace occupied on disk when last measured (after its last run)."""
+
+    @property
+    def key(self) -> str:
+        """The session's key across grants (engines key its interpreter by it)."""
+        return session_key(self.grant, self.id)
 
 
 _HELD: contextvars.ContextVar[list[Session] | None] = contextvars.ContextVar(
@@ -56,6 +61,8 @@ class Sessions:
         idle_s: Seconds without a call after which a session's workspace is removed;
             `None` takes `session_idle_s` from `settings`.
         settings: The server limits (default: the built-in defaults).
+        share: The fraction of `max_workspace_bytes_total` a grant may hold while other
+            grants hold sessions (default: `server.grant_share`).
         clock: Unix time source (tests pass a fake clock to idle sessions out).
     """
 
@@ -65,11 +72,13 @@ class Sessions:
         *,
         idle_s: float | None = None,
         settings: Settings = ServerSettings,
+        share: Callable[[str], float] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._root = root
         self._idle_s = idle_s
         self._settings = settings
+        self._share = share or (lambda _grant: self._settings().grant_share)
         self._clock = clock
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
@@ -92,7 +101,7 @@ class Sessions:
             ServerLimit: a new session would exceed `max_sessions_per_grant` or
                 `max_workspace_bytes_total`.
         """
-        key = f"{grant}\x00{session_id}"
+        key = session_key(grant, session_id)
         with self._lock:
             session = self._sessions.get(key)
             if session is None:
@@ -123,7 +132,9 @@ class Sessions:
                 "session (or a named run_code session) or wait until one idles out "
                 f"({self.idle_s:g} s without a call)",
             )
-        used = workspace_bytes(self._root)
+        # Measured by descriptor after every run (allocated blocks: `record_usage`); between
+        # runs nothing but the runner's own bounded writes changes a workspace.
+        used = sum(s.disk_bytes for s in self._sessions.values())
         if used > settings.max_workspace_bytes_total:
             raise ServerLimit(
                 "max_workspace_bytes_total",
@@ -134,6 +145,28 @@ class Sessions:
                 "no new session can start now; use an existing session, or retry once idle "
                 "sessions have been removed",
             )
+        share = self._share(grant)
+        held = sum(s.disk_bytes for s in self._sessions.values() if s.grant == grant)
+        others = any(s.grant != grant for s in self._sessions.values())
+        cap = int(share * settings.max_workspace_bytes_total)
+        if others and held > cap:
+            raise ServerLimit(
+                "grant_share",
+                cap,
+                held,
+                f"this client's sessions use {held} bytes of disk, more than its share "
+                f"({share:g} of server.max_workspace_bytes_total = "
+                f"{settings.max_workspace_bytes_total}: server.grant_share) while other clients "
+                "use the server, so it cannot start a new session now; use or end one of its "
+                "sessions (an HTTP DELETE ends one), or free space in them",
+            )
+
+    def record_usage(self, grant: str, session_id: str, disk_bytes: int) -> None:
+        """What the session's workspace occupies now (measured after a run)."""
+        with self._lock:
+            session = self._sessions.get(session_key(grant, session_id))
+            if session is not None:
+                session.disk_bytes = disk_bytes
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -154,13 +187,13 @@ class Sessions:
     def end(self, grant: str, session_id: str) -> Session | None:
         """Forget a session and remove its workspace; the session, if there was one."""
         with self._lock:
-            session = self._sessions.pop(f"{grant}\x00{session_id}", None)
+            session = self._sessions.pop(session_key(grant, session_id), None)
         if session is not None:
-            shutil.rmtree(session.workspace.files.parent, ignore_errors=True)
+            remove_tree(session.workspace.files.parent)
         return session
 
     def reap_idle(self, now: float | None = None) -> list[str]:
-        """Remove sessions idle longer than `idle_s` (and not in use); returns their ids."""
+        """Remove sessions idle longer than `idle_s` (and not in use); returns their keys."""
         now = self._clock() if now is None else now
         idle_s = self.idle_s
         with self._lock:
@@ -169,9 +202,9 @@ class Sessions:
             ]
             gone = [self._sessions.pop(k) for k in idle]
         for session in gone:
-            shutil.rmtree(session.workspace.files.parent, ignore_errors=True)
+            remove_tree(session.workspace.files.parent)
             logger.info("session %s idled out; workspace removed", session.id)
-        return [s.id for s in gone]
+        return [s.key for s in gone]
 
     def close(self) -> None:
         """Remove every workspace (server shutdown)."""
@@ -179,29 +212,19 @@ class Sessions:
             gone = list(self._sessions.values())
             self._sessions.clear()
         for session in gone:
-            shutil.rmtree(session.workspace.files.parent, ignore_errors=True)
+            remove_tree(session.workspace.files.parent)
 
     def __len__(self) -> int:
         return len(self._sessions)
 
 
+def workspace_usage(root: Path) -> DiskUsage:
+    """What everything under `root` occupies on disk (allocated bytes, inodes), walked by
+    descriptor (no path-length limit, links not followed); empty when it does not exist."""
+    return disk_usage(root)
+
+
 def workspace_bytes(root: Path) -> int:
-    """Bytes of the regular files under `root` (0 when it does not exist); links not followed."""
-    total = 0
-    stack = [str(root)]
-    while stack:
-        folder = stack.pop()
-        try:
-            entries = os.scandir(folder)
-        except OSError:
-            continue
-        with entries:
-            for entry in entries:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    elif entry.is_file(follow_symlinks=False):
-                        total += entry.stat(follow_symlinks=False).st_size
-                except OSError:
-                    continue
-    return total
+    """Bytes of disk everything under `root` occupies (allocated blocks; 0 when it does not
+    exist; links not followed; a sparse file counts what it occupies)."""
+    return workspace_usage(root).bytes

@@ -8,6 +8,8 @@ import logging
 from typing import Any
 
 import uvicorn
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,6 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from policies import Gate
 
 from ._app import Config, open_service
+from ._cancelled import SilentCancels
+from ._http_sessions import GrantSessions
 from ._metrics import Metrics
 from ._server import GRANT_SCOPE_KEY, build_server, connection_scope
 from ._stdio import stdio_streams
@@ -49,6 +53,8 @@ class BearerGrants:
 
     With no grants in the policy, callers are the `anonymous` grant, and only when the server
     listens on a loopback address; anywhere else a policy without grants refuses everyone.
+    The request's `user` is the grant, so the SDK binds each MCP session to the grant that
+    opened it (another grant's session id answers 404, as an unknown one does).
     """
 
     def __init__(self, app: ASGIApp, gate: Gate, *, loopback: bool) -> None:
@@ -71,6 +77,7 @@ class BearerGrants:
             await _unauthorized(send, bool(auth))
             return
         scope[GRANT_SCOPE_KEY] = grant
+        scope["user"] = AuthenticatedUser(AccessToken(token=grant, client_id=grant, scopes=[]))
         await self._app(scope, receive, send)
 
 
@@ -110,7 +117,15 @@ async def serve_http(config: Config, *, host: str, port: int, path: str = "/mcp"
             max_request_body_size=limits.max_request_bytes,
             session_idle_timeout=limits.session_idle_s,
         )
-        app = BearerGrants(app, service.gate, loopback=_is_loopback(host))
+        app = GrantSessions(
+            app,
+            end_session=service.end_session,
+            limits=lambda: (
+                service.gate.policy.server.max_sessions_per_grant,
+                service.gate.policy.server.session_idle_s,
+            ),
+        )
+        app = BearerGrants(SilentCancels(app), service.gate, loopback=_is_loopback(host))
         uv = uvicorn.Server(
             uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
         )

@@ -3,13 +3,30 @@
 from ._engine import Engine
 from ._errors import EngineBusy, EngineCrashed, EngineNotReady, EngineUnavailable, SandboxError
 from ._fake import FakeEngine
-from ._files import read_regular_file
+from ._files import (
+    HOST_IO,
+    DiskUsage,
+    FileRefused,
+    HostIO,
+    HostIOBusy,
+    HostIOTimeout,
+    disk_usage,
+    empty_folder,
+    kind_of,
+    open_folder,
+    read_file,
+    read_regular_file,
+    remove_tree,
+    stopped_for_workspace,
+    workspace_limit,
+)
 from ._types import (
     DEFAULT_MEMORY_BYTES,
     DEFAULT_OUTPUT_BYTES,
     DEFAULT_PROCESSES,
     DEFAULT_WALL_TIMEOUT_S,
     DEFAULT_WORKSPACE_BYTES,
+    DEFAULT_WORKSPACE_FILES,
     ExecutionPlan,
     HostMount,
     Image,
@@ -21,6 +38,7 @@ from ._types import (
     Status,
     Usage,
     WorkspacePaths,
+    session_key,
 )
 from .wasm import WasmEngine
 
@@ -30,6 +48,9 @@ __all__ = [
     "DEFAULT_PROCESSES",
     "DEFAULT_WALL_TIMEOUT_S",
     "DEFAULT_WORKSPACE_BYTES",
+    "DEFAULT_WORKSPACE_FILES",
+    "HOST_IO",
+    "DiskUsage",
     "Engine",
     "EngineBusy",
     "EngineCrashed",
@@ -37,6 +58,10 @@ __all__ = [
     "EngineUnavailable",
     "ExecutionPlan",
     "FakeEngine",
+    "FileRefused",
+    "HostIO",
+    "HostIOBusy",
+    "HostIOTimeout",
     "HostMount",
     "Image",
     "Limits",
@@ -49,5 +74,14 @@ __all__ = [
     "Usage",
     "WasmEngine",
     "WorkspacePaths",
+    "disk_usage",
+    "empty_folder",
+    "kind_of",
+    "open_folder",
+    "read_file",
     "read_regular_file",
+    "remove_tree",
+    "session_key",
+    "stopped_for_workspace",
+    "workspace_limit",
 ]

@@ -19,6 +19,9 @@ DEFAULT_MEMORY_BYTES = 512 * 1024 * 1024
 DEFAULT_OUTPUT_BYTES = 1024 * 1024
 DEFAULT_PROCESSES = 64
 DEFAULT_WORKSPACE_BYTES = 256 * 1024 * 1024
+DEFAULT_WORKSPACE_FILES = 10_000
+DEFAULT_POOL_SHARE = 0.5
+"""Fraction of a pool one grant may hold while others need it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +34,10 @@ class Limits:
         memory_bytes: Most memory the guest may hold (`memory`).
         output_bytes: Most bytes kept per output stream (`output_limit`).
         processes: Most processes/threads (container engine; WASM guests have none).
-        workspace_bytes: Most bytes the session workspace may hold.
+        workspace_bytes: Most bytes of disk the session workspace may occupy: allocated blocks
+            of every file, folder and link in it (a sparse file counts what it occupies).
+        workspace_files: Most inodes the session workspace may hold: files, folders, links
+            and other entries, each counted once.
         network: Network reachable from the guest.
         fuel: Instruction budget for engines that meter fuel; `None` for none.
     """
@@ -42,6 +48,7 @@ class Limits:
     output_bytes: int = DEFAULT_OUTPUT_BYTES
     processes: int = DEFAULT_PROCESSES
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES
+    workspace_files: int = DEFAULT_WORKSPACE_FILES
     network: NetworkMode = "none"
     fuel: int | None = None
 
@@ -102,7 +109,12 @@ class ExecutionPlan:
         program: What to run.
         limits: The limits, already clamped to the policy's ceilings.
         workspace: The session's folders.
-        session_id: The session the run belongs to.
+        session_id: The session the run belongs to, as its grant names it.
+        profile: The policy's engine profile name.
+        grant: The grant (client credential) that owns the session. Session ids are names
+            inside one grant: two grants may both have a session `x`, and they are two.
+        pool_share: The fraction (0 < share <= 1) of any pooled resource of the engine
+            (interpreters, slots) this grant may hold while other grants need them.
     """
 
     decision_id: str
@@ -112,6 +124,18 @@ class ExecutionPlan:
     workspace: WorkspacePaths
     session_id: str
     profile: str = "default"
+    grant: str = "local"
+    pool_share: float = DEFAULT_POOL_SHARE
+
+    @property
+    def session_key(self) -> str:
+        """The session's key across grants: what an engine keys per-session state by."""
+        return session_key(self.grant, self.session_id)
+
+
+def session_key(grant: str, session_id: str) -> str:
+    """The one key of a grant's session (engines key interpreters, runners workspaces by it)."""
+    return f"{grant}\x00{session_id}"
 
 
 @dataclass(frozen=True, slots=True)

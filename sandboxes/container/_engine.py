@@ -36,15 +36,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._cancel import shielded
 from .._engine import EngineLifecycle
 from .._errors import EngineUnavailable, SandboxError
 from .._files import (
     Snapshot,
     changed,
+    disk_usage,
     drop_foreign_links,
     images_among,
+    scan,
     snapshot,
     total_bytes,
+    workspace_limit,
 )
 from .._types import ExecutionPlan, Limits, RunResult
 from ._docker import Docker
@@ -276,7 +280,7 @@ class ContainerEngine(EngineLifecycle):
                 warm, pooled, retried = None, False, True
                 continue
             # From here on the run is over: finish even if the caller is cancelled meanwhile.
-            return await asyncio.shield(self._finish(plan, warm, exchange, before))
+            return await shielded(self._finish(plan, warm, exchange, before))
 
     async def _lend(self, plan: ExecutionPlan, warm: Warm) -> Warm:
         """Lend the session's files to `warm`'s slot; the container that will run `plan`."""
@@ -284,13 +288,17 @@ class ContainerEngine(EngineLifecycle):
         fleet, workspace = self._fleet, plan.workspace
         try:
             assert warm.slot is not None
-            await asyncio.to_thread(lend, warm.slot, workspace, uid=fleet.uid, gid=fleet.gid)
+            # The renames run to their end even if the call is cancelled meanwhile: only then
+            # can `dispose` give back everything that was moved.
+            await shielded(
+                asyncio.to_thread(lend, warm.slot, workspace, uid=fleet.uid, gid=fleet.gid)
+            )
         except CannotLend as exc:
             logger.info("container: %s; this run mounts the session directly", exc)
             self._spawn(fleet.dispose(warm))
             warm = await fleet.launch_direct(workspace, fleet.shape(plan.limits))
         except BaseException:
-            await asyncio.shield(fleet.dispose(warm))
+            await shielded(fleet.dispose(warm))
             raise
         self._remember(plan.decision_id, warm.sandbox.id)
         return warm
@@ -299,21 +307,22 @@ class ContainerEngine(EngineLifecycle):
         self, plan: ExecutionPlan, warm: Warm, request: bytes, before: Snapshot
     ) -> Exchange:
         """Run the request in `warm` under the workspace watchdog; on any failure (including
-        `SandboxGone`) stop the container and give the files back before raising."""
+        `SandboxGone`) or cancellation stop the container and give the files back before
+        raising. Nothing is awaited once the exchange is over, so a cancellation arriving then
+        reaches the caller's `_finish`, which gives the files back."""
         limits, workspace = plan.limits, plan.workspace
         folder = warm.slot.files if warm.slot is not None else workspace.files
-        ceiling = max(limits.workspace_bytes, total_bytes(before))  # past it: may shrink only
-        watchdog = asyncio.ensure_future(_watch_workspace(warm, folder, ceiling))
+        watchdog = asyncio.ensure_future(_watch_workspace(warm, folder, limits))
         try:
             return await warm.sandbox.exchange(
                 request, deadline_s=limits.wall_timeout_s, output_bytes=limits.output_bytes
             )
-        except BaseException:
-            await asyncio.shield(self._abandon(warm, plan))
+        except BaseException:  # cancelled, or the daemon failed: the container is stopped
+            watchdog.cancel()
+            await shielded(self._abandon(warm, plan))
             raise
         finally:
-            watchdog.cancel()
-            await asyncio.gather(watchdog, return_exceptions=True)
+            watchdog.cancel()  # not awaited: its last measuring thread ends on its own
 
     async def _finish(
         self, plan: ExecutionPlan, warm: Warm, exchange: Exchange, before: Snapshot
@@ -323,7 +332,8 @@ class ContainerEngine(EngineLifecycle):
         fleet, workspace = self._fleet, plan.workspace
         if warm.slot is not None:
             await asyncio.to_thread(give_back, warm.slot, workspace)
-        after = await asyncio.to_thread(snapshot, workspace.files)
+        found = await asyncio.to_thread(scan, workspace.files)  # by descriptor, real usage
+        after = found.files
         written = changed(before, after)
         images = await asyncio.to_thread(images_among, workspace.files, written)
         if exchange.ended == "reply":  # its processes are gone: remove it off the clock
@@ -336,7 +346,7 @@ class ContainerEngine(EngineLifecycle):
             runtime=fleet.runtime,
             files_written=written,
             images=images,
-            workspace_bytes=total_bytes(after),
+            workspace_bytes=found.usage.bytes,
         )
 
     async def _abandon(self, warm: Warm, plan: ExecutionPlan) -> None:
@@ -354,20 +364,21 @@ class ContainerEngine(EngineLifecycle):
             self._served.popitem(last=False)
 
 
-async def _watch_workspace(warm: Warm, folder: Path, budget: int) -> None:
-    """Kill `warm`'s container once `folder` holds more than `budget` bytes (many files, each
-    under the per-file cap, would otherwise fill the host's disk until the deadline)."""
+async def _watch_workspace(warm: Warm, folder: Path, limits: Limits) -> None:
+    """Kill `warm`'s container once `folder` occupies more disk or inodes than its budget
+    (many files, each under the per-file cap, would otherwise fill the host's disk until the
+    deadline); walked by descriptor (`disk_usage`)."""
     pause = WATCH_EVERY_S
     while True:
         await asyncio.sleep(pause)
         began = time.monotonic()
-        held = total_bytes(await asyncio.to_thread(snapshot, folder))
-        if held > budget:
+        held = await asyncio.to_thread(disk_usage, folder, stop_after_files=limits.workspace_files)
+        if held.over(limits):
             logger.info(
-                "container: %s holds %d bytes of a %d-byte workspace budget; killing it",
+                "container: %s holds %s, over its %s; killing it",
                 warm.sandbox.id[:12],
-                held,
-                budget,
+                held.describe(),
+                workspace_limit(limits),
             )
             with contextlib.suppress(SandboxError):
                 await asyncio.to_thread(warm.sandbox.docker.kill, warm.sandbox.id)

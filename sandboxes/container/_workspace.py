@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._files import Walk, remove_tree
 from .._types import WorkspacePaths
 from ._spec import LABEL_ENGINE, LABEL_INSTANCE, owner_alive
 
@@ -106,26 +107,14 @@ def adopt(folder: Path, *, uid: int, gid: int, top: bool = True) -> None:
     workspace; `drop_foreign_links` removes those, this closes the race). Only root can."""
     if os.geteuid() != 0:
         return
-    stack = [folder]
     if top:
         with contextlib.suppress(OSError):
             os.lchown(folder, uid, gid)
-    while stack:
-        current = stack.pop()
-        try:
-            entries = list(os.scandir(current))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                st = entry.stat(follow_symlinks=False)
-                shared = st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode)
-                if (st.st_uid != uid or st.st_gid != gid) and not shared:
-                    os.lchown(entry.path, uid, gid)
-            except OSError:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                stack.append(Path(entry.path))
+    for fd, name, _prefix, st in Walk(folder).at():  # by descriptor: deep trees too
+        shared = st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode)
+        if (st.st_uid != uid or st.st_gid != gid) and not shared:
+            with contextlib.suppress(OSError):
+                os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
 
 
 def _move_entries(source: Path, target: Path) -> list[str]:
@@ -153,7 +142,7 @@ def _move(source: Path, target: Path) -> None:
             if not os.path.lexists(target):
                 raise
             if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
+                remove_tree(target)
             else:
                 target.unlink()
             os.rename(source, target)

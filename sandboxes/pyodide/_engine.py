@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .._cancel import shielded
 from .._engine import EngineLifecycle
 from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
 from .._types import DEFAULT_MEMORY_BYTES, ExecutionPlan, RunResult
@@ -65,8 +66,13 @@ _MISSING = "Pyodide assets are missing: run `sandgate setup pyodide`"
 @dataclass(slots=True)
 class _Session:
     process: DenoProcess
+    grant: str
     mirror: Mirror = field(default_factory=Mirror)
     last_used: float = field(default_factory=time.monotonic)
+
+
+RECLAIMED = "it was idle and another session needed an interpreter"
+STOPPED = "its last call was cancelled or failed before it ended"
 
 
 class PyodideEngine(EngineLifecycle):
@@ -75,7 +81,10 @@ class PyodideEngine(EngineLifecycle):
     Args:
         assets_dir: Where `setup_pyodide` put the assets (default `$SANDGATE_CACHE/pyodide`).
         pool_size: Processes kept booted and idle, ready for new sessions.
-        max_sessions: Sessions that may hold a process at once; more get `EngineBusy`.
+        max_sessions: Sessions that may hold a process at once. A new session past it takes
+            the interpreter of the least recently used idle session (of the grant holding the
+            most); with none idle it gets `EngineBusy`. One grant holds at most
+            `ExecutionPlan.pool_share` of them (its own idle ones are reclaimed first).
         session_idle_s: A session idle this long loses its process (and its globals).
         persistent: False gives every run a fresh interpreter (the process is dropped after).
         js_heap_bytes: V8 heap cap of each Deno process (Python memory is capped per run).
@@ -128,13 +137,18 @@ class PyodideEngine(EngineLifecycle):
 
     @property
     def sessions(self) -> tuple[str, ...]:
-        """Sessions that currently hold a process."""
+        """Keys (`ExecutionPlan.session_key`) of the sessions that currently hold a process."""
         return tuple(self._sessions)
 
-    def session_pid(self, session_id: str) -> int | None:
-        """The pid of the Deno process serving `session_id`, if it holds one."""
-        session = self._sessions.get(session_id)
+    def session_pid(self, key: str) -> int | None:
+        """The pid of the Deno process serving the session `key`, if it holds one."""
+        session = self._sessions.get(key)
         return None if session is None else session.process.pid
+
+    def pool_stats(self) -> dict[str, int]:
+        """Figures for the metrics: booted idle processes, sessions holding one, the maximum."""
+        idle = len(self._pool.pids()) if self._pool else 0
+        return {"idle": idle, "sessions": len(self._sessions), "max_sessions": self._max_sessions}
 
     def process_ids(self) -> tuple[int, ...]:
         """Pids of every Deno process the engine holds (pool and sessions)."""
@@ -198,7 +212,7 @@ class PyodideEngine(EngineLifecycle):
             EngineUnavailable, EngineNotReady, EngineBusy: the engine's own failures.
         """
         await self.start()
-        sid = plan.session_id
+        sid = plan.session_key
         lock = self._locks.setdefault(sid, asyncio.Lock())
         async with lock:
             note = self._restarted.pop(sid, None)
@@ -211,13 +225,8 @@ class PyodideEngine(EngineLifecycle):
                 await self._drop(sid)
                 session, note = None, note or "the operator mounts changed"
             if session is None:
-                if len(self._sessions) >= self._max_sessions:
-                    raise EngineBusy(
-                        f"the pyodide engine holds {len(self._sessions)} sessions, its maximum; "
-                        "end idle sessions or raise max_sessions",
-                        retry_after_s=5.0,
-                    )
-                session = _Session(await self._take())
+                await self._make_room(plan)
+                session = _Session(await self._take(), plan.grant)
                 self._sessions[sid] = session
             try:
                 result = await self._run_in(session, plan)
@@ -265,16 +274,16 @@ class PyodideEngine(EngineLifecycle):
             answer = await proc.request(request, timeout_s=limits.wall_timeout_s)
         except TimeoutError:
             spent = meter.usage()
-            await proc.kill()
-            self._restarted[plan.session_id] = "stopped at its wall-time deadline"
+            await shielded(proc.kill())
+            self._restarted[plan.session_key] = "stopped at its wall-time deadline"
             out, err = proc.take_output("stdout"), proc.take_output("stderr")
             return timed_out(limits, spent, stdout=out, stderr=err)
         except ProcessDied:
             code = await proc.wait()
             spent = meter.usage()
             oom = proc.cgroup.oom_kills() > 0
-            await proc.kill()
-            self._restarted[plan.session_id] = "its process ended"
+            await shielded(proc.kill())
+            self._restarted[plan.session_key] = "its process ended"
             return from_death(
                 code,
                 oom_killed=oom,
@@ -284,20 +293,32 @@ class PyodideEngine(EngineLifecycle):
                 stdout=proc.take_output("stdout"),
                 stderr=proc.take_output("stderr"),
             )
-        except BaseException:
-            await proc.kill()
+        except BaseException:  # cancelled (or failed) mid-run: the interpreter goes
+            await shielded(proc.kill())
+            self._restarted[plan.session_key] = STOPPED
             raise
         spent = meter.usage(answer)
         stdout, stderr = proc.take_output("stdout"), proc.take_output("stderr")
         try:
-            done = await copy_out(proc, answer, sent, session.mirror, budget=limits.workspace_bytes)
+            done = await copy_out(
+                proc,
+                answer,
+                sent,
+                session.mirror,
+                budget=limits.workspace_bytes,
+                max_files=limits.workspace_files,
+            )
         except (TimeoutError, ProcessDied):
-            await proc.kill()
-            self._restarted[plan.session_id] = "its files could not be copied back"
+            await shielded(proc.kill())
+            self._restarted[plan.session_key] = "its files could not be copied back"
             done = Settled((), (), True)
+        except BaseException:  # cancelled while copying back: what the guest holds is unknown
+            await shielded(proc.kill())
+            self._restarted[plan.session_key] = STOPPED
+            raise
         if answer.get("fatal"):
-            await proc.kill()
-            self._restarted[plan.session_id] = "its interpreter failed"
+            await shielded(proc.kill())
+            self._restarted[plan.session_key] = "its interpreter failed"
         return from_report(
             answer,
             limits,
@@ -309,22 +330,70 @@ class PyodideEngine(EngineLifecycle):
             workspace_over=done.over_budget,
         )
 
-    async def end_session(self, session_id: str) -> bool:
-        """Kill the session's process (its globals go with it); False if it held none."""
-        lock = self._locks.get(session_id)
+    async def _make_room(self, plan: ExecutionPlan) -> None:
+        """Before a new session of `plan.grant` takes a process: keep the grant within its
+        share and the engine within `max_sessions`, reclaiming idle sessions' interpreters.
+
+        Raises:
+            EngineBusy: every session that would have to give way is running a call.
+        """
+        share = max(1, int(self._max_sessions * plan.pool_share))
+        mine = [k for k, s in self._sessions.items() if s.grant == plan.grant]
+        if len(mine) >= share:
+            if not await self._reclaim(mine):
+                raise EngineBusy(
+                    f"your client holds {len(mine)} Pyodide interpreters, its share of this "
+                    f"server's {self._max_sessions} (server.grant_share), and all of them are "
+                    "running calls; retry when one finishes, or end a session you no longer use",
+                    retry_after_s=5.0,
+                )
+            return
+        if len(self._sessions) < self._max_sessions:
+            return
+        held: dict[str, int] = {}
+        for session in self._sessions.values():
+            held[session.grant] = held.get(session.grant, 0) + 1
+        for grant in sorted(held, key=lambda g: -held[g]):
+            if await self._reclaim([k for k, s in self._sessions.items() if s.grant == grant]):
+                return
+        raise EngineBusy(
+            f"the pyodide engine holds {len(self._sessions)} interpreters, its maximum, and all "
+            "of them are running calls; retry shortly",
+            retry_after_s=5.0,
+        )
+
+    async def _reclaim(self, keys: list[str]) -> bool:
+        """End the least recently used idle session among `keys`; False if all are busy."""
+        idle = [
+            k
+            for k in keys
+            if k in self._sessions and not (k in self._locks and self._locks[k].locked())
+        ]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda k: self._sessions[k].last_used)
+        logger.info("pyodide: reclaiming the idle interpreter of session %r", victim)
+        self._restarted[victim] = RECLAIMED
+        await self._drop(victim)
+        return True
+
+    async def end_session(self, key: str) -> bool:
+        """Kill the process of the session `key` (`ExecutionPlan.session_key`); its globals go
+        with it. False if it held none."""
+        lock = self._locks.get(key)
         if lock is None:
             return False
         async with lock:
-            found = session_id in self._sessions
-            await self._drop(session_id)
-        self._locks.pop(session_id, None)
-        self._restarted.pop(session_id, None)
+            found = key in self._sessions
+            await self._drop(key)
+        self._locks.pop(key, None)
+        self._restarted.pop(key, None)
         return found
 
     async def _drop(self, sid: str) -> None:
         session = self._sessions.pop(sid, None)
         if session is not None:
-            await session.process.kill()
+            await shielded(session.process.kill())
 
     async def _reap_idle(self) -> None:
         while True:

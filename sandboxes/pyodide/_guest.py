@@ -110,9 +110,16 @@ def _safe_rel(rel: str) -> str | None:
     return "/".join(parts)
 
 
-def _scan(root: str) -> dict[str, tuple[int, int]]:
-    found: dict[str, tuple[int, int]] = {}
-    for folder, _dirs, files in os.walk(root):
+Files = dict[str, tuple[int, int]]
+
+
+def _scan(root: str) -> tuple[Files, set[str]]:
+    """The regular files under `root` (path → size, mtime) and its folders (paths)."""
+    found: Files = {}
+    folders: set[str] = set()
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            folders.add(os.path.relpath(os.path.join(folder, name), root))
         for name in files:
             path = os.path.join(folder, name)
             try:
@@ -121,27 +128,33 @@ def _scan(root: str) -> dict[str, tuple[int, int]]:
                 continue
             if stat.S_ISREG(st.st_mode):
                 found[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
-    return found
+    return found, folders
 
 
-def _scan_roots(request: dict[str, Any]) -> dict[str, dict[str, tuple[int, int]]]:
-    """The files of each folder the host copies back (`scan`: the workspace, rw mounts)."""
+def _scan_roots(request: dict[str, Any]) -> dict[str, tuple[Files, set[str]]]:
+    """The files and folders of each folder the host copies back (`scan`: the workspace, rw
+    mounts)."""
     roots = request.get("scan")
     listed = roots if isinstance(roots, list) else [WORKSPACE]
     return {root: _scan(root) for root in listed if isinstance(root, str)}
 
 
-def _collect(before: dict[str, dict[str, tuple[int, int]]]) -> dict[str, Any]:
-    """Per scanned folder: files the run created or changed (path, size) and files it deleted.
+def _collect(before: dict[str, tuple[Files, set[str]]]) -> dict[str, Any]:
+    """Per scanned folder: files the run created or changed (path, size), files it deleted,
+    and folders it deleted (the host removes them when empty).
 
     Files in sync with the host carry mtime 0 (set when they are copied in or out), so any
     write by the run shows as a newer mtime.
     """
     files: dict[str, Any] = {}
-    for root, was in before.items():
-        after = _scan(root)
+    for root, (was, was_folders) in before.items():
+        after, folders = _scan(root)
         changed = [[rel, sig[0]] for rel, sig in sorted(after.items()) if sig[1] != 0]
-        files[root] = {"changed": changed, "deleted": sorted(set(was) - set(after))}
+        files[root] = {
+            "changed": changed,
+            "deleted": sorted(set(was) - set(after)),
+            "folders_deleted": sorted(was_folders - folders),
+        }
     return {"files": files}
 
 

@@ -1,12 +1,12 @@
 """Host-side helpers of the Mcp Pyodide mount tools: list a folder, read an image, no escapes.
 
-Each path is opened component by component from the mount root with `O_NOFOLLOW`, so `..`,
-absolute paths and symbolic links (including ones the guest planted) never lead outside.
+Each path is opened component by component from the mount root by the host file layer
+(`sandboxes._files`: `O_NOFOLLOW | O_NONBLOCK`, regular files only), so `..`, absolute paths,
+symbolic links (including ones the guest planted), FIFOs and devices never lead anywhere.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -14,12 +14,18 @@ from pathlib import Path
 from typing import Literal
 
 from .._errors import SandboxError
-from .._files import IMAGE_MIME_TYPES, MAX_IMAGE_BYTES
+from .._files import (
+    IMAGE_MIME_TYPES,
+    MAX_IMAGE_BYTES,
+    FileRefused,
+    open_file,
+    open_folder,
+    read_open,
+)
 from .._types import Image
 
 EntryKind = Literal["file", "directory", "symlink", "other"]
 MAX_LISTED_ENTRIES = 10_000
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _SIGNATURES: dict[str, tuple[bytes, ...]] = {
     "image/png": (b"\x89PNG\r\n\x1a\n",),
     "image/jpeg": (b"\xff\xd8\xff",),
@@ -72,36 +78,26 @@ def _parts(argument: str, rel: str, *, allow_empty: bool) -> list[str]:
 
 
 def _open_dir(root: Path, parts: list[str], argument: str, rel: str) -> int:
-    try:
-        fd = os.open(root, _DIR_FLAGS)
-    except OSError as exc:
-        raise MountPathRefused("mount", "an existing mount folder", str(root)) from exc
-    for part in parts:
+    if not parts:
         try:
-            nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
-        except OSError as exc:
-            linked = _is_link(part, fd)
-            os.close(fd)
-            expected = "a folder reached without symbolic links" if linked else _why(exc, "folder")
-            raise MountPathRefused(argument, expected, rel) from exc
-        os.close(fd)
-        fd = nxt
-    return fd
-
-
-def _is_link(name: str, dir_fd: int) -> bool:
+            return open_folder(root, [])
+        except FileRefused:
+            raise MountPathRefused("mount", "an existing mount folder", str(root)) from None
     try:
-        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    except OSError:
-        return False
+        return open_folder(root, parts, rel=rel)
+    except FileRefused as exc:
+        raise MountPathRefused(argument, _expected(exc, "folder"), rel) from None
 
 
-def _why(exc: OSError, what: str) -> str:
-    if exc.errno in (errno.ELOOP, errno.EMLINK):
+def _expected(exc: FileRefused, what: str) -> str:
+    """What a mount tool accepts, in words, given why the host file layer refused a path."""
+    if exc.got == "a symbolic link":
         return f"a {what} reached without symbolic links"
-    if exc.errno == errno.ENOTDIR:
+    if exc.got.startswith("no such"):
+        return f"an existing {what} inside the mount"
+    if "not a folder" in exc.got:
         return f"a {what} (a path through folders only)"
-    return f"an existing {what} inside the mount"
+    return f"a regular file or folder inside the mount (not {exc.got})"
 
 
 def list_mounted_directory(root: Path, rel: str = "") -> list[Entry]:
@@ -152,23 +148,16 @@ def read_image(root: Path, rel: str) -> Image:
     if mime is None:
         kinds = ", ".join(sorted(IMAGE_MIME_TYPES))
         raise MountPathRefused("imagePath", f"an image file ({kinds})", rel)
-    folder = _open_dir(root, parts[:-1], "imagePath", rel)
     try:
-        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
-    except OSError as exc:
-        raise MountPathRefused("imagePath", _why(exc, "file"), rel) from exc
-    finally:
-        os.close(folder)
+        fd = open_file(root, "/".join(parts))
+    except FileRefused as exc:
+        raise MountPathRefused("imagePath", _expected(exc, "file"), rel) from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise MountPathRefused("imagePath", "a regular file", rel)
-        if st.st_size > MAX_IMAGE_BYTES:
-            raise MountPathRefused("imagePath", f"an image of at most {MAX_IMAGE_BYTES} bytes", rel)
-        chunks: list[bytes] = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        data = b"".join(chunks)
+        data = read_open(fd, max_bytes=MAX_IMAGE_BYTES, rel=rel)
+    except FileRefused:
+        raise MountPathRefused(
+            "imagePath", f"an image of at most {MAX_IMAGE_BYTES} bytes", rel
+        ) from None
     finally:
         os.close(fd)
     if not _looks_like(mime, data):

@@ -237,3 +237,24 @@ def unlink_file(root: Path, rel: str) -> bool:
 def _parent_fd(root: Path, parts: list[str], *, create: bool) -> int | None:
     """An fd of the folder holding `parts[-1]`, reached without following any link."""
     return folder_beneath(root, parts[:-1], create=create)
+
+
+def remove_empty_folders(root: Path, rels: list[str]) -> int:
+    """Remove the folders `root/rel` (deepest first) that are empty, by descriptor, never
+    through a link; returns how many went."""
+    removed = 0
+    for rel in sorted(set(rels), key=lambda r: r.count("/"), reverse=True):
+        parts = rel.split("/")
+        fd = _parent_fd(root, parts, create=False)
+        if fd is None:
+            continue
+        try:
+            st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                os.rmdir(parts[-1], dir_fd=fd)
+                removed += 1
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._cancel import shielded
 from .._engine import EngineLifecycle
 from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
 from .._files import (
@@ -24,8 +25,10 @@ from .._files import (
     drop_foreign_links,
     has_entries,
     images_among,
+    scan,
     snapshot,
     total_bytes,
+    workspace_limit,
 )
 from .._types import ExecutionPlan, Image, RunResult, Status, Usage, WorkspacePaths
 from ._pool import Worker, WorkerDied, WorkerGone
@@ -304,6 +307,7 @@ class WasmEngine(EngineLifecycle):
             "output_bytes": limits.output_bytes,
             "fuel": limits.fuel,
             "workspace_bytes": limits.workspace_bytes,
+            "workspace_files": limits.workspace_files,
             "workspace_held": total_bytes(before),
             "may_move": may_move,
         }
@@ -330,7 +334,7 @@ class WasmEngine(EngineLifecycle):
                     limit=f"wall time {limits.wall_timeout_s:g} s (stopped by the host backstop)",
                     usage=Usage(wall_ms=(time.perf_counter() - began) * 1000),
                 )
-            except (WorkerDied, asyncio.CancelledError):
+            except BaseException:  # died mid-call, or the call was cancelled: stop the guest
                 await self._lose(worker)
                 raise
         if worker.alive:
@@ -348,13 +352,20 @@ class WasmEngine(EngineLifecycle):
         return _result(answer, plan, written, images)
 
     async def _lose(self, worker: Worker) -> None:
-        """Kill a worker that failed mid-call and give back the files stranded in its slot
-        (before the call's answer), then replace it."""
-        slot = self._slots.get(worker)
-        await worker.kill()
-        if slot is not None:
-            await asyncio.to_thread(Slot(slot).recover)
-        self._replace(worker)
+        """Kill a worker that failed mid-call or whose call was cancelled, give back the
+        files stranded in its slot (before the call's answer), then replace it. Runs to its end
+        even when the call is cancelled meanwhile (see `shielded`)."""
+
+        async def lose() -> None:
+            slot = self._slots.get(worker)
+            try:
+                await worker.kill()
+                if slot is not None:
+                    await asyncio.to_thread(Slot(slot).recover)
+            finally:
+                self._replace(worker)
+
+        await shielded(lose())
 
     async def aclose(self) -> None:
         self._closed = True
@@ -385,12 +396,13 @@ def _after_run(
     is past its budget (one walk for all three). A workspace already past its budget before the
     run may shrink, not grow. The worker's watchdog stops a run that outgrows its budget; this
     catches the run that ended before the watchdog's first look."""
-    after = snapshot(files)
+    found = scan(files)  # by descriptor: the files, and what they occupy on disk
+    after = found.files
     written = changed(before, after)
     over = None
     if budget is not None:
-        held = total_bytes(after)
-        over = held if held > max(budget, total_bytes(before)) else None
+        held = found.usage.bytes
+        over = held if held > budget or not found.usage.complete else None
     return written, tuple(images_among(files, written)), over
 
 
@@ -401,7 +413,7 @@ def _status(answer: dict[str, Any], plan: ExecutionPlan) -> tuple[Status, str | 
     memory = f"memory {limits.memory_bytes} bytes"
     held = answer.get("workspace_over")
     if held is not None:
-        return "killed", f"workspace {limits.workspace_bytes} bytes (it held {held} when stopped)"
+        return "killed", workspace_limit(limits)
     if trapped == "deadline":
         return "timeout", f"wall time {limits.wall_timeout_s:g} s"
     if trapped == "out of fuel":

@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._cancel import shielded
+
 
 @dataclass(slots=True)
 class _Use:
@@ -51,13 +53,8 @@ class SessionUses:
                 counted = True
             yield moving
         finally:
-            if counted:
-                async with use.changed:
-                    if moving:
-                        use.moving = False
-                    else:
-                        use.sharing -= 1
-                    use.changed.notify_all()
+            if counted:  # even when the call is cancelled: else the session waits forever
+                await shielded(_leave(use, moving))
             use.entered -= 1
             if use.entered == 0:
                 del self._uses[files]
@@ -66,3 +63,12 @@ class SessionUses:
         """Calls of the session that entered and have not left (waiting ones included)."""
         use = self._uses.get(files)
         return 0 if use is None else use.entered
+
+
+async def _leave(use: _Use, moving: bool) -> None:
+    async with use.changed:
+        if moving:
+            use.moving = False
+        else:
+            use.sharing -= 1
+        use.changed.notify_all()

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .._files import has_entries, snapshot, total_bytes
+from .._files import disk_usage, has_entries, snapshot, total_bytes
 from ._prepared import MPL_GUEST, SITE_GUEST, WORKSPACE_GUEST, PreparedGuest, Shape, fits
 from ._slot import Slot, SlotRefused
 
@@ -238,7 +238,9 @@ def _measured(
             held = total_bytes(snapshot(workspace))
         budget = max(budget, held)
     watchdog = threading.Thread(
-        target=_watch, args=(str(workspace), budget, cancel, finished, over), daemon=True
+        target=_watch,
+        args=(str(workspace), budget, request.get("workspace_files"), cancel, finished, over),
+        daemon=True,
     )
     _reset_peak_rss()
     rss_before = _rss_bytes("VmRSS") or 0
@@ -279,15 +281,21 @@ def _measured(
 
 
 def _watch(
-    files: str, budget: int, cancel: threading.Event, finished: threading.Event, over: list[int]
+    files: str,
+    budget: int,
+    max_files: int | None,
+    cancel: threading.Event,
+    finished: threading.Event,
+    over: list[int],
 ) -> None:
-    """Stop the guest (through `cancel`) once the workspace holds more than `budget` bytes."""
+    """Stop the guest (through `cancel`) once the workspace occupies more than `budget` bytes
+    of disk or holds more than `max_files` inodes (walked by descriptor, `disk_usage`)."""
     pause = _WATCH_EVERY_S
     while not finished.wait(pause):
         began = time.perf_counter()
-        held = total_bytes(snapshot(Path(files)))
-        if held > budget:
-            over.append(held)
+        held = disk_usage(Path(files), stop_after_files=max_files)
+        if held.bytes > budget or not held.complete or (max_files and held.files > max_files):
+            over.append(held.bytes)
             cancel.set()
             return
         pause = max(_WATCH_EVERY_S, 4 * (time.perf_counter() - began))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxes import Engine, WasmEngine
+from sandboxes import Engine, WasmEngine, session_key
 from tests.results import text_of
 
 from .conftest import Stack, fault_policy, require, stack, wait_until
@@ -152,7 +152,7 @@ async def test_the_deno_process_of_a_session_killed_mid_call(
     async with stack(tmp_path, fault_policy(engine="pyodide", max_runs=5), engines) as live:
         kept = await live.run("x = 41", session="victim")
         assert not kept.is_error, text_of(kept)
-        pid = pyodide_engine.session_pid("named:victim")
+        pid = pyodide_engine.session_pid(session_key("local", "named:victim"))
         assert pid is not None
         call = asyncio.create_task(live.run("while True:\n    pass", session="victim"))
         decision = await wait_until(live.pending_decision, "the call to be allowed")
@@ -168,7 +168,7 @@ async def test_the_deno_process_of_a_session_killed_mid_call(
         payload = after.structured_content or {}
         assert payload["stdout"].strip() == "False"  # a fresh interpreter
         assert "interpreter was restarted" in payload["stderr"]
-        assert pyodide_engine.session_pid("named:victim") not in (None, pid)
+        assert pyodide_engine.session_pid(session_key("local", "named:victim")) not in (None, pid)
         assert live.units() == 3
 
 

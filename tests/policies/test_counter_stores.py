@@ -127,6 +127,21 @@ def test_approvals_resolve_once_and_are_used_once(store: CounterStore) -> None:
     assert got is not None and got.status_at(NOW + 22) == "used"
 
 
+def test_an_answer_bound_to_another_call_is_unknown_and_changes_nothing(
+    store: CounterStore,
+) -> None:
+    record = ApprovalRecord(
+        "ap3", "binding-3", "run_code", "alice", "s1", "h" * 64, "pending", NOW, NOW + 300, 300.0
+    )
+    store.add_approval(record)
+    with pytest.raises(UnknownApproval) as raised:
+        store.resolve_approval("ap3", True, "client:bob", NOW + 1, binding="binding-other")
+    assert (raised.value.approval_id, raised.value.status) == ("ap3", None)
+    assert store.get_approval("ap3") == record
+    resolved = store.resolve_approval("ap3", True, "client:alice", NOW + 2, binding="binding-3")
+    assert (resolved.status, resolved.resolved_by) == ("approved", "client:alice")
+
+
 def test_unknown_and_expired_approvals(store: CounterStore) -> None:
     with pytest.raises(UnknownApproval) as raised:
         store.resolve_approval("nope", True, "bob", NOW)

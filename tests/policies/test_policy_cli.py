@@ -167,8 +167,9 @@ def test_approve_and_deny_from_the_command_line(
         for r in read_audit(tmp_path / "audit.jsonl")
         if r.event == "approval"
     ]
-    assert answers[0] == (first.approval_id, "allow", "ops")
+    assert answers[0] == (first.approval_id, "allow", "operator:ops")
     assert answers[1][:2] == (second.approval_id, "deny")
+    assert answers[1][2] is not None and answers[1][2].startswith("operator:")
 
 
 def test_default_state_dir_comes_from_sandgate_home(

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sandboxes import ExecutionPlan, Limits, Program, ProgramKind, WorkspacePaths
+from sandboxes import ExecutionPlan, Limits, Program, ProgramKind, WorkspacePaths, session_key
 from sandboxes.pyodide import PyodideEngine, setup_pyodide
 from tests.conftest import IN_CI
 
@@ -122,7 +122,7 @@ async def shared_session(
     """One session for a module's tests that leave no state behind (saves process boots)."""
     sid = f"{request.module.__name__}-{secrets.token_hex(4)}"
     yield sid
-    await engine.end_session(sid)
+    await engine.end_session(session_key("local", sid))
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ async def session_id(request: pytest.FixtureRequest, engine: PyodideEngine) -> A
     sid = f"{request.node.name}-{secrets.token_hex(4)}"
     yield sid
     for name in (sid, sid + "-other"):
-        await engine.end_session(name)
+        await engine.end_session(session_key("local", name))
 
 
 def make_plan(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxes import Limits, WorkspacePaths
+from sandboxes import Limits, WorkspacePaths, session_key
 from sandboxes.pyodide import PyodideEngine
 
 from .conftest import make_plan
@@ -82,13 +82,14 @@ async def test_globals_stay_within_one_session_only(
     assert (first.status, again.status, again.value) == ("ok", "ok", "2")
     other = await engine.run(make_plan(workspace, "counter", session=session_id + "-other"))
     assert other.status == "error" and other.error == "NameError: name 'counter' is not defined"
-    assert engine.session_pid(session_id) != engine.session_pid(session_id + "-other")
-    assert await engine.end_session(session_id)
-    assert await engine.end_session(session_id + "-other")
-    assert not await engine.end_session(session_id)
+    mine, other = session_key("local", session_id), session_key("local", session_id + "-other")
+    assert engine.session_pid(mine) != engine.session_pid(other)
+    assert await engine.end_session(mine)
+    assert await engine.end_session(other)
+    assert not await engine.end_session(mine)
     fresh = await engine.run(make_plan(workspace, "'counter' in globals()", session=session_id))
     assert fresh.value == "False"
-    await engine.end_session(session_id)
+    await engine.end_session(mine)
 
 
 async def test_output_past_the_cap_is_cut_and_reported(

@@ -9,7 +9,7 @@ import time
 import anyio
 import pytest
 
-from sandboxes import Limits, WorkspacePaths
+from sandboxes import Limits, WorkspacePaths, session_key
 from sandboxes.pyodide import PyodideEngine
 
 from .conftest import make_plan
@@ -23,7 +23,7 @@ async def test_an_endless_loop_stops_at_the_deadline_and_the_session_restarts(
     engine: PyodideEngine, workspace: WorkspacePaths, session_id: str
 ) -> None:
     await engine.run(make_plan(workspace, "kept = 1", session=session_id))
-    pid = engine.session_pid(session_id)
+    pid = engine.session_pid(session_key("local", session_id))
     limits = Limits(wall_timeout_s=1.0)
     began = time.monotonic()
     code = "print('started')\nwhile True: pass"
@@ -86,7 +86,7 @@ async def test_a_process_that_dies_between_calls_is_replaced(
     engine: PyodideEngine, workspace: WorkspacePaths, session_id: str
 ) -> None:
     await engine.run(make_plan(workspace, "x = 1", session=session_id))
-    pid = engine.session_pid(session_id)
+    pid = engine.session_pid(session_key("local", session_id))
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     with anyio.fail_after(10):
@@ -94,7 +94,9 @@ async def test_a_process_that_dies_between_calls_is_replaced(
             await anyio.sleep(0.01)
     result = await engine.run(make_plan(workspace, "'x' in globals()", session=session_id))
     assert (result.status, result.value) == ("ok", "False")
-    assert "restarted" in result.stderr and engine.session_pid(session_id) != pid
+    assert (
+        "restarted" in result.stderr and engine.session_pid(session_key("local", session_id)) != pid
+    )
 
 
 async def test_a_fresh_interpreter_per_run_when_not_persistent(

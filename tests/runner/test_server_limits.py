@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -176,15 +177,20 @@ async def test_no_new_session_while_the_workspaces_use_more_than_the_total(tmp_p
     assert rules == ["/server/max_workspace_bytes_total"]
 
 
-def test_workspace_bytes_counts_files_and_does_not_follow_links(tmp_path: Path) -> None:
+def test_workspace_bytes_counts_allocated_blocks_and_does_not_follow_links(
+    tmp_path: Path,
+) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "f").write_bytes(b"x" * 100)
     (tmp_path / "g").write_bytes(b"y" * 11)
     outside = tmp_path.parent / f"{tmp_path.name}-outside"
-    outside.write_bytes(b"z" * 1000)
+    outside.write_bytes(b"z" * 100_000)
     try:
         (tmp_path / "link").symlink_to(outside)
-        assert workspace_bytes(tmp_path) == 111
+        entries = ("a", "a/f", "g", "link")
+        allocated = sum(os.lstat(tmp_path / e).st_blocks * 512 for e in entries)
+        assert workspace_bytes(tmp_path) == allocated
+        assert allocated < 100_000  # the link's target is not counted
         assert workspace_bytes(tmp_path / "missing") == 0
     finally:
         outside.unlink()
@@ -200,12 +206,12 @@ def test_reap_idle_removes_idle_sessions_but_not_busy_ones(tmp_path: Path) -> No
     with sessions.hold():
         busy = sessions.get("g", "busy")
         clock.advance(61)
-        assert sessions.reap_idle() == ["idle"]
+        assert sessions.reap_idle() == [idle.key]
         assert not idle.workspace.files.exists() and busy.workspace.files.exists()
     clock.advance(59)
     assert sessions.reap_idle() == []  # the hold ended 59 s ago: it counts as just used
     clock.advance(2)
-    assert sessions.reap_idle() == ["busy"] and len(sessions) == 0
+    assert sessions.reap_idle() == [busy.key] and len(sessions) == 0
     assert not busy.workspace.files.exists()
 
 

@@ -98,11 +98,7 @@ class Target:
         """Forget a session: its workspace, and its engine process where it keeps one."""
         if self.service is None:
             return
-        await anyio.to_thread.run_sync(self.service.sessions.end, GRANT, session)
-        engine = self.service.engines.running().get(ENGINE_KEYS[self.engine])
-        end = getattr(engine, "end_session", None)
-        if callable(end):
-            await end(session)
+        await self.service.end_session(GRANT, session)
         self.sessions.discard(session)
 
 
