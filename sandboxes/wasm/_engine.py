@@ -20,14 +20,13 @@ from .._cancel import shielded
 from .._engine import EngineLifecycle
 from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
 from .._files import (
+    Scan,
     Snapshot,
     changed,
     drop_foreign_links,
     has_entries,
     images_among,
     scan,
-    snapshot,
-    total_bytes,
     workspace_limit,
 )
 from .._types import ExecutionPlan, Image, RunResult, Status, Usage, WorkspacePaths
@@ -289,9 +288,7 @@ class WasmEngine(EngineLifecycle):
         finally:
             self._in_engine -= 1
 
-    async def _run_entered(
-        self, plan: ExecutionPlan, before: Snapshot, may_move: bool
-    ) -> RunResult:
+    async def _run_entered(self, plan: ExecutionPlan, before: Scan, may_move: bool) -> RunResult:
         files = plan.workspace.files
         limits = plan.limits
         request = {
@@ -308,7 +305,7 @@ class WasmEngine(EngineLifecycle):
             "fuel": limits.fuel,
             "workspace_bytes": limits.workspace_bytes,
             "workspace_files": limits.workspace_files,
-            "workspace_held": total_bytes(before),
+            "workspace_held": before.usage.bytes,  # allocated, as the watchdog counts
             "may_move": may_move,
         }
         began = time.perf_counter()
@@ -345,7 +342,7 @@ class WasmEngine(EngineLifecycle):
             raise WorkerDied(f"the wasm worker could not run the guest: {answer.get('error')}")
         self._served["served_prepared" if answer.get("prepared") else "served_started"] += 1
         written, images, over = await asyncio.to_thread(
-            _after_run, files, before, limits.workspace_bytes
+            _after_run, files, before.files, limits.workspace_bytes
         )
         if answer.get("workspace_over") is None:  # a run shorter than the watchdog's first look
             answer["workspace_over"] = over
@@ -382,20 +379,19 @@ class WasmEngine(EngineLifecycle):
             await asyncio.to_thread(Slot(slot).remove)
 
 
-def _before_run(workspace: WorkspacePaths) -> tuple[Snapshot, bool]:
-    """Drop links the host did not make, then take the workspace's snapshot, and whether the
-    folder holds anything at all (one thread hop)."""
+def _before_run(workspace: WorkspacePaths) -> tuple[Scan, bool]:
+    """Drop links the host did not make, then walk the workspace (its files, and what they
+    occupy on disk), and whether the folder holds anything at all (one thread hop)."""
     drop_foreign_links(workspace)
-    return snapshot(workspace.files), has_entries(workspace.files)
+    return scan(workspace.files), has_entries(workspace.files)
 
 
 def _after_run(
     files: Path, before: Snapshot, budget: int | None
 ) -> tuple[tuple[str, ...], tuple[Image, ...], int | None]:
     """The files the run wrote, the images among them, and what the workspace holds when that
-    is past its budget (one walk for all three). A workspace already past its budget before the
-    run may shrink, not grow. The worker's watchdog stops a run that outgrows its budget; this
-    catches the run that ended before the watchdog's first look."""
+    is past its budget (one walk for all three). The worker's watchdog stops a run that
+    outgrows its budget; this catches the run that ended before the watchdog's first look."""
     found = scan(files)  # by descriptor: the files, and what they occupy on disk
     after = found.files
     written = changed(before, after)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .._files import disk_usage, has_entries, snapshot, total_bytes
+from .._files import disk_usage, has_entries
 from ._prepared import MPL_GUEST, SITE_GUEST, WORKSPACE_GUEST, PreparedGuest, Shape, fits
 from ._slot import Slot, SlotRefused
 
@@ -233,9 +233,9 @@ def _measured(
     over: list[int] = []
     budget = request.get("workspace_bytes")
     if budget is not None:  # a workspace already past its budget may shrink, not grow
-        held = request.get("workspace_held")
+        held = request.get("workspace_held")  # allocated bytes, as `_watch` counts them
         if not isinstance(held, int):
-            held = total_bytes(snapshot(workspace))
+            held = disk_usage(workspace).bytes
         budget = max(budget, held)
     watchdog = threading.Thread(
         target=_watch,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxes import ExecutionPlan, Limits, Program, WasmEngine, WorkspacePaths
+from sandboxes import ExecutionPlan, Limits, Program, WasmEngine, WorkspacePaths, disk_usage
 
 pytestmark = [pytest.mark.anyio, pytest.mark.wasm]
 
@@ -202,3 +202,24 @@ async def test_a_killed_worker_is_an_engine_error_and_is_replaced(tmp_path: Path
         result = await engine.run(_plan(tmp_path / "b", "print('still here')"))
         assert result.status == "ok" and result.stdout == "still here\n"
         assert engine.worker_pids() != [pid]
+
+
+async def test_a_sparse_file_does_not_widen_the_workspace_budget(
+    engine: WasmEngine, tmp_path: Path
+) -> None:
+    """A workspace holding a 4 GiB sparse file (a few KiB on disk) is within its 8 MiB budget;
+    the watchdog must stop the guest once it really writes past 8 MiB, not past 4 GiB."""
+    mib = 1024 * 1024
+    code = (
+        "chunk = b'x' * (1 << 20)\n"
+        "with open('fill.bin', 'wb') as f:\n"
+        "    for _ in range(512):\n"
+        "        f.write(chunk)\n"
+        "        f.flush()\n"
+    )
+    plan = _plan(tmp_path, code, workspace_bytes=8 * mib, wall_timeout_s=60)
+    with (plan.workspace.files / "sparse.bin").open("wb") as sparse:
+        sparse.truncate(4 << 30)
+    result = await engine.run(plan)
+    assert result.status == "killed" and (result.limit or "").startswith("workspace")
+    assert disk_usage(plan.workspace.files).bytes < 256 * mib
