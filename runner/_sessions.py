@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policies import ServerSettings
-from sandboxes import DiskUsage, WorkspacePaths, disk_usage, remove_tree, session_key
+from sandboxes import WorkspacePaths, remove_tree, session_key
 
 from ._errors import ServerLimit
 
@@ -216,15 +216,3 @@ class Sessions:
 
     def __len__(self) -> int:
         return len(self._sessions)
-
-
-def workspace_usage(root: Path) -> DiskUsage:
-    """What everything under `root` occupies on disk (allocated bytes, inodes), walked by
-    descriptor (no path-length limit, links not followed); empty when it does not exist."""
-    return disk_usage(root)
-
-
-def workspace_bytes(root: Path) -> int:
-    """Bytes of disk everything under `root` occupies (allocated blocks; 0 when it does not
-    exist; links not followed; a sparse file counts what it occupies)."""
-    return workspace_usage(root).bytes

@@ -338,7 +338,10 @@ class PyodideEngine(EngineLifecycle):
             EngineBusy: every session that would have to give way is running a call.
         """
         share = max(1, int(self._max_sessions * plan.pool_share))
-        mine = [k for k, s in self._sessions.items() if s.grant == plan.grant]
+        by_grant: dict[str, list[str]] = {}
+        for key, session in self._sessions.items():
+            by_grant.setdefault(session.grant, []).append(key)
+        mine = by_grant.get(plan.grant, [])
         if len(mine) >= share:
             if not await self._reclaim(mine):
                 raise EngineBusy(
@@ -350,11 +353,8 @@ class PyodideEngine(EngineLifecycle):
             return
         if len(self._sessions) < self._max_sessions:
             return
-        held: dict[str, int] = {}
-        for session in self._sessions.values():
-            held[session.grant] = held.get(session.grant, 0) + 1
-        for grant in sorted(held, key=lambda g: -held[g]):
-            if await self._reclaim([k for k, s in self._sessions.items() if s.grant == grant]):
+        for keys in sorted(by_grant.values(), key=len, reverse=True):
+            if await self._reclaim(keys):
                 return
         raise EngineBusy(
             f"the pyodide engine holds {len(self._sessions)} interpreters, its maximum, and all "

@@ -36,9 +36,9 @@ from ._sync import (
 )
 
 COPY_TIMEOUT_S = 60.0
+"""Longest wait for a run's files to be copied in, or for one file to come back."""
 ALLOCATION_BYTES = 4096
 """The block a written file is assumed to take on disk, for the copy-out budget."""
-"""Longest wait for a run's files to be copied in, or for one file to come back."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,8 @@ import pytest
 
 from policies import ServerSettings, load_policy_text, policy_json_schema
 from runner import Caller, Config, ServerLimit, Service, open_service
-from runner._sessions import Sessions, workspace_bytes
-from sandboxes import FakeEngine
+from runner._sessions import Sessions
+from sandboxes import FakeEngine, disk_usage
 from tests.clock import FakeClock
 from tests.results import text_of
 
@@ -177,7 +177,7 @@ async def test_no_new_session_while_the_workspaces_use_more_than_the_total(tmp_p
     assert rules == ["/server/max_workspace_bytes_total"]
 
 
-def test_workspace_bytes_counts_allocated_blocks_and_does_not_follow_links(
+def test_workspace_disk_use_counts_allocated_blocks_and_does_not_follow_links(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "a").mkdir()
@@ -189,9 +189,9 @@ def test_workspace_bytes_counts_allocated_blocks_and_does_not_follow_links(
         (tmp_path / "link").symlink_to(outside)
         entries = ("a", "a/f", "g", "link")
         allocated = sum(os.lstat(tmp_path / e).st_blocks * 512 for e in entries)
-        assert workspace_bytes(tmp_path) == allocated
+        assert disk_usage(tmp_path).bytes == allocated
         assert allocated < 100_000  # the link's target is not counted
-        assert workspace_bytes(tmp_path / "missing") == 0
+        assert disk_usage(tmp_path / "missing").bytes == 0
     finally:
         outside.unlink()
 
