@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
@@ -54,3 +56,47 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) ->
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=timeout_s)
+
+
+def serve_http_argv(
+    port: int, *, policy: Path, state_dir: Path, workers: int, extra: tuple[str, ...] = ()
+) -> list[str]:
+    """`sandgate serve` over streamable HTTP on the loopback `port`."""
+    return [
+        sandgate_command(),
+        "serve",
+        "--transport",
+        "streamable-http",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--policy",
+        str(policy),
+        "--state-dir",
+        str(state_dir),
+        "--workers",
+        str(workers),
+        *extra,
+    ]
+
+
+@contextmanager
+def serving_http(
+    policy: Path,
+    state_dir: Path,
+    *,
+    workers: int,
+    extra: tuple[str, ...] = (),
+    start_timeout_s: float = 180.0,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A `sandgate serve` over streamable HTTP on a free loopback port, once it listens:
+    its MCP URL and its process, stopped on exit whatever happened."""
+    port = free_port()
+    argv = serve_http_argv(port, policy=policy, state_dir=state_dir, workers=workers, extra=extra)
+    process = subprocess.Popen(argv)
+    try:
+        wait_for_port(port, process, start_timeout_s)
+        yield f"http://{LOOPBACK}:{port}/mcp", process
+    finally:
+        stop(process)

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from tests.processes import STOP_TIMEOUT_S, free_port, sandgate_command, stop
+from tests.processes import STOP_TIMEOUT_S, free_port, sandgate_command, serve_http_argv, stop
 
 START_TIMEOUT_S = 120.0
 
@@ -165,22 +165,7 @@ class HttpServer:
         self.log = log
         self._stderr = log.open("wb")
         self.process = subprocess.Popen(
-            [
-                sandgate_command(),
-                "serve",
-                "--transport",
-                "streamable-http",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--state-dir",
-                str(state_dir),
-                "--policy",
-                str(policy),
-                "--workers",
-                "1",
-            ],
+            serve_http_argv(self.port, policy=policy, state_dir=state_dir, workers=1),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self._stderr,

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +11,7 @@ import mcp_types as types
 import pytest
 from mcp import Client
 
-from tests.processes import free_port, stop, wait_for_port
+from tests.processes import serving_http
 from tests.results import text_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.wasm, pytest.mark.slow]
@@ -32,33 +29,9 @@ def http_server(tmp_path: Path) -> Iterator[str]:
         f"grants:\n  alice: {{token_sha256: '{digest}'}}\n"
         "tools:\n  run_python_code: {}\n  save_to_file_and_run: {}\n  run_python_file: {}\n"
     )
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runner",
-            "serve",
-            "--transport",
-            "streamable-http",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--policy",
-            str(policy),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--workers",
-            "2",
-        ],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
-    try:
-        wait_for_port(port, process, START_TIMEOUT_S)
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        stop(process)
+    state = tmp_path / "state"
+    with serving_http(policy, state, workers=2, start_timeout_s=START_TIMEOUT_S) as (url, _):
+        yield url
 
 
 async def test_a_call_without_a_token_gets_401(http_server: str) -> None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -20,14 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
-import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from runner._tools import TOOLS_BY_NAME
-from tests.processes import free_port, stop, wait_for_port
-from tests.results import text_of
+from tests.processes import serving_http
 
 GRANTS = ("alice", "bob", "carol")
 START_TIMEOUT_S = 180.0
@@ -132,31 +128,12 @@ class RawSession:
     _next_id: int = 1
 
     def _headers(self, session_id: str | None, grant_headers: dict[str, str] | None) -> Any:
-        headers = {
-            **(grant_headers or self.headers),
-            "Accept": "application/json, text/event-stream",
-            "Content-Type": "application/json",
-            "MCP-Protocol-Version": PROTOCOL_VERSION,
-        }
-        if session_id is not None:
-            headers["Mcp-Session-Id"] = session_id
-        return headers
+        return mcp_headers(grant_headers or self.headers, session_id)
 
     async def initialize(self) -> str:
         """Open an MCP session; its id is kept and returned."""
         response = await self.http.post(
-            self.url,
-            headers=self._headers(None, None),
-            json={
-                "jsonrpc": "2.0",
-                "id": 0,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": PROTOCOL_VERSION,
-                    "capabilities": {},
-                    "clientInfo": {"name": "tenancy-test", "version": "0"},
-                },
-            },
+            self.url, headers=self._headers(None, None), json=initialize_message("tenancy-test")
         )
         assert response.status_code == 200, (response.status_code, response.text)
         self.session_id = response.headers["mcp-session-id"]
@@ -200,31 +177,56 @@ class RawSession:
         return response.status_code
 
 
-def _message_of(response: httpx.Response) -> dict[str, Any] | None:
-    """The JSON-RPC message in a JSON or server-sent-events answer."""
+def mcp_headers(grant_headers: dict[str, str], session_id: str | None = None) -> dict[str, str]:
+    """The headers of a streamable HTTP request of a grant (in `session_id`, when given)."""
+    headers = {
+        **grant_headers,
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        "MCP-Protocol-Version": PROTOCOL_VERSION,
+    }
+    if session_id is not None:
+        headers["Mcp-Session-Id"] = session_id
+    return headers
+
+
+def initialize_message(client: str, rid: int = 0) -> dict[str, Any]:
+    """An `initialize` request of a client that declares no capability."""
+    return {
+        "jsonrpc": "2.0",
+        "id": rid,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": client, "version": "0"},
+        },
+    }
+
+
+def sse_messages(response: httpx.Response) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of a JSON or server-sent-events answer, in order."""
     if not response.content:
-        return None
-    if response.headers.get("content-type", "").startswith("text/event-stream"):
-        found: dict[str, Any] | None = None
-        for line in response.text.splitlines():
-            if line.startswith("data:") and line[5:].strip():
-                message = json.loads(line[5:])
-                if "result" in message or "error" in message:
-                    found = message
-        return found
-    parsed = response.json()
-    return parsed if isinstance(parsed, dict) else None
+        return []
+    if not response.headers.get("content-type", "").startswith("text/event-stream"):
+        return [response.json()]
+    return [
+        json.loads(line[5:])
+        for line in response.text.splitlines()
+        if line.startswith("data:") and line[5:].strip()
+    ]
+
+
+def _message_of(response: httpx.Response) -> dict[str, Any] | None:
+    """The JSON-RPC answer (a result or an error) in a JSON or server-sent-events answer."""
+    answers = [m for m in sse_messages(response) if "result" in m or "error" in m]
+    return answers[-1] if answers else None
 
 
 def result_text(message: dict[str, Any] | None) -> str:
     """The text of a raw `tools/call` answer (its content blocks joined)."""
     assert message is not None and "result" in message, message
     return "".join(b.get("text", "") for b in message["result"].get("content", []))
-
-
-def tool_text(result: types.CallToolResult) -> str:
-    """The text of an SDK `tools/call` result."""
-    return text_of(result)
 
 
 def prepare_engine(engine: str) -> None:
@@ -250,31 +252,11 @@ def tenant_server(
     policy_path = tmp_path / "policy.yaml"
     policy_path.write_text(policy if policy is not None else tenant_policy(engine))
     state_dir = tmp_path / "state"
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runner",
-            "serve",
-            "--transport",
-            "streamable-http",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--policy",
-            str(policy_path),
-            "--state-dir",
-            str(state_dir),
-            "--workers",
-            str(workers),
-            *extra_args,
-        ],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
-    try:
-        wait_for_port(port, process, START_TIMEOUT_S)
-        yield TenantServer(f"http://127.0.0.1:{port}/mcp", engine, state_dir, process)
-    finally:
-        stop(process)
+    with serving_http(
+        policy_path,
+        state_dir,
+        workers=workers,
+        extra=extra_args,
+        start_timeout_s=START_TIMEOUT_S,
+    ) as (url, process):
+        yield TenantServer(url, engine, state_dir, process)

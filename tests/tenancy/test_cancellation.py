@@ -25,11 +25,13 @@ import pytest
 
 from sandboxes import ExecutionPlan, Limits, Program, WasmEngine, WorkspacePaths
 from tests.tenancy._server import (
-    PROTOCOL_VERSION,
     TOOLS,
     TenantServer,
     engine_params,
+    initialize_message,
+    mcp_headers,
     prepare_engine,
+    sse_messages,
     tenant_policy,
     tenant_server,
 )
@@ -261,42 +263,16 @@ def _answer(messages: list[dict[str, Any]], rid: int) -> dict[str, Any]:
 # ---- streamable HTTP -----------------------------------------------------------------------
 
 
-def _sse_messages(response: httpx.Response) -> list[dict[str, Any]]:
-    if not response.headers.get("content-type", "").startswith("text/event-stream"):
-        return [response.json()] if response.content else []
-    return [
-        json.loads(line[5:])
-        for line in response.text.splitlines()
-        if line.startswith("data:") and line[5:].strip()
-    ]
-
-
 class _HttpWire:
     """One MCP session of a grant, spoken by hand: several requests in flight at once."""
 
     def __init__(self, http: httpx.AsyncClient, server: TenantServer, grant: str) -> None:
         self._http = http
         self._server = server
-        self._headers = {
-            **server.headers(grant),
-            "Accept": "application/json, text/event-stream",
-            "Content-Type": "application/json",
-            "MCP-Protocol-Version": PROTOCOL_VERSION,
-        }
+        self._headers = mcp_headers(server.headers(grant))
 
     async def open(self) -> None:
-        response = await self._post(
-            {
-                "jsonrpc": "2.0",
-                "id": 0,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": PROTOCOL_VERSION,
-                    "capabilities": {},
-                    "clientInfo": {"name": "cancel-test", "version": "0"},
-                },
-            }
-        )
+        response = await self._post(initialize_message("cancel-test"))
         assert response.status_code == 200, response.text
         self._headers["Mcp-Session-Id"] = response.headers["mcp-session-id"]
         note = await self._post({"jsonrpc": "2.0", "method": "notifications/initialized"})
@@ -309,7 +285,7 @@ class _HttpWire:
         async def post() -> list[dict[str, Any]]:
             response = await self._post(call(rid, name, arguments))
             assert response.status_code == 200, response.text
-            return _sse_messages(response)
+            return sse_messages(response)
 
         return asyncio.ensure_future(post())
 
@@ -439,18 +415,7 @@ async def test_cancelled_calls_over_stdio_count_and_leave_the_server_whole(
         )
         try:
             wire = _StdioWire(process)
-            await wire.request(
-                {
-                    "jsonrpc": "2.0",
-                    "id": 0,
-                    "method": "initialize",
-                    "params": {
-                        "protocolVersion": PROTOCOL_VERSION,
-                        "capabilities": {},
-                        "clientInfo": {"name": "cancel-test", "version": "0"},
-                    },
-                }
-            )
+            await wire.request(initialize_message("cancel-test"))
             await wire.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
             async def serve_others() -> None:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 
 from tests.tenancy._server import (
     TenantServer,
     engine_params,
+    initialize_message,
+    mcp_headers,
     result_text,
     tenant_policy,
     tenant_server,
@@ -130,28 +133,12 @@ async def test_a_grant_at_its_session_maximum_is_refused_while_others_open_their
 
 
 async def _open_status(server: TenantServer, grant: str) -> int:
-    import httpx2 as httpx
-
-    from tests.tenancy._server import PROTOCOL_VERSION
-
+    """The HTTP status of an `initialize` that would open a new session of `grant`."""
     async with httpx.AsyncClient(timeout=60) as http:
         response = await http.post(
             server.url,
-            headers={
-                **server.headers(grant),
-                "Accept": "application/json, text/event-stream",
-                "MCP-Protocol-Version": PROTOCOL_VERSION,
-            },
-            json={
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": PROTOCOL_VERSION,
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "0"},
-                },
-            },
+            headers=mcp_headers(server.headers(grant)),
+            json=initialize_message("tenancy-test", rid=1),
         )
         return response.status_code
 
