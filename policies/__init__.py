@@ -25,6 +25,7 @@ from ._model import (
     Policy,
     ServerMount,
     ServerSettings,
+    engine_requirements,
     grant_share,
     mount_name_problem,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "UnknownApproval",
     "answer_approval",
     "default_policy_path",
+    "engine_requirements",
     "grant_share",
     "load_policy",
     "load_policy_text",

@@ -97,6 +97,7 @@ class CompiledTool:
     base_limits_record: Mapping[str, Any]
     profile: str
     engine: str
+    runtime: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +142,7 @@ def _tool(policy: Policy, name: str | None, rule: ToolRule | None) -> CompiledTo
     for _, layer in layers:
         mode = layer.mode or mode
         profile = layer.engine or profile
-    kind, _, profile_quotas = policy.profile(profile)
+    kind, runtime, profile_quotas = policy.profile(profile)
     quota_layers: list[tuple[tuple[str | int, ...], Quotas]] = [(("quotas",), policy.quotas)]
     if policy.all_tools is not None:
         quota_layers.append((("all_tools", "quotas"), policy.all_tools.quotas))
@@ -179,6 +180,7 @@ def _tool(policy: Policy, name: str | None, rule: ToolRule | None) -> CompiledTo
         base_limits_record=limits_record(quotas.limits()),
         profile=profile,
         engine=kind,
+        runtime=runtime,
     )
 
 

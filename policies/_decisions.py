@@ -118,6 +118,8 @@ class NeedsApproval:
 Decision = Allowed | Denied | NeedsApproval
 """What `Gate.decide` returns."""
 
-Outcome = Literal["completed", "cancelled", "infra_error"]
+Outcome = Literal["completed", "cancelled", "refused", "infra_error"]
 """How an allowed call ended: `completed` (whatever the user code did), `cancelled` (the client
-cancelled it; its sandbox was stopped) or `infra_error` (the server failed to run it)."""
+cancelled it; its sandbox was stopped), `refused` (refused after the allow, before anything ran:
+the engine lacks a capability the call needs, or the caller's request was wrong) or
+`infra_error` (the server failed to run it). Only `completed` and `cancelled` count."""

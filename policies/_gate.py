@@ -329,6 +329,12 @@ class Gate:
         except StateUnavailable as exc:
             logger.warning("cannot settle reservation %s (it counts as used): %s", reservation, exc)
 
+    def route(self, tool: str) -> tuple[str, str | None]:
+        """The engine kind and runtime the policy routes `tool`'s code to (what an allowed
+        call's plan carries); for the tools that run none, what the gate would route."""
+        compiled = self._compiled.tool(tool)
+        return compiled.engine, compiled.runtime
+
     def visible_tools(self, names: Iterable[str]) -> list[str]:
         """`names` without the tools the policy hides (`hide`, or `action: hide`)."""
         compiled = self._compiled

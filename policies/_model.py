@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, field_validator
+
+from sandboxes import engine_key, layer_names, unknown_layers
 
 from ._errors import Problem
 from ._rules import MODEL_CONFIG, CounterLimit, Mode, Quotas, ToolRule
@@ -67,6 +70,36 @@ class EngineProfile(BaseModel):
         default_factory=Quotas,
         description="Quotas of every run under this profile (a tool's own quotas override them).",
     )
+    require: list[str] | None = Field(
+        default=None,
+        description="Boundary layers the engine must have in force on the host, or it refuses "
+        "to start (fail closed); `sandgate doctor` lists each engine's layers and which are in "
+        "force. List fewer to accept running without the others (e.g. without `net_namespace` "
+        "on a host without `unshare`). Default: every layer the engine relies on.",
+    )
+
+    @property
+    def engine_key(self) -> str:
+        """The engine this profile runs on (`pyodide`, `container:runsc`, …)."""
+        return _profile_key(self.kind, self.runtime)
+
+    @field_validator("require")
+    @classmethod
+    def _known_layers(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        kind = info.data.get("kind")
+        if value is None or kind is None:
+            return value
+        problem = unknown_layers(_profile_key(kind, info.data.get("runtime")), value)
+        if problem is not None:
+            raise ValueError(
+                f"{problem}; list only that engine's layers (`sandgate doctor` "
+                "shows them), or leave `require` out to require them all"
+            )
+        return value
+
+
+def _profile_key(kind: str, runtime: str | None) -> str:
+    return engine_key(kind, (runtime or "runc") if kind == "container" else None)
 
 
 class Packages(BaseModel):
@@ -168,13 +201,13 @@ def mount_name_problem(value: str) -> str | None:
 
 
 class ServerMount(BaseModel):
-    """An operator folder shown to Pyodide code at `/mnt/NAME`, as `sandgate serve --mount`
+    """An operator folder shown to code at `/mnt/NAME` on every engine, as `sandgate serve --mount`
     gives one; read when the server starts (a reload does not change mounts)."""
 
     model_config = MODEL_CONFIG
 
     name: str = Field(
-        description="What clients call it (`mountName`) and where Pyodide code sees it "
+        description="What clients call it (`mountName`) and where code sees it "
         "(`/mnt/NAME`): 1-64 letters, digits, - and _; not `workspace` (reserved).",
         json_schema_extra={"pattern": f"^{MOUNT_NAME.pattern}$"},
     )
@@ -250,7 +283,7 @@ class ServerSettings(BaseModel):
     )
     mounts: list[ServerMount] = Field(
         default_factory=list,
-        description="Operator folders shown to Pyodide code at `/mnt/NAME` and to the Mcp "
+        description="Operator folders shown to code at `/mnt/NAME` (every engine) and to the Mcp "
         "Pyodide mount tools, in addition to `sandgate serve --mount` (a name given by both is "
         "a start-up error). Read when the server starts: a reload does not change them. "
         "Default: none.",
@@ -352,3 +385,32 @@ class Policy(BaseModel):
             return prof.kind, prof.runtime or default_runtime, prof.quotas
         kind, runtime = BUILTIN_PROFILES[name]
         return kind, runtime, Quotas()
+
+
+def engine_requirements(
+    policy: Policy, profiles: Iterable[str] | None = None
+) -> dict[str, frozenset[str]]:
+    """The boundary layers the policy requires of each engine it routes to, by engine key.
+
+    An engine requires the union of `require` over the `profiles` that run on it (default:
+    every profile the policy's rules name, and the default profile); a profile without
+    `require` (every built-in one) requires every layer of its engine. Engines no profile
+    routes to are left out (they require all of their layers).
+    """
+    if profiles is None:
+        named = {rule.engine for rule in policy.tools.values() if rule.engine}
+        if policy.all_tools is not None and policy.all_tools.engine:
+            named.add(policy.all_tools.engine)
+        profiles = {*named, DEFAULT_PROFILE}
+    required: dict[str, frozenset[str]] = {}
+    for name in sorted(set(profiles)):
+        if name in policy.engines:
+            profile = policy.engines[name]
+            key, listed = profile.engine_key, profile.require
+        elif name in BUILTIN_PROFILES:
+            key, listed = _profile_key(*BUILTIN_PROFILES[name]), None
+        else:
+            continue
+        layers = frozenset(layer_names(key) if listed is None else listed)
+        required[key] = required.get(key, frozenset()) | layers
+    return required

@@ -186,6 +186,7 @@ def build_plan(
         workspace=call.workspace,
         session_id=call.session,
         profile=tool.profile,
+        runtime=tool.runtime,
         grant=call.grant,
         pool_share=pool_share,
     )

@@ -3,10 +3,10 @@
 from ._app import Config, open_service
 from ._cli import main
 from ._errors import ArgumentError, RunnerError, ServerLimit, SetupError, UnknownTool
-from ._server import build_server, connection_scope
 from ._service import Caller, Service
-from ._tools import ALL_TOOL_SETS, TOOLS, ToolSpec
 from .batch import BatchSummary, Job, run_batch
+from .serving import build_server, connection_scope
+from .tools import ALL_TOOL_SETS, TOOLS, Outcome, ToolSpec
 
 __all__ = [
     "ALL_TOOL_SETS",
@@ -16,6 +16,7 @@ __all__ = [
     "Caller",
     "Config",
     "Job",
+    "Outcome",
     "RunnerError",
     "ServerLimit",
     "Service",

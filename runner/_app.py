@@ -20,22 +20,22 @@ from policies import (
     Gate,
     PolicyError,
     default_policy_path,
+    engine_requirements,
     grant_share,
     load_policy,
     open_counter_store,
     state_dir_default,
 )
-from sandboxes import Engine
-from sandboxes.wasm import DEFAULT_WORKERS
+from sandboxes import DEFAULT_WORKERS, Engine
 
 from ._admission import Admission
-from ._engines import Engines, default_factories, policy_engine_keys
+from ._engines import Engines, default_factories, routed_engine_keys
 from ._errors import SetupError
-from ._installs import Installer
 from ._mounts import MountPoint, merge_mounts, policy_mounts
 from ._service import Service
 from ._sessions import Sessions
-from ._tools import ALL_TOOL_SETS, ToolSet
+from .packages import Installer
+from .tools import ALL_TOOL_SETS, ToolSet
 
 logger = logging.getLogger("sandgate.app")
 
@@ -57,9 +57,9 @@ class Config:
         workers: WASM worker processes (guests that run at once).
         prepared_guests: Each WASM worker keeps a guest prepared ahead of the next call.
         tool_sets: Which tool sets to serve.
-        mounts: Operator folders from `--mount` (Pyodide code sees them at `/mnt/NAME`, the
-            Mcp Pyodide mount tools list and read them); the policy's `server.mounts` come
-            after them, read once at start.
+        mounts: Operator folders from `--mount` (code on every engine sees them at
+            `/mnt/NAME`, the Mcp Pyodide mount tools list and read them); the policy's
+            `server.mounts` come after them, read once at start.
         idle_s: Seconds of inactivity after which a session's workspace is removed;
             `None` (the default) takes the policy's `server.session_idle_s`.
         progress: Where start-up progress lines go.
@@ -117,6 +117,7 @@ async def open_service(
             state_dir=config.state_dir,
             progress=config.progress,
             prepared_guests=config.prepared_guests,
+            require=engine_requirements(policy),
         ),
         ready=engines,
     )
@@ -144,7 +145,7 @@ async def open_service(
     )
     reaper = asyncio.create_task(_reap(sessions, running))
     try:
-        await running.start(policy_engine_keys(policy, service.tool_names()))
+        await running.start(routed_engine_keys(gate, service.tool_names()))
         yield service
     finally:
         reaper.cancel()

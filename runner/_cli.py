@@ -1,4 +1,4 @@
-"""The `sandgate` command: serve, setup, policy, audit, approve/deny, mirror, batch."""
+"""The `sandgate` command: serve, setup, doctor, policy, audit, approve/deny, mirror, batch."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ import argparse
 import asyncio
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from sandboxes import CATALOG, DEFAULT_ENGINE
+
 from ._errors import RunnerError
-from ._tools import ALL_TOOL_SETS
+from .tools import ALL_TOOL_SETS
+
+_PREPARED = tuple(key for key, entry in CATALOG.items() if entry.prepare is not None)
+"""Engines `sandgate setup NAME` prepares."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,7 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log more")
     setup = sub.add_parser("setup", help="prepare engines once (compile CPython-WASI)")
-    setup.add_argument("what", nargs="?", default="wasm", choices=("wasm", "pyodide", "all"))
+    setup.add_argument("what", nargs="?", default=DEFAULT_ENGINE, choices=(*_PREPARED, "all"))
+    doctor = sub.add_parser(
+        "doctor", help="show which boundary layers of each engine are in force on this host"
+    )
+    doctor.add_argument("--policy", type=Path, help="policy file (YAML or JSON); default: shipped")
     for name in ("policy", "audit", "approve", "deny", "mirror", "batch"):
         sub.add_parser(name, add_help=False)
     return parser
@@ -67,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(args_list)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "doctor":
+        from ._doctor import doctor
+
+        return doctor(args.policy)
     return _setup(args)
 
 
@@ -83,7 +95,7 @@ def _delegate(command: str, rest: list[str]) -> int:
         from .batch import batch_main
 
         return batch_main(rest)
-    from .mirror import mirror_main
+    from .packages.mirror import mirror_main
 
     return mirror_main(rest)
 
@@ -91,7 +103,7 @@ def _delegate(command: str, rest: list[str]) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from ._app import Config
     from ._mounts import parse_mounts
-    from ._transports import serve_http, serve_stdio
+    from .serving import serve_http, serve_stdio
 
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -122,43 +134,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _setup(args: argparse.Namespace) -> int:
-    code = 0
-    if args.what in ("wasm", "all"):
-        code = _setup_wasm()
-    if code == 0 and args.what in ("pyodide", "all"):
-        code = _setup_pyodide()
-    return code
-
-
-def _setup_pyodide() -> int:
-    from sandboxes import SandboxError
-    from sandboxes.pyodide import setup_pyodide
-
-    try:
-        path = setup_pyodide(progress=lambda s: print(s, file=sys.stderr))
-    except (SandboxError, OSError) as exc:
-        print(f"sandgate setup pyodide: {exc}", file=sys.stderr)
-        return 1
-    print(f"pyodide: assets ready in {path}", file=sys.stderr)
-    return 0
-
-
-def _setup_wasm() -> int:
-    from sandboxes import WasmEngine
-    from sandboxes.wasm import default_cache_dir, is_compiled
-
-    began = time.monotonic()
-    if is_compiled():
-        print(f"wasm: a compiled module is cached in {default_cache_dir()}", file=sys.stderr)
-
-    async def prepare() -> None:
-        async with WasmEngine(workers=1, progress=lambda s: print(s, file=sys.stderr)) as engine:
-            await engine.wait_ready()
-
-    try:
-        asyncio.run(prepare())
-    except Exception as exc:
-        print(f"sandgate setup: the wasm engine could not be prepared: {exc}", file=sys.stderr)
-        return 1
-    print(f"wasm: ready in {time.monotonic() - began:.1f} s", file=sys.stderr)
+    """Prepare the engines the catalog can prepare (`all`), or the one named."""
+    for key in _PREPARED if args.what == "all" else (args.what,):
+        prepare = CATALOG[key].prepare
+        assert prepare is not None
+        try:
+            said = prepare(lambda line: print(line, file=sys.stderr))
+        except Exception as exc:  # an engine's own failure, said with what to do
+            print(f"sandgate setup {key}: {exc}", file=sys.stderr)
+            return 1
+        print(said, file=sys.stderr)
     return 0

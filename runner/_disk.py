@@ -73,7 +73,7 @@ async def settle_workspace(
             plan.session_id,
             left.describe(),
         )
-    limit = f"{workspace_limit(limits, usage)}; {EMPTIED_NOTE}"
+    limit = f"{workspace_limit(limits)}; {EMPTIED_NOTE}"  # what it held: in stderr
     logger.info("session %s: %s", plan.session_id, limit)
     stderr = result.stderr
     if stderr and not stderr.endswith("\n"):

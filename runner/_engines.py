@@ -4,12 +4,21 @@ started when the policy first routes a tool to them; a missing one fails only it
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from policies import Policy
-from sandboxes import Engine, EngineUnavailable, ExecutionPlan, SandboxError, WasmEngine
+from policies import Gate
+from sandboxes import (
+    CATALOG,
+    DEFAULT_ENGINE,
+    Engine,
+    EngineSettings,
+    EngineUnavailable,
+    SandboxError,
+    engine_key,
+)
 
 logger = logging.getLogger("sandgate.engines")
 
@@ -17,64 +26,29 @@ Factory = Callable[[], Engine]
 Progress = Callable[[str], None]
 
 
-def engine_key(kind: str, runtime: str | None) -> str:
-    """The key of an engine: its kind, and for containers the runtime (`container:runsc`)."""
-    return f"container:{runtime or 'runc'}" if kind == "container" else kind
-
-
 def default_factories(
-    *, workers: int, state_dir: Path, progress: Progress, prepared_guests: bool = True
+    *,
+    workers: int,
+    state_dir: Path,
+    progress: Progress,
+    prepared_guests: bool = True,
+    require: Mapping[str, frozenset[str]] | None = None,
 ) -> dict[str, Factory]:
-    """How to make each engine this server can run."""
-
-    def wasm() -> Engine:
-        return WasmEngine(
-            workers=workers,
-            progress=progress,
-            # Beside the workspaces, on their file system: a session's files move into a slot.
-            slots_dir=state_dir / "wasm-slots",
-            prepare_guests=prepared_guests,
-        )
-
-    def pyodide() -> Engine:
-        from sandboxes.pyodide import PyodideEngine
-
-        return PyodideEngine(progress=progress)
-
-    def container(runtime: str) -> Factory:
-        def make() -> Engine:
-            from sandboxes.container import ContainerEngine
-
-            return ContainerEngine(
-                runtime=runtime,  # type: ignore[arg-type]
-                pool_dir=state_dir / f"container-pool-{runtime}",
-                progress=progress,
-            )
-
-        return make
-
-    return {
-        "wasm": wasm,
-        "pyodide": pyodide,
-        "container:runc": container("runc"),
-        "container:runsc": container("runsc"),
-    }
+    """How to make each engine of the catalog, with this server's settings (`require`: the
+    boundary layers each engine must have, by key, from `policies.engine_requirements`)."""
+    settings = EngineSettings(
+        workers=workers,
+        state_dir=state_dir,
+        progress=progress,
+        prepare_guests=prepared_guests,
+        require=require,
+    )
+    return {key: functools.partial(entry.make, settings) for key, entry in CATALOG.items()}
 
 
-def policy_engine_keys(policy: Policy, tools: Iterable[str]) -> list[str]:
-    """The engines a policy routes the served `tools` to (always `wasm`, the default)."""
-    served = set(tools)
-    names = {rule.engine for name, rule in policy.tools.items() if rule.engine and name in served}
-    if policy.all_tools is not None and policy.all_tools.engine:
-        names.add(policy.all_tools.engine)
-    keys = {"wasm"}
-    for name in names:
-        try:
-            kind, runtime, _quotas = policy.profile(name)
-        except KeyError:
-            continue
-        keys.add(engine_key(kind, runtime))
-    return sorted(keys)
+def routed_engine_keys(gate: Gate, tools: Iterable[str]) -> list[str]:
+    """The engines the gate routes the served `tools` to, and always the default one."""
+    return sorted({DEFAULT_ENGINE, *(engine_key(*gate.route(tool)) for tool in tools)})
 
 
 class Engines:
@@ -137,19 +111,11 @@ class Engines:
             self._owned[key] = engine
             return engine
 
-    async def for_plan(self, plan: ExecutionPlan, runtime: str | None) -> Engine:
-        """The engine that runs `plan` (`runtime` picks the container runtime)."""
-        return await self.get(engine_key(plan.engine, runtime))
-
     async def end_session(self, key: str) -> None:
-        """Tell every running engine that keeps per-session state (Pyodide) the session whose
-        `session_key` is `key` ended."""
+        """Tell every running engine the session whose `session_key` is `key` ended."""
         for name, engine in self.running().items():
-            end = getattr(engine, "end_session", None)
-            if end is None:
-                continue
             try:
-                await end(key)
+                await engine.end_session(key)
             except SandboxError as exc:
                 logger.warning("engine %s could not end session %r: %s", name, key, exc)
 

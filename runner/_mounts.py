@@ -26,23 +26,22 @@ class MountPoint:
         name: What clients call it (`mountName`).
         host: The host folder.
         guest: Where code sees it: `/workspace`, or `/mnt/NAME` for an operator mount
-            (on the pyodide engine; the other engines do not show operator mounts).
+            (every engine shows them there).
         read_only: Whether code's changes are kept from the host folder.
     """
 
     name: str
     host: Path
-    guest: str | None
+    guest: str
     read_only: bool
 
-    def describe(self, *, visible: bool = True) -> dict[str, object]:
-        """What `pyodide_get-mount-points` shows (never the host path). `visible`: whether
-        the engine that runs `pyodide_execute` shows this mount to code."""
+    def describe(self) -> dict[str, object]:
+        """What `pyodide_get-mount-points` shows (never the host path)."""
         return {
             "name": self.name,
             "mountPoint": self.guest,
             "readOnly": self.read_only,
-            "visibleToCode": visible and self.guest is not None,
+            "visibleToCode": True,
         }
 
     def host_mount(self) -> HostMount:

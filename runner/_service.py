@@ -1,15 +1,16 @@
-"""The transport-independent core: validate a tool call, ask the gate, run the plan, format it."""
+"""The transport-independent core: validate a tool call, ask the gate, run the plan, and say
+how it ended (a typed `Outcome`, worded for MCP by the tool's formatter)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import mcp_types as types
 
@@ -23,62 +24,29 @@ from policies import (
     StateUnavailable,
     ToolCall,
 )
-from sandboxes import EngineBusy, Program, RunResult, SandboxError, session_key
+from sandboxes import CapabilityMissing, EngineBusy, ExecutionPlan, Program, SandboxError
+from sandboxes import session_key as key_of
 
-from . import _format, _paths
 from ._admission import Admission, Busy
-from ._arguments import (
-    PipInstallPackageArgs,
-    RunCodeArgs,
-    RunPythonCodeArgs,
-    RunPythonFileArgs,
-    SaveToFileAndRunArgs,
-    as_float,
-    check_request_size,
-    validate_arguments,
-)
 from ._disk import settle_workspace
 from ._engines import Engines
-from ._errors import ArgumentError, ServerLimit, UnknownTool
-from ._installs import Installer, InstallRefused
+from ._errors import ArgumentError, RunnerError, ServerLimit, UnknownTool
 from ._metrics import Metrics
-from ._mounts import MountPoint
-from ._pyodide_tools import PyodideTools
+from ._mounts import MountPoint, session_mounts
 from ._sessions import Session, Sessions
-from ._tools import TOOLS_BY_NAME, ToolSet
+from .packages import Installer
+from .tools import TOOLS_BY_NAME, Caller, ToolSet
+from .tools import Busy as BusyOutcome
+from .tools._arguments import check_request_size, validate_arguments
+from .tools._format import outcome_result
+from .tools._outcome import Failed, Invalid, Outcome, Ran, Refused, Told
 
 logger = logging.getLogger("sandgate.service")
 
 DEFAULT_RUN_SLOTS = 4
 """Runs admitted at once when the server does not say (it passes its engines' worker count)."""
 
-Handler = Callable[[Mapping[str, Any], "Caller"], Awaitable[types.CallToolResult]]
-
-Approver = Callable[[NeedsApproval], Awaitable[bool | None]]
-"""Asks a human about a call (MCP elicitation); True/False is the answer, None: cannot ask."""
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is calling, and how a human can be asked about the call.
-
-    Attributes:
-        grant: The credential's grant name (`local` on stdio).
-        session: The MCP session (or connection) id.
-        approver: Asks the human over the connection's back-channel (legacy protocol).
-        can_ask_input: The client takes `InputRequiredResult` elicitations (2026-07-28).
-        answer: The client's answer to an approval, sent with this call (`request_state`
-            and `input_responses`): (approval id as sent, or "" when none; approved?).
-        elicitation: The client declared the elicitation capability (at initialize, or on
-            this request); without it, nothing it sends is taken as a human's answer.
-    """
-
-    grant: str = "local"
-    session: str = "local"
-    approver: Approver | None = None
-    can_ask_input: bool = False
-    answer: tuple[str, bool] | None = None
-    elicitation: bool = False
+__all__ = ["DEFAULT_RUN_SLOTS", "AskHuman", "Caller", "Service"]
 
 
 @dataclass(slots=True)
@@ -107,15 +75,50 @@ class AskHuman(Exception):
         self.need = need
 
 
+class _Ticket:
+    """One decided call inside `Service.gated`; settled exactly once."""
+
+    def __init__(self, service: Service, decision: Allowed | None, refused: Refused | None):
+        self._service = service
+        self._decision = decision
+        self._refused = refused
+        self.settled = refused is not None
+
+    @property
+    def refused(self) -> Refused | None:
+        return self._refused
+
+    @property
+    def plan(self) -> ExecutionPlan | None:
+        return None if self._decision is None else self._decision.plan
+
+    def settle(
+        self,
+        status: str,
+        *,
+        error: str | None = None,
+        outcome: str = "completed",
+        usage: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record how the call ended: `completed` and `cancelled` commit its counters;
+        `refused` and `infra_error` roll them back (nothing counted). Once only."""
+        if self.settled or self._decision is None:
+            return
+        self.settled = True
+        _trace().status = status
+        self._service.finish(self._decision, outcome, status=status, usage=usage, error=error)
+
+
 class Service:
-    """Serves the tools: one call = validate → gate → engine → format, every step accounted.
+    """Serves the tools: one call = validate → gate → engine → outcome, every step accounted.
 
     Args:
         gate: The policy gate.
-        engines: Engines by kind (`wasm`, `pyodide`, `container`).
+        engines: The engines, by key (`wasm`, `pyodide`, `container:runsc`, …).
         sessions: Session workspaces.
         installer: Installs packages from the mirror into session workspaces.
         tool_sets: Which tool sets are served.
+        operator_mounts: Operator folders every engine shows at `/mnt/NAME`.
     """
 
     def __init__(
@@ -135,33 +138,32 @@ class Service:
         self.metrics = metrics or Metrics(self.pool_stats)
         self.engines = engines
         self.sessions = sessions
-        self.installer = installer
+        self._installer = installer
+        self._operator_mounts = operator_mounts
         self._names = [n for n, s in TOOLS_BY_NAME.items() if s.tool_set in tool_sets]
-        self.pyodide = PyodideTools(self, operator_mounts)
         self._host_mounts = tuple(m.host_mount() for m in operator_mounts)
-        self._handlers: dict[str, Handler] = {
-            "run_python_code": self._run_python_code,
-            "save_to_file_and_run": self._save_to_file_and_run,
-            "run_python_file": self._run_python_file,
-            "pip_install_package": self._pip_install_package,
-            "run_code": self._run_code,
-            **self.pyodide.handlers(),
-        }
+
+    @property
+    def installer(self) -> Installer:
+        return self._installer
+
+    @property
+    def operator_mounts(self) -> tuple[MountPoint, ...]:
+        return self._operator_mounts
 
     def pool_stats(self) -> dict[str, dict[str, int]]:
-        """Each engine's pool figures, for the metrics."""
-        stats: dict[str, dict[str, int]] = {}
-        for name, engine in self.engines.running().items():
-            figures = getattr(engine, "pool_stats", None)
-            if callable(figures):
-                stats[name] = dict(figures())
-        return stats
+        """Each running engine's pool figures, for the metrics."""
+        return {name: dict(e.pool_stats()) for name, e in self.engines.running().items()}
+
+    def mounts(self, caller: Caller) -> list[MountPoint]:
+        """The mount points `caller`'s session sees: its workspace and the operator's."""
+        return session_mounts(self.session_of(caller).workspace.files, self._operator_mounts)
 
     async def end_session(self, grant: str, session_id: str) -> bool:
-        """End a session: its workspace is removed and its engines' state (a Pyodide
-        interpreter) released. False when there was no such session."""
+        """End a session: its workspace is removed and every engine told (a Pyodide
+        interpreter is released). False when there was no such session."""
         session = await asyncio.to_thread(self.sessions.end, grant, session_id)
-        await self.engines.end_session(session_key(grant, session_id))
+        await self.engines.end_session(key_of(grant, session_id))
         return session is not None
 
     async def end_named_session(self, grant: str, name: str) -> bool:
@@ -185,8 +187,25 @@ class Service:
     async def call_tool(
         self, name: str, arguments: Mapping[str, Any] | None, caller: Caller
     ) -> types.CallToolResult:
-        """Serve one call. Never raises for anything a client can send, except `AskHuman`
-        (only for a caller with `can_ask_input`), which the server turns into an elicitation."""
+        """Serve one call as MCP. Never raises for anything a client can send, except
+        `AskHuman` (only for a caller with `can_ask_input`), which the server turns into an
+        elicitation."""
+        outcome, args = await self._traced(name, arguments, caller)
+        spec = TOOLS_BY_NAME.get(name)
+        if spec is None or (isinstance(outcome, Ran) and args is None):
+            return outcome_result(outcome, structured=False)
+        return spec.result(outcome, args)
+
+    async def outcome(
+        self, name: str, arguments: Mapping[str, Any] | None, caller: Caller
+    ) -> Outcome:
+        """Serve one call and say how it ended, as data (what `sandgate batch` reads)."""
+        outcome, _args = await self._traced(name, arguments, caller)
+        return outcome
+
+    async def _traced(
+        self, name: str, arguments: Mapping[str, Any] | None, caller: Caller
+    ) -> tuple[Outcome, Any]:
         trace = _Trace()
         token = _TRACE.set(trace)
         began = time.perf_counter()
@@ -203,14 +222,14 @@ class Service:
 
     async def _serve(
         self, name: str, arguments: Mapping[str, Any] | None, caller: Caller
-    ) -> types.CallToolResult:
+    ) -> tuple[Outcome, Any]:
         try:
             check_request_size(arguments, self.gate.policy.server.max_request_bytes)
             if name not in self._names:
                 raise UnknownTool(name, self.tool_names())
-            handler = self._handlers[name]
-            result: types.CallToolResult = await handler(arguments or {}, caller)
-            return result
+            spec = TOOLS_BY_NAME[name]
+            args = validate_arguments(spec.arguments, arguments)
+            return await spec.handler(self, args, arguments or {}, caller), args
         except (ArgumentError, UnknownTool, ServerLimit) as exc:
             rule = f"/arguments/{exc.argument}" if isinstance(exc, ArgumentError) else "/tools"
             if isinstance(exc, ServerLimit):
@@ -220,15 +239,15 @@ class Service:
                 tool=name, args=safe_args, grant=caller.grant, session=caller.session
             )
             await asyncio.to_thread(self.gate.refuse, refused, rule=rule, reason=str(exc))
-            return _format.error_result(f"Error: {exc}")
+            return Invalid(rule, str(exc)), None
         except AskHuman:
             raise
         except Exception:  # the one tool boundary: log it, tell the client without internals
             logger.exception("internal error serving %s", name)
-            return _format.error_result(
+            return Failed(
                 f"Error: sandgate failed to serve '{name}' (an internal error, logged on the "
                 "server). Nothing was counted against your limits."
-            )
+            ), None
 
     # -- the shared path -------------------------------------------------------------------
 
@@ -293,7 +312,34 @@ class Service:
             return await asyncio.to_thread(self.gate.refuse, call, rule=rule, reason=reason)
         return None
 
-    async def execute(
+    @contextlib.asynccontextmanager
+    async def gated(self, call: ToolCall, caller: Caller) -> AsyncIterator[_Ticket]:
+        """Decide `call`, then settle it exactly once whatever the block does: as the block
+        says (`ticket.settle`), `ok` when it ends without saying, `cancelled` when the call is
+        cancelled (the run used its sandbox: counted), `refused` when it raised a caller's
+        error, `infra_error` for anything else (both rolled back: nothing counted)."""
+        decision = await self.decide(call, caller)
+        if isinstance(decision, Denied):
+            refused = Refused(decision.rule, decision.reason, decision.retry_after_s)
+            yield _Ticket(self, None, refused)
+            return
+        ticket = _Ticket(self, decision, None)
+        try:
+            yield ticket
+        except asyncio.CancelledError:
+            # The client cancelled (or gave up on) the call: the engine has stopped the run
+            # and restored its sandbox. No answer goes out for a cancelled request.
+            ticket.settle("cancelled", outcome="cancelled")
+            raise
+        except RunnerError as exc:
+            ticket.settle("refused", outcome="refused", error=str(exc))
+            raise
+        except BaseException as exc:
+            ticket.settle("infra_error", outcome="infra_error", error=_named(exc))
+            raise
+        ticket.settle("ok")
+
+    async def run_program(
         self,
         tool: str,
         raw: Mapping[str, Any],
@@ -303,8 +349,9 @@ class Service:
         *,
         requested_timeout_s: float | None = None,
         requested_memory_bytes: int | None = None,
-        before_run: Callable[[], types.CallToolResult | None] | None = None,
-    ) -> RunResult | types.CallToolResult:
+        before_run: Callable[[], Told | None] | None = None,
+    ) -> Outcome:
+        """Gate, run and settle one program on the engine the gate's plan names."""
         call = ToolCall(
             tool=tool,
             args=dict(raw),
@@ -315,53 +362,45 @@ class Service:
             requested_timeout_s=requested_timeout_s,
             requested_memory_bytes=requested_memory_bytes,
         )
-        decision = await self.decide(call, caller)
-        if isinstance(decision, Denied):
-            return _format.denied_result(
-                decision.rule, decision.reason, structured=tool == "run_code"
-            )
-        plan = decision.plan
-        assert plan is not None  # a call with a program always gets a plan
-        _trace().engine = plan.engine
-        try:
-            early = before_run() if before_run is not None else None
-            if early is not None:
-                self.finish(decision, "completed", status="not_run")
-                return early
-            engine = await self.engines.for_plan(plan, self._runtime(plan.profile))
-            async with self.admission.slot(caller.grant, plan.pool_share):
-                result = await engine.run(plan)
-            result = await settle_workspace(
-                plan,
-                result,
-                end_session=lambda: self.engines.end_session(plan.session_key),
-                record=lambda used: self.sessions.record_usage(
-                    plan.grant, plan.session_id, used.bytes
-                ),
-            )
-        except (SandboxError, OSError, Busy) as exc:
-            self.finish(decision, "infra_error", error=f"{type(exc).__name__}: {exc}")
-            _trace().status = "infra_error"
-            if isinstance(exc, (EngineBusy, Busy)):
-                return _format.busy_result(
-                    _infra_text(plan.engine, exc), exc.retry_after_s, structured=tool == "run_code"
+        async with self.gated(call, caller) as ticket:
+            if ticket.refused is not None:
+                return ticket.refused
+            plan = ticket.plan
+            assert plan is not None  # a call with a program always gets a plan
+            _trace().engine = plan.engine
+            try:
+                early = before_run() if before_run is not None else None
+                if early is not None:
+                    ticket.settle("not_run")
+                    return early
+                engine = await self.engines.get(plan.engine_key)
+                engine.capabilities.check(engine.name, plan)
+                async with self.admission.slot(caller.grant, plan.pool_share):
+                    result = await engine.run(plan)
+                result = await settle_workspace(
+                    plan,
+                    result,
+                    end_session=lambda: self.engines.end_session(plan.session_key),
+                    record=lambda used: self.sessions.record_usage(
+                        plan.grant, plan.session_id, used.bytes
+                    ),
                 )
-            return _format.error_result(_infra_text(plan.engine, exc))
-        except asyncio.CancelledError:
-            # The client cancelled (or gave up on) the call: the engine has stopped the run and
-            # restored its sandbox. It counts like any run that used resources; no answer goes
-            # out for a cancelled request.
-            self.finish(decision, "cancelled", status="cancelled")
-            _trace().status = "cancelled"
-            raise
-        except BaseException as exc:
-            self.finish(decision, "infra_error", error=f"{type(exc).__name__}: {exc}")
-            raise
-        usage = {"wall_ms": result.usage.wall_ms, "cpu_ms": result.usage.cpu_ms}
-        usage["peak_memory_bytes"] = result.usage.peak_memory_bytes
-        self.finish(decision, "completed", status=result.status, usage=usage)
-        _trace().status = result.status
-        return result
+            except CapabilityMissing as exc:
+                ticket.settle("refused", outcome="refused", error=str(exc))
+                return Refused(f"/engines/{plan.profile}", str(exc))
+            except (EngineBusy, Busy) as exc:
+                ticket.settle("infra_error", outcome="infra_error", error=_named(exc))
+                return BusyOutcome(_infra_text(plan.engine, exc), exc.retry_after_s)
+            except (SandboxError, OSError) as exc:
+                ticket.settle("infra_error", outcome="infra_error", error=_named(exc))
+                return Failed(_infra_text(plan.engine, exc))
+            usage = {
+                "wall_ms": result.usage.wall_ms,
+                "cpu_ms": result.usage.cpu_ms,
+                "peak_memory_bytes": result.usage.peak_memory_bytes,
+            }
+            ticket.settle(result.status, usage=usage)
+            return Ran(result, plan.engine_key)
 
     def finish(self, decision: Allowed, outcome: Any, **details: Any) -> None:
         """Tell the gate how an allowed call ended (commit or roll back; audit)."""
@@ -370,156 +409,13 @@ class Service:
         except Exception:
             logger.exception("could not record the outcome of decision %s", decision.decision_id)
 
-    # -- Python Code Runner tools ------------------------------------------------------------
+    def engine_kind(self, tool: str) -> str:
+        """The engine kind the policy routes `tool`'s code to (for package installs)."""
+        return self.gate.route(tool)[0]
 
-    async def _run_python_code(
-        self, raw: Mapping[str, Any], caller: Caller
-    ) -> types.CallToolResult:
-        args = validate_arguments(RunPythonCodeArgs, raw)
-        session = self.session_of(caller)
-        program = Program("code", args.code, args.variable_to_return)
-        outcome = await self.execute("run_python_code", raw, caller, session, program)
-        if isinstance(outcome, types.CallToolResult):
-            return outcome
-        return _format.python_result(
-            "run_python_code", outcome, variable=args.variable_to_return, label="python code"
-        )
 
-    async def _save_to_file_and_run(
-        self, raw: Mapping[str, Any], caller: Caller
-    ) -> types.CallToolResult:
-        args = validate_arguments(SaveToFileAndRunArgs, raw)
-
-        def write(files: Path, rel: str) -> types.CallToolResult | None:
-            if not args.overwrite and _paths.exists(files, rel):
-                return _format.text_result(f"File {args.file_name} already exists")
-            _paths.write_text(files, rel, args.code)
-            return None
-
-        return await self._run_workspace_file(
-            "save_to_file_and_run", raw, caller, args.file_name, args.variable_to_return, write
-        )
-
-    async def _run_python_file(
-        self, raw: Mapping[str, Any], caller: Caller
-    ) -> types.CallToolResult:
-        args = validate_arguments(RunPythonFileArgs, raw)
-
-        def present(files: Path, rel: str) -> types.CallToolResult | None:
-            if _paths.exists(files, rel):
-                return None
-            return _format.error_result(
-                f"Error running file: [Errno 2] No such file or directory: '{rel}' (the session "
-                "workspace has no such file; save it first with save_to_file_and_run)"
-            )
-
-        return await self._run_workspace_file(
-            "run_python_file", raw, caller, args.file_name, args.variable_to_return, present
-        )
-
-    async def _run_workspace_file(
-        self,
-        tool: Literal["save_to_file_and_run", "run_python_file"],
-        raw: Mapping[str, Any],
-        caller: Caller,
-        file_name: str,
-        variable: str | None,
-        before_run: Callable[[Path, str], types.CallToolResult | None],
-    ) -> types.CallToolResult:
-        """Run a workspace `.py` file (after `before_run`, once the gate allowed the call)."""
-        rel = _paths.check_file_name(file_name)
-        session = self.session_of(caller)
-        files = session.workspace.files
-        _paths.refuse_links(files, rel)
-        program = Program("file", rel, variable)
-        outcome = await self.execute(
-            tool, raw, caller, session, program, before_run=lambda: before_run(files, rel)
-        )
-        if isinstance(outcome, types.CallToolResult):
-            return outcome
-        return _format.python_result(tool, outcome, variable=variable, label=rel)
-
-    async def _pip_install_package(
-        self, raw: Mapping[str, Any], caller: Caller
-    ) -> types.CallToolResult:
-        args = validate_arguments(PipInstallPackageArgs, raw)
-        session = self.session_of(caller)
-        requested = self.installer.parse(args.package_name, argument="package_name")
-        call = ToolCall(
-            tool="pip_install_package", args=dict(raw), grant=caller.grant, session=session.id
-        )
-        decision = await self.decide(call, caller)
-        if isinstance(decision, Denied):
-            return _format.denied_result(decision.rule, decision.reason)
-        try:
-            message = await asyncio.to_thread(
-                self.installer.install,
-                requested,
-                session.workspace,
-                engine=self._engine_kind("run_python_code"),
-            )
-        except InstallRefused as exc:
-            self.finish(decision, "completed", status="refused", error=str(exc))
-            _trace().status = "refused"
-            return _format.error_result(f"Error installing package {args.package_name}: {exc}")
-        self.finish(decision, "completed", status="ok")
-        _trace().status = "ok"
-        return _format.text_result(message)
-
-    def _runtime(self, profile: str) -> str | None:
-        """The container runtime of an engine profile (`runsc` for gVisor), if it has one."""
-        try:
-            return self.gate.policy.profile(profile)[1]
-        except KeyError:
-            return None
-
-    def _engine_kind(self, tool: str) -> str:
-        """The engine kind that runs `tool`'s code under the current policy."""
-        policy = self.gate.policy
-        rule = policy.tools.get(tool)
-        name = (rule.engine if rule else None) or (
-            policy.all_tools.engine if policy.all_tools else None
-        )
-        kind, _runtime, _quotas = policy.profile(name or "wasm")
-        return str(kind)
-
-    # -- native tool ---------------------------------------------------------------------------
-
-    async def _run_code(self, raw: Mapping[str, Any], caller: Caller) -> types.CallToolResult:
-        args = validate_arguments(RunCodeArgs, raw)
-        session = self.session_of(caller, args.session)
-        files = session.workspace.files
-        to_write: list[tuple[str, str]] = []
-        for name, text in (args.files or {}).items():
-            rel = _paths.check_file_name(name, argument=f"files.{name}", suffix="")
-            _paths.refuse_links(files, rel, argument=f"files.{name}")
-            to_write.append((rel, text))
-
-        def write() -> None:
-            for rel, text in to_write:
-                _paths.write_text(files, rel, text)
-
-        stdin = (args.stdin or "").encode("utf-8")
-        program = Program("code", args.code, None, stdin)
-        timeout = None if args.timeout_s is None else as_float(args.timeout_s)
-        if timeout is not None and timeout <= 0:
-            raise ArgumentError("timeout_s", "a number of seconds above 0", repr(args.timeout_s))
-        if args.memory_mb is not None and args.memory_mb <= 0:
-            raise ArgumentError("memory_mb", "a whole number of MiB above 0", repr(args.memory_mb))
-        memory = None if args.memory_mb is None else args.memory_mb * 1024 * 1024
-        outcome = await self.execute(
-            "run_code",
-            raw,
-            caller,
-            session,
-            program,
-            requested_timeout_s=timeout,
-            requested_memory_bytes=memory,
-            before_run=lambda: write(),
-        )
-        if isinstance(outcome, types.CallToolResult):
-            return outcome
-        return _format.run_code_result(outcome)
+def _named(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _infra_text(engine: str, exc: BaseException) -> str:

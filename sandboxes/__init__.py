@@ -1,7 +1,17 @@
 """Sandbox engines for untrusted Python: value types, the engine contract and the engines."""
 
-from ._engine import Engine
-from ._errors import EngineBusy, EngineCrashed, EngineNotReady, EngineUnavailable, SandboxError
+from ._catalog import CATALOG, DEFAULT_ENGINE, EngineEntry, EngineSettings
+from ._engine import Capabilities, Engine, EngineLifecycle, PoolStats
+from ._errors import (
+    CapabilityMissing,
+    EngineBusy,
+    EngineClosed,
+    EngineCrashed,
+    EngineNotReady,
+    EngineUnavailable,
+    LayersMissing,
+    SandboxError,
+)
 from ._fake import FakeEngine
 from ._files import (
     HOST_IO,
@@ -17,14 +27,26 @@ from ._files import (
     read_file,
     read_regular_file,
     remove_tree,
+    split_rel,
+)
+from ._judge import (
+    Evidence,
+    LimitName,
+    Verdict,
+    judge,
+    limit_named,
+    limit_text,
     stopped_for_workspace,
     workspace_limit,
 )
+from ._layers import ENGINE_LAYERS, Layer, LayerState, layer_names, unknown_layers
+from ._mount_files import Entry, MountPathRefused, list_mounted_directory, read_image
 from ._types import (
     DEFAULT_MEMORY_BYTES,
     DEFAULT_OUTPUT_BYTES,
     DEFAULT_PROCESSES,
     DEFAULT_WALL_TIMEOUT_S,
+    DEFAULT_WORKERS,
     DEFAULT_WORKSPACE_BYTES,
     DEFAULT_WORKSPACE_FILES,
     ExecutionPlan,
@@ -38,24 +60,37 @@ from ._types import (
     Status,
     Usage,
     WorkspacePaths,
+    engine_key,
     session_key,
 )
 from .wasm import WasmEngine
 
 __all__ = [
+    "CATALOG",
+    "DEFAULT_ENGINE",
     "DEFAULT_MEMORY_BYTES",
     "DEFAULT_OUTPUT_BYTES",
     "DEFAULT_PROCESSES",
     "DEFAULT_WALL_TIMEOUT_S",
+    "DEFAULT_WORKERS",
     "DEFAULT_WORKSPACE_BYTES",
     "DEFAULT_WORKSPACE_FILES",
+    "ENGINE_LAYERS",
     "HOST_IO",
+    "Capabilities",
+    "CapabilityMissing",
     "DiskUsage",
     "Engine",
     "EngineBusy",
+    "EngineClosed",
     "EngineCrashed",
+    "EngineEntry",
+    "EngineLifecycle",
     "EngineNotReady",
+    "EngineSettings",
     "EngineUnavailable",
+    "Entry",
+    "Evidence",
     "ExecutionPlan",
     "FakeEngine",
     "FileRefused",
@@ -64,24 +99,40 @@ __all__ = [
     "HostIOTimeout",
     "HostMount",
     "Image",
+    "Layer",
+    "LayerState",
+    "LayersMissing",
+    "LimitName",
     "Limits",
+    "MountPathRefused",
     "NetworkMode",
+    "PoolStats",
     "Program",
     "ProgramKind",
     "RunResult",
     "SandboxError",
     "Status",
     "Usage",
+    "Verdict",
     "WasmEngine",
     "WorkspacePaths",
     "disk_usage",
     "empty_folder",
+    "engine_key",
+    "judge",
     "kind_of",
+    "layer_names",
+    "limit_named",
+    "limit_text",
+    "list_mounted_directory",
     "open_folder",
     "read_file",
+    "read_image",
     "read_regular_file",
     "remove_tree",
     "session_key",
+    "split_rel",
     "stopped_for_workspace",
+    "unknown_layers",
     "workspace_limit",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ._engine import EngineLifecycle
+from ._engine import Capabilities, EngineLifecycle, PoolStats
 from ._types import ExecutionPlan, RunResult, Usage
 
 Responder = Callable[[ExecutionPlan], RunResult]
@@ -19,20 +19,43 @@ class FakeEngine(EngineLifecycle):
 
     Attributes:
         plans: Every plan `run` received, in order.
+        ended: Every session key `end_session` was told of, in order.
     """
 
-    def __init__(self, respond: Responder = _echo, *, name: str = "fake") -> None:
+    def __init__(
+        self,
+        respond: Responder = _echo,
+        *,
+        name: str = "fake",
+        capabilities: Capabilities | None = None,
+    ) -> None:
         self.name = name
+        self.capabilities = capabilities or Capabilities()
         self.plans: list[ExecutionPlan] = []
+        self.ended: list[str] = []
         self._respond = respond
-        self.closed = False
+        self._started = False
+
+    @property
+    def ready(self) -> bool:
+        return self._started and not self._closed
 
     async def start(self) -> None:
-        return None
+        self._refuse_if_closed()
+        self._started = True
 
     async def run(self, plan: ExecutionPlan) -> RunResult:
+        self._refuse_if_closed()
+        self.capabilities.check(self.name, plan)
         self.plans.append(plan)
         return self._respond(plan)
 
+    async def end_session(self, key: str) -> bool:
+        self.ended.append(key)
+        return False
+
+    def pool_stats(self) -> PoolStats:
+        return {"plans": len(self.plans)}
+
     async def aclose(self) -> None:
-        self.closed = True
+        self._closed = True

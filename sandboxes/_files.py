@@ -128,13 +128,19 @@ def kind_of(mode: int) -> str:
 
 
 def split_rel(rel: str) -> list[str]:
-    """The parts of a root-relative path; `[]` for the root itself.
+    """The parts of a root-relative path; `[]` for the root itself. The one rule for every
+    path a client names inside a folder (workspace files, mount listings, images, resources).
 
     Raises:
-        FileRefused: `rel` is absolute, has `..` or a NUL.
+        FileRefused: `rel` is absolute (`/…`, `\\…`, `C:…`), has a NUL or a backslash, or leaves
+            the folder with `..`.
     """
-    if rel.startswith("/") or "\0" in rel:
-        raise FileRefused(rel, "a path relative to its folder", "an absolute path or a NUL")
+    if "\0" in rel:
+        raise FileRefused(rel, "a path without NUL characters", "a path with a NUL")
+    if rel.startswith(("/", "\\", "~")) or (len(rel) > 1 and rel[1] == ":"):
+        raise FileRefused(rel, "a path relative to its folder", "an absolute path")
+    if "\\" in rel:
+        raise FileRefused(rel, "a POSIX path with '/' separators", "a path with a backslash")
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise FileRefused(rel, "a path inside its folder", "a path that leaves it with '..'")
@@ -299,26 +305,6 @@ class DiskUsage:
         if not self.complete:
             text += f" (and folders nested deeper than {MAX_WALK_DEPTH} levels)"
         return text
-
-
-WORKSPACE_LIMIT = "workspace"
-"""How every engine's limit text for the workspace budget begins (`workspace_limit`)."""
-
-
-def workspace_limit(limits: Limits, held: DiskUsage | None = None) -> str:
-    """The limit text of a run stopped by the workspace budget, the same on every engine."""
-    text = (
-        f"{WORKSPACE_LIMIT} {limits.workspace_bytes} bytes of disk and "
-        f"{limits.workspace_files} files"
-    )
-    return text if held is None else f"{text} (it held {held.describe()})"
-
-
-def stopped_for_workspace(limit: str | None) -> bool:
-    """Whether a result's `limit` text says the workspace budget stopped the run (or refused
-    some of its files): a `;`-separated part made by `workspace_limit` or an engine's own
-    words, each beginning with `WORKSPACE_LIMIT`."""
-    return any(part.startswith(WORKSPACE_LIMIT + " ") for part in (limit or "").split("; "))
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,8 @@ DEFAULT_OUTPUT_BYTES = 1024 * 1024
 DEFAULT_PROCESSES = 64
 DEFAULT_WORKSPACE_BYTES = 256 * 1024 * 1024
 DEFAULT_WORKSPACE_FILES = 10_000
+DEFAULT_WORKERS = min(8, (os.cpu_count() or 1) + 1)
+"""Guests (runs) one engine serves at once when the server does not say."""
 DEFAULT_POOL_SHARE = 0.5
 """Fraction of a pool one grant may hold while others need it."""
 
@@ -63,17 +66,21 @@ class Program:
         source: Python text or a workspace-relative path.
         variable_to_return: A global whose `str()` comes back as `RunResult.value`.
         stdin: The guest's standard input.
+        final_expression: As a REPL does: when the code (`kind` "code") ends in an expression
+            statement, evaluate it and return its `repr()` as `RunResult.value` (unless it is
+            `None`). Ignored when `variable_to_return` is set (that wins) and for files.
     """
 
     kind: ProgramKind
     source: str
     variable_to_return: str | None = None
     stdin: bytes = b""
+    final_expression: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class HostMount:
-    """An operator folder shown to code at `/mnt/NAME` (by the engines that support it: pyodide).
+    """An operator folder shown to code at `/mnt/NAME` (every engine shows them).
 
     Attributes:
         name: The mount's name: letters, digits, `-` and `_` (the caller checks it).
@@ -91,7 +98,7 @@ class HostMount:
 class WorkspacePaths:
     """The host folders of one session: `files` is the guest's writable working directory,
     `site` holds installed packages and is mounted read-only on the guest's import path,
-    `mounts` are operator folders (engines without mount support ignore them)."""
+    `mounts` are operator folders, shown at `/mnt/NAME`."""
 
     files: Path
     site: Path
@@ -105,12 +112,14 @@ class ExecutionPlan:
     Attributes:
         decision_id: The audit id of the decision that allowed this run.
         engine: The engine kind (`wasm`, `pyodide`, `container`).
-        profile: The policy's engine profile name (e.g. `gvisor`), for engines with several.
         program: What to run.
         limits: The limits, already clamped to the policy's ceilings.
         workspace: The session's folders.
         session_id: The session the run belongs to, as its grant names it.
-        profile: The policy's engine profile name.
+        profile: The policy's engine profile name (e.g. `gvisor`).
+        runtime: The engine's runtime where a kind has several (`runc`, `runsc` for the
+            container kind); `None` for kinds with one. With `engine` it names the engine that
+            runs the plan (`engine_key`): nobody looks into the policy again after the gate.
         grant: The grant (client credential) that owns the session. Session ids are names
             inside one grant: two grants may both have a session `x`, and they are two.
         pool_share: The fraction (0 < share <= 1) of any pooled resource of the engine
@@ -124,6 +133,7 @@ class ExecutionPlan:
     workspace: WorkspacePaths
     session_id: str
     profile: str = "default"
+    runtime: str | None = None
     grant: str = "local"
     pool_share: float = DEFAULT_POOL_SHARE
 
@@ -131,6 +141,17 @@ class ExecutionPlan:
     def session_key(self) -> str:
         """The session's key across grants: what an engine keys per-session state by."""
         return session_key(self.grant, self.session_id)
+
+    @property
+    def engine_key(self) -> str:
+        """The engine that runs this plan (`wasm`, `pyodide`, `container:runsc`, …)."""
+        return engine_key(self.engine, self.runtime)
+
+
+def engine_key(kind: str, runtime: str | None) -> str:
+    """The key of an engine: its kind, and the runtime where the kind has several
+    (`container:runc`, `container:runsc`)."""
+    return f"{kind}:{runtime}" if runtime else kind
 
 
 def session_key(grant: str, session_id: str) -> str:

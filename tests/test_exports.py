@@ -14,7 +14,7 @@ PACKAGES = [
     "policies",
     "runner",
     "runner.batch",
-    "runner.mirror",
+    "runner.packages.mirror",
     "sandboxes",
     "sandboxes.container",
     "sandboxes.pyodide",

@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import mcp_types as types
-
-from .._service import Caller, Service
+from .._service import Service
+from ..tools import Busy, Caller, Failed, Invalid, Outcome, Refused, Told
+from ..tools._format import structured
 from ._jobs import Job
 from ._results import STATUSES, BatchStatus, JobResult
 
@@ -65,11 +65,11 @@ class JobExecutor:
         waited = 0.0
         failures = 0
         while True:
-            answer = await self._call(args)
-            result = interpret(job, answer)
+            outcome = await self._call(args)
+            result = interpret(job, outcome)
             if result.status in RAN:
                 self._runs += 1
-            retry_in = rate_limited(answer) or busy(answer)
+            retry_in = retry_after(outcome)
             if retry_in is not None and waited + retry_in <= self.max_rate_wait_s:
                 waited += retry_in
                 await asyncio.sleep(retry_in)
@@ -80,64 +80,54 @@ class JobExecutor:
                 continue
             return result
 
-    async def _call(self, args: Mapping[str, Any]) -> types.CallToolResult:
+    async def _call(self, args: Mapping[str, Any]) -> Outcome:
         session = f"batch-{uuid.uuid4().hex}"
         try:
-            return await self.service.call_tool(
-                TOOL, args, Caller(grant=self.grant, session=session)
-            )
+            return await self.service.outcome(TOOL, args, Caller(grant=self.grant, session=session))
         finally:
             await asyncio.to_thread(self.service.sessions.end, self.grant, session)
 
 
-def rate_limited(answer: types.CallToolResult) -> float | None:
-    """Seconds to wait when the policy refused the call for a rate limit; else `None`."""
-    payload = answer.structured_content or {}
-    if payload.get("status") != "denied" or "/limits/" not in str(payload.get("rule", "")):
-        return None
-    return _bounded_wait(payload.get("retry_after_s"))
+def retry_after(outcome: Outcome) -> float | None:
+    """Seconds to wait before the job is tried again: the policy refused it for a rate limit
+    (the gate's `retry_after_s`), or the server had no room for it (nothing was counted);
+    `None` for any other outcome."""
+    if isinstance(outcome, Busy):
+        return _bounded_wait(outcome.retry_after_s)
+    if isinstance(outcome, Refused) and outcome.retry_after_s is not None:
+        return _bounded_wait(outcome.retry_after_s)
+    return None
 
 
-def busy(answer: types.CallToolResult) -> float | None:
-    """Seconds to wait when the server had no room for the run (nothing was counted)."""
-    payload = answer.structured_content or {}
-    if payload.get("status") != "busy":
-        return None
-    return _bounded_wait(payload.get("retry_after_s"))
+def _bounded_wait(hint: float) -> float:
+    return min(max(hint, 0.1), 60.0)
 
 
-def _bounded_wait(hint: Any) -> float:
-    wait = float(hint) if isinstance(hint, int | float) else 1.0
-    return min(max(wait, 0.1), 60.0)
-
-
-def _text(answer: types.CallToolResult) -> str:
-    return "\n".join(b.text for b in answer.content if isinstance(b, types.TextContent))
-
-
-def interpret(job: Job, answer: types.CallToolResult) -> JobResult:
-    """The result line of `job` from `run_code`'s answer."""
-    payload = answer.structured_content
-    if payload is None or payload.get("status") not in STATUSES:
-        return JobResult(id=job.id, status="infra_error", error=_text(answer), line=job.line)
-    status: BatchStatus = payload["status"]
-    if status == "denied":
-        error = f"denied by policy rule {payload.get('rule')}: {payload.get('reason')}"
-        return JobResult(
-            id=job.id, status=status, error=error, line=job.line, passed=_passed(job, status, "")
-        )
-    stdout = str(payload.get("stdout") or "")
-    error = payload.get("error")
-    if status not in ("ok", "error") and payload.get("limit"):
-        error = f"stopped by a limit: {payload['limit']}"
+def interpret(job: Job, outcome: Outcome) -> JobResult:
+    """The result line of `job` from how its `run_code` call ended."""
+    if isinstance(outcome, Refused):
+        why = f"denied by policy rule {outcome.rule}: {outcome.reason}"
+        passed = _passed(job, "denied", "")
+        return JobResult(id=job.id, status="denied", error=why, line=job.line, passed=passed)
+    if isinstance(outcome, Invalid):
+        return JobResult(id=job.id, status="invalid", error=outcome.reason, line=job.line)
+    if isinstance(outcome, Busy | Failed):
+        return JobResult(id=job.id, status="infra_error", error=outcome.reason, line=job.line)
+    if isinstance(outcome, Told):  # run_code answers only with a run, but say so if not
+        return JobResult(id=job.id, status="infra_error", error=outcome.text, line=job.line)
+    result = outcome.result
+    status: BatchStatus = result.status
+    error = result.error
+    if status not in ("ok", "error") and result.limit:
+        error = f"stopped by a limit: {result.limit}"
     return JobResult(
         id=job.id,
         status=status,
-        stdout=stdout,
-        stderr=str(payload.get("stderr") or ""),
-        exit_code=payload.get("exit_code"),
-        passed=_passed(job, status, stdout),
-        usage=dict(payload.get("usage") or {}),
+        stdout=result.stdout,
+        stderr=result.stderr,
+        exit_code=result.exit_code,
+        passed=_passed(job, status, result.stdout),
+        usage=structured(result)["usage"],
         error=error,
         line=job.line,
     )

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .._lending import mount_guest
 from ._errors import translate
 from ._spec import LABEL_ENGINE, WORKSPACE_GUEST, ContainerSpec
 
@@ -109,6 +110,12 @@ class Docker:
         with translate("close the Docker connection", where=self.where):
             self._api.close()
 
+    def info(self) -> dict[str, Any]:
+        """The daemon's `docker info` (runtimes, cgroup support, security options…)."""
+        with translate("read the daemon's info", where=self.where):
+            info: dict[str, Any] = self._api.info()
+        return info
+
     def runtimes(self) -> frozenset[str]:
         """The OCI runtimes dockerd knows (`runc`, `runsc`…)."""
         with translate("read the daemon's runtimes", where=self.where):
@@ -156,6 +163,10 @@ class Docker:
         mounts = [
             docker.types.Mount(WORKSPACE_GUEST, str(spec.files), type="bind", read_only=False),
             docker.types.Mount("/site", str(spec.site), type="bind", read_only=True),
+            *(
+                docker.types.Mount(mount_guest(m), str(m.host), type="bind", read_only=m.read_only)
+                for m in spec.shape.mounts
+            ),
         ]
         with translate(f"create a container from {spec.image}", where=self.where):
             host_config = self._api.create_host_config(

@@ -32,14 +32,16 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from .._cancel import shielded
-from .._engine import EngineLifecycle
-from .._errors import EngineUnavailable, SandboxError
+from .._engine import Capabilities, EngineLifecycle
+from .._engine import PoolStats as PoolFigures
+from .._errors import SandboxError
 from .._files import (
+    DiskUsage,
     Snapshot,
     changed,
     disk_usage,
@@ -48,12 +50,21 @@ from .._files import (
     scan,
     snapshot,
     total_bytes,
-    workspace_limit,
 )
-from .._types import ExecutionPlan, Limits, RunResult
+from .._judge import workspace_limit
+from .._layers import refuse_missing, required_layers
+from .._lending import (
+    MountsBefore,
+    check_mounts,
+    mount_budgets,
+    mount_changes,
+    mounts_before,
+    writable,
+)
+from .._types import ExecutionPlan, HostMount, Image, Limits, RunResult
 from ._docker import Docker
 from ._errors import SandboxGone
-from ._fleet import Fleet, check_daemon, remove_orphans
+from ._fleet import Fleet, check_daemon, layer_states, remove_orphans
 from ._image import default_cache_dir
 from ._pool import Pool, PoolStats, Warm
 from ._protocol import request_line
@@ -65,7 +76,16 @@ from ._spec import (
     Runtime,
     owner_labels,
 )
-from ._workspace import Borrowing, CannotLend, give_back, lend, make_pool, recover, release_pool
+from ._workspace import (
+    Borrowing,
+    CannotLend,
+    adopt,
+    give_back,
+    lend,
+    make_pool,
+    recover,
+    release_pool,
+)
 
 logger = logging.getLogger("sandgate.container")
 
@@ -93,9 +113,17 @@ class ContainerEngine(EngineLifecycle):
         pool_dir: Folder for pool slots; put it on the filesystem of the session workspaces
             (default: `$SANDGATE_CACHE/container-pool`). The engine touches only the
             folders it made there; files it cannot return go to its `lost+found`.
+        require: The boundary layers (`sandboxes.ENGINE_LAYERS` names) this
+            engine refuses to start without; None: every one it relies on.
     """
 
     name = "container"
+    capabilities = Capabilities(
+        final_expression=True,
+        persistent_state=False,
+        mounts=True,
+        networks=frozenset({"none"}),
+    )
 
     def __init__(
         self,
@@ -108,6 +136,7 @@ class ContainerEngine(EngineLifecycle):
         progress: Progress | None = None,
         cpus: float = DEFAULT_CPUS,
         pool_dir: Path | None = None,
+        require: Iterable[str] | None = None,
     ) -> None:
         if runtime not in ("runc", "runsc"):
             raise ValueError(f"runtime: expected 'runc' or 'runsc', got {runtime!r}")
@@ -117,6 +146,7 @@ class ContainerEngine(EngineLifecycle):
                 f"idle_s={idle_s}, cpus={cpus}"
             )
         self.runtime: Runtime = runtime
+        self._require = required_layers(f"container:{runtime}", require)
         self.image = image
         self._pool_size = pool_size
         self._idle_s = idle_s
@@ -129,6 +159,8 @@ class ContainerEngine(EngineLifecycle):
         self._pool: Pool | None = None
         self._start_lock = asyncio.Lock()
         self._borrowing = Borrowing()
+        self._mounted: dict[str, MountsBefore] = {}
+        """Decision id → the read-write mounts' files before its run."""
         self._served: OrderedDict[str, str] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Future[None] | None = None
@@ -141,16 +173,18 @@ class ContainerEngine(EngineLifecycle):
 
         Raises:
             EngineUnavailable: no daemon, runtime or image; the message says what to run.
+            LayersMissing: a required boundary layer is not in force with this daemon.
         """
         async with self._start_lock:
-            if self._closed:
-                raise EngineUnavailable("the container engine is closed; make a new one")
+            self._refuse_if_closed()
             if self._fleet is not None:
                 return
             self._progress(f"container: connecting to dockerd ({self.runtime}, {self.image})")
             docker = await asyncio.to_thread(Docker.connect, self._docker_host)
             try:
                 await asyncio.to_thread(check_daemon, docker, self.runtime, self.image)
+                states = await asyncio.to_thread(layer_states, docker, self.runtime)
+                refuse_missing(f"container:{self.runtime}", states, self._require)
                 await self._remove_leftovers(docker)
                 labels = owner_labels(self.instance)
                 folder = await asyncio.to_thread(make_pool, self._pools, labels)
@@ -191,13 +225,21 @@ class ContainerEngine(EngineLifecycle):
         """Idle and starting pool containers, and runs served warm, cold or retried so far."""
         return self._pool.stats() if self._pool is not None else PoolStats(0, 0, 0, 0, 0)
 
-    def pool_stats(self) -> dict[str, int]:
+    @property
+    def ready(self) -> bool:
+        return self._fleet is not None and not self._closed
+
+    def pool_stats(self) -> PoolFigures:
         """`stats()` as figures by name, for the server's metrics."""
         return dataclasses.asdict(self.stats())
 
     def container_for(self, decision_id: str) -> str | None:
         """The id of the container that ran decision `decision_id` (recent runs only)."""
         return self._served.get(decision_id)
+
+    async def end_session(self, key: str) -> bool:
+        """Nothing to release: every run is a fresh container; its files are the runner's."""
+        return False
 
     async def aclose(self) -> None:
         """Remove every container and slot of this engine."""
@@ -229,11 +271,8 @@ class ContainerEngine(EngineLifecycle):
             EngineCrashed: the daemon or the container failed (not a limit of the run), or
                 a second container was dead before the code reached it (`SandboxGone`).
         """
-        if plan.limits.network != "none":
-            raise EngineUnavailable(
-                f"network mode {plan.limits.network!r} is not implemented by the container "
-                "engine yet; use network 'none' (no network at all) in the policy's limits"
-            )
+        self._refuse_if_closed()
+        self.capabilities.check(self.name, plan)
         await self.start()
         try:
             async with self._borrowing.hold(plan.workspace):
@@ -248,11 +287,12 @@ class ContainerEngine(EngineLifecycle):
         limits, workspace = plan.limits, plan.workspace
         await asyncio.to_thread(drop_foreign_links, workspace)
         before = await asyncio.to_thread(snapshot, workspace.files)
-        shape = fleet.shape(limits)
+        shape = fleet.shape(limits, await self._mounts_ready(plan))
         request = request_line(
             kind=plan.program.kind,
             source=plan.program.source,
             variable=plan.program.variable_to_return,
+            final_expression=plan.program.final_expression,
             stdin=plan.program.stdin,
             output_bytes=limits.output_bytes,
             cpu_s=limits.cpu_time_s,
@@ -296,7 +336,7 @@ class ContainerEngine(EngineLifecycle):
         except CannotLend as exc:
             logger.info("container: %s; this run mounts the session directly", exc)
             self._spawn(fleet.dispose(warm))
-            warm = await fleet.launch_direct(workspace, fleet.shape(plan.limits))
+            warm = await fleet.launch_direct(workspace, warm.shape)
         except BaseException:
             await shielded(fleet.dispose(warm))
             raise
@@ -312,7 +352,9 @@ class ContainerEngine(EngineLifecycle):
         reaches the caller's `_finish`, which gives the files back."""
         limits, workspace = plan.limits, plan.workspace
         folder = warm.slot.files if warm.slot is not None else workspace.files
-        watchdog = asyncio.ensure_future(_watch_workspace(warm, folder, limits))
+        watched = [(folder, limits.workspace_bytes, limits.workspace_files)]
+        watched += self._mount_budgets(plan)  # each read-write mount: a folder of its own
+        watchdog = asyncio.ensure_future(_watch_workspace(warm, watched, limits))
         try:
             return await warm.sandbox.exchange(
                 request, deadline_s=limits.wall_timeout_s, output_bytes=limits.output_bytes
@@ -336,6 +378,7 @@ class ContainerEngine(EngineLifecycle):
         after = found.files
         written = changed(before, after)
         images = await asyncio.to_thread(images_among, workspace.files, written)
+        written, images, held = await self._mount_changes(plan, written, images, found.usage)
         if exchange.ended == "reply":  # its processes are gone: remove it off the clock
             self._spawn(fleet.dispose(warm))
         else:
@@ -346,11 +389,12 @@ class ContainerEngine(EngineLifecycle):
             runtime=fleet.runtime,
             files_written=written,
             images=images,
-            workspace_bytes=found.usage.bytes,
+            workspace=held,
         )
 
     async def _abandon(self, warm: Warm, plan: ExecutionPlan) -> None:
         """A run was cancelled or the daemon failed: stop the container, give files back."""
+        self._mounted.pop(plan.decision_id, None)
         with contextlib.suppress(SandboxError):
             await warm.sandbox.stop(kill=True)
         if warm.slot is not None:
@@ -363,24 +407,84 @@ class ContainerEngine(EngineLifecycle):
         while len(self._served) > SERVED_MEMORY:
             self._served.popitem(last=False)
 
+    # ---- operator mounts ------------------------------------------------------------------
+    #
+    # Bind-mounted at /mnt/NAME on the run's container (`Shape.mounts`), read-only unless the
+    # mount is read-write: the kernel (runc) or gVisor's gofer (runsc) refuses every change to
+    # a read-only one (EROFS), and nothing reaches the host. They are never lent through the
+    # slot as the session's files are: an operator folder is shared by every session, and
+    # moving its files into one run's slot would hide them from every other run and from the
+    # operator meanwhile. Inside the container every path resolves in the container's own
+    # file system, so a link in a mount pointing out of it (absolute, or with `..`) leads to
+    # the container's files, never the host's. When the server runs as root, the sandbox user
+    # is not: a read-write mount's entries are handed to that user before each run (as the
+    # session's are), so code can change them; a read-only one keeps its owners.
 
-async def _watch_workspace(warm: Warm, folder: Path, limits: Limits) -> None:
-    """Kill `warm`'s container once `folder` occupies more disk or inodes than its budget
-    (many files, each under the per-file cap, would otherwise fill the host's disk until the
+    async def _mounts_ready(self, plan: ExecutionPlan) -> tuple[HostMount, ...]:
+        """Check `plan`'s operator mounts, hand the read-write ones to the sandbox user and
+        note their files before the run; the mounts its container must have."""
+        assert self._fleet is not None
+        fleet, mounts = self._fleet, check_mounts(plan.workspace.mounts)
+        if writable(mounts):
+
+            def ready() -> MountsBefore:
+                for mount in writable(mounts):
+                    adopt(mount.host, uid=fleet.uid, gid=fleet.gid)
+                return mounts_before(mounts)
+
+            self._mounted[plan.decision_id] = await asyncio.to_thread(ready)
+        return mounts
+
+    def _mount_budgets(self, plan: ExecutionPlan) -> list[tuple[Path, int, int]]:
+        """What the watchdog holds each read-write mount to (`_lending.mount_budgets`)."""
+        mounted = self._mounted.get(plan.decision_id)
+        if mounted is None:
+            return []
+        return mount_budgets(plan.workspace.mounts, mounted, plan.limits)
+
+    async def _mount_changes(
+        self,
+        plan: ExecutionPlan,
+        written: tuple[str, ...],
+        images: tuple[Image, ...],
+        held: DiskUsage,
+    ) -> tuple[tuple[str, ...], tuple[Image, ...], DiskUsage]:
+        """The run's files and images with those of the read-write mounts after the
+        workspace's (guest paths `/mnt/NAME/…`, as pyodide reports them), and the disk use the
+        judge sees: a mount that ended past its budget counts as the workspace budget passed."""
+        mounted = self._mounted.pop(plan.decision_id, None)
+        if mounted is None:
+            return written, images, held
+        done = await asyncio.to_thread(
+            mount_changes, plan.workspace.mounts, mounted, plan.limits, images_so_far=len(images)
+        )
+        if done.over is not None and not held.over(plan.limits):
+            held = DiskUsage(max(done.over, plan.limits.workspace_bytes + 1), held.files)
+        return written + done.touched, images + done.images, held
+
+
+async def _watch_workspace(
+    warm: Warm, folders: list[tuple[Path, int, int]], limits: Limits
+) -> None:
+    """Kill `warm`'s container once one of `folders` (the workspace, and each read-write
+    operator mount: folder, bytes, inodes) occupies more disk or inodes than its budget (many
+    files, each under the per-file cap, would otherwise fill the host's disk until the
     deadline); walked by descriptor (`disk_usage`)."""
     pause = WATCH_EVERY_S
     while True:
         await asyncio.sleep(pause)
         began = time.monotonic()
-        held = await asyncio.to_thread(disk_usage, folder, stop_after_files=limits.workspace_files)
-        if held.over(limits):
-            logger.info(
-                "container: %s holds %s, over its %s; killing it",
-                warm.sandbox.id[:12],
-                held.describe(),
-                workspace_limit(limits),
-            )
-            with contextlib.suppress(SandboxError):
-                await asyncio.to_thread(warm.sandbox.docker.kill, warm.sandbox.id)
-            return
+        for folder, max_bytes, max_files in folders:
+            held = await asyncio.to_thread(disk_usage, folder, stop_after_files=max_files)
+            if held.bytes > max_bytes or held.files > max_files or not held.complete:
+                logger.info(
+                    "container: %s: %s holds %s, over its %s; killing it",
+                    warm.sandbox.id[:12],
+                    folder,
+                    held.describe(),
+                    workspace_limit(limits),
+                )
+                with contextlib.suppress(SandboxError):
+                    await asyncio.to_thread(warm.sandbox.docker.kill, warm.sandbox.id)
+                return
         pause = max(WATCH_EVERY_S, 4 * (time.monotonic() - began))

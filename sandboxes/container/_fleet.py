@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 from .._errors import EngineUnavailable, SandboxError
-from .._types import Limits, WorkspacePaths
+from .._layers import ENGINE_LAYERS, LayerState
+from .._types import HostMount, Limits, WorkspacePaths
 from ._docker import Docker
 from ._pool import Warm
 from ._sandbox import Sandbox
@@ -65,12 +66,12 @@ class Fleet:
         self.uid, self.gid = (SANDBOX_UID, SANDBOX_GID) if root else (os.getuid(), os.getgid())
         self._live: dict[str, Warm] = {}
 
-    def shape(self, limits: Limits) -> Shape:
-        """The create-time limits of a container for `limits`."""
-        shape = Shape.of(limits, cpus=self._cpus)
+    def shape(self, limits: Limits, mounts: tuple[HostMount, ...] = ()) -> Shape:
+        """What a container for `limits` and the operator `mounts` is created with."""
+        shape = Shape.of(limits, cpus=self._cpus, mounts=mounts)
         if self.runtime == "runsc":
             pids = RUNSC_PIDS_BASE + RUNSC_PIDS_PER_PROCESS * limits.processes
-            shape = Shape(shape.memory_bytes, pids, shape.nano_cpus)
+            shape = Shape(shape.memory_bytes, pids, shape.nano_cpus, mounts)
         return shape
 
     def _spec(self, shape: Shape, files: Path, site: Path) -> ContainerSpec:
@@ -149,6 +150,41 @@ def check_daemon(docker: Docker, runtime: Runtime, image: str) -> None:
             f"{labels.get(LABEL_PROTOCOL)!r}, expected {PROTOCOL}; rebuild it with "
             "`python -m sandboxes.container build-image --force`"
         )
+
+
+def layer_states(docker: Docker, runtime: Runtime) -> tuple[LayerState, ...]:
+    """Which layers of the `container:<runtime>` engine are in force with this daemon.
+
+    The runtime, seccomp and cgroup support are read from `docker info`; the rest are set on
+    every container the engine creates, and dockerd refuses to create one it cannot apply.
+    """
+    info = docker.info()
+    runtimes = sorted((info.get("Runtimes") or {}).keys())
+    security = [str(option) for option in info.get("SecurityOptions") or []]
+    memory, swap = bool(info.get("MemoryLimit")), bool(info.get("SwapLimit"))
+    probed: dict[str, tuple[bool, str]] = {
+        "oci_runtime": (
+            runtime in runtimes,
+            f"dockerd at {docker.where} has runtimes: {', '.join(runtimes) or 'none'}",
+        ),
+        "seccomp": (
+            any(option.startswith("name=seccomp") for option in security),
+            f"dockerd's security options: {', '.join(security) or 'none'}",
+        ),
+        "memory_cgroup": (
+            memory and swap,
+            f"dockerd reports MemoryLimit={memory}, SwapLimit={swap}",
+        ),
+        "pids_cgroup": (
+            bool(info.get("PidsLimit")),
+            f"dockerd reports PidsLimit={bool(info.get('PidsLimit'))}",
+        ),
+    }
+    set_on_create = (True, "set on every container the engine creates")
+    return tuple(
+        LayerState(layer, *probed.get(layer.name, set_on_create))
+        for layer in ENGINE_LAYERS[f"container:{runtime}"]
+    )
 
 
 def remove_orphans(docker: Docker) -> int:

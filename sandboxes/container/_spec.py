@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .._types import Limits
+from .._types import HostMount, Limits
 
 Runtime = Literal["runc", "runsc"]
 
 DEFAULT_IMAGE = "sandgate-python:latest"
-PROTOCOL = 1
+PROTOCOL = 2
 """Version of the host ↔ interpreter-server protocol; the image carries it as a label."""
 SERVER_PATH = "/opt/sandgate/server.py"
 WORKSPACE_GUEST = "/workspace"
@@ -45,21 +45,26 @@ GUEST_ENVIRONMENT: dict[str, str] = {
 
 @dataclass(frozen=True, slots=True)
 class Shape:
-    """The resource limits fixed when a container is created (they cannot change later).
+    """What is fixed when a container is created (it cannot change later): its resource
+    limits and its operator mounts.
 
     Attributes:
         memory_bytes: `mem_limit` and `memswap_limit` (no swap).
         processes: `pids_limit`.
         nano_cpus: CPU share in units of 1e-9 CPUs.
+        mounts: Operator folders bind-mounted at `/mnt/NAME`, read-only unless the mount is
+            read-write. A server's mounts are the same for every run, so the pool aims at
+            them after the first run and warm containers keep serving.
     """
 
     memory_bytes: int
     processes: int
     nano_cpus: int
+    mounts: tuple[HostMount, ...] = ()
 
     @classmethod
-    def of(cls, limits: Limits, *, cpus: float) -> Shape:
-        return cls(limits.memory_bytes, limits.processes, int(cpus * 1e9))
+    def of(cls, limits: Limits, *, cpus: float, mounts: tuple[HostMount, ...] = ()) -> Shape:
+        return cls(limits.memory_bytes, limits.processes, int(cpus * 1e9), mounts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,8 @@ A warm container is created before anyone knows which session it will serve, so 
 cannot name the session's folders. Each container gets a fresh slot (`<pool>/<id>/files`,
 read-write at /workspace, and `<pool>/<id>/site`, read-only at /site). To lend the slot to a
 run, the engine renames the session's top-level entries into the slot (same filesystem: a
-rename per entry, no copy), runs, then renames everything back. Nothing in the container ever
+rename per entry, no copy), runs, then renames everything back (`sandboxes._lending`, the one
+lending layer, with its one clash rule). Nothing in the container ever
 sees a host path other than its two slot folders; renames never follow links. A claim record
 in the slot names the session's folders, so a crash mid-run is repaired at the next start.
 
@@ -30,7 +31,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._files import Walk, remove_tree
+from .. import _lending as lending
+from .._files import Walk
 from .._types import WorkspacePaths
 from ._spec import LABEL_ENGINE, LABEL_INSTANCE, owner_alive
 
@@ -117,41 +119,6 @@ def adopt(folder: Path, *, uid: int, gid: int, top: bool = True) -> None:
                 os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
 
 
-def _move_entries(source: Path, target: Path) -> list[str]:
-    moved: list[str] = []
-    for name in sorted(os.listdir(source)):
-        _move(source / name, target / name)
-        moved.append(name)
-    return moved
-
-
-def _move(source: Path, target: Path) -> None:
-    """Rename `source` to `target`; when `target` exists, merge folders and let files of
-    `source` win (a collision only happens when something wrote the folder mid-run)."""
-    try:
-        os.rename(source, target)
-        return
-    except OSError:
-        both_dirs = (
-            source.is_dir()
-            and not source.is_symlink()
-            and target.is_dir()
-            and not target.is_symlink()
-        )
-        if not both_dirs:
-            if not os.path.lexists(target):
-                raise
-            if target.is_dir() and not target.is_symlink():
-                remove_tree(target)
-            else:
-                target.unlink()
-            os.rename(source, target)
-            return
-    for name in os.listdir(source):
-        _move(source / name, target / name)
-    os.rmdir(source)
-
-
 def lend(slot: Slot, workspace: WorkspacePaths, *, uid: int, gid: int) -> None:
     """Move the session's files and packages into `slot` for one run.
 
@@ -169,19 +136,36 @@ def lend(slot: Slot, workspace: WorkspacePaths, *, uid: int, gid: int) -> None:
     try:
         for source, target in pairs:
             if source.is_dir():
-                _move_entries(source, target)
+                lending.lend(source, target)
     except OSError as exc:
         give_back(slot, workspace)
         raise CannotLend(f"could not move {workspace.files} into the pool: {exc}") from exc
 
 
 def give_back(slot: Slot, workspace: WorkspacePaths) -> None:
-    """Move everything in `slot` back to the session's folders (the container is stopped)."""
+    """Move everything in `slot` back to the session's folders (the container is stopped), by
+    the clash rule of `sandboxes._lending` (a file replaces one of its name, folders merge,
+    where kinds differ the run's entry wins); then drop the claim record.
+
+    Raises:
+        LendingIncomplete: some entries stayed in the slot (the claim is kept, so the slot
+            is given back again, or moved to `lost+found`, never deleted).
+    """
+    left: list[str] = []
     for source, target in ((slot.files, workspace.files), (slot.site, workspace.site)):
         if not target.is_dir():
-            logger.warning("container: %s vanished during a run; its new files are dropped", target)
+            logger.warning(
+                "container: %s vanished during a run; its new files go to lost+found", target
+            )
             continue
-        _move_entries(source, target)
+        try:
+            lending.give_back(source, target)
+        except lending.LendingIncomplete as exc:
+            left += exc.left
+    if left:
+        raise lending.LendingIncomplete(
+            f"{len(left)} entries could not be given back from {slot.root}", tuple(left)
+        )
     (slot.root / CLAIM_FILE).unlink(missing_ok=True)
 
 

@@ -3,10 +3,13 @@
 Pyodide alone is no boundary: Python in it can reach JavaScript, and JavaScript can reach
 whatever the runtime allows. So each layer below assumes the one above it has fallen:
 
-1. Python import gate (`_guest.py`): `js`, `pyodide_js`, `pyodide.ffi`, `_pyodide_core`,
-   `pyodide.code` and `pyodide.http` are dropped from `sys.modules` and refused by a meta-path
-   finder; `import js` gives `ModuleNotFoundError`. Stops casual use of the bridge only:
-   objects that still hold JS proxies stay reachable by introspection.
+1. Python import gate (`_guest.py`), a courtesy and not a layer: `js`, `pyodide_js`,
+   `pyodide.ffi`, `_pyodide_core`, `pyodide.code` and `pyodide.http` are dropped from
+   `sys.modules` and refused by a meta-path finder, so `import js` gives a clear
+   `ModuleNotFoundError`. Code can delete that finder; Pyodide's own JS finder is removed and
+   its `js`/`pyodide_js` modules unregistered, so even then neither imports, but
+   `_pyodide_core` (a builtin) and objects holding JS proxies still lead to the realm's global
+   object. Everything below assumes the JS realm is reached.
 2. JS realm (`host.mjs`): `jsglobals` is an empty object, and before any user code runs every
    global outside a fixed list of language and pure Web APIs is deleted (`Deno`, `process`,
    `fetch`, `WebSocket`, `Worker`, `prompt`...). Node built-ins (`import("node:fs")`) still
@@ -20,11 +23,12 @@ whatever the runtime allows. So each layer below assumes the one above it has fa
    by the host (`_sync.py`), never through a link; the installed packages (`/site`) and
    read-only mounts are never copied back, and their nodes in Pyodide's file system refuse
    writes, `chmod` and renames (as does `/` for the names `site` and `mnt`).
-4. OS (`_jail.py`), each where the host allows it: a network namespace with no interface
-   (`unshare --net`), `no_new_privs` and an empty capability bounding set (`setpriv`), a
-   cgroup v1 memory cap (the OOM killer ends the process: `memory`) and thread cap, a
-   `RLIMIT_CPU` budget per call, a minimal environment, and a process-group kill at the wall
-   deadline (`timeout`). Deno's own V8 heap is capped by `--max-old-space-size`.
+4. OS (`_jail.py`), each required unless the caller lists fewer (`require`: the engine
+   refuses to start without a required one; see `sandboxes._layers`): a network namespace
+   with no interface (`unshare --net`), `no_new_privs` and an empty capability bounding set
+   (`setpriv`), a cgroup v1 memory cap (the OOM killer ends the process: `memory`) and
+   thread cap, a `RLIMIT_CPU` budget per call, a minimal environment, and a process-group
+   kill at the wall deadline (`timeout`). Deno's own V8 heap is capped by `--max-old-space-size`.
 """
 
 from __future__ import annotations
@@ -33,12 +37,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .._cancel import shielded
-from .._engine import EngineLifecycle
+from .._engine import Capabilities, EngineLifecycle, PoolStats
 from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
+from .._layers import refuse_missing, required_layers
 from .._types import DEFAULT_MEMORY_BYTES, ExecutionPlan, RunResult
 from ._assets import Assets, Progress, build_snapshot, find_deno, locate
 from ._jail import JailInfo, clean_stale, limit_cpu, probe
@@ -90,10 +96,14 @@ class PyodideEngine(EngineLifecycle):
         js_heap_bytes: V8 heap cap of each Deno process (Python memory is capped per run).
         ready_timeout_s: How long a run waits for a booted process.
         progress: Called with a line of text while the engine prepares.
-        harden_js: Only for tests of the permission layer: False keeps the JS globals.
+        harden_js: Only for tests of the permission layer: False keeps the JS globals (and
+            is itself the explicit allowance to run without the `js_realm` layer).
+        require: The boundary layers (`sandboxes.ENGINE_LAYERS["pyodide"]` names) this
+            engine refuses to start without; None: every one it relies on.
     """
 
     name = "pyodide"
+    capabilities = Capabilities(final_expression=True, persistent_state=True, mounts=True)
 
     def __init__(
         self,
@@ -107,6 +117,7 @@ class PyodideEngine(EngineLifecycle):
         ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
         progress: Progress | None = None,
         harden_js: bool = True,
+        require: Iterable[str] | None = None,
     ) -> None:
         if pool_size < 0 or max_sessions < 1:
             raise ValueError(
@@ -121,6 +132,9 @@ class PyodideEngine(EngineLifecycle):
         self._ready_timeout_s = ready_timeout_s
         self._progress = progress or (lambda line: logger.info("%s", line))
         self._harden = harden_js
+        self._require = required_layers(self.name, require) - (
+            frozenset() if harden_js else {"js_realm"}
+        )
         self._sessions: dict[str, _Session] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._restarted: dict[str, str] = {}
@@ -145,7 +159,11 @@ class PyodideEngine(EngineLifecycle):
         session = self._sessions.get(key)
         return None if session is None else session.process.pid
 
-    def pool_stats(self) -> dict[str, int]:
+    @property
+    def ready(self) -> bool:
+        return self._started and not self._closed
+
+    def pool_stats(self) -> PoolStats:
         """Figures for the metrics: booted idle processes, sessions holding one, the maximum."""
         idle = len(self._pool.pids()) if self._pool else 0
         return {"idle": idle, "sessions": len(self._sessions), "max_sessions": self._max_sessions}
@@ -160,8 +178,10 @@ class PyodideEngine(EngineLifecycle):
 
         Raises:
             EngineUnavailable: Deno or the Pyodide assets are missing.
+            LayersMissing: a required boundary layer is not in force on this host.
         """
         async with self._start_lock:
+            self._refuse_if_closed()
             if not self._started:
                 await self._start()
 
@@ -172,7 +192,9 @@ class PyodideEngine(EngineLifecycle):
             raise EngineUnavailable(_MISSING)
         if not assets.snapshot.is_file():
             await asyncio.to_thread(build_snapshot, assets, progress=self._progress)
-        self._jail = await asyncio.to_thread(probe)
+        jail = await asyncio.to_thread(probe)
+        refuse_missing(self.name, jail.layers(harden_js=self._harden), self._require)
+        self._jail = jail
         await asyncio.to_thread(clean_stale)
         self._pool = Pool(self._spawner(assets), size=self._pool_size, progress=self._progress)
         self._pool.start()
@@ -210,7 +232,10 @@ class PyodideEngine(EngineLifecycle):
 
         Raises:
             EngineUnavailable, EngineNotReady, EngineBusy: the engine's own failures.
+            CapabilityMissing, EngineClosed: see the `Engine` contract.
         """
+        self._refuse_if_closed()
+        self.capabilities.check(self.name, plan)
         await self.start()
         sid = plan.session_key
         lock = self._locks.setdefault(sid, asyncio.Lock())
@@ -258,6 +283,7 @@ class PyodideEngine(EngineLifecycle):
             "kind": program.kind,
             "source": program.source,
             "variable": program.variable_to_return,
+            "final_expression": program.final_expression,
             "stdin": program.stdin.decode("utf-8", "replace"),
             "scan": scanned_roots(sent),
             "output_bytes": limits.output_bytes,
@@ -277,7 +303,7 @@ class PyodideEngine(EngineLifecycle):
             await shielded(proc.kill())
             self._restarted[plan.session_key] = "stopped at its wall-time deadline"
             out, err = proc.take_output("stdout"), proc.take_output("stderr")
-            return timed_out(limits, spent, stdout=out, stderr=err)
+            return timed_out(limits, spent, stdout=out, stderr=err, cut=proc.streams_cut())
         except ProcessDied:
             code = await proc.wait()
             spent = meter.usage()
@@ -292,6 +318,7 @@ class PyodideEngine(EngineLifecycle):
                 usage=spent,
                 stdout=proc.take_output("stdout"),
                 stderr=proc.take_output("stderr"),
+                cut=proc.streams_cut(),
             )
         except BaseException:  # cancelled (or failed) mid-run: the interpreter goes
             await shielded(proc.kill())
@@ -299,6 +326,7 @@ class PyodideEngine(EngineLifecycle):
             raise
         spent = meter.usage(answer)
         stdout, stderr = proc.take_output("stdout"), proc.take_output("stderr")
+        lost: str | None = None
         try:
             done = await copy_out(
                 proc,
@@ -310,8 +338,9 @@ class PyodideEngine(EngineLifecycle):
             )
         except (TimeoutError, ProcessDied):
             await shielded(proc.kill())
-            self._restarted[plan.session_key] = "its files could not be copied back"
-            done = Settled((), (), True)
+            lost = "its files could not be copied back"
+            self._restarted[plan.session_key] = lost
+            done = Settled((), (), True)  # the host keeps what came back; the rest is lost
         except BaseException:  # cancelled while copying back: what the guest holds is unknown
             await shielded(proc.kill())
             self._restarted[plan.session_key] = STOPPED
@@ -328,6 +357,7 @@ class PyodideEngine(EngineLifecycle):
             written=done.touched,
             images=done.images,
             workspace_over=done.over_budget,
+            lost=lost,
         )
 
     async def _make_room(self, plan: ExecutionPlan) -> None:
@@ -407,6 +437,7 @@ class PyodideEngine(EngineLifecycle):
 
     async def aclose(self) -> None:
         """Kill every process (pool and sessions) and stop the background tasks."""
+        self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(BaseException):

@@ -47,7 +47,10 @@ _state: dict[str, Any] = {"sealed": False}
 
 
 class _Refuse(importlib.abc.MetaPathFinder):
-    """Refuses the JS bridge modules (one layer of several; see the engine's docstring)."""
+    """Refuses the JS bridge modules with a clear message. A courtesy, not a boundary: user
+    code can remove it from `sys.meta_path`, and `_pyodide_core` (a builtin) still converts
+    values to JS objects, whose constructors lead to the realm's global object; the realm
+    hardening, Deno's permissions and the OS jail are what hold (see the engine's docstring)."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
@@ -79,6 +82,13 @@ def seal(run_until_complete: bool) -> None:
     vars(stub)["_api"] = api
     sys.modules["pyodide_js"] = stub
     sys.modules["pyodide_js._api"] = api
+    # Pyodide's own finder hands out `js` (the realm's global object) and `pyodide_js` (the
+    # whole Pyodide API: FS, _module, setStdout, mountNodeFS...): unregister both and drop the
+    # finder, so that once user code removes `_Refuse` (it can) no finder produces them.
+    from _pyodide._importhook import jsfinder
+
+    jsfinder.jsproxies.clear()
+    sys.meta_path[:] = [finder for finder in sys.meta_path if finder is not jsfinder]
     sys.meta_path.insert(0, _Refuse())
     for folder in (WORKSPACE, SITE):
         os.makedirs(folder, exist_ok=True)
@@ -209,7 +219,8 @@ def _finish(report: dict[str, Any], request: dict[str, Any], before: Any, last: 
 
 
 def _compile(request: dict[str, Any]) -> tuple[types.CodeType, types.CodeType | None]:
-    """The code to execute, plus the final expression (if any) to evaluate for its value."""
+    """The code to execute, plus the final expression to evaluate for its value: when the
+    request asks for it (`final_expression`, and no `variable`) and the code ends in one."""
     flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
     if request["kind"] == "file":
         rel = _safe_rel(request["source"]) or ""
@@ -221,6 +232,8 @@ def _compile(request: dict[str, Any]) -> tuple[types.CodeType, types.CodeType | 
     source = request["source"]
     _main.__dict__.pop("__file__", None)
     linecache.cache[CODE_NAME] = (len(source), None, source.splitlines(True), CODE_NAME)
+    if not request.get("final_expression") or request.get("variable"):
+        return compile(source, CODE_NAME, "exec", flags=flags), None
     tree = ast.parse(source, CODE_NAME)
     last: types.CodeType | None = None
     final = tree.body[-1] if tree.body else None

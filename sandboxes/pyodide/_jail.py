@@ -10,8 +10,11 @@ import resource
 import secrets
 import shutil
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .._layers import PYODIDE_LAYERS, LayerState
 
 CGROUP_V1 = Path("/sys/fs/cgroup")
 CGROUP_PARENT = "sandgate-pyodide"
@@ -34,6 +37,7 @@ class JailInfo:
         memory_cgroup: A cgroup v1 memory cap per process (the OOM killer ends it past the cap).
         pids_cgroup: A cgroup v1 cap on the process's threads.
         cpu_rlimit: `RLIMIT_CPU` set per call on the running process (always available).
+        why: Per layer name, what the probe found (why it is missing, or how it was checked).
     """
 
     net_namespace: bool
@@ -41,37 +45,76 @@ class JailInfo:
     memory_cgroup: bool
     pids_cgroup: bool
     cpu_rlimit: bool = True
+    why: Mapping[str, str] = field(default_factory=dict)
+
+    def layers(self, *, harden_js: bool = True) -> tuple[LayerState, ...]:
+        """The state of every layer the pyodide engine relies on (`PYODIDE_LAYERS`, in order).
+
+        Args:
+            harden_js: Whether the engine deletes the host globals of the JS realm (only tests
+                of the permission layer turn it off).
+        """
+        probed = {
+            "net_namespace": self.net_namespace,
+            "no_new_privs": self.no_new_privs,
+            "memory_cgroup": self.memory_cgroup,
+            "pids_cgroup": self.pids_cgroup,
+            "cpu_rlimit": self.cpu_rlimit,
+            "js_realm": harden_js,
+        }
+        states = []
+        for layer in PYODIDE_LAYERS:
+            on = probed.get(layer.name, True)
+            default = "set on every Deno process" if on else "turned off (harden_js=False)"
+            states.append(LayerState(layer, on, self.why.get(layer.name, default)))
+        return tuple(states)
 
 
-def _works(command: list[str]) -> bool:
+def _works(tool: str, args: list[str]) -> str | None:
+    """None when `tool args… -- true` succeeds here, else why not."""
+    found = shutil.which(tool)
+    if found is None:
+        return f"`{tool}` is not on PATH (install util-linux)"
+    true = shutil.which("true") or "/bin/true"
     try:
-        done = subprocess.run(command, capture_output=True, timeout=_PROBE_TIMEOUT_S, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
+        done = subprocess.run(
+            [found, *args, "--", true], capture_output=True, timeout=_PROBE_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"`{found} {' '.join(args)}` could not run: {exc}"
+    if done.returncode != 0:
+        said = done.stderr.decode("utf-8", "replace").strip()[-200:]
+        return f"`{found} {' '.join(args)}` failed (exit {done.returncode}: {said})"
+    return None
 
 
-def _cgroup_usable(controller: str) -> bool:
+def _cgroup_usable(controller: str) -> str | None:
+    """None when this process can make cgroup v1 folders for `controller`, else why not."""
     parent = CGROUP_V1 / controller / CGROUP_PARENT
     try:
         parent.mkdir(exist_ok=True)
         probe = parent / f"probe-{os.getpid()}-{secrets.token_hex(4)}"
         probe.mkdir()
         probe.rmdir()
-    except OSError:
-        return False
-    return True
+    except OSError as exc:
+        return f"cannot make a cgroup under {CGROUP_V1 / controller}: {exc.strerror or exc}"
+    return None
 
 
 def probe() -> JailInfo:
     """Find out, once, which layers work here (each probe runs a trivial command)."""
-    unshare, setpriv = shutil.which("unshare"), shutil.which("setpriv")
-    true = shutil.which("true") or "/bin/true"
+    found = {
+        "net_namespace": _works("unshare", ["--net"]),
+        "no_new_privs": _works("setpriv", ["--no-new-privs"]),
+        "memory_cgroup": _cgroup_usable("memory"),
+        "pids_cgroup": _cgroup_usable("pids"),
+    }
     return JailInfo(
-        net_namespace=unshare is not None and _works([unshare, "--net", "--", true]),
-        no_new_privs=setpriv is not None and _works([setpriv, "--no-new-privs", "--", true]),
-        memory_cgroup=_cgroup_usable("memory"),
-        pids_cgroup=_cgroup_usable("pids"),
+        net_namespace=found["net_namespace"] is None,
+        no_new_privs=found["no_new_privs"] is None,
+        memory_cgroup=found["memory_cgroup"] is None,
+        pids_cgroup=found["pids_cgroup"] is None,
+        why={name: why or "probed: works here" for name, why in found.items()},
     )
 
 

@@ -46,6 +46,7 @@ class DenoProcess:
         self._stderr_task = asyncio.create_task(self._drain_stderr())
         self.served = 0
         self._streams: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._cut: set[str] = set()
 
     @classmethod
     async def spawn(
@@ -157,12 +158,20 @@ class DenoProcess:
                 stream, data = answer.get("stream"), answer.get("data")
                 if stream in ("stdout", "stderr") and isinstance(data, str):
                     self._streams[stream].append(data)
+                    if answer.get("cut") is True:
+                        self._cut.add(stream)
                     continue
                 return answer
 
     def clear_output(self) -> None:
         """Forget streamed output (what a guest printed between runs)."""
         self._streams = {"stdout": [], "stderr": []}
+        self._cut = set()
+
+    def streams_cut(self) -> tuple[str, ...]:
+        """The streams whose output passed the run's cap, as the host said while streaming
+        (it forwards only the cap's worth, so a run stopped before its report shows it)."""
+        return tuple(sorted(self._cut))
 
     def take_output(self, stream: str) -> str:
         """What the guest streamed on `stdout`/`stderr` since the last call (then cleared)."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import signal
 import time
+from dataclasses import replace
 from typing import Any
 
-from .._types import Image, Limits, RunResult, Status, Usage
+from .._judge import Evidence, MemorySign, judge
+from .._types import Image, Limits, RunResult, Usage
 from ._jail import cpu_seconds
 from ._process import DenoProcess
 
@@ -59,8 +61,13 @@ def from_report(
     written: tuple[str, ...],
     images: tuple[Image, ...],
     workspace_over: bool,
+    lost: str | None = None,
 ) -> RunResult:
-    """The result of a run the guest reported on. Every field is checked, nothing trusted."""
+    """The result of a run the guest reported on. Every field is checked, nothing trusted.
+
+    `workspace_over`: some files were not written back (for the workspace budget, or because
+    the copy failed). `lost`: why the interpreter was stopped after its report, if it was.
+    """
     stdout, out_cut = cap_text(stdout, limits.output_bytes)
     stderr, err_cut = cap_text(stderr, limits.output_bytes)
     claimed = answer.get("truncated")
@@ -72,34 +79,35 @@ def from_report(
         truncated.add("stderr")
     code = answer.get("exit_code")
     exit_code = code if isinstance(code, int) and not isinstance(code, bool) else 1
-    error = _opt_str(answer.get("error"))
-    status: Status
-    limit: str | None = None
-    if answer.get("error_type") == "MemoryError":
-        status, limit = "memory", f"memory {limits.memory_bytes} bytes"
-    elif truncated:
-        status, limit = "output_limit", f"output {limits.output_bytes} bytes per stream"
-    elif exit_code == 0 and not answer.get("fatal"):
-        status = "ok"
-    else:
-        status = "error"
+    detail = None
     if answer.get("fatal"):
-        stderr += f"\nsandgate: the Pyodide interpreter failed; {RESTART_NOTE}\n"
-    if workspace_over:
-        limit = (limit + "; " if limit else "") + (
-            f"workspace {limits.workspace_bytes} bytes per folder (some files were not saved)"
-        )
+        detail = f"the Pyodide interpreter failed; {RESTART_NOTE}"
+    elif lost is not None:
+        detail = f"{lost}; {RESTART_NOTE}"
+    elif workspace_over:
+        detail = "the files that would have passed it were not saved"
+    verdict = judge(
+        Evidence(
+            workspace_over=workspace_over,
+            memory="memory_error" if answer.get("error_type") == "MemoryError" else None,
+            output_flood=bool(truncated),
+            exit_code=1 if answer.get("fatal") else exit_code,
+            error=_opt_str(answer.get("error")),
+            detail=detail,
+        ),
+        limits,
+    )
     value = _opt_str(answer.get("value"))
     return RunResult(
-        status=status,
+        status=verdict.status,
         stdout=stdout,
-        stderr=stderr,
-        exit_code=exit_code,
+        stderr=verdict.with_notice(stderr),
+        exit_code=verdict.exit_code,
         usage=usage,
-        value=value,
-        value_found=bool(answer.get("value_found")) and value is not None,
-        error=error if status != "ok" else None,
-        limit=limit,
+        value=value if verdict.keeps_value else None,
+        value_found=bool(answer.get("value_found")) and value is not None and verdict.keeps_value,
+        error=verdict.error,
+        limit=verdict.limit,
         truncated=tuple(sorted(truncated)),
         images=images,
         files_written=written,
@@ -115,43 +123,60 @@ def from_death(
     usage: Usage,
     stdout: str = "",
     stderr: str = "",
+    cut: tuple[str, ...] = (),
 ) -> RunResult:
-    """The result of a run whose process ended before answering."""
-    status: Status
-    if oom_killed or "out of memory" in stderr_tail.lower() or "heap limit" in stderr_tail:
-        status, limit = "memory", f"memory {limits.memory_bytes} bytes"
-    elif returncode == -signal.SIGXCPU:
-        cpu = limits.cpu_time_s
-        status = "timeout"
-        limit = f"CPU time {cpu:g} s" if cpu is not None else "CPU time backstop"
-    else:
-        status = "killed"
-        how = f"signal {-returncode}" if returncode and returncode < 0 else f"exit {returncode}"
-        limit = f"the sandbox process ended ({how})"
-    return _stopped(status, limit, limits, usage, stdout, stderr)
+    """The result of a run whose process ended before answering; `cut`: the streams the host
+    said passed the cap."""
+    memory: MemorySign | None = None
+    if oom_killed:
+        memory = "oom_kill"
+    elif "out of memory" in stderr_tail.lower() or "heap limit" in stderr_tail:
+        memory = "js_heap"
+    how = f"signal {-returncode}" if returncode and returncode < 0 else f"exit {returncode}"
+    evidence = Evidence(
+        memory=memory,
+        cpu_exceeded=returncode == -signal.SIGXCPU,
+        died=f"the Deno process ended ({how})",
+        detail=RESTART_NOTE,
+    )
+    return _stopped(evidence, limits, usage, stdout, stderr, cut)
 
 
-def timed_out(limits: Limits, usage: Usage, *, stdout: str = "", stderr: str = "") -> RunResult:
-    """The result of a run stopped at its wall-clock deadline (the process was killed)."""
-    limit = f"wall time {limits.wall_timeout_s:g} s"
-    return _stopped("timeout", limit, limits, usage, stdout, stderr)
+def timed_out(
+    limits: Limits,
+    usage: Usage,
+    *,
+    stdout: str = "",
+    stderr: str = "",
+    cut: tuple[str, ...] = (),
+) -> RunResult:
+    """The result of a run stopped at its wall-clock deadline (the process was killed);
+    `cut`: the streams the host said passed the cap."""
+    evidence = Evidence(deadline_passed=True, detail=RESTART_NOTE)
+    return _stopped(evidence, limits, usage, stdout, stderr, cut)
 
 
 def _stopped(
-    status: Status, limit: str, limits: Limits, usage: Usage, stdout: str, stderr: str
+    evidence: Evidence,
+    limits: Limits,
+    usage: Usage,
+    stdout: str,
+    stderr: str,
+    cut: tuple[str, ...],
 ) -> RunResult:
-    """A run the host stopped: what it printed until then, and why it stopped."""
+    """A run the host stopped: what it printed until then, and the verdict on it."""
     out, out_cut = cap_text(stdout, limits.output_bytes)
     err, err_cut = cap_text(stderr, limits.output_bytes)
-    if err and not err.endswith("\n"):
-        err += "\n"
-    truncated = tuple(n for n, cut in (("stderr", err_cut), ("stdout", out_cut)) if cut)
+    flooded = {"stdout": out_cut or "stdout" in cut, "stderr": err_cut or "stderr" in cut}
+    truncated = tuple(name for name in ("stderr", "stdout") if flooded[name])
+    verdict = judge(replace(evidence, output_flood=bool(truncated)), limits)
     return RunResult(
-        status=status,
+        status=verdict.status,
         stdout=out,
-        stderr=err + f"sandgate: stopped: {limit}; {RESTART_NOTE}\n",
+        stderr=verdict.with_notice(err),
         exit_code=None,
         usage=usage,
-        limit=f"{limit}; {RESTART_NOTE}",
+        error=verdict.error,
+        limit=verdict.limit,
         truncated=truncated,
     )

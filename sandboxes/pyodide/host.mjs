@@ -87,6 +87,7 @@ class Capture {
   }
   reset(cap) {
     this.cap = cap; this.pending = []; this.pendingBytes = 0; this.kept = 0; this.seen = 0;
+    this.cut = false; // the run passed the cap: said at once, so a run stopped later shows it
     this.lastFlush = -Infinity; // a run's first write goes out at once
   }
   write(buffer) {
@@ -101,13 +102,17 @@ class Capture {
         this.flush(true);
       }
     }
+    if (this.seen > this.kept && !this.cut) {
+      this.cut = true;
+      this.flush(true);
+    }
     return buffer.length;
   }
   flush(more) {
     const bytes = concat(this.pending, this.pendingBytes);
     this.pending = []; this.pendingBytes = 0; this.lastFlush = now();
     const data = this.decodeChunk(bytes, { stream: more });
-    if (data) send({ stream: this.name, data });
+    if (data || this.cut) send({ stream: this.name, data, cut: this.cut });
   }
 }
 const out = new Capture("stdout");

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._cancel import shielded
-from .._engine import EngineLifecycle
+from .._engine import Capabilities, EngineLifecycle, PoolStats
 from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
 from .._files import (
     Scan,
@@ -27,16 +27,16 @@ from .._files import (
     has_entries,
     images_among,
     scan,
-    workspace_limit,
 )
-from .._types import ExecutionPlan, Image, RunResult, Status, Usage, WorkspacePaths
+from .._judge import Evidence, MemorySign, judge
+from .._lending import check_mounts, mount_budgets, mount_changes, mounts_before, writable
+from .._types import DEFAULT_WORKERS, ExecutionPlan, Image, RunResult, Usage, WorkspacePaths
 from ._pool import Worker, WorkerDied, WorkerGone
 from ._sharing import SessionUses
 from ._slot import Slot, sweep
 
 logger = logging.getLogger("sandgate.wasm")
 
-DEFAULT_WORKERS = min(8, (os.cpu_count() or 1) + 1)
 """One worker per core and one more, at most 8 (each holds a prepared guest). More workers than
 that only make short calls compete for the cores: on 2 cores, 3 workers served 47-49 calls/s
 where 4 served 36-41 (`benchmarks/load_http.py`)."""
@@ -44,6 +44,7 @@ DEFAULT_MAX_QUEUE = 256
 DEFAULT_READY_TIMEOUT_S = 600.0
 HOST_GRACE_S = 15.0
 """Seconds past the guest's deadline before the host kills its worker as a backstop."""
+BACKSTOP = "the guest passed its deadline and the host backstop killed its worker"
 WARM_TIMEOUT_S = 1800.0
 GONE_RETRIES = 3
 """Workers tried for one call when each turns out to have died while idle."""
@@ -90,6 +91,7 @@ class WasmEngine(EngineLifecycle):
     """
 
     name = "wasm"
+    capabilities = Capabilities(final_expression=True, persistent_state=False, mounts=True)
 
     def __init__(
         self,
@@ -134,7 +136,7 @@ class WasmEngine(EngineLifecycle):
         """The process ids of the live workers."""
         return sorted(w.pid for w in self._all if w.alive)
 
-    def pool_stats(self) -> dict[str, int]:
+    def pool_stats(self) -> PoolStats:
         """Workers in all, idle, calls waiting for one, and calls served by a prepared guest
         or by a guest started for them."""
         return {
@@ -146,6 +148,7 @@ class WasmEngine(EngineLifecycle):
 
     async def start(self) -> None:
         """Begin preparing the workers in the background; `wait_ready` waits for it."""
+        self._refuse_if_closed()
         if self._starter is None:
             self._starter = asyncio.create_task(self._start_all())
 
@@ -277,8 +280,12 @@ class WasmEngine(EngineLifecycle):
         Raises:
             EngineNotReady, EngineUnavailable, EngineBusy, EngineCrashed: the engine's own
                 failures (no guest ran to completion).
+            CapabilityMissing, EngineClosed: see the `Engine` contract.
         """
+        self._refuse_if_closed()
+        self.capabilities.check(self.name, plan)
         await self.wait_ready()
+        self._refuse_if_closed()
         files = plan.workspace.files
         self._in_engine += 1
         try:
@@ -291,10 +298,13 @@ class WasmEngine(EngineLifecycle):
     async def _run_entered(self, plan: ExecutionPlan, before: Scan, may_move: bool) -> RunResult:
         files = plan.workspace.files
         limits = plan.limits
-        request = {
+        mounts = check_mounts(plan.workspace.mounts)  # granted in place, see `_prepared`
+        mounted = await asyncio.to_thread(mounts_before, mounts) if writable(mounts) else None
+        request: dict[str, Any] = {
             "kind": plan.program.kind,
             "source": plan.program.source,
             "variable": plan.program.variable_to_return,
+            "final_expression": plan.program.final_expression,
             "stdin": plan.program.stdin.decode("utf-8", "surrogateescape"),
             "files": str(files),
             "site": str(plan.workspace.site),
@@ -308,6 +318,10 @@ class WasmEngine(EngineLifecycle):
             "workspace_held": before.usage.bytes,  # allocated, as the watchdog counts
             "may_move": may_move,
         }
+        request["mounts"] = [[m.name, str(m.host), m.read_only] for m in mounts]
+        if mounted is not None:
+            budgets = mount_budgets(mounts, mounted, limits)
+            request["mount_budgets"] = [[str(f), b, n] for f, b, n in budgets]
         began = time.perf_counter()
         for attempt in range(1, GONE_RETRIES + 1):
             worker = await self._acquire()
@@ -321,14 +335,19 @@ class WasmEngine(EngineLifecycle):
                 await self._lose(worker)
                 if attempt == GONE_RETRIES:
                     raise
-            except TimeoutError:
+            except TimeoutError:  # the guest did not stop at its deadline: the host did
                 await self._lose(worker)
+                verdict = judge(
+                    Evidence(deadline_passed=True, died="its worker was killed", detail=BACKSTOP),
+                    limits,
+                )
                 return RunResult(
-                    status="killed",
+                    status=verdict.status,
                     stdout="",
-                    stderr="",
+                    stderr=verdict.notice(),
                     exit_code=None,
-                    limit=f"wall time {limits.wall_timeout_s:g} s (stopped by the host backstop)",
+                    error=verdict.error,
+                    limit=verdict.limit,
                     usage=Usage(wall_ms=(time.perf_counter() - began) * 1000),
                 )
             except BaseException:  # died mid-call, or the call was cancelled: stop the guest
@@ -344,6 +363,12 @@ class WasmEngine(EngineLifecycle):
         written, images, over = await asyncio.to_thread(
             _after_run, files, before.files, limits.workspace_bytes
         )
+        if mounted is not None:  # guest paths /mnt/NAME/…, after the workspace's
+            done = await asyncio.to_thread(
+                mount_changes, mounts, mounted, limits, images_so_far=len(images)
+            )
+            written, images = written + done.touched, images + done.images
+            over = over if over is not None else done.over
         if answer.get("workspace_over") is None:  # a run shorter than the watchdog's first look
             answer["workspace_over"] = over
         return _result(answer, plan, written, images)
@@ -363,6 +388,10 @@ class WasmEngine(EngineLifecycle):
                 self._replace(worker)
 
         await shielded(lose())
+
+    async def end_session(self, key: str) -> bool:
+        """Nothing to release: every wasm run is a fresh guest; its files are the runner's."""
+        return False
 
     async def aclose(self) -> None:
         self._closed = True
@@ -402,46 +431,46 @@ def _after_run(
     return written, tuple(images_among(files, written)), over
 
 
-def _status(answer: dict[str, Any], plan: ExecutionPlan) -> tuple[Status, str | None]:
-    limits = plan.limits
+def _evidence(answer: dict[str, Any]) -> Evidence:
+    """What the worker saw of one guest, for `judge`."""
     trapped: str | None = answer.get("trapped")
     report = answer.get("report") or {}
-    memory = f"memory {limits.memory_bytes} bytes"
-    held = answer.get("workspace_over")
-    if held is not None:
-        return "killed", workspace_limit(limits)
-    if trapped == "deadline":
-        return "timeout", f"wall time {limits.wall_timeout_s:g} s"
-    if trapped == "out of fuel":
-        return "timeout", f"fuel {limits.fuel} instructions"
-    if trapped is not None:
-        if "memory" in trapped.lower():
-            return "memory", memory
-        return "killed", trapped
-    if report.get("error_type") == "MemoryError":
-        return "memory", memory
-    if answer.get("truncated"):
-        return "output_limit", f"output {limits.output_bytes} bytes per stream"
-    if answer.get("exit_code") == 0:
-        return "ok", None
-    return "error", None
+    memory: MemorySign | None = None
+    if trapped is not None and "memory" in trapped.lower():
+        memory = "memory_trap"
+    elif report.get("error_type") == "MemoryError":
+        memory = "memory_error"
+    died = None  # "cancelled" comes from the workspace watchdog, which sets workspace_over
+    if trapped is not None and memory is None and trapped not in ("deadline", "out of fuel"):
+        died = f"the guest trapped: {trapped}"
+    exit_code = answer.get("exit_code")
+    return Evidence(
+        workspace_over=answer.get("workspace_over") is not None,
+        memory=memory,
+        output_flood=bool(answer.get("truncated")),
+        deadline_passed=trapped == "deadline",
+        fuel_exhausted=trapped == "out of fuel",
+        died=died,
+        exit_code=exit_code if isinstance(exit_code, int) else None,
+        error=report.get("error"),
+    )
 
 
 def _result(
     answer: dict[str, Any], plan: ExecutionPlan, written: tuple[str, ...], images: Any
 ) -> RunResult:
-    status, limit = _status(answer, plan)
+    verdict = judge(_evidence(answer), plan.limits)
     report = answer.get("report") or {}
     stdout, stderr = answer.get("stdout", ""), answer.get("stderr", "")
     return RunResult(
-        status=status,
+        status=verdict.status,
         stdout=stdout,
-        stderr=stderr,
-        exit_code=answer.get("exit_code"),
-        value=report.get("value"),
-        value_found=bool(report.get("value_found")),
-        error=report.get("error"),
-        limit=limit,
+        stderr=verdict.with_notice(stderr),
+        exit_code=verdict.exit_code,
+        value=report.get("value") if verdict.keeps_value else None,
+        value_found=bool(report.get("value_found")) and verdict.keeps_value,
+        error=verdict.error,
+        limit=verdict.limit,
         truncated=tuple(answer.get("truncated") or ()),
         images=images,
         files_written=written,

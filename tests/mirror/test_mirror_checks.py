@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.mirror import (
+from runner.packages.mirror import (
     Lock,
     LockedPackage,
     NotAllowed,
@@ -17,7 +17,7 @@ from runner.mirror import (
     parse_requirement,
     suggest,
 )
-from runner.mirror._checks import damerau_levenshtein
+from runner.packages.mirror._checks import damerau_levenshtein
 
 ALLOWED = ["requests", "numpy", "six", "python-dateutil", "attrs", "pandas"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.mirror import default_mirror_dir, mirror_main
+from runner.packages.mirror import default_mirror_dir, mirror_main
 
 from ._builders import make_wheel, write_index
 

@@ -1,11 +1,11 @@
-"""The public surface of runner.mirror: sorted `__all__`, one exception root, the tree drawn."""
+"""runner.packages.mirror: sorted `__all__`, one exception root, the tree drawn."""
 
 from __future__ import annotations
 
 import inspect
 
-import runner.mirror as mirror
-from runner.mirror import _errors
+import runner.packages.mirror as mirror
+from runner.packages.mirror import _errors
 
 
 def _isort_key(name: str) -> tuple[int, str]:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.mirror import load_allowlist, load_lock, sync_mirror
-from runner.mirror._index import DEFAULT_INDEX_URL, configured_index_url, redact
-from runner.mirror._simple import parse_simple_html
+from runner.packages.mirror import load_allowlist, load_lock, sync_mirror
+from runner.packages.mirror._index import DEFAULT_INDEX_URL, configured_index_url, redact
+from runner.packages.mirror._simple import parse_simple_html
 
 from ._builders import make_wheel
 

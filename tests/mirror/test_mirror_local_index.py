@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.mirror import (
+from runner.packages.mirror import (
     AllowList,
     InstallFailed,
     InstallResult,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.mirror import (
+from runner.packages.mirror import (
     HashMismatch,
     NotAllowed,
     NoWheel,

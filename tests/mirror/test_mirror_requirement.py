@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from runner.mirror import Requested, RequirementRefused, parse_requirement, parse_requirement_list
+from runner.packages.mirror import (
+    Requested,
+    RequirementRefused,
+    parse_requirement,
+    parse_requirement_list,
+)
 
 REFUSED = [
     ("--index-url=http://x y", "option"),

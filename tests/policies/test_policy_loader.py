@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from policies import Policy, PolicyLoadError, Problem, load_policy, load_policy_text
@@ -244,6 +245,9 @@ def test_warnings() -> None:
 
 def test_policy_is_immutable() -> None:
     policy = load_policy_text(SEED)
-    with pytest.raises(ValueError):
+    with pytest.raises(pydantic.ValidationError) as raised:
         policy.default = "allow"
-    assert isinstance(policy, Policy)
+    assert [(e["type"], e["loc"]) for e in raised.value.errors()] == [
+        ("frozen_instance", ("default",))
+    ]
+    assert isinstance(policy, Policy) and policy.default == load_policy_text(SEED).default

@@ -143,11 +143,14 @@ def make_plan(
     variable: str | None = None,
     stdin: bytes = b"",
     limits: Limits | None = None,
+    final_expression: bool = True,
 ) -> ExecutionPlan:
+    """A plan as the gate makes it for `pyodide_execute`: REPL-like, the code's final
+    expression comes back as the value unless `final_expression` is False."""
     return ExecutionPlan(
         decision_id="test",
         engine="pyodide",
-        program=Program(kind, source, variable, stdin),
+        program=Program(kind, source, variable, stdin, final_expression),
         limits=limits or Limits(wall_timeout_s=15.0),
         workspace=workspace,
         session_id=session,

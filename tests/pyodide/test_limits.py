@@ -57,7 +57,11 @@ async def test_a_python_memory_bomb_is_reported_as_memory(
     limits = Limits(wall_timeout_s=30.0, memory_bytes=128 * MIB)
     code = "blocks = []\nwhile True:\n    blocks.append(bytearray(16 * 1024 * 1024))"
     result = await engine.run(make_plan(workspace, code, session=session_id, limits=limits))
-    assert (result.status, result.error) == ("memory", "MemoryError")
+    assert (result.status, result.error, result.exit_code) == (
+        "memory",
+        "MemoryError: the sandbox ran out of memory",
+        None,
+    )
     assert result.limit == f"memory {128 * MIB} bytes"
     again = await engine.run(make_plan(workspace, "del blocks\n'alive'", session=session_id))
     assert (again.status, again.value) == ("ok", "'alive'")

@@ -9,7 +9,7 @@ from typing import cast
 
 import pytest
 
-from sandboxes import Limits, WorkspacePaths
+from sandboxes import Limits, WorkspacePaths, workspace_limit
 from sandboxes.pyodide import HostMount, PyodideEngine
 from sandboxes.pyodide._process import DenoProcess
 from sandboxes.pyodide._sync import Mirror, plan
@@ -115,7 +115,8 @@ async def test_a_read_write_mount_keeps_to_its_budget(
     limits = Limits(wall_timeout_s=15.0, workspace_bytes=64 * 1024)
     code = "open('/mnt/out/big.bin', 'wb').write(b'x' * 100_000)"
     result = await engine.run(make_plan(mounted, code, session=session_id, limits=limits))
-    assert result.limit is not None and "some files were not saved" in result.limit
+    assert (result.status, result.limit) == ("killed", workspace_limit(limits))
+    assert "were not saved" in result.stderr
     assert not (_host(mounted, "out") / "big.bin").exists()
 
 

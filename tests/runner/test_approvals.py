@@ -12,8 +12,8 @@ from mcp import Client
 
 from policies import read_audit
 from runner import build_server, main
-from runner._server import APPROVAL_INPUT_KEY, APPROVAL_STATE_PREFIX
 from runner._service import AskHuman, Caller
+from runner.serving import APPROVAL_INPUT_KEY, APPROVAL_STATE_PREFIX
 from sandboxes import WasmEngine
 from tests.conftest import service_for
 from tests.results import text_of

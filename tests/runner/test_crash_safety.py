@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import mcp_types as types
+import anyio
 import psutil
 import pytest
-from mcp import Client, StdioServerParameters
+from mcp import Client, MCPError, StdioServerParameters
+from mcp_types import CONNECTION_CLOSED
 
+from policies import AuditRecord, read_audit
 from tests.processes import sandgate_command
 from tests.results import text_of
 
@@ -27,6 +29,9 @@ tools:
     limits:
       - {counter: runs, window: hour, max: 3, scope: grant}
 """
+ALLOWED_BY = "/tools/run_python_code"
+RUNS_RULE = "/tools/run_python_code/limits/runs"
+AUDIT_WAIT_S = 30.0
 
 
 def _params(state: Path, policy: Path) -> StdioServerParameters:
@@ -53,39 +58,42 @@ async def test_sigkill_mid_run_keeps_counters_and_acknowledged_audit_records(
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     state = tmp_path / "state"
-    acknowledged = 0
-    with pytest.raises(BaseException):  # noqa: B017 - the connection dies with the server
-        async with Client(_params(state, policy), read_timeout_seconds=60) as client:
-            for _ in range(2):
-                result = await client.call_tool("run_python_code", {"code": "print('ok')"})
-                assert isinstance(result, types.CallToolResult) and not result.is_error
-                acknowledged += 1
-            slow = asyncio.ensure_future(
-                client.call_tool("run_python_code", {"code": "import time; time.sleep(60)"})
-            )
-            server = _server_process(state)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not _decisions(state, 3):
-                await asyncio.sleep(0.05)
-            os.kill(server.pid, signal.SIGKILL)
+    async with Client(_params(state, policy), read_timeout_seconds=60) as client:
+        for n in range(2):
+            result = await client.call_tool("run_python_code", {"code": f"print('ok {n}')"})
+            assert not result.is_error and text_of(result) == f"ok {n}\n"
+        slow = asyncio.ensure_future(
+            client.call_tool("run_python_code", {"code": "import time; time.sleep(60)"})
+        )
+        server = _server_process(state)
+        await _wait_until(lambda: len(_events(state, "decision")) == 3, "the third decision")
+        os.kill(server.pid, signal.SIGKILL)
+        with pytest.raises(MCPError) as lost:  # the in-flight call learns the server is gone
             await slow
-    assert acknowledged == 2
-    records = _records(state)
-    decisions = [r for r in records if r.get("event") == "decision"]
-    outcomes = [r for r in records if r.get("event") == "outcome"]
-    assert len(decisions) == 3 and len(outcomes) == 2
+        assert lost.value.code == CONNECTION_CLOSED
+    assert not server.is_running()
+
+    decisions, outcomes = _events(state, "decision"), _events(state, "outcome")
+    assert [(r.decision, r.rule) for r in decisions] == [("allow", ALLOWED_BY)] * 3
+    # the two answered runs have their outcome; the killed one has its decision only
+    assert [(r.id, r.outcome, r.status) for r in outcomes] == [
+        (r.id, "completed", "ok") for r in decisions[:2]
+    ]
+
     async with Client(_params(state, policy), read_timeout_seconds=60) as client:
         fourth = await client.call_tool("run_python_code", {"code": "print('again')"})
-        assert isinstance(fourth, types.CallToolResult) and fourth.is_error
-        assert "/tools/run_python_code/limits/runs" in text_of(fourth)
+    assert fourth.is_error  # the killed run was counted: 3 of 3 used this hour
+    assert [(r.decision, r.rule) for r in _events(state, "decision")[3:]] == [("deny", RUNS_RULE)]
 
 
-def _records(state: Path) -> list[dict[str, object]]:
+async def _wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Poll the audit file (another process writes it) until `condition` holds; bounded."""
+    deadline = time.monotonic() + AUDIT_WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} was not audited within {AUDIT_WAIT_S} s"
+        await anyio.sleep(0.05)
+
+
+def _events(state: Path, event: str) -> list[AuditRecord]:
     path = state / "audit.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _decisions(state: Path, count: int) -> bool:
-    return len([r for r in _records(state) if r.get("event") == "decision"]) >= count
+    return [r for r in read_audit(path) if r.event == event] if path.exists() else []

@@ -137,7 +137,7 @@ async def test_installs_without_a_mirror_are_refused_item_by_item(client: Client
 async def test_installs_come_from_the_mirror_and_import_in_the_session(
     wasm_engine: WasmEngine, tmp_path: Path, pyodide_assets: Path
 ) -> None:
-    from runner.mirror import load_allowlist, sync_mirror
+    from runner.packages.mirror import load_allowlist, sync_mirror
 
     allowlist = tmp_path / "allow.toml"
     allowlist.write_text('[packages]\npython-slugify = ">=8,<10"\n')

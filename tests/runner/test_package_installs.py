@@ -15,7 +15,7 @@ import pytest
 from mcp import Client
 
 from runner import build_server, connection_scope
-from runner.mirror import load_allowlist, sync_mirror
+from runner.packages.mirror import load_allowlist, sync_mirror
 from sandboxes import WasmEngine
 from tests.conftest import service_for
 from tests.results import text_of

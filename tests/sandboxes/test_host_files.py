@@ -4,6 +4,7 @@ removal however deep."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import threading
@@ -77,8 +78,9 @@ def test_folders_links_and_empty_files_count_as_inodes(tmp_path: Path) -> None:
 
 def test_a_tree_past_path_max_is_walked_and_counted(tmp_path: Path) -> None:
     rel = make_deep(tmp_path, DEEP_LEVELS)
-    with pytest.raises(OSError):  # no path string reaches it
+    with pytest.raises(OSError) as too_long:  # no path string reaches it
         os.stat(tmp_path / rel)
+    assert too_long.value.errno == errno.ENAMETOOLONG
     found = scan(tmp_path)
     assert list(found.files) == [rel]
     assert found.usage.files == DEEP_LEVELS + 1

@@ -8,11 +8,21 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from sandboxes import EngineCrashed, ExecutionPlan, Limits, Program, WasmEngine, WorkspacePaths
+from sandboxes import (
+    EngineCrashed,
+    ExecutionPlan,
+    HostMount,
+    Limits,
+    Program,
+    WasmEngine,
+    WorkspacePaths,
+)
+from sandboxes.wasm._prepared import PreparedGuest, Shape, fits, mount_identities
 from sandboxes.wasm._slot import Slot
 
 pytestmark = [pytest.mark.anyio, pytest.mark.wasm]
@@ -270,3 +280,45 @@ async def test_a_call_never_finds_its_sessions_files_away_in_another_calls_slot(
             await asyncio.sleep(0.01)  # the first call holds the files in its slot now
         second = await engine.run(_plan(workspace, code.format(0)))
         assert ((await first).stdout, second.stdout) == ("shared\n", "shared\n")
+
+
+async def test_a_prepared_guest_is_granted_the_operator_mounts_of_the_call_before(
+    engine: WasmEngine, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("one")
+    workspace = replace(_workspace(tmp_path / "s"), mounts=(HostMount("data", data),))
+    read = "print(open('/mnt/data/a.txt').read())"
+    first = await engine.run(_plan(workspace, read))  # the next guest is prepared with them
+    assert first.stdout == "one\n", first.stderr
+    prepared, started = _served(engine)
+    again = await engine.run(_plan(workspace, read))
+    assert again.stdout == "one\n", again.stderr
+    assert _served(engine) == (prepared + 1, started)
+    # The folder is replaced under its path: the code sees the new one, whichever guest serves.
+    data.rename(tmp_path / "old-data")
+    data.mkdir()
+    (data / "a.txt").write_text("two")
+    moved = await engine.run(_plan(workspace, read))
+    assert moved.stdout == "two\n", moved.stderr
+
+
+def test_a_guest_granted_a_mount_folder_serves_only_while_its_path_names_that_folder(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    request = {
+        "memory_bytes": 1 << 29,
+        "mplconfig": None,
+        "mounts": [["data", str(data), True]],
+    }
+    shape = Shape.of(request)
+    guest = PreparedGuest(None, shape, Slot(tmp_path / "slot"), mount_identities(shape.mounts))
+    assert fits(request, guest)
+    assert not fits({**request, "mounts": [["data", str(data), False]]}, guest)
+    assert not fits({**request, "mounts": []}, guest)
+    data.rename(tmp_path / "old-data")
+    data.mkdir()
+    assert not fits(request, guest)

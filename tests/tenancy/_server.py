@@ -22,7 +22,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from runner._tools import TOOLS_BY_NAME
+from runner.tools import TOOLS_BY_NAME
 from tests.processes import serving_http
 
 GRANTS = ("alice", "bob", "carol")

@@ -18,7 +18,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
 MAX_VALUE_CHARS = 1_000_000
 
 
-def run_program(kind, source, variable, is_harness_file, search_path=()):
+def run_program(kind, source, variable, is_harness_file, search_path=(), final_expression=False):
     """Run the program (`kind` "code": `source` is its text; "file": its path), then report.
 
     Args:
@@ -28,6 +28,9 @@ def run_program(kind, source, variable, is_harness_file, search_path=()):
         is_harness_file: Whether a traceback frame's file name is the harness's own (its
             frames are left out of the traceback the program's stderr shows).
         search_path: Folders put on `sys.path` after /workspace (the session's packages).
+        final_expression: As a REPL does: when code (not a file) ends in an expression
+            statement, the report carries the `repr()` of its value as `value` (none when it
+            is `None` or raised). `variable` wins when set.
 
     Returns:
         The report: `exit_code`, `error` and `error_type` (an uncaught exception), `errno`,
@@ -42,10 +45,17 @@ def run_program(kind, source, variable, is_harness_file, search_path=()):
     sys.modules["__main__"] = main
     report = {"error": None, "error_type": None, "exit_code": 0, "value_found": False}
     namespace = main.__dict__
+    last = None
     try:
         if kind == "code":
             sys.argv = ["-c"]
-            exec(compile(source, "<code>", "exec"), namespace)
+            if final_expression and not variable:
+                body, final = _split_final_expression(source)
+                exec(body, namespace)
+                if final is not None:
+                    last = eval(final, namespace)
+            else:
+                exec(compile(source, "<code>", "exec"), namespace)
         else:
             import runpy
 
@@ -75,7 +85,7 @@ def run_program(kind, source, variable, is_harness_file, search_path=()):
             ]
         )
         sys.stderr.write("".join(shown.format()))
-        report["error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        report["error"] = error_line(exc, traceback.format_exception_only(type(exc), exc))
         report["error_type"] = type(exc).__name__
         report["errno"] = getattr(exc, "errno", None)
         report["exit_code"] = 1
@@ -84,20 +94,48 @@ def run_program(kind, source, variable, is_harness_file, search_path=()):
         sys.stderr.flush()
     except BaseException:
         pass
-    if variable:
-        value = namespace.get(variable)
-        if value is not None:
-            report["value_found"] = True
-            try:
-                text = str(value)
-            except BaseException as exc:
-                text = f"<str() of {variable} failed: {type(exc).__name__}>"
-            report["value"] = text[:MAX_VALUE_CHARS]
+    # The same rule as the Pyodide guest: a value only from a run that ended well.
+    value = namespace.get(variable) if variable else last
+    if value is not None and report["exit_code"] == 0:
+        try:
+            text = str(value) if variable else repr(value)
+        except BaseException as exc:
+            text = f"<could not format the value: {type(exc).__name__}>"
+        report["value_found"] = True
+        report["value"] = text[:MAX_VALUE_CHARS]
     try:  # a process the program forked that ran off its end saves no figure
         report["figures"] = save_open_figures(start) if os.getpid() == me else []
     except BaseException as exc:
         report["figures_error"] = f"{type(exc).__name__}: {exc}"
     return report
+
+
+def error_line(exc, lines):
+    """The `Type: message` line of an exception (a SyntaxError's too, without the lines that
+    show where), the same rule as the Pyodide guest's."""
+    lines = [line.strip() for line in lines]
+    name = type(exc).__name__
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if head == name or head.endswith("." + name):
+            return line
+    return lines[-1] if lines else name
+
+
+def _split_final_expression(source):
+    """The code's body, compiled, and its trailing expression statement compiled on its own
+    ("eval"; `None` when the code does not end in one). Both keep the code's line numbers, so
+    a traceback names the lines the user wrote. `_ast` (built in) rather than `ast`, which
+    costs the container's child ~8 ms of imports (`enum`, `contextlib`, …); compiling to a
+    tree with the builtin `compile` also keeps `ast.py` frames out of a SyntaxError's
+    traceback."""
+    import _ast
+
+    tree = compile(source, "<code>", "exec", _ast.PyCF_ONLY_AST)
+    final = None
+    if tree.body and isinstance(tree.body[-1], _ast.Expr):
+        final = compile(_ast.Expression(tree.body.pop().value), "<code>", "eval")
+    return compile(tree, "<code>", "exec"), final
 
 
 def save_open_figures(start):

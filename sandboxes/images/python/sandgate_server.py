@@ -32,7 +32,7 @@ import sandgate_program  # noqa: E402
 
 sys.path.remove(HERE)  # the user's program does not see the server's folder
 
-PROTOCOL = 1
+PROTOCOL = 2
 SITE = "/site"
 STDIN_FILE = "/tmp/.sandgate-stdin"
 MAX_REPORT_BYTES = 8 * 1024 * 1024
@@ -146,7 +146,12 @@ def _child(out_w, err_w, rep_w):
         resource.setrlimit(resource.RLIMIT_FSIZE, (int(fsize), int(fsize)))
     me = os.getpid()
     report = sandgate_program.run_program(
-        request["kind"], request["source"], request.get("variable") or "", _is_server_file, (SITE,)
+        request["kind"],
+        request["source"],
+        request.get("variable") or "",
+        _is_server_file,
+        (SITE,),
+        final_expression=bool(request.get("final_expression")),
     )
     if os.getpid() != me:  # a process the program forked ran off the end: no report from it
         os._exit(report["exit_code"] & 0xFF if report["exit_code"] else 0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sandboxes import WorkspacePaths
 
-from ._errors import ArgumentError
+from .._errors import ArgumentError
 from .mirror import (
     AllowList,
     Lock,

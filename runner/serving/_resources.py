@@ -9,11 +9,17 @@ from urllib.parse import quote, unquote, urlparse
 
 import mcp_types as types
 
-from sandboxes import HOST_IO, FileRefused, HostIO, read_file
-from sandboxes.pyodide import MountPathRefused, list_mounted_directory
+from sandboxes import (
+    HOST_IO,
+    FileRefused,
+    HostIO,
+    MountPathRefused,
+    list_mounted_directory,
+    read_file,
+)
 
-from ._errors import ArgumentError
-from ._mounts import WORKSPACE_MOUNT, MountPoint
+from .._errors import ArgumentError
+from .._mounts import WORKSPACE_MOUNT, MountPoint
 
 MAX_LISTED = 500
 MAX_READ_BYTES = 8 * 1024 * 1024

@@ -18,10 +18,10 @@ from mcp_types import INTERNAL_ERROR, INVALID_PARAMS
 from policies import NeedsApproval
 from sandboxes import SandboxError
 
-from ._errors import ArgumentError
+from .._errors import ArgumentError
+from .._service import AskHuman, Caller, Service
+from ..tools import TOOLS_BY_NAME
 from ._resources import list_resources, read_resource
-from ._service import AskHuman, Caller, Service
-from ._tools import TOOLS_BY_NAME
 
 logger = logging.getLogger("sandgate.server")
 
@@ -182,7 +182,7 @@ def build_server(
     ) -> types.ListResourcesResult:
         grant = _grant_of(ctx)
         caller = Caller(grant=grant, session=session_id_of(ctx, grant))
-        mounts = service.pyodide.mounts(caller)
+        mounts = service.mounts(caller)
         try:
             found = await list_resources(mounts, grant=grant)
         except SandboxError as exc:  # the grant's host file operations are stuck or too many
@@ -194,7 +194,7 @@ def build_server(
     ) -> types.ReadResourceResult:
         grant = _grant_of(ctx)
         caller = Caller(grant=grant, session=session_id_of(ctx, grant))
-        mounts = service.pyodide.mounts(caller)
+        mounts = service.mounts(caller)
         try:
             return await read_resource(mounts, str(params.uri), grant=grant)
         except ArgumentError as exc:

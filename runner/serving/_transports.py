@@ -18,10 +18,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from policies import Gate
 
-from ._app import Config, open_service
+from .._app import Config, open_service
+from .._metrics import Metrics
 from ._cancelled import SilentCancels
 from ._http_sessions import GrantSessions
-from ._metrics import Metrics
 from ._server import GRANT_SCOPE_KEY, build_server, connection_scope
 from ._stdio import stdio_streams
 

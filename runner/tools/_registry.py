@@ -1,12 +1,16 @@
-"""The tools sandgate serves: names, descriptions and argument models, as upstream has them."""
+"""The one tool registry: each tool's name, the set it belongs to, its description, argument
+model, handler and formatter, bound in one place. The service serves whatever is here."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+import mcp_types as types
 from pydantic import BaseModel
 
+from . import _format, _native, _paths, _pyodide, _python_code_runner
 from ._arguments import (
     PipInstallPackageArgs,
     PyodideExecuteArgs,
@@ -20,21 +24,55 @@ from ._arguments import (
     SaveToFileAndRunArgs,
     input_schema,
 )
+from ._context import Caller, ToolContext
+from ._outcome import Outcome, Ran
 
 ToolSet = Literal["python-code-runner", "mcp-pyodide", "native"]
+
+Handler = Callable[[ToolContext, Any, Mapping[str, Any], Caller], Awaitable[Outcome]]
+"""Serves a call: (the server, the validated arguments, the raw arguments, the caller)."""
+Present = Callable[[Ran, Any], types.CallToolResult]
+"""Words a finished run as the tool's result, given the validated arguments."""
+
+
+def _no_run(ran: Ran, args: Any) -> types.CallToolResult:
+    raise AssertionError("this tool runs no code")
 
 
 @dataclass(frozen=True, slots=True)
 class ToolSpec:
-    """One tool: its name, the set it belongs to, its description and argument model."""
+    """One tool, bound: name, tool set, description, argument model, handler and formatter.
+
+    Attributes:
+        structured: Refusals and busy answers carry structured content (`status`, `rule`,
+            `retry_after_s`) as the tool's own results do.
+    """
 
     name: str
     tool_set: ToolSet
     description: str
     arguments: type[BaseModel]
+    handler: Handler
+    present: Present = _no_run
+    structured: bool = False
 
     def schema(self) -> dict[str, object]:
         return input_schema(self.arguments)
+
+    def result(self, outcome: Outcome, args: Any) -> types.CallToolResult:
+        """The MCP result of `outcome` (`args`: the validated arguments, None when invalid)."""
+        if isinstance(outcome, Ran):
+            return self.present(outcome, args)
+        return _format.outcome_result(outcome, structured=self.structured)
+
+
+def _python(family: _format.Family, label: str | None = None) -> Present:
+    def present(ran: Ran, args: Any) -> types.CallToolResult:
+        variable = args.variable_to_return
+        shown = label or _paths.check_file_name(args.file_name)
+        return _format.python_result(family, ran.result, variable=variable, label=shown)
+
+    return present
 
 
 TOOLS: tuple[ToolSpec, ...] = (
@@ -44,6 +82,8 @@ TOOLS: tuple[ToolSpec, ...] = (
         "Run Python code in a fresh sandboxed interpreter and return what it printed, or the "
         "value of `variable_to_return`. Errors come back as `Error: …` with the traceback.",
         RunPythonCodeArgs,
+        _python_code_runner.run_python_code,
+        _python("run_python_code", "python code"),
     ),
     ToolSpec(
         "save_to_file_and_run",
@@ -51,6 +91,8 @@ TOOLS: tuple[ToolSpec, ...] = (
         "Save Python code to a file in the session workspace and run it. Returns the value of "
         "`variable_to_return` if given, otherwise a success message with the printed output.",
         SaveToFileAndRunArgs,
+        _python_code_runner.save_to_file_and_run,
+        _python("save_to_file_and_run"),
     ),
     ToolSpec(
         "pip_install_package",
@@ -58,6 +100,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         "Install a package into this session's workspace from the operator's package mirror "
         "(allow-listed, hash-verified wheels only).",
         PipInstallPackageArgs,
+        _python_code_runner.pip_install_package,
     ),
     ToolSpec(
         "run_python_file",
@@ -65,6 +108,8 @@ TOOLS: tuple[ToolSpec, ...] = (
         "Run a Python file from the session workspace and return the value of "
         "`variable_to_return` if given, otherwise a success message with the printed output.",
         RunPythonFileArgs,
+        _python_code_runner.run_python_file,
+        _python("run_python_file"),
     ),
     ToolSpec(
         "pyodide_execute",
@@ -73,6 +118,8 @@ TOOLS: tuple[ToolSpec, ...] = (
         "Returns what it printed and the value of its final expression; images it writes to "
         "/workspace come back as images.",
         PyodideExecuteArgs,
+        _pyodide.execute,
+        lambda ran, args: _format.execute_result(ran.result),
     ),
     ToolSpec(
         "pyodide_install-packages",
@@ -80,24 +127,28 @@ TOOLS: tuple[ToolSpec, ...] = (
         "Install packages (space-separated names) into this session's Pyodide interpreter, "
         "from the operator's package mirror only.",
         PyodideInstallPackagesArgs,
+        _pyodide.install_packages,
     ),
     ToolSpec(
         "pyodide_get-mount-points",
         "mcp-pyodide",
         "List the mount points (name, path inside Pyodide, read-only or not).",
         PyodideGetMountPointsArgs,
+        _pyodide.get_mount_points,
     ),
     ToolSpec(
         "pyodide_list-mounted-directory",
         "mcp-pyodide",
         "List the files of a mount point.",
         PyodideListMountedDirectoryArgs,
+        _pyodide.list_mounted_directory,
     ),
     ToolSpec(
         "pyodide_read-image",
         "mcp-pyodide",
         "Read an image file from a mount point and return it as image content.",
         PyodideReadImageArgs,
+        _pyodide.read_image,
     ),
     ToolSpec(
         "run_code",
@@ -106,6 +157,9 @@ TOOLS: tuple[ToolSpec, ...] = (
         "timeout, memory, output_limit, killed, denied), stdout, stderr, exit code, images, "
         "files written and usage (wall ms, CPU ms, peak memory).",
         RunCodeArgs,
+        _native.run_code,
+        lambda ran, args: _format.run_code_result(ran.result),
+        structured=True,
     ),
 )
 

@@ -8,7 +8,10 @@ from typing import Any, Literal
 
 import mcp_types as types
 
-from sandboxes import RunResult
+from sandboxes import Image, RunResult
+
+from .._mounts import WORKSPACE_GUEST_PATH
+from ._outcome import Busy, Failed, Invalid, Outcome, Refused, Told
 
 Family = Literal["run_python_code", "save_to_file_and_run", "run_python_file"]
 
@@ -66,13 +69,45 @@ def busy_result(text: str, retry_after_s: float, *, structured: bool) -> types.C
     )
 
 
-def _image_blocks(result: RunResult) -> list[types.ContentBlock]:
+def outcome_result(outcome: Outcome, *, structured: bool) -> types.CallToolResult:
+    """The MCP result of every outcome but a run (`Ran` is worded by each tool).
+
+    Args:
+        structured: Give refusals and busy answers structured content (`run_code`).
+    """
+    if isinstance(outcome, Told):
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=outcome.text), *_blocks(outcome.images)],
+            structured_content=outcome.data,
+            is_error=outcome.is_error,
+        )
+    if isinstance(outcome, Refused):
+        return denied_result(
+            outcome.rule,
+            outcome.reason,
+            structured=structured,
+            retry_after_s=outcome.retry_after_s,
+        )
+    if isinstance(outcome, Busy):
+        return busy_result(outcome.reason, outcome.retry_after_s, structured=structured)
+    if isinstance(outcome, Invalid):
+        return error_result(f"Error: {outcome.reason}")
+    if isinstance(outcome, Failed):
+        return error_result(outcome.reason)
+    raise AssertionError(f"a run is worded by its tool: {outcome!r}")
+
+
+def _blocks(images: tuple[Image, ...]) -> list[types.ContentBlock]:
     return [
         types.ImageContent(
             type="image", data=base64.b64encode(img.data).decode("ascii"), mime_type=img.mime_type
         )
-        for img in result.images
+        for img in images
     ]
+
+
+def _image_blocks(result: RunResult) -> list[types.ContentBlock]:
+    return _blocks(result.images)
 
 
 def _images_line(result: RunResult) -> str:
@@ -176,5 +211,33 @@ def run_code_result(result: RunResult) -> types.CallToolResult:
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=json.dumps(payload)), *_image_blocks(result)],
         structured_content=payload,
+        is_error=result.status != "ok",
+    )
+
+
+def guest_path(path: str) -> str:
+    """Where code sees a file the run wrote: workspace-relative paths under `/workspace`;
+    files in an operator mount come as their guest path (`/mnt/NAME/…`) already."""
+    return path if path.startswith("/") else f"{WORKSPACE_GUEST_PATH}/{path}"
+
+
+def execute_result(result: RunResult) -> types.CallToolResult:
+    """`pyodide_execute`'s result: output, the final expression's value, images."""
+    parts: list[str] = []
+    if result.status == "error":
+        parts.append(f"Error: {result.error or f'exit status {result.exit_code}'}")
+    elif result.status != "ok":
+        parts.append(f"Error: the code was stopped by {result.status} ({result.limit})")
+    if result.stdout:
+        parts.append(result.stdout.rstrip("\n"))
+    if result.stderr:
+        parts.append("[stderr]\n" + result.stderr.rstrip("\n"))
+    if result.status == "ok" and result.value_found and result.value is not None:
+        parts.append(f"Result: {result.value}")
+    if result.images:
+        parts.append("images: " + ", ".join(guest_path(i.path) for i in result.images))
+    text = "\n".join(parts) if parts else "(no output)"
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text), *_image_blocks(result)],
         is_error=result.status != "ok",
     )

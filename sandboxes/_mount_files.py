@@ -1,4 +1,7 @@
-"""Host-side helpers of the Mcp Pyodide mount tools: list a folder, read an image, no escapes.
+"""Host-side reads of mount points for the tools and resources that read them without running
+code (listings, images, `resources/list`): list a folder, read an image, no escapes. Engine
+neutral: the folders are the session workspace and the operator's mounts, whatever engine runs
+the code.
 
 Each path is opened component by component from the mount root by the host file layer
 (`sandboxes._files`: `O_NOFOLLOW | O_NONBLOCK`, regular files only), so `..`, absolute paths,
@@ -13,16 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .._errors import SandboxError
-from .._files import (
+from ._errors import SandboxError
+from ._files import (
     IMAGE_MIME_TYPES,
     MAX_IMAGE_BYTES,
     FileRefused,
     open_file,
     open_folder,
     read_open,
+    split_rel,
 )
-from .._types import Image
+from ._types import Image
 
 EntryKind = Literal["file", "directory", "symlink", "other"]
 MAX_LISTED_ENTRIES = 10_000
@@ -68,12 +72,12 @@ class Entry:
 
 
 def _parts(argument: str, rel: str, *, allow_empty: bool) -> list[str]:
-    relative = "a path relative to the mount, without `..`"
-    if "\0" in rel or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
-        raise MountPathRefused(argument, relative, rel)
-    parts = [p for p in rel.replace("\\", "/").split("/") if p not in ("", ".")]
-    if ".." in parts or (not parts and not allow_empty):
-        raise MountPathRefused(argument, relative, rel)
+    try:
+        parts = split_rel(rel)
+    except FileRefused as exc:
+        raise MountPathRefused(argument, f"{exc.expected} (relative to the mount)", rel) from None
+    if not parts and not allow_empty:
+        raise MountPathRefused(argument, "a path relative to the mount, not the mount itself", rel)
     return parts
 
 
