@@ -5,8 +5,8 @@ assets (`sandgate setup pyodide`). In one run it times:
 
 - warm: N sequential `engine.run` calls of `1+1` in one session whose process came from the
   pool (the path every call after a session's first takes);
-- fresh from the snapshot: M new sessions on an engine with an empty pool, so each call boots
-  a jailed Deno from the memory snapshot before running (what the pool hides);
+- fresh from the snapshot: M `state: fresh` runs on an engine with an empty pool, so each call
+  boots a jailed Deno from the memory snapshot before running (what the pool hides);
 - fresh without a snapshot: M plain `deno run` processes that `loadPyodide()` and run `1+1`
   (what an engine without pool or snapshot would pay per call).
 
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sandboxes import ExecutionPlan, Limits, Program, WorkspacePaths
+from sandboxes import ExecutionPlan, Limits, Program, StateMode, WorkspacePaths
 from sandboxes.pyodide import PyodideEngine, default_assets_dir
 from sandboxes.pyodide._assets import deno_common_flags, deno_environment, find_deno, locate
 
@@ -39,14 +39,15 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _plan(workspace: WorkspacePaths, session: str) -> ExecutionPlan:
+def _plan(workspace: WorkspacePaths, session: str, state: StateMode) -> ExecutionPlan:
     return ExecutionPlan(
         decision_id="bench",
         engine="pyodide",
-        program=Program("code", "1+1"),
+        program=Program("code", "1+1", final_expression=True),
         limits=Limits(wall_timeout_s=60.0),
         workspace=workspace,
         session_id=session,
+        state=state,
     )
 
 
@@ -55,10 +56,10 @@ async def _warm(calls: int, workspace: WorkspacePaths) -> list[float]:
     async with PyodideEngine(pool_size=1) as engine:
         await engine.wait_ready()
         for _ in range(10):  # warm-up: the session holds its process, V8 has compiled the path
-            await engine.run(_plan(workspace, "warm"))
+            await engine.run(_plan(workspace, "warm", "persistent"))
         for _ in range(calls):
             began = time.perf_counter()
-            result = await engine.run(_plan(workspace, "warm"))
+            result = await engine.run(_plan(workspace, "warm", "persistent"))
             times.append(time.perf_counter() - began)
             assert result.value == "2", result
     return times
@@ -69,10 +70,9 @@ async def _fresh_snapshot(runs: int, workspace: WorkspacePaths) -> list[float]:
     async with PyodideEngine(pool_size=0) as engine:
         for i in range(runs):
             began = time.perf_counter()
-            result = await engine.run(_plan(workspace, f"fresh-{i}"))
+            result = await engine.run(_plan(workspace, f"fresh-{i}", "fresh"))
             times.append(time.perf_counter() - began)
-            assert result.value == "2", result
-            await engine.end_session(f"fresh-{i}")
+            assert (result.value, result.state) == ("2", "fresh"), result
     return times
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import jsonschema
 
-from sandboxes import DEFAULT_WORKSPACE_FILES, Limits
+from sandboxes import DEFAULT_WORKSPACE_FILES, Limits, StateMode
 
 from ._model import DEFAULT_PROFILE, Policy
 from ._predicates import CompiledPredicate
@@ -98,6 +98,8 @@ class CompiledTool:
     profile: str
     engine: str
     runtime: str | None = None
+    state: StateMode | None = None
+    """What the policy says of `state` (None: the tool's own default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +141,14 @@ def _tool(policy: Policy, name: str | None, rule: ToolRule | None) -> CompiledTo
     allow_rule = pointer("tools", name) if name is not None else pointer("default")
     mode: Mode = policy.mode
     profile = DEFAULT_PROFILE
+    state: StateMode | None = None
     for _, layer in layers:
         mode = layer.mode or mode
         profile = layer.engine or profile
+        state = layer.state or state
     kind, runtime, profile_quotas = policy.profile(profile)
+    if state is None and profile in policy.engines:
+        state = policy.engines[profile].state
     quota_layers: list[tuple[tuple[str | int, ...], Quotas]] = [(("quotas",), policy.quotas)]
     if policy.all_tools is not None:
         quota_layers.append((("all_tools", "quotas"), policy.all_tools.quotas))
@@ -181,6 +187,7 @@ def _tool(policy: Policy, name: str | None, rule: ToolRule | None) -> CompiledTo
         profile=profile,
         engine=kind,
         runtime=runtime,
+        state=state,
     )
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sandboxes import ExecutionPlan, Program, WorkspacePaths
+from sandboxes import ExecutionPlan, Program, StateMode, WorkspacePaths
 
 from ._rules import Mode
 
@@ -27,6 +27,8 @@ class ToolCall:
         workspace: Execution tools only: the session's folders. Required with `program`.
         requested_timeout_s: A caller-set timeout in seconds; clamped to the policy ceiling.
         requested_memory_bytes: A caller-set memory cap in bytes; clamped to the ceiling.
+        default_state: The tool's own default for `state` (as its upstream server behaves),
+            used when the policy does not say.
     """
 
     tool: str
@@ -37,6 +39,7 @@ class ToolCall:
     workspace: WorkspacePaths | None = None
     requested_timeout_s: float | None = None
     requested_memory_bytes: int | None = None
+    default_state: StateMode = "fresh"
 
     def __post_init__(self) -> None:
         if self.program is not None and self.workspace is None:

@@ -70,6 +70,11 @@ class EngineProfile(BaseModel):
         default_factory=Quotas,
         description="Quotas of every run under this profile (a tool's own quotas override them).",
     )
+    state: Literal["fresh", "persistent"] | None = Field(
+        default=None,
+        description="fresh or persistent (see a tool's `state`) for the tools routed to this "
+        "profile; a tool's own `state` and `all_tools.state` come first.",
+    )
     require: list[str] | None = Field(
         default=None,
         description="Boundary layers the engine must have in force on the host, or it refuses "

@@ -229,6 +229,13 @@ class ToolRule(BaseModel):
     mode: Mode | None = Field(
         default=None, description="Overrides the policy's mode for this tool."
     )
+    state: Literal["fresh", "persistent"] | None = Field(
+        default=None,
+        description="persistent: the calls of one session share one live interpreter "
+        "(globals, imports, objects), every limit still per call; fresh: every call in an "
+        "interpreter no other call touched. Default: the tool's own (persistent for "
+        "run_python_code and pyodide_execute, as upstream; fresh for the others).",
+    )
     limits: list[CounterLimit] = Field(
         default_factory=list, description="Rate limits; all must fit or the call is denied."
     )

@@ -187,6 +187,7 @@ def build_plan(
         session_id=call.session,
         profile=tool.profile,
         runtime=tool.runtime,
+        state=tool.state or call.default_state,
         grant=call.grant,
         pool_share=pool_share,
     )

@@ -151,6 +151,8 @@ async def open_service(
         reaper.cancel()
         with contextlib.suppress(BaseException):
             await reaper
+        for key in sessions.held():  # engines shared with others keep nothing of this server's
+            await running.end_session(key)
         await running.aclose()
         sessions.close()
         shutil.rmtree(workspaces, ignore_errors=True)

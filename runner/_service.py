@@ -361,6 +361,7 @@ class Service:
             workspace=replace(session.workspace, mounts=self._host_mounts),
             requested_timeout_s=requested_timeout_s,
             requested_memory_bytes=requested_memory_bytes,
+            default_state=TOOLS_BY_NAME[tool].state,
         )
         async with self.gated(call, caller) as ticket:
             if ticket.refused is not None:

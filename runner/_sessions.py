@@ -206,6 +206,11 @@ class Sessions:
             logger.info("session %s idled out; workspace removed", session.id)
         return [s.key for s in gone]
 
+    def held(self) -> list[str]:
+        """The keys (`session_key`) of every session held now."""
+        with self._lock:
+            return list(self._sessions)
+
     def close(self) -> None:
         """Remove every workspace (server shutdown)."""
         with self._lock:

@@ -58,6 +58,8 @@ class Capabilities:
             lacking.append("final_expression")
         if plan.workspace.mounts and not self.mounts:
             lacking.append("mounts")
+        if plan.state == "persistent" and not self.persistent_state:
+            lacking.append("persistent_state")
         if plan.limits.network not in self.networks:
             lacking.append(f"network={plan.limits.network}")
         return lacking

@@ -30,7 +30,9 @@ class FakeEngine(EngineLifecycle):
         capabilities: Capabilities | None = None,
     ) -> None:
         self.name = name
-        self.capabilities = capabilities or Capabilities()
+        self.capabilities = capabilities or Capabilities(
+            persistent_state=True, networks=frozenset({"none", "mirror"})
+        )  # by default it takes every plan: what a test of the gate or the tools sends
         self.plans: list[ExecutionPlan] = []
         self.ended: list[str] = []
         self._respond = respond

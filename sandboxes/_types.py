@@ -15,6 +15,16 @@ NetworkMode = Literal["none", "mirror"]
 
 ProgramKind = Literal["code", "file"]
 
+StateMode = Literal["fresh", "persistent"]
+"""`fresh`: every run in an interpreter no other run touched. `persistent`: the runs of one
+session share one live interpreter (globals, imports, objects) while it lives."""
+
+StateOutcome = Literal["fresh", "new", "kept", "lost"]
+"""How a run found its session's state: `fresh` (a fresh interpreter, by `StateMode`), `new`
+(persistent, the session's first interpreter), `kept` (persistent, the interpreter of the
+session's previous run) or `lost` (persistent, the previous interpreter ended: a limit stopped
+a run, it was reclaimed or idled out; `RunResult.state_note` says why)."""
+
 DEFAULT_WALL_TIMEOUT_S = 30.0
 DEFAULT_MEMORY_BYTES = 512 * 1024 * 1024
 DEFAULT_OUTPUT_BYTES = 1024 * 1024
@@ -124,6 +134,8 @@ class ExecutionPlan:
             inside one grant: two grants may both have a session `x`, and they are two.
         pool_share: The fraction (0 < share <= 1) of any pooled resource of the engine
             (interpreters, slots) this grant may hold while other grants need them.
+        state: Whether the run shares its session's live interpreter (`persistent`) or gets
+            one no other run touched (`fresh`).
     """
 
     decision_id: str
@@ -136,6 +148,7 @@ class ExecutionPlan:
     runtime: str | None = None
     grant: str = "local"
     pool_share: float = DEFAULT_POOL_SHARE
+    state: StateMode = "fresh"
 
     @property
     def session_key(self) -> str:
@@ -198,6 +211,8 @@ class RunResult:
         files_written: Workspace-relative paths created or changed by the run (guest paths
             `/mnt/NAME/…` for files in a writable operator mount).
         usage: What the run used.
+        state: How the run found its session's state (`StateOutcome`).
+        state_note: Why the session's previous interpreter was lost (`state` "lost").
     """
 
     status: Status
@@ -212,3 +227,5 @@ class RunResult:
     truncated: tuple[str, ...] = ()
     images: tuple[Image, ...] = ()
     files_written: tuple[str, ...] = field(default=())
+    state: StateOutcome = "fresh"
+    state_note: str | None = None

@@ -195,6 +195,8 @@ def structured(result: RunResult) -> dict[str, Any]:
         "truncated": list(result.truncated),
         "images": [img.path for img in result.images],
         "files_written": list(result.files_written),
+        "state": result.state,
+        "state_note": result.state_note,
         "usage": {
             "wall_ms": round(usage.wall_ms, 3),
             "cpu_ms": None if usage.cpu_ms is None else round(usage.cpu_ms, 3),

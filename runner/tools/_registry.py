@@ -10,6 +10,8 @@ from typing import Any, Literal
 import mcp_types as types
 from pydantic import BaseModel
 
+from sandboxes import StateMode
+
 from . import _format, _native, _paths, _pyodide, _python_code_runner
 from ._arguments import (
     PipInstallPackageArgs,
@@ -46,6 +48,9 @@ class ToolSpec:
     Attributes:
         structured: Refusals and busy answers carry structured content (`status`, `rule`,
             `retry_after_s`) as the tool's own results do.
+        state: The tool's own default for a session's interpreter when the policy does not
+            say (`state:`): `persistent` where the upstream server keeps one namespace
+            between calls (`run_python_code`, `pyodide_execute`), else `fresh`.
     """
 
     name: str
@@ -55,6 +60,7 @@ class ToolSpec:
     handler: Handler
     present: Present = _no_run
     structured: bool = False
+    state: StateMode = "fresh"
 
     def schema(self) -> dict[str, object]:
         return input_schema(self.arguments)
@@ -84,6 +90,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         RunPythonCodeArgs,
         _python_code_runner.run_python_code,
         _python("run_python_code", "python code"),
+        state="persistent",
     ),
     ToolSpec(
         "save_to_file_and_run",
@@ -120,6 +127,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         PyodideExecuteArgs,
         _pyodide.execute,
         lambda ran, args: _format.execute_result(ran.result),
+        state="persistent",
     ),
     ToolSpec(
         "pyodide_install-packages",
@@ -155,7 +163,9 @@ TOOLS: tuple[ToolSpec, ...] = (
         "native",
         "Run Python code in a sandbox and return structured content: status (ok, error, "
         "timeout, memory, output_limit, killed, denied), stdout, stderr, exit code, images, "
-        "files written and usage (wall ms, CPU ms, peak memory).",
+        "files written, usage (wall ms, CPU ms, peak memory) and state (fresh: a fresh "
+        "interpreter; new, kept or lost with state_note: the session's live interpreter, where "
+        "the policy keeps one).",
         RunCodeArgs,
         _native.run_code,
         lambda ran, args: _format.run_code_result(ran.result),

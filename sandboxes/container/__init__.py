@@ -1,4 +1,5 @@
-"""The `container` engine: single-use Docker containers (runc or gVisor) from a warm pool."""
+"""The `container` engine: single-use Docker containers (runc or gVisor) from a warm pool, and
+one live interpreter container per persistent session."""
 
 from ._engine import DEFAULT_IDLE_S, DEFAULT_POOL_SIZE, ContainerEngine
 from ._image import IMAGE_CONTEXT, build_image_offline, context_sha256, image_is_current

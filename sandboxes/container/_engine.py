@@ -1,4 +1,5 @@
-"""The `container` engine: each run in its own single-use Docker container (runc or gVisor).
+"""The `container` engine: each run in its own single-use Docker container (runc or gVisor), or,
+for a persistent session, in the session's live interpreter container (`_persistent.py`).
 
 Pool design (why a run costs one round-trip on an open connection, not a `docker run`):
 containers are created and started ahead of demand, each with its interpreter server waiting
@@ -13,7 +14,8 @@ never reused. A crash mid-run leaves a claim record that the next `start()` repa
 Alternatives rejected: copying files in and out (slow for big workspaces); mount propagation
 into running containers (host mount namespace surgery, and invisible to gVisor's gofer);
 passing a directory fd (`..` walks out of the container's root); a per-session container
-(a `docker run` on every new session, and state shared between runs). When the session's
+for fresh runs (a `docker run` on every new session, and state shared between runs: that is
+what `state: persistent` asks for, and gets, by policy). When the session's
 folders are on another filesystem than the pool, or a pool container is not ready, the run
 starts its own container (a "cold" run, ~0.6 s with runc, ~1 s with gVisor).
 
@@ -61,11 +63,19 @@ from .._lending import (
     mounts_before,
     writable,
 )
+from .._live import CANCELLED, LIMITS_CHANGED, PROCESS_DIED, LiveSessions, lost_line
 from .._types import ExecutionPlan, HostMount, Image, Limits, RunResult
 from ._docker import Docker
 from ._errors import SandboxGone
 from ._fleet import Fleet, check_daemon, layer_states, remove_orphans
 from ._image import default_cache_dir
+from ._persistent import (
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_SESSION_IDLE_S,
+    LiveContainer,
+    identity,
+    lost_note,
+)
 from ._pool import Pool, PoolStats, Warm
 from ._protocol import request_line
 from ._result import to_result
@@ -100,7 +110,8 @@ container, the watchdog caps their sum (a run past the workspace budget is kille
 
 
 class ContainerEngine(EngineLifecycle):
-    """Runs each plan in a fresh, single-use container from a warm pool.
+    """Runs each plan in a fresh, single-use container from a warm pool; a persistent plan
+    (`state="persistent"`) in its session's live interpreter container (`_persistent.py`).
 
     Args:
         runtime: `runc` (Docker's default) or `runsc` (gVisor, registered with dockerd).
@@ -115,12 +126,15 @@ class ContainerEngine(EngineLifecycle):
             folders it made there; files it cannot return go to its `lost+found`.
         require: The boundary layers (`sandboxes.ENGINE_LAYERS` names) this
             engine refuses to start without; None: every one it relies on.
+        max_sessions: Most live interpreter containers of persistent sessions at once.
+        session_idle_s: Seconds a persistent session's container may stay unused before it
+            is removed (its next run says the state was lost).
     """
 
     name = "container"
     capabilities = Capabilities(
         final_expression=True,
-        persistent_state=False,
+        persistent_state=True,
         mounts=True,
         networks=frozenset({"none"}),
     )
@@ -137,6 +151,8 @@ class ContainerEngine(EngineLifecycle):
         cpus: float = DEFAULT_CPUS,
         pool_dir: Path | None = None,
         require: Iterable[str] | None = None,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        session_idle_s: float = DEFAULT_SESSION_IDLE_S,
     ) -> None:
         if runtime not in ("runc", "runsc"):
             raise ValueError(f"runtime: expected 'runc' or 'runsc', got {runtime!r}")
@@ -165,6 +181,13 @@ class ContainerEngine(EngineLifecycle):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Future[None] | None = None
         self._closed = False
+        self._live: LiveSessions[LiveContainer] = LiveSessions(
+            f"container ({runtime})",
+            self._end_live,
+            max_sessions=max_sessions,
+            idle_s=session_idle_s,
+        )
+        self._live_reaper: asyncio.Future[None] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -204,6 +227,7 @@ class ContainerEngine(EngineLifecycle):
                 fleet.launch_slot, fleet.dispose, size=self._pool_size, idle_s=self._idle_s
             )
             self._reaper = asyncio.ensure_future(self._pool.reap())
+            self._live_reaper = asyncio.ensure_future(self._reap_live())
             self._pool.fill(fleet.shape(Limits()))
             self._progress(f"container: ready; warming {self._pool_size} containers")
 
@@ -231,23 +255,34 @@ class ContainerEngine(EngineLifecycle):
 
     def pool_stats(self) -> PoolFigures:
         """`stats()` as figures by name, for the server's metrics."""
-        return dataclasses.asdict(self.stats())
+        return {
+            **dataclasses.asdict(self.stats()),
+            "live_sessions": len(self._live),
+            "max_live_sessions": self._live.max_sessions,
+        }
+
+    def live_sessions(self) -> tuple[str, ...]:
+        """The session keys that hold a live interpreter container."""
+        return self._live.keys()
 
     def container_for(self, decision_id: str) -> str | None:
         """The id of the container that ran decision `decision_id` (recent runs only)."""
         return self._served.get(decision_id)
 
     async def end_session(self, key: str) -> bool:
-        """Nothing to release: every run is a fresh container; its files are the runner's."""
-        return False
+        """Remove the session's live interpreter container, if it has one (its files are the
+        runner's); False when it had none."""
+        return await self._live.end(key)
 
     async def aclose(self) -> None:
         """Remove every container and slot of this engine."""
         async with self._start_lock:
             self._closed = True
-            if self._reaper is not None:
-                self._reaper.cancel()
-                await asyncio.gather(self._reaper, return_exceptions=True)
+            for reaper in (self._reaper, self._live_reaper):
+                if reaper is not None:
+                    reaper.cancel()
+                    await asyncio.gather(reaper, return_exceptions=True)
+            await self._live.aclose()
             if self._pool is not None:
                 await self._pool.close()
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
@@ -264,10 +299,13 @@ class ContainerEngine(EngineLifecycle):
     # ---- runs -----------------------------------------------------------------------------
 
     async def run(self, plan: ExecutionPlan) -> RunResult:
-        """Run `plan` in a fresh container. User-code failures come back as a `RunResult`.
+        """Run `plan` in a fresh container, or in its session's live one (`state`
+        "persistent"). User-code failures come back as a `RunResult`.
 
         Raises:
             EngineUnavailable: no daemon, runtime or image, or an unsupported network mode.
+            EngineBusy: a persistent session needs a live container and every one that could
+                give way is running a call.
             EngineCrashed: the daemon or the container failed (not a limit of the run), or
                 a second container was dead before the code reached it (`SandboxGone`).
         """
@@ -275,6 +313,9 @@ class ContainerEngine(EngineLifecycle):
         self.capabilities.check(self.name, plan)
         await self.start()
         try:
+            if plan.state == "persistent":
+                async with self._live.lock(plan.session_key), self._borrowing.hold(plan.workspace):
+                    return await self._run_live(plan)
             async with self._borrowing.hold(plan.workspace):
                 return await self._run_locked(plan)
         finally:
@@ -288,18 +329,7 @@ class ContainerEngine(EngineLifecycle):
         await asyncio.to_thread(drop_foreign_links, workspace)
         before = await asyncio.to_thread(snapshot, workspace.files)
         shape = fleet.shape(limits, await self._mounts_ready(plan))
-        request = request_line(
-            kind=plan.program.kind,
-            source=plan.program.source,
-            variable=plan.program.variable_to_return,
-            final_expression=plan.program.final_expression,
-            stdin=plan.program.stdin,
-            output_bytes=limits.output_bytes,
-            cpu_s=limits.cpu_time_s,
-            deadline_s=limits.wall_timeout_s,
-            nproc=limits.processes if self.runtime == "runsc" else None,
-            fsize_bytes=max(0, limits.workspace_bytes - total_bytes(before)),
-        )
+        request = self._request(plan, before)
         warm = await self._pool.take(shape)
         pooled = warm is not None  # counted warm by the pool
         retried = False
@@ -321,6 +351,24 @@ class ContainerEngine(EngineLifecycle):
                 continue
             # From here on the run is over: finish even if the caller is cancelled meanwhile.
             return await shielded(self._finish(plan, warm, exchange, before))
+
+    def _request(self, plan: ExecutionPlan, before: Snapshot, *, persistent: bool = False) -> bytes:
+        """The request line of `plan`; `before` is what the workspace holds."""
+        limits = plan.limits
+        return request_line(
+            kind=plan.program.kind,
+            source=plan.program.source,
+            variable=plan.program.variable_to_return,
+            final_expression=plan.program.final_expression,
+            stdin=plan.program.stdin,
+            output_bytes=limits.output_bytes,
+            cpu_s=limits.cpu_time_s,
+            deadline_s=limits.wall_timeout_s,
+            nproc=limits.processes if self.runtime == "runsc" else None,
+            fsize_bytes=max(0, limits.workspace_bytes - total_bytes(before)),
+            persistent=persistent,
+            fsize_hard_bytes=limits.workspace_bytes,
+        )
 
     async def _lend(self, plan: ExecutionPlan, warm: Warm) -> Warm:
         """Lend the session's files to `warm`'s slot; the container that will run `plan`."""
@@ -367,9 +415,16 @@ class ContainerEngine(EngineLifecycle):
             watchdog.cancel()  # not awaited: its last measuring thread ends on its own
 
     async def _finish(
-        self, plan: ExecutionPlan, warm: Warm, exchange: Exchange, before: Snapshot
+        self,
+        plan: ExecutionPlan,
+        warm: Warm,
+        exchange: Exchange,
+        before: Snapshot,
+        *,
+        keep: bool = False,
     ) -> RunResult:
-        """Give the files back, see what the run wrote, remove the container, judge."""
+        """Give the files back, see what the run wrote, remove the container (unless `keep`:
+        it serves the session's next run), judge."""
         assert self._fleet is not None
         fleet, workspace = self._fleet, plan.workspace
         if warm.slot is not None:
@@ -379,7 +434,9 @@ class ContainerEngine(EngineLifecycle):
         written = changed(before, after)
         images = await asyncio.to_thread(images_among, workspace.files, written)
         written, images, held = await self._mount_changes(plan, written, images, found.usage)
-        if exchange.ended == "reply":  # its processes are gone: remove it off the clock
+        if keep:
+            pass
+        elif exchange.ended == "reply":  # its processes are gone: remove it off the clock
             self._spawn(fleet.dispose(warm))
         else:
             await fleet.dispose(warm)
@@ -406,6 +463,78 @@ class ContainerEngine(EngineLifecycle):
         self._served[decision_id] = cid
         while len(self._served) > SERVED_MEMORY:
             self._served.popitem(last=False)
+
+    # ---- persistent sessions (`_persistent.py`) -------------------------------------------
+
+    async def _run_live(self, plan: ExecutionPlan) -> RunResult:
+        """Run `plan` in its session's live interpreter container, starting one when it has
+        none (or its limits changed, or it died), under the session's lock."""
+        assert self._pool is not None and self._fleet is not None
+        fleet, live, key = self._fleet, self._live, plan.session_key
+        await asyncio.to_thread(drop_foreign_links, plan.workspace)
+        before = await asyncio.to_thread(snapshot, plan.workspace.files)
+        shape = fleet.shape(plan.limits, await self._mounts_ready(plan))
+        wanted = identity(shape, plan.limits)
+        request = self._request(plan, before, persistent=True)
+        claim = live.claim(key)
+        state, held = claim.state, claim.interpreter
+        note: str | None = claim.note
+        if held is not None and (held.identity != wanted or not held.warm.sandbox.alive()):
+            why = LIMITS_CHANGED if held.identity != wanted else PROCESS_DIED
+            await live.drop(key, None)
+            held, state, note = None, "lost", why
+        retried = False
+        while True:
+            if held is None:
+                await live.make_room(plan)
+                warm = await self._pool.take(shape) or await fleet.launch_slot(shape)
+                held = LiveContainer(warm, wanted)
+                live.add(plan, held)
+            try:
+                if held.warm.slot is not None:
+                    held.warm = await self._lend(plan, held.warm)
+                else:  # it mounts the session's folders (they could not be lent)
+                    self._remember(plan.decision_id, held.warm.sandbox.id)
+                exchange = await self._exchange(plan, held.warm, request, before)
+            except SandboxGone as exc:  # dead before the code reached it: the code never ran
+                held.gone = True
+                await live.drop(key, None)
+                if retried:
+                    raise
+                logger.warning("container: %s; starting the session a fresh container", exc)
+                if state == "kept":
+                    state, note = "lost", PROCESS_DIED
+                held, retried = None, True
+                continue
+            except BaseException:  # cancelled, or the daemon failed: the container is gone
+                held.gone = True
+                await shielded(live.drop(key, CANCELLED))
+                raise
+            break
+        reply = exchange.collector.reply or {}
+        keep = exchange.ended == "reply" and reply.get("kept") is True
+        result = await shielded(self._finish(plan, held.warm, exchange, before, keep=keep))
+        held.gone = not keep
+        ended = lost_note(result, kept=keep)
+        if ended is not None:
+            await shielded(live.drop(key, ended))
+        stderr = lost_line(note) + result.stderr if state == "lost" and note else result.stderr
+        return dataclasses.replace(result, state=state, state_note=note, stderr=stderr)
+
+    async def _end_live(self, held: LiveContainer) -> None:
+        """Remove a session's interpreter container (never raises)."""
+        if held.gone or self._fleet is None:
+            return
+        held.gone = True
+        with contextlib.suppress(SandboxError, OSError):
+            await self._fleet.dispose(held.warm)
+
+    async def _reap_live(self) -> None:
+        """Forever: remove the interpreter containers of sessions idle too long."""
+        period = max(0.5, min(self._live.idle_s / 2, 30.0))
+        while True:
+            await asyncio.sleep(period)
+            await self._live.reap_idle()
 
     # ---- operator mounts ------------------------------------------------------------------
     #

@@ -144,8 +144,12 @@ def request_line(
     deadline_s: float,
     nproc: int | None,
     fsize_bytes: int | None,
+    persistent: bool = False,
+    fsize_hard_bytes: int | None = None,
 ) -> bytes:
-    """The one JSON line a sandbox's server reads on stdin."""
+    """The JSON line a sandbox's server reads on stdin for one run. `persistent`: the server
+    keeps its interpreter for the session's next request (protocol 3), whose files may never
+    grow past `fsize_hard_bytes` (fixed by its first run)."""
     request = {
         "kind": kind,
         "source": source,
@@ -158,4 +162,6 @@ def request_line(
         "nproc": nproc,
         "fsize_bytes": fsize_bytes,
     }
+    if persistent:
+        request.update(persistent=True, fsize_hard_bytes=fsize_hard_bytes)
     return json.dumps(request).encode("ascii") + b"\n"

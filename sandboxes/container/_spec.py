@@ -12,7 +12,7 @@ from .._types import HostMount, Limits
 Runtime = Literal["runc", "runsc"]
 
 DEFAULT_IMAGE = "sandgate-python:latest"
-PROTOCOL = 2
+PROTOCOL = 3
 """Version of the host ↔ interpreter-server protocol; the image carries it as a label."""
 SERVER_PATH = "/opt/sandgate/server.py"
 WORKSPACE_GUEST = "/workspace"

@@ -1,4 +1,8 @@
-"""The `pyodide` engine: Pyodide under a jailed Deno, one warm process per session.
+"""The `pyodide` engine: Pyodide under a jailed Deno, from a pool of booted processes.
+
+A `persistent` plan runs in its session's interpreter (kept in `LiveSessions`, the registry
+every engine shares); a `fresh` plan takes a booted process from the pool, runs, and kills it.
+A process never serves two sessions.
 
 Pyodide alone is no boundary: Python in it can reach JavaScript, and JavaScript can reach
 whatever the runtime allows. So each layer below assumes the one above it has fallen:
@@ -36,15 +40,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .._cancel import shielded
 from .._engine import Capabilities, EngineLifecycle, PoolStats
-from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
+from .._errors import EngineNotReady, EngineUnavailable
 from .._layers import refuse_missing, required_layers
+from .._live import LiveSessions, lost_line
 from .._types import DEFAULT_MEMORY_BYTES, ExecutionPlan, RunResult
 from ._assets import Assets, Progress, build_snapshot, find_deno, locate
 from ._jail import JailInfo, clean_stale, limit_cpu, probe
@@ -69,30 +73,36 @@ CPU_BACKSTOP_FACTOR = 4.0
 _MISSING = "Pyodide assets are missing: run `sandgate setup pyodide`"
 
 
-@dataclass(slots=True)
-class _Session:
-    process: DenoProcess
-    grant: str
-    mirror: Mirror = field(default_factory=Mirror)
-    last_used: float = field(default_factory=time.monotonic)
-
-
-RECLAIMED = "it was idle and another session needed an interpreter"
 STOPPED = "its last call was cancelled or failed before it ended"
+DIED = "its process died"
+DIED_BETWEEN_CALLS = "its process ended between calls"
+MOUNTS_CHANGED = "the operator mounts changed"
+
+
+@dataclass(slots=True)
+class _Interpreter:
+    """One Deno process serving one session (or one fresh run), and what it holds of the
+    host's files. `ended`: why the last run stopped it (None while it lives)."""
+
+    process: DenoProcess
+    mirror: Mirror = field(default_factory=Mirror)
+    ended: str | None = None
+
+
+async def _close(interpreter: _Interpreter) -> None:
+    await interpreter.process.kill()
 
 
 class PyodideEngine(EngineLifecycle):
-    """Runs plans in Pyodide under Deno; a session keeps its interpreter (and globals).
+    """Runs plans in Pyodide under Deno; a `persistent` session keeps its interpreter.
 
     Args:
         assets_dir: Where `setup_pyodide` put the assets (default `$SANDGATE_CACHE/pyodide`).
         pool_size: Processes kept booted and idle, ready for new sessions.
-        max_sessions: Sessions that may hold a process at once. A new session past it takes
-            the interpreter of the least recently used idle session (of the grant holding the
-            most); with none idle it gets `EngineBusy`. One grant holds at most
-            `ExecutionPlan.pool_share` of them (its own idle ones are reclaimed first).
+        max_sessions: Persistent sessions that may hold a process at once (`LiveSessions`:
+            past it, or past a grant's `ExecutionPlan.pool_share`, the least recently used
+            idle one gives its process up; with none idle, `EngineBusy`).
         session_idle_s: A session idle this long loses its process (and its globals).
-        persistent: False gives every run a fresh interpreter (the process is dropped after).
         js_heap_bytes: V8 heap cap of each Deno process (Python memory is capped per run).
         ready_timeout_s: How long a run waits for a booted process.
         progress: Called with a line of text while the engine prepares.
@@ -112,7 +122,6 @@ class PyodideEngine(EngineLifecycle):
         pool_size: int = DEFAULT_POOL_SIZE,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         session_idle_s: float = DEFAULT_SESSION_IDLE_S,
-        persistent: bool = True,
         js_heap_bytes: int = DEFAULT_JS_HEAP_BYTES,
         ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
         progress: Progress | None = None,
@@ -125,9 +134,6 @@ class PyodideEngine(EngineLifecycle):
             )
         self._assets_dir = assets_dir
         self._pool_size = pool_size
-        self._max_sessions = max_sessions
-        self._idle_s = session_idle_s
-        self._persistent = persistent
         self._js_heap_bytes = js_heap_bytes
         self._ready_timeout_s = ready_timeout_s
         self._progress = progress or (lambda line: logger.info("%s", line))
@@ -135,9 +141,10 @@ class PyodideEngine(EngineLifecycle):
         self._require = required_layers(self.name, require) - (
             frozenset() if harden_js else {"js_realm"}
         )
-        self._sessions: dict[str, _Session] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._restarted: dict[str, str] = {}
+        self._live = LiveSessions[_Interpreter](
+            self.name, _close, max_sessions=max_sessions, idle_s=session_idle_s
+        )
+        self._fresh: set[DenoProcess] = set()
         self._pool: Pool | None = None
         self._jail: JailInfo | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -152,26 +159,34 @@ class PyodideEngine(EngineLifecycle):
     @property
     def sessions(self) -> tuple[str, ...]:
         """Keys (`ExecutionPlan.session_key`) of the sessions that currently hold a process."""
-        return tuple(self._sessions)
+        return self._live.keys()
 
     def session_pid(self, key: str) -> int | None:
         """The pid of the Deno process serving the session `key`, if it holds one."""
-        session = self._sessions.get(key)
-        return None if session is None else session.process.pid
+        interpreter = self._live.get(key)
+        return None if interpreter is None else interpreter.process.pid
 
     @property
     def ready(self) -> bool:
         return self._started and not self._closed
 
     def pool_stats(self) -> PoolStats:
-        """Figures for the metrics: booted idle processes, sessions holding one, the maximum."""
+        """Figures for the metrics: booted idle processes, the persistent sessions holding one
+        (`sessions`, also as `live_sessions`, the name every engine uses), their maximum."""
         idle = len(self._pool.pids()) if self._pool else 0
-        return {"idle": idle, "sessions": len(self._sessions), "max_sessions": self._max_sessions}
+        live = len(self._live)
+        return {
+            "idle": idle,
+            "sessions": live,
+            "live_sessions": live,
+            "max_sessions": self._live.max_sessions,
+        }
 
     def process_ids(self) -> tuple[int, ...]:
-        """Pids of every Deno process the engine holds (pool and sessions)."""
+        """Pids of every Deno process the engine holds (pool, sessions, fresh runs)."""
         pooled = self._pool.pids() if self._pool else ()
-        return (*pooled, *(s.process.pid for s in self._sessions.values()))
+        kept = (i.process.pid for i in self._live.interpreters())
+        return (*pooled, *kept, *(p.pid for p in self._fresh))
 
     async def start(self) -> None:
         """Check Deno and the assets, build the snapshot if needed, begin warming the pool.
@@ -228,7 +243,8 @@ class PyodideEngine(EngineLifecycle):
         await self._pool.wait_ready(self._ready_timeout_s if timeout_s is None else timeout_s)
 
     async def run(self, plan: ExecutionPlan) -> RunResult:
-        """Run `plan` in its session's interpreter (taken from the pool on first use).
+        """Run `plan` in its session's interpreter (`persistent`: taken from the pool on the
+        session's first run, kept after) or in a process of its own (`fresh`).
 
         Raises:
             EngineUnavailable, EngineNotReady, EngineBusy: the engine's own failures.
@@ -237,31 +253,52 @@ class PyodideEngine(EngineLifecycle):
         self._refuse_if_closed()
         self.capabilities.check(self.name, plan)
         await self.start()
-        sid = plan.session_key
-        lock = self._locks.setdefault(sid, asyncio.Lock())
-        async with lock:
-            note = self._restarted.pop(sid, None)
-            session = self._sessions.get(sid)
-            if session is not None and not session.process.alive:
-                await self._drop(sid)
-                session, note = None, note or "its process ended between calls"
-            mounted = None if session is None else session.mirror.mounts
-            if session is not None and mounted is not None and mounted != plan.workspace.mounts:
-                await self._drop(sid)
-                session, note = None, note or "the operator mounts changed"
-            if session is None:
-                await self._make_room(plan)
-                session = _Session(await self._take(), plan.grant)
-                self._sessions[sid] = session
+        if plan.state == "fresh":
+            return await self._run_fresh(plan)
+        return await self._run_kept(plan)
+
+    async def _run_fresh(self, plan: ExecutionPlan) -> RunResult:
+        """Run `plan` in a booted process no run touched, then kill it: nothing is kept."""
+        interpreter = _Interpreter(await self._take())
+        self._fresh.add(interpreter.process)
+        try:
+            result = await self._run_in(interpreter, plan, persistent=False)
+        finally:
+            self._fresh.discard(interpreter.process)
+            await shielded(interpreter.process.kill())
+        return replace(result, state="fresh")
+
+    async def _run_kept(self, plan: ExecutionPlan) -> RunResult:
+        """Run `plan` in its session's live interpreter, starting one if it holds none, and
+        keep it unless the run stopped it (then the session's next run says why)."""
+        key, live = plan.session_key, self._live
+        async with live.lock(key):
+            claim = live.claim(key)
+            held = claim.interpreter
+            if held is not None and not held.process.alive:
+                await live.drop(key, DIED_BETWEEN_CALLS)
+                claim = live.claim(key)
+            elif held is not None and held.mirror.mounts not in (None, plan.workspace.mounts):
+                await live.drop(key, MOUNTS_CHANGED)
+                claim = live.claim(key)
+            interpreter = claim.interpreter
+            if interpreter is None:
+                await live.make_room(plan)
+                interpreter = _Interpreter(await self._take())
+                live.add(plan, interpreter)
             try:
-                result = await self._run_in(session, plan)
+                result = await self._run_in(interpreter, plan, persistent=True)
+                if interpreter.ended is None and result.limit is not None:
+                    interpreter.ended = f"the previous run was stopped by {result.limit}"
             finally:
-                session.last_used = time.monotonic()
-                if not session.process.alive or not self._persistent:
-                    await self._drop(sid)
-        if not self._persistent and not lock.locked():
-            self._locks.pop(sid, None)
-        return result if note is None else _with_note(result, note)
+                if interpreter.ended is None and not interpreter.process.alive:
+                    interpreter.ended = DIED
+                if interpreter.ended is not None:
+                    await live.drop(key, interpreter.ended)
+        result = replace(result, state=claim.state, state_note=claim.note)
+        if claim.note is None:
+            return result
+        return replace(result, stderr=lost_line(claim.note) + result.stderr)
 
     async def _take(self) -> DenoProcess:
         assert self._pool is not None
@@ -273,10 +310,14 @@ class PyodideEngine(EngineLifecycle):
                 waited_s=self._ready_timeout_s,
             ) from None
 
-    async def _run_in(self, session: _Session, plan: ExecutionPlan) -> RunResult:
-        limits, proc, program = plan.limits, session.process, plan.program
+    async def _run_in(
+        self, interpreter: _Interpreter, plan: ExecutionPlan, *, persistent: bool
+    ) -> RunResult:
+        """Run `plan` in `interpreter`'s process; a run that has to stop the process kills it
+        and says why in `interpreter.ended`. `persistent`: the process serves a session."""
+        limits, proc, program = plan.limits, interpreter.process, plan.program
         sent = await asyncio.to_thread(
-            plan_copy, plan.workspace, session.mirror, limits.workspace_bytes
+            plan_copy, plan.workspace, interpreter.mirror, limits.workspace_bytes
         )
         request = {
             "op": "run",
@@ -301,16 +342,24 @@ class PyodideEngine(EngineLifecycle):
         except TimeoutError:
             spent = meter.usage()
             await shielded(proc.kill())
-            self._restarted[plan.session_key] = "stopped at its wall-time deadline"
             out, err = proc.take_output("stdout"), proc.take_output("stderr")
-            return timed_out(limits, spent, stdout=out, stderr=err, cut=proc.streams_cut())
+            return self._stopped(
+                interpreter,
+                timed_out(
+                    limits,
+                    spent,
+                    stdout=out,
+                    stderr=err,
+                    cut=proc.streams_cut(),
+                    persistent=persistent,
+                ),
+            )
         except ProcessDied:
             code = await proc.wait()
             spent = meter.usage()
             oom = proc.cgroup.oom_kills() > 0
             await shielded(proc.kill())
-            self._restarted[plan.session_key] = "its process ended"
-            return from_death(
+            died = from_death(
                 code,
                 oom_killed=oom,
                 stderr_tail=proc.stderr_text(),
@@ -319,10 +368,12 @@ class PyodideEngine(EngineLifecycle):
                 stdout=proc.take_output("stdout"),
                 stderr=proc.take_output("stderr"),
                 cut=proc.streams_cut(),
+                persistent=persistent,
             )
+            return self._stopped(interpreter, died)
         except BaseException:  # cancelled (or failed) mid-run: the interpreter goes
+            interpreter.ended = STOPPED
             await shielded(proc.kill())
-            self._restarted[plan.session_key] = STOPPED
             raise
         spent = meter.usage(answer)
         stdout, stderr = proc.take_output("stdout"), proc.take_output("stderr")
@@ -332,22 +383,21 @@ class PyodideEngine(EngineLifecycle):
                 proc,
                 answer,
                 sent,
-                session.mirror,
+                interpreter.mirror,
                 budget=limits.workspace_bytes,
                 max_files=limits.workspace_files,
             )
         except (TimeoutError, ProcessDied):
+            lost = interpreter.ended = "its files could not be copied back"
             await shielded(proc.kill())
-            lost = "its files could not be copied back"
-            self._restarted[plan.session_key] = lost
             done = Settled((), (), True)  # the host keeps what came back; the rest is lost
         except BaseException:  # cancelled while copying back: what the guest holds is unknown
+            interpreter.ended = STOPPED
             await shielded(proc.kill())
-            self._restarted[plan.session_key] = STOPPED
             raise
         if answer.get("fatal"):
+            interpreter.ended = interpreter.ended or "its interpreter failed"
             await shielded(proc.kill())
-            self._restarted[plan.session_key] = "its interpreter failed"
         return from_report(
             answer,
             limits,
@@ -358,97 +408,36 @@ class PyodideEngine(EngineLifecycle):
             images=done.images,
             workspace_over=done.over_budget,
             lost=lost,
+            persistent=persistent,
         )
 
-    async def _make_room(self, plan: ExecutionPlan) -> None:
-        """Before a new session of `plan.grant` takes a process: keep the grant within its
-        share and the engine within `max_sessions`, reclaiming idle sessions' interpreters.
-
-        Raises:
-            EngineBusy: every session that would have to give way is running a call.
-        """
-        share = max(1, int(self._max_sessions * plan.pool_share))
-        by_grant: dict[str, list[str]] = {}
-        for key, session in self._sessions.items():
-            by_grant.setdefault(session.grant, []).append(key)
-        mine = by_grant.get(plan.grant, [])
-        if len(mine) >= share:
-            if not await self._reclaim(mine):
-                raise EngineBusy(
-                    f"your client holds {len(mine)} Pyodide interpreters, its share of this "
-                    f"server's {self._max_sessions} (server.grant_share), and all of them are "
-                    "running calls; retry when one finishes, or end a session you no longer use",
-                    retry_after_s=5.0,
-                )
-            return
-        if len(self._sessions) < self._max_sessions:
-            return
-        for keys in sorted(by_grant.values(), key=len, reverse=True):
-            if await self._reclaim(keys):
-                return
-        raise EngineBusy(
-            f"the pyodide engine holds {len(self._sessions)} interpreters, its maximum, and all "
-            "of them are running calls; retry shortly",
-            retry_after_s=5.0,
-        )
-
-    async def _reclaim(self, keys: list[str]) -> bool:
-        """End the least recently used idle session among `keys`; False if all are busy."""
-        idle = [
-            k
-            for k in keys
-            if k in self._sessions and not (k in self._locks and self._locks[k].locked())
-        ]
-        if not idle:
-            return False
-        victim = min(idle, key=lambda k: self._sessions[k].last_used)
-        logger.info("pyodide: reclaiming the idle interpreter of session %r", victim)
-        self._restarted[victim] = RECLAIMED
-        await self._drop(victim)
-        return True
+    @staticmethod
+    def _stopped(interpreter: _Interpreter, result: RunResult) -> RunResult:
+        """`result` of a run whose process the host killed or saw die: `interpreter.ended`
+        says by which limit, if one."""
+        limit = result.limit
+        interpreter.ended = f"the previous run was stopped by {limit}" if limit else DIED
+        return result
 
     async def end_session(self, key: str) -> bool:
         """Kill the process of the session `key` (`ExecutionPlan.session_key`); its globals go
         with it. False if it held none."""
-        lock = self._locks.get(key)
-        if lock is None:
-            return False
-        async with lock:
-            found = key in self._sessions
-            await self._drop(key)
-        self._locks.pop(key, None)
-        self._restarted.pop(key, None)
-        return found
-
-    async def _drop(self, sid: str) -> None:
-        session = self._sessions.pop(sid, None)
-        if session is not None:
-            await shielded(session.process.kill())
+        return await self._live.end(key)
 
     async def _reap_idle(self) -> None:
         while True:
-            await asyncio.sleep(max(1.0, min(60.0, self._idle_s / 4)))
-            cutoff = time.monotonic() - self._idle_s
-            for sid, session in list(self._sessions.items()):
-                lock = self._locks.get(sid)
-                if session.last_used < cutoff and lock is not None and not lock.locked():
-                    logger.info("pyodide: session %s idled out", sid)
-                    await self.end_session(sid)
+            await asyncio.sleep(max(1.0, min(60.0, self._live.idle_s / 4)))
+            await self._live.reap_idle()
 
     async def aclose(self) -> None:
-        """Kill every process (pool and sessions) and stop the background tasks."""
+        """Kill every process (pool, sessions, fresh runs) and stop the background tasks."""
         self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(BaseException):
                 await self._reaper
-        for sid in list(self._sessions):
-            await self._drop(sid)
+        await self._live.aclose()
+        await asyncio.gather(*(p.kill() for p in self._fresh), return_exceptions=True)
         if self._pool is not None:
             await self._pool.aclose()
         self._started = False
-
-
-def _with_note(result: RunResult, note: str) -> RunResult:
-    line = f"sandgate: this session's interpreter was restarted ({note}); its globals are gone\n"
-    return replace(result, stderr=line + result.stderr)

@@ -20,8 +20,9 @@ FAILURES_BEFORE_UNAVAILABLE = 2
 
 
 class Pool:
-    """Keeps `size` booted processes idle. A process leaves the pool once, for one session,
-    and never comes back: a used interpreter is never handed to anyone else."""
+    """Keeps `size` booted processes idle. A process leaves the pool once, for one session
+    (or one fresh run), and never comes back: a used interpreter is never handed to anyone
+    else."""
 
     def __init__(self, spawn: Spawn, *, size: int, progress: Callable[[str], None]) -> None:
         self._spawn = spawn

@@ -13,6 +13,7 @@ from ._jail import cpu_seconds
 from ._process import DenoProcess
 
 RESTART_NOTE = "the session's interpreter was stopped; its next call starts a fresh one"
+"""Said after a stopped run of a persistent session (a fresh run's process ends anyway)."""
 
 
 class Meter:
@@ -62,11 +63,13 @@ def from_report(
     images: tuple[Image, ...],
     workspace_over: bool,
     lost: str | None = None,
+    persistent: bool = True,
 ) -> RunResult:
     """The result of a run the guest reported on. Every field is checked, nothing trusted.
 
     `workspace_over`: some files were not written back (for the workspace budget, or because
     the copy failed). `lost`: why the interpreter was stopped after its report, if it was.
+    `persistent`: the interpreter served a session (a stop is then worth saying).
     """
     stdout, out_cut = cap_text(stdout, limits.output_bytes)
     stderr, err_cut = cap_text(stderr, limits.output_bytes)
@@ -80,10 +83,11 @@ def from_report(
     code = answer.get("exit_code")
     exit_code = code if isinstance(code, int) and not isinstance(code, bool) else 1
     detail = None
+    restart = f"; {RESTART_NOTE}" if persistent else ""
     if answer.get("fatal"):
-        detail = f"the Pyodide interpreter failed; {RESTART_NOTE}"
+        detail = f"the Pyodide interpreter failed{restart}"
     elif lost is not None:
-        detail = f"{lost}; {RESTART_NOTE}"
+        detail = f"{lost}{restart}"
     elif workspace_over:
         detail = "the files that would have passed it were not saved"
     verdict = judge(
@@ -124,9 +128,10 @@ def from_death(
     stdout: str = "",
     stderr: str = "",
     cut: tuple[str, ...] = (),
+    persistent: bool = True,
 ) -> RunResult:
     """The result of a run whose process ended before answering; `cut`: the streams the host
-    said passed the cap."""
+    said passed the cap; `persistent`: the process served a session."""
     memory: MemorySign | None = None
     if oom_killed:
         memory = "oom_kill"
@@ -137,7 +142,7 @@ def from_death(
         memory=memory,
         cpu_exceeded=returncode == -signal.SIGXCPU,
         died=f"the Deno process ended ({how})",
-        detail=RESTART_NOTE,
+        detail=RESTART_NOTE if persistent else None,
     )
     return _stopped(evidence, limits, usage, stdout, stderr, cut)
 
@@ -149,10 +154,12 @@ def timed_out(
     stdout: str = "",
     stderr: str = "",
     cut: tuple[str, ...] = (),
+    persistent: bool = True,
 ) -> RunResult:
     """The result of a run stopped at its wall-clock deadline (the process was killed);
-    `cut`: the streams the host said passed the cap."""
-    evidence = Evidence(deadline_passed=True, detail=RESTART_NOTE)
+    `cut`: the streams the host said passed the cap; `persistent`: the process served a
+    session."""
+    evidence = Evidence(deadline_passed=True, detail=RESTART_NOTE if persistent else None)
     return _stopped(evidence, limits, usage, stdout, stderr, cut)
 
 

@@ -1,4 +1,5 @@
-"""The `wasm` engine: CPython for WASI under wasmtime, a fresh guest per run, in workers.
+"""The `wasm` engine: CPython for WASI under wasmtime, a fresh guest per run, in workers, or
+one live guest per session kept between its runs (`state: persistent`, see `_persistent`).
 
 Each worker keeps one guest prepared ahead of the next call (see `_prepared`): a call it fits
 has its session's files moved into the worker's slot and costs one interpreter turn instead
@@ -19,18 +20,11 @@ from typing import Any
 from .._cancel import shielded
 from .._engine import Capabilities, EngineLifecycle, PoolStats
 from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
-from .._files import (
-    Scan,
-    Snapshot,
-    changed,
-    drop_foreign_links,
-    has_entries,
-    images_among,
-    scan,
-)
-from .._judge import Evidence, MemorySign, judge
-from .._lending import check_mounts, mount_budgets, mount_changes, mounts_before, writable
-from .._types import DEFAULT_WORKERS, ExecutionPlan, Image, RunResult, Usage, WorkspacePaths
+from .._files import Scan
+from .._lending import check_mounts, mounts_before, writable
+from .._types import DEFAULT_WORKERS, ExecutionPlan, RunResult
+from ._answer import backstop_result, before_run, run_request, settle
+from ._persistent import DEFAULT_IDLE_S, DEFAULT_MAX_SESSIONS, PersistentRuns
 from ._pool import Worker, WorkerDied, WorkerGone
 from ._sharing import SessionUses
 from ._slot import Slot, sweep
@@ -44,7 +38,6 @@ DEFAULT_MAX_QUEUE = 256
 DEFAULT_READY_TIMEOUT_S = 600.0
 HOST_GRACE_S = 15.0
 """Seconds past the guest's deadline before the host kills its worker as a backstop."""
-BACKSTOP = "the guest passed its deadline and the host backstop killed its worker"
 WARM_TIMEOUT_S = 1800.0
 GONE_RETRIES = 3
 """Workers tried for one call when each turns out to have died while idle."""
@@ -76,7 +69,8 @@ def is_compiled(cache_dir: Path | None = None) -> bool:
 
 
 class WasmEngine(EngineLifecycle):
-    """Runs each plan in a fresh CPython-WASI guest hosted by a pool of worker processes.
+    """Runs each plan in a fresh CPython-WASI guest hosted by a pool of worker processes, or
+    (`state: persistent`) in its session's live guest, in a process of its own.
 
     Args:
         workers: Worker processes, i.e. guests that can run at once.
@@ -88,10 +82,12 @@ class WasmEngine(EngineLifecycle):
             on the file system of the session workspaces, or every call starts a guest.
         prepare_guests: Keep a guest prepared ahead of the next call in each worker (False:
             every call starts its own guest, as a baseline or to save the idle memory).
+        max_sessions: Most live guests of persistent sessions at once (a process each).
+        idle_s: Seconds a persistent session's guest may stay unused before it ends.
     """
 
     name = "wasm"
-    capabilities = Capabilities(final_expression=True, persistent_state=False, mounts=True)
+    capabilities = Capabilities(final_expression=True, persistent_state=True, mounts=True)
 
     def __init__(
         self,
@@ -103,6 +99,8 @@ class WasmEngine(EngineLifecycle):
         progress: Progress | None = None,
         slots_dir: Path | None = None,
         prepare_guests: bool = True,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        idle_s: float = DEFAULT_IDLE_S,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers: expected at least 1, got {workers}")
@@ -114,6 +112,13 @@ class WasmEngine(EngineLifecycle):
         self._prepare_guests = prepare_guests
         self._slots: dict[Worker, Path] = {}
         self._uses = SessionUses()
+        self._persistent = PersistentRuns(
+            self._uses,
+            cache_dir=self._cache_dir,
+            mpl_dir=self._mpl_dir,
+            max_sessions=max_sessions,
+            idle_s=idle_s,
+        )
         self._served = {"served_prepared": 0, "served_started": 0}
         self._ready_timeout_s = ready_timeout_s
         self._progress = progress or (lambda line: logger.info("%s", line))
@@ -137,13 +142,16 @@ class WasmEngine(EngineLifecycle):
         return sorted(w.pid for w in self._all if w.alive)
 
     def pool_stats(self) -> PoolStats:
-        """Workers in all, idle, calls waiting for one, and calls served by a prepared guest
-        or by a guest started for them."""
+        """Workers in all, idle, calls waiting for one, calls served by a prepared guest or
+        by a guest started for them, and the live guests of persistent sessions (and their
+        maximum)."""
         return {
             "workers": len(self._all),
             "idle": self._idle.qsize(),
             "waiting": self._waiting,
             **self._served,
+            "live_sessions": len(self._persistent.sessions),
+            "max_live_sessions": self._persistent.sessions.max_sessions,
         }
 
     async def start(self) -> None:
@@ -199,6 +207,7 @@ class WasmEngine(EngineLifecycle):
                 else:
                     logger.warning("wasm: a worker failed to start: %s", worker)
             self._progress(f"wasm: {len(self._all)} workers ready")
+            self._persistent.prepare()  # a process warm for the first persistent session
         except Exception as exc:  # surfaced to every waiting call as EngineUnavailable
             self._failed = f"the wasm engine could not start: {type(exc).__name__}: {exc}"
             logger.error("%s", self._failed)
@@ -275,7 +284,8 @@ class WasmEngine(EngineLifecycle):
             self._waiting -= 1
 
     async def run(self, plan: ExecutionPlan) -> RunResult:
-        """Run `plan` in a fresh guest. User-code failures come back as a `RunResult`.
+        """Run `plan` in a fresh guest, or its session's live guest (`state: persistent`).
+        User-code failures come back as a `RunResult`.
 
         Raises:
             EngineNotReady, EngineUnavailable, EngineBusy, EngineCrashed: the engine's own
@@ -286,42 +296,22 @@ class WasmEngine(EngineLifecycle):
         self.capabilities.check(self.name, plan)
         await self.wait_ready()
         self._refuse_if_closed()
+        if plan.state == "persistent":
+            return await self._persistent.run(plan)
         files = plan.workspace.files
         self._in_engine += 1
         try:
-            before, holds_files = await asyncio.to_thread(_before_run, plan.workspace)
+            before, holds_files = await asyncio.to_thread(before_run, plan.workspace)
             async with self._uses.enter(files, wants_to_move=holds_files) as may_move:
                 return await self._run_entered(plan, before, may_move)
         finally:
             self._in_engine -= 1
 
     async def _run_entered(self, plan: ExecutionPlan, before: Scan, may_move: bool) -> RunResult:
-        files = plan.workspace.files
         limits = plan.limits
         mounts = check_mounts(plan.workspace.mounts)  # granted in place, see `_prepared`
         mounted = await asyncio.to_thread(mounts_before, mounts) if writable(mounts) else None
-        request: dict[str, Any] = {
-            "kind": plan.program.kind,
-            "source": plan.program.source,
-            "variable": plan.program.variable_to_return,
-            "final_expression": plan.program.final_expression,
-            "stdin": plan.program.stdin.decode("utf-8", "surrogateescape"),
-            "files": str(files),
-            "site": str(plan.workspace.site),
-            "mplconfig": str(self._mpl_dir),
-            "deadline_s": limits.wall_timeout_s,
-            "memory_bytes": limits.memory_bytes,
-            "output_bytes": limits.output_bytes,
-            "fuel": limits.fuel,
-            "workspace_bytes": limits.workspace_bytes,
-            "workspace_files": limits.workspace_files,
-            "workspace_held": before.usage.bytes,  # allocated, as the watchdog counts
-            "may_move": may_move,
-        }
-        request["mounts"] = [[m.name, str(m.host), m.read_only] for m in mounts]
-        if mounted is not None:
-            budgets = mount_budgets(mounts, mounted, limits)
-            request["mount_budgets"] = [[str(f), b, n] for f, b, n in budgets]
+        request = run_request(plan, before, mounts, mounted, self._mpl_dir, may_move=may_move)
         began = time.perf_counter()
         for attempt in range(1, GONE_RETRIES + 1):
             worker = await self._acquire()
@@ -337,19 +327,7 @@ class WasmEngine(EngineLifecycle):
                     raise
             except TimeoutError:  # the guest did not stop at its deadline: the host did
                 await self._lose(worker)
-                verdict = judge(
-                    Evidence(deadline_passed=True, died="its worker was killed", detail=BACKSTOP),
-                    limits,
-                )
-                return RunResult(
-                    status=verdict.status,
-                    stdout="",
-                    stderr=verdict.notice(),
-                    exit_code=None,
-                    error=verdict.error,
-                    limit=verdict.limit,
-                    usage=Usage(wall_ms=(time.perf_counter() - began) * 1000),
-                )
+                return backstop_result(limits, began)
             except BaseException:  # died mid-call, or the call was cancelled: stop the guest
                 await self._lose(worker)
                 raise
@@ -360,18 +338,7 @@ class WasmEngine(EngineLifecycle):
         if not answer.get("ok"):
             raise WorkerDied(f"the wasm worker could not run the guest: {answer.get('error')}")
         self._served["served_prepared" if answer.get("prepared") else "served_started"] += 1
-        written, images, over = await asyncio.to_thread(
-            _after_run, files, before.files, limits.workspace_bytes
-        )
-        if mounted is not None:  # guest paths /mnt/NAME/…, after the workspace's
-            done = await asyncio.to_thread(
-                mount_changes, mounts, mounted, limits, images_so_far=len(images)
-            )
-            written, images = written + done.touched, images + done.images
-            over = over if over is not None else done.over
-        if answer.get("workspace_over") is None:  # a run shorter than the watchdog's first look
-            answer["workspace_over"] = over
-        return _result(answer, plan, written, images)
+        return await settle(answer, plan, before, mounts, mounted)
 
     async def _lose(self, worker: Worker) -> None:
         """Kill a worker that failed mid-call or whose call was cancelled, give back the
@@ -390,11 +357,13 @@ class WasmEngine(EngineLifecycle):
         await shielded(lose())
 
     async def end_session(self, key: str) -> bool:
-        """Nothing to release: every wasm run is a fresh guest; its files are the runner's."""
-        return False
+        """End the session's live guest (persistent runs); False if it had none. A fresh
+        run keeps nothing; the session's files are the runner's."""
+        return await self._persistent.end(key)
 
     async def aclose(self) -> None:
         self._closed = True
+        await self._persistent.aclose()
         if self._starter is not None:
             self._starter.cancel()
             with contextlib.suppress(BaseException):
@@ -406,79 +375,3 @@ class WasmEngine(EngineLifecycle):
         slots, self._slots = list(self._slots.values()), {}
         for slot in slots:  # killed workers leave their slots behind
             await asyncio.to_thread(Slot(slot).remove)
-
-
-def _before_run(workspace: WorkspacePaths) -> tuple[Scan, bool]:
-    """Drop links the host did not make, then walk the workspace (its files, and what they
-    occupy on disk), and whether the folder holds anything at all (one thread hop)."""
-    drop_foreign_links(workspace)
-    return scan(workspace.files), has_entries(workspace.files)
-
-
-def _after_run(
-    files: Path, before: Snapshot, budget: int | None
-) -> tuple[tuple[str, ...], tuple[Image, ...], int | None]:
-    """The files the run wrote, the images among them, and what the workspace holds when that
-    is past its budget (one walk for all three). The worker's watchdog stops a run that
-    outgrows its budget; this catches the run that ended before the watchdog's first look."""
-    found = scan(files)  # by descriptor: the files, and what they occupy on disk
-    after = found.files
-    written = changed(before, after)
-    over = None
-    if budget is not None:
-        held = found.usage.bytes
-        over = held if held > budget or not found.usage.complete else None
-    return written, tuple(images_among(files, written)), over
-
-
-def _evidence(answer: dict[str, Any]) -> Evidence:
-    """What the worker saw of one guest, for `judge`."""
-    trapped: str | None = answer.get("trapped")
-    report = answer.get("report") or {}
-    memory: MemorySign | None = None
-    if trapped is not None and "memory" in trapped.lower():
-        memory = "memory_trap"
-    elif report.get("error_type") == "MemoryError":
-        memory = "memory_error"
-    died = None  # "cancelled" comes from the workspace watchdog, which sets workspace_over
-    if trapped is not None and memory is None and trapped not in ("deadline", "out of fuel"):
-        died = f"the guest trapped: {trapped}"
-    exit_code = answer.get("exit_code")
-    return Evidence(
-        workspace_over=answer.get("workspace_over") is not None,
-        memory=memory,
-        output_flood=bool(answer.get("truncated")),
-        deadline_passed=trapped == "deadline",
-        fuel_exhausted=trapped == "out of fuel",
-        died=died,
-        exit_code=exit_code if isinstance(exit_code, int) else None,
-        error=report.get("error"),
-    )
-
-
-def _result(
-    answer: dict[str, Any], plan: ExecutionPlan, written: tuple[str, ...], images: Any
-) -> RunResult:
-    verdict = judge(_evidence(answer), plan.limits)
-    report = answer.get("report") or {}
-    stdout, stderr = answer.get("stdout", ""), answer.get("stderr", "")
-    return RunResult(
-        status=verdict.status,
-        stdout=stdout,
-        stderr=verdict.with_notice(stderr),
-        exit_code=verdict.exit_code,
-        value=report.get("value") if verdict.keeps_value else None,
-        value_found=bool(report.get("value_found")) and verdict.keeps_value,
-        error=verdict.error,
-        limit=verdict.limit,
-        truncated=tuple(answer.get("truncated") or ()),
-        images=images,
-        files_written=written,
-        usage=Usage(
-            wall_ms=float(answer.get("wall_ms") or 0.0),
-            cpu_ms=answer.get("cpu_ms"),
-            peak_memory_bytes=answer.get("peak_memory_bytes"),
-            fuel=answer.get("fuel_used"),
-            output_bytes=len(stdout.encode()) + len(stderr.encode()),
-        ),
-    )

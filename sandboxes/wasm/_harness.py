@@ -27,11 +27,42 @@ def _is_harness_file(name: str) -> bool:
     return name == "<string>" or name.startswith("<turn ")
 
 
-def _main(kind: str, source: str, variable: str, final: bool, exit: bool = True) -> None:
+_SESSION_MAIN = None
+"""A persistent session's `__main__` (`_main(persistent=True)`), kept between its turns."""
+
+
+def _main(
+    kind: str,
+    source: str,
+    variable: str,
+    final: bool,
+    exit: bool = True,
+    persistent: bool = False,
+    stdin: str | None = None,
+) -> None:
     """Run the program and report (`final`: the value of the code's final expression too).
     `exit=False` (a prepared guest's turn) returns instead of ending the interpreter: the host
-    closes the guest once it has answered."""
-    report = run_program(kind, source, variable, _is_harness_file, (), final)
+    closes the guest once it has answered. `persistent` (a session's guest kept between runs,
+    `_resident`): the program runs in the session's `__main__`, kept for its next turn, and the
+    harness's own `__main__` is back in `sys.modules` between turns. `stdin`: the program's
+    standard input, for a turn (which has none of its own)."""
+    global _SESSION_MAIN
+    namespace = None
+    harness_main = sys.modules.get("__main__")
+    if persistent:
+        if _SESSION_MAIN is None:
+            _SESSION_MAIN = type(sys)("__main__")
+        sys.modules["__main__"] = _SESSION_MAIN
+        namespace = _SESSION_MAIN
+    if stdin is not None:
+        import io
+
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin.encode("utf-8", "surrogateescape")))
+    try:
+        report = run_program(kind, source, variable, _is_harness_file, (), final, namespace)
+    finally:
+        if persistent and harness_main is not None:
+            sys.modules["__main__"] = harness_main
     _host.call(json.dumps(report).encode("utf-8"))
     if exit:
         os._exit(report["exit_code"] & 0xFF if report["exit_code"] else 0)

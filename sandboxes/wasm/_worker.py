@@ -31,6 +31,7 @@ from ._prepared import (
     mount_grants,
     mount_specs,
 )
+from ._resident import ResidentGuest
 from ._slot import Slot, SlotRefused
 
 _PROGRAM = Path(__file__).parents[1] / "images" / "python" / "sandgate_program.py"
@@ -89,6 +90,8 @@ class _Host:
         self.prepared: PreparedGuest | None = None
         self.used: PreparedGuest | None = None
         """The guest that served the last call, closed once its answer is sent."""
+        self.resident: ResidentGuest | None = None
+        """A persistent session's guest, in a worker started for that session (`_resident`)."""
         self._behind: threading.Thread | None = None
 
     def prepare(self, shape: Shape) -> None:
@@ -142,6 +145,9 @@ class _Host:
     def close(self) -> None:
         self.finish({})
         self.settle()
+        if self.resident is not None:
+            self.resident.close()
+            self.resident = None
         if self.prepared is not None:
             self.prepared.close()
             self.prepared = None
@@ -161,6 +167,8 @@ def _lowest_priority() -> None:
 
 
 def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
+    if request.get("live"):
+        return _run_resident(host, request)
     files = Path(request["files"])
     guest = host.take(request)
     if guest is not None and not request.get("may_move", True) and has_entries(files):
@@ -195,6 +203,26 @@ def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
     report = answer["report"]
     if report is not None and isinstance(report.get("exit_code"), int):
         answer["exit_code"] = report["exit_code"]  # the turn returned; its code is the report's
+    return answer
+
+
+def _run_resident(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
+    """A persistent session's run: the next turn of the guest this worker keeps for it (opened
+    on the first), on the session's folder in place. `ended` says why the guest ended in this
+    turn, if it did (the worker then closes it; the engine ends the worker)."""
+    if host.resident is None:
+        host.resident = ResidentGuest.open(_HARNESS, request, host.door)
+    guest = host.resident
+    answer = _measured(
+        host, request, Path(request["files"]), lambda cancel: guest.run(request, cancel)
+    )
+    report = answer["report"]
+    if report is not None and isinstance(report.get("exit_code"), int):
+        answer["exit_code"] = report["exit_code"]  # the turn returned; its code is the report's
+    answer["ended"] = guest.ended
+    if guest.ended is not None:
+        guest.close()
+        host.resident = None
     return answer
 
 

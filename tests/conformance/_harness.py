@@ -197,8 +197,11 @@ RUN_OK: dict[str, Any] = {
     "truncated": [],
     "images": [],
     "files_written": [],
+    "state": "fresh",
+    "state_note": None,
 }
-"""`run_code`'s structured content (usage aside) of a run that printed and wrote nothing."""
+"""`run_code`'s structured content (usage aside) of a run that printed and wrote nothing (in
+a fresh interpreter, `run_code`'s own default)."""
 
 
 def stop_notice(stderr: str, limit: str) -> str:

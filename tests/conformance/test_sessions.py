@@ -41,20 +41,54 @@ async def test_files_persist_in_the_session_only(bench: Bench, session: str) -> 
     }
 
 
-async def test_globals_persist_as_the_engine_declares(bench: Bench, session: str) -> None:
+async def test_run_code_starts_fresh_by_default(bench: Bench, session: str) -> None:
     await bench.call("run_code", {"code": "kept = 5"}, session=session)
     later = await bench.call("run_code", {"code": "print(kept)"}, session=session)
     assert later.structured is not None
-    if bench.engine.capabilities.persistent_state:
-        assert later == _run({**RUN_OK, "stdout": "5\n"}, is_error=False)
-    else:
-        assert later == _run(
-            {
-                **RUN_OK,
-                "status": "error",
-                "stderr": traceback_of(later.structured),
-                "exit_code": 1,
-                "error": "NameError: name 'kept' is not defined",
-            },
-            is_error=True,
+    assert later == _run(
+        {
+            **RUN_OK,
+            "status": "error",
+            "stderr": traceback_of(later.structured),
+            "exit_code": 1,
+            "error": "NameError: name 'kept' is not defined",
+        },
+        is_error=True,
+    )
+
+
+async def test_run_python_code_keeps_the_sessions_globals(bench: Bench, session: str) -> None:
+    """Upstream's `run_python_code` keeps one namespace; here one per session, on every
+    engine, and no other session sees it."""
+    other = bench.new_session("globals-other")
+    try:
+        first = await bench.call(
+            "run_python_code", {"code": "import json\nk = 41"}, session=session
         )
+        asked = {"code": "y = json.loads(str(k)) + 1", "variable_to_return": "y"}
+        later = await bench.call("run_python_code", asked, session=session)
+        elsewhere = await bench.call("run_python_code", {"code": "print(k)"}, session=other)
+    finally:
+        await bench.end_session(other)
+    assert first == Seen(False, (("text", "successfully ran python code"),), None)
+    assert later == Seen(False, (("text", "42"),), None)
+    assert elsewhere.is_error
+    assert elsewhere.text.startswith("Error running python code: NameError")
+
+
+async def test_a_limit_ends_the_sessions_interpreter_and_the_next_call_says_so(
+    bench: Bench, session: str
+) -> None:
+    await bench.call("pyodide_execute", {"code": "k = 1"}, session=session)
+    await bench.call(
+        "pyodide_execute", {"code": "while True: pass", "timeout": 1000}, session=session
+    )
+    after = await bench.call("pyodide_execute", {"code": "k"}, session=session)
+    assert after.is_error
+    lines = after.text.splitlines()
+    assert lines[0] == "Error: NameError: name 'k' is not defined"
+    assert lines[1:3] == [
+        "[stderr]",
+        "sandgate: this session's interpreter was restarted (the previous run was stopped "
+        "by wall time 1 s); its globals are gone",
+    ]

@@ -34,8 +34,11 @@ COUNTER_KEY = "runs|grant=local"
 WAIT_S = 60.0
 
 
-def fault_policy(*, engine: str = "wasm", max_runs: int = 3, extra: str = "") -> str:
-    """`run_code` routed to `engine`, at most `max_runs` runs an hour for the local grant."""
+def fault_policy(
+    *, engine: str = "wasm", max_runs: int = 3, extra: str = "", state: str = "fresh"
+) -> str:
+    """`run_code` routed to `engine`, at most `max_runs` runs an hour for the local grant,
+    each in a fresh interpreter or the session's kept one (`state`)."""
     return (
         'version: "1"\n'
         "default: deny\n"
@@ -43,6 +46,7 @@ def fault_policy(*, engine: str = "wasm", max_runs: int = 3, extra: str = "") ->
         "tools:\n"
         "  run_code:\n"
         f"    engine: {engine}\n"
+        f"    state: {state}\n"
         "    limits:\n"
         f"      - {{counter: runs, window: hour, max: {max_runs}, scope: grant}}\n" + extra
     )

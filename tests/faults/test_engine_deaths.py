@@ -149,7 +149,9 @@ async def test_the_deno_process_of_a_session_killed_mid_call(
 
     assert isinstance(pyodide_engine, PyodideEngine)
     engines: dict[str, Engine] = {"wasm": wasm_engine, "pyodide": pyodide_engine}
-    async with stack(tmp_path, fault_policy(engine="pyodide", max_runs=5), engines) as live:
+    async with stack(
+        tmp_path, fault_policy(engine="pyodide", max_runs=5, state="persistent"), engines
+    ) as live:
         kept = await live.run("x = 41", session="victim")
         assert not kept.is_error, text_of(kept)
         pid = pyodide_engine.session_pid(session_key("local", "named:victim"))

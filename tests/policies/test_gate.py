@@ -15,6 +15,7 @@ from policies import (
     CounterSpec,
     Denied,
     Gate,
+    PolicyLoadError,
     RedisCounterStore,
     SqliteCounterStore,
     ToolCall,
@@ -332,3 +333,51 @@ def test_unwritable_audit_denies_and_frees_the_counter(
     audit.close()
     assert rule_of(gate, run(tmp_path)) == "/audit"
     assert sqlite_store.used(CounterSpec("r|grant=local", 60, 1), clock())[0] == 0
+
+
+def test_the_plan_says_whether_a_session_keeps_its_interpreter(
+    make_gate: GateFactory, tmp_path: Path
+) -> None:
+    """A tool's own `state`, `all_tools.state` and its engine profile's `state` decide, in
+    that order; when the policy says nothing, the tool's default (from the call) stands."""
+    gate = make_gate("""
+        engines:
+          kept: {kind: wasm, state: persistent}
+        all_tools: {state: fresh}
+        tools:
+          run_code: {}
+          run_python_code: {state: persistent}
+          pyodide_execute: {engine: kept}
+    """)
+
+    def state_of(tool: str, default: str = "fresh") -> str:
+        call = dataclasses.replace(run(tmp_path, tool=tool), default_state=default)
+        decision = gate.decide(call)
+        assert isinstance(decision, Allowed) and decision.plan is not None
+        return decision.plan.state
+
+    assert state_of("run_code", default="persistent") == "fresh"  # all_tools says fresh
+    assert state_of("run_python_code") == "persistent"  # the tool's own rule beats all_tools
+    assert state_of("pyodide_execute") == "fresh"  # all_tools comes before the profile
+    silent = make_gate("""
+        engines:
+          kept: {kind: wasm, state: persistent}
+        tools:
+          run_code: {}
+          run_python_code: {engine: kept}
+    """)
+    call = dataclasses.replace(run(tmp_path), default_state="persistent")
+    decided = silent.decide(call)
+    assert isinstance(decided, Allowed) and decided.plan is not None
+    assert decided.plan.state == "persistent"  # the tool's own default
+    routed = silent.decide(run(tmp_path, tool="run_python_code"))
+    assert isinstance(routed, Allowed) and routed.plan is not None
+    assert routed.plan.state == "persistent"  # the profile's
+
+
+def test_state_must_be_fresh_or_persistent() -> None:
+    with pytest.raises(PolicyLoadError) as refused:
+        load_policy_text('version: "1"\ntools:\n  run_code: {state: sticky}\n')
+    said = str(refused.value)
+    assert "tools.run_code.state" in said and "'fresh' or 'persistent'" in said
+    assert "'sticky'" in said

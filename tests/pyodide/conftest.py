@@ -14,7 +14,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sandboxes import ExecutionPlan, Limits, Program, ProgramKind, WorkspacePaths, session_key
+from sandboxes import (
+    ExecutionPlan,
+    Limits,
+    Program,
+    ProgramKind,
+    StateMode,
+    WorkspacePaths,
+    session_key,
+)
 from sandboxes.pyodide import PyodideEngine, setup_pyodide
 from tests.conftest import IN_CI
 
@@ -144,9 +152,11 @@ def make_plan(
     stdin: bytes = b"",
     limits: Limits | None = None,
     final_expression: bool = True,
+    state: StateMode = "persistent",
 ) -> ExecutionPlan:
     """A plan as the gate makes it for `pyodide_execute`: REPL-like, the code's final
-    expression comes back as the value unless `final_expression` is False."""
+    expression comes back as the value unless `final_expression` is False, and the session
+    keeps its interpreter unless `state` is `fresh`."""
     return ExecutionPlan(
         decision_id="test",
         engine="pyodide",
@@ -154,4 +164,5 @@ def make_plan(
         limits=limits or Limits(wall_timeout_s=15.0),
         workspace=workspace,
         session_id=session,
+        state=state,
     )

@@ -80,8 +80,8 @@ async def test_globals_stay_within_one_session_only(
     first = await engine.run(make_plan(workspace, "counter = 1", session=session_id))
     again = await engine.run(make_plan(workspace, "counter += 1\ncounter", session=session_id))
     assert (first.status, again.status, again.value) == ("ok", "ok", "2")
-    other = await engine.run(make_plan(workspace, "counter", session=session_id + "-other"))
-    assert other.status == "error" and other.error == "NameError: name 'counter' is not defined"
+    elsewhere = await engine.run(make_plan(workspace, "counter", session=session_id + "-other"))
+    assert elsewhere.error == "NameError: name 'counter' is not defined"
     mine, other = session_key("local", session_id), session_key("local", session_id + "-other")
     assert engine.session_pid(mine) != engine.session_pid(other)
     assert await engine.end_session(mine)
@@ -101,6 +101,9 @@ async def test_output_past_the_cap_is_cut_and_reported(
     assert (result.status, result.truncated) == ("output_limit", ("stdout",))
     assert len(result.stdout.encode()) <= 1000 and result.stdout.startswith("x" * 50)
     assert result.limit == "output 1000 bytes per stream"
+    after = await engine.run(make_plan(workspace, "'i' in globals()", session=session_id))
+    assert (after.value, after.state) == ("False", "lost")
+    assert after.state_note == "the previous run was stopped by output 1000 bytes per stream"
 
 
 async def test_files_go_in_and_come_back_with_images(

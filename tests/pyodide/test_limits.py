@@ -63,8 +63,9 @@ async def test_a_python_memory_bomb_is_reported_as_memory(
         None,
     )
     assert result.limit == f"memory {128 * MIB} bytes"
-    again = await engine.run(make_plan(workspace, "del blocks\n'alive'", session=session_id))
-    assert (again.status, again.value) == ("ok", "'alive'")
+    again = await engine.run(make_plan(workspace, "'blocks' in globals()", session=session_id))
+    assert (again.status, again.value, again.state) == ("ok", "False", "lost")
+    assert again.state_note == f"the previous run was stopped by memory {128 * MIB} bytes"
 
 
 async def test_a_js_memory_bomb_is_stopped_by_the_cgroup(
@@ -83,7 +84,8 @@ async def test_a_js_memory_bomb_is_stopped_by_the_cgroup(
     result = await engine.run(make_plan(workspace, code, session=session_id, limits=limits))
     assert (result.status, result.exit_code) == ("memory", None)
     after = await engine.run(make_plan(workspace, "1 + 1", session=session_id))
-    assert (after.status, after.value) == ("ok", "2")
+    assert (after.status, after.value, after.state) == ("ok", "2", "lost")
+    assert after.state_note == f"the previous run was stopped by memory {128 * MIB} bytes"
 
 
 async def test_a_process_that_dies_between_calls_is_replaced(
@@ -98,19 +100,10 @@ async def test_a_process_that_dies_between_calls_is_replaced(
             await anyio.sleep(0.01)
     result = await engine.run(make_plan(workspace, "'x' in globals()", session=session_id))
     assert (result.status, result.value) == ("ok", "False")
+    assert (result.state, result.state_note) == ("lost", "its process ended between calls")
     assert (
         "restarted" in result.stderr and engine.session_pid(session_key("local", session_id)) != pid
     )
-
-
-async def test_a_fresh_interpreter_per_run_when_not_persistent(
-    assets_dir: object, workspace: WorkspacePaths
-) -> None:
-    async with PyodideEngine(assets_dir=assets_dir, pool_size=1, persistent=False) as single:  # type: ignore[arg-type]
-        first = await single.run(make_plan(workspace, "y = 2\ny", session="one"))
-        second = await single.run(make_plan(workspace, "'y' in globals()", session="one"))
-        assert (first.value, second.value) == ("2", "False")
-        assert single.sessions == ()
 
 
 def _state(pid: int) -> str:

@@ -149,6 +149,7 @@ async def test_a_session_whose_mounts_change_starts_a_fresh_interpreter(
     code = "import os\nos.listdir('/mnt'), 'x' in globals()"
     second = await engine.run(make_plan(fewer, code, session=session_id))
     assert second.value == "(['data'], False)", second.stderr
+    assert (second.state, second.state_note) == ("lost", "the operator mounts changed")
     assert "operator mounts changed" in second.stderr
 
 

@@ -51,11 +51,14 @@ def token_of(grant: str) -> str:
     return f"test-token-of-{grant}-" + hashlib.sha256(grant.encode()).hexdigest()[:16]
 
 
-def tenant_policy(engine: str, *, tools: str | None = None, sections: str = "") -> str:
+def tenant_policy(
+    engine: str, *, tools: str | None = None, sections: str = "", state: str | None = None
+) -> str:
     """A policy (YAML) with the three grants and every tool allowed on `engine`.
 
     Args:
         engine: The engine profile every tool is routed to.
+        state: `persistent` or `fresh` for every tool (None: each tool's own default).
         tools: The `tools:` section's body instead of every tool allowed (indented 2 spaces).
         sections: More top-level YAML (e.g. `server:` or `approvals:`).
     """
@@ -64,10 +67,11 @@ def tenant_policy(engine: str, *, tools: str | None = None, sections: str = "") 
         for g in GRANTS
     )
     body = tools if tools is not None else "".join(f"  {name}: {{}}\n" for name in TOOLS)
+    kept = f"  state: {state}\n" if state else ""
     return (
         "version: '1'\ndefault: deny\n"
         f"grants:\n{grants}"
-        f"all_tools:\n  engine: {engine}\n"
+        f"all_tools:\n  engine: {engine}\n{kept}"
         "quotas:\n  timeout_s: 30\n  memory_mb: 256\n"
         f"tools:\n{body}"
         f"{sections}"

@@ -30,14 +30,16 @@ PEEK = "import builtins, os\nprint(getattr(builtins, 'SECRET', 'none'), os.path.
 
 
 def kept(server: TenantServer, files: str) -> str:
-    """What PEEK prints in Alice's session: her global where the interpreter is kept."""
-    secret = "alice-only" if server.engine == "pyodide" else "none"
-    return f"{secret} {files}"
+    """What PEEK prints in Alice's session: her global (the tenant policy keeps each
+    session's interpreter, `state: persistent`, on every engine) and whether her file is
+    there."""
+    return f"alice-only {files}"
 
 
 @pytest.fixture(params=engine_params())
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> TenantServer:
-    with tenant_server(tmp_path, request.param) as running:
+    policy = tenant_policy(request.param, state="persistent")
+    with tenant_server(tmp_path, request.param, policy=policy) as running:
         yield running  # type: ignore[misc]
 
 
@@ -209,7 +211,8 @@ async def test_three_grants_at_once_each_see_only_their_own_session(
     server: TenantServer,
 ) -> None:
     """Alice, Bob and Carol use a session of the same name at the same time, several rounds:
-    each reads back only what it wrote (files, and globals where the interpreter is kept)."""
+    each reads back only what it wrote: files, and globals (each session keeps its own
+    interpreter)."""
 
     async def tenant(grant: str) -> list[str]:
         seen = []
@@ -223,10 +226,14 @@ async def test_three_grants_at_once_each_see_only_their_own_session(
                 )
                 _, answer = await raw.call_tool("run_code", {"code": code, "session": "same"})
                 assert answer is not None, grant
-                seen.append(answer["result"]["structuredContent"]["stdout"].strip())
+                wrote = answer["result"]["structuredContent"]
+                assert wrote["status"] == "ok", repr((grant, round_, wrote))
+                seen.append(wrote["stdout"].strip())
                 _, peek = await raw.call_tool("run_code", {"code": READ_OWNER, "session": "same"})
                 assert peek is not None, grant
-                seen.append(peek["result"]["structuredContent"]["stdout"].strip())
+                said = peek["result"]["structuredContent"]
+                assert said["status"] == "ok" and said["stdout"], repr((grant, round_, said))
+                seen.append(said["stdout"].strip())
         return seen
 
     grants = ("alice", "bob", "carol")
@@ -234,5 +241,4 @@ async def test_three_grants_at_once_each_see_only_their_own_session(
     for grant, lines in zip(grants, seen, strict=True):
         for round_ in range(3):
             mine = f"{grant}-{round_}"
-            owner = mine if server.engine == "pyodide" else "-"
-            assert lines[2 * round_ : 2 * round_ + 2] == [mine, f"{owner} {mine}"], lines
+            assert lines[2 * round_ : 2 * round_ + 2] == [mine, f"{mine} {mine}"], lines

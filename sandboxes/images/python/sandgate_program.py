@@ -18,7 +18,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
 MAX_VALUE_CHARS = 1_000_000
 
 
-def run_program(kind, source, variable, is_harness_file, search_path=(), final_expression=False):
+def run_program(
+    kind, source, variable, is_harness_file, search_path=(), final_expression=False, namespace=None
+):
     """Run the program (`kind` "code": `source` is its text; "file": its path), then report.
 
     Args:
@@ -31,6 +33,9 @@ def run_program(kind, source, variable, is_harness_file, search_path=(), final_e
         final_expression: As a REPL does: when code (not a file) ends in an expression
             statement, the report carries the `repr()` of its value as `value` (none when it
             is `None` or raised). `variable` wins when set.
+        namespace: A module to run the program in as `__main__`, whose globals persist from
+            call to call (a persistent session passes the same one each time; a file runs in
+            it too). None: a fresh `__main__` for this call alone.
 
     Returns:
         The report: `exit_code`, `error` and `error_type` (an uncaught exception), `errno`,
@@ -40,8 +45,9 @@ def run_program(kind, source, variable, is_harness_file, search_path=(), final_e
     start = time.time()
     me = os.getpid()
     os.chdir(WORKSPACE)
-    sys.path[:0] = [WORKSPACE, *search_path]
-    main = type(sys)("__main__")
+    fresh = namespace is None
+    sys.path[:0] = [p for p in (WORKSPACE, *search_path) if fresh or p not in sys.path]
+    main = type(sys)("__main__") if fresh else namespace
     sys.modules["__main__"] = main
     report = {"error": None, "error_type": None, "exit_code": 0, "value_found": False}
     namespace = main.__dict__
@@ -56,6 +62,12 @@ def run_program(kind, source, variable, is_harness_file, search_path=(), final_e
                     last = eval(final, namespace)
             else:
                 exec(compile(source, "<code>", "exec"), namespace)
+        elif not fresh:
+            sys.argv = [source]
+            with open(source, "rb") as f:
+                code = compile(f.read(), source, "exec")
+            namespace.update(__file__=source)
+            exec(code, namespace)
         else:
             import runpy
 
@@ -107,6 +119,11 @@ def run_program(kind, source, variable, is_harness_file, search_path=(), final_e
         report["figures"] = save_open_figures(start) if os.getpid() == me else []
     except BaseException as exc:
         report["figures_error"] = f"{type(exc).__name__}: {exc}"
+    if not fresh and "matplotlib.pyplot" in sys.modules:  # saved: the next call opens anew
+        import contextlib  # matplotlib has imported it already
+
+        with contextlib.suppress(BaseException):
+            sys.modules["matplotlib.pyplot"].close("all")
     return report
 
 

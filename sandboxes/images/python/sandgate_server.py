@@ -1,4 +1,4 @@
-"""sandgate's interpreter server: runs exactly one request in a pre-started, single-use container.
+"""sandgate's interpreter server: one request in a pre-started container, or a session's requests.
 
 Started as the container's main process (`python3 -I /opt/sandgate/server.py`, PID 1). Stdlib
 only; the user's program is run by `sandgate_program.run_program` (beside this file, shared
@@ -9,8 +9,18 @@ frames; once the child ends the server kills every other process left in the con
 one report frame and exits. The host enforces every limit on its own (container kill,
 cgroups); what this server reports is what the sandbox says of itself.
 
+Persistent mode (protocol 3): when the first request says `persistent`, the child serves the
+session's requests one after another, each run as `__main__` in one module whose globals
+persist, and writes each report as a line; the server sends an `R` frame per run (`kept`:
+true) and waits for the next request. After each run it kills every other process the run
+left, as after a fresh run; output the child's threads write between runs is dropped. When
+the child dies (a limit, a crash), that run's report says `kept`: false and the server exits
+as after a fresh run. Each run's CPU-time and file-size limits are the child's soft limits,
+set per run (its hard limits cannot rise again); the server kills it a second past its CPU
+time, as the hard limit does in a fresh run.
+
 Frames on stdout: 1 tag byte, 4-byte big-endian length, payload. Tags: `H` hello (JSON),
-`O` user stdout bytes, `E` user stderr bytes, `R` the final report (JSON).
+`O` user stdout bytes, `E` user stderr bytes, `R` a run's report (JSON).
 """
 
 import contextlib
@@ -32,7 +42,7 @@ import sandgate_program  # noqa: E402
 
 sys.path.remove(HERE)  # the user's program does not see the server's folder
 
-PROTOCOL = 2
+PROTOCOL = 3
 SITE = "/site"
 STDIN_FILE = "/tmp/.sandgate-stdin"
 MAX_REPORT_BYTES = 8 * 1024 * 1024
@@ -42,6 +52,9 @@ BACKSTOP_GRACE_S = 5.0
 """Seconds past the request's deadline before the server kills the program itself (the host
 kills the whole container at the deadline; this only matters when the host is gone)."""
 PR_SET_DUMPABLE = 4
+NEXT_REQUESTS = 4
+"""The persistent child's fd for the requests after its first: the server reads the host's
+request channel itself and forwards each line here, after continuing the stopped child."""
 _HEADER = struct.Struct(">cI")
 
 
@@ -93,12 +106,12 @@ def _is_server_file(name):
     return name in (__file__, sandgate_program.__file__)
 
 
-def _read_request():
-    """The one request line from stdin, read without buffering past it."""
+def _read_request(fd=0):
+    """The one request line from `fd` (stdin), read without buffering past it."""
     chunks = []
     size = 0
     while True:
-        chunk = os.read(0, CHUNK_BYTES)
+        chunk = os.read(fd, CHUNK_BYTES)
         if not chunk:
             return None
         chunks.append(chunk)
@@ -107,21 +120,25 @@ def _read_request():
             return json.loads(b"".join(chunks))
 
 
-def _child(out_w, err_w, rep_w):
+def _child(out_w, err_w, rep_w, next_r):
     """The pre-forked child: waits for the request, then becomes the user's program."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
     os.dup2(rep_w, 3)
+    os.dup2(next_r, NEXT_REQUESTS, inheritable=False)
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd > 3:
+        if fd > NEXT_REQUESTS:
             with contextlib.suppress(OSError):
                 os.close(fd)
     request = _read_request()
     if request is None:  # the host went away before asking anything
         os._exit(0)
+    if request.get("persistent"):
+        _serve_requests(request)
+    os.close(NEXT_REQUESTS)
     accepted = {k: request.get(k) for k in ("output_bytes", "deadline_s")}
     os.write(3, json.dumps(accepted).encode("utf-8") + b"\n")
     with open(STDIN_FILE, "wb") as f:
@@ -162,6 +179,74 @@ def _child(out_w, err_w, rep_w):
     os._exit(report["exit_code"] & 0xFF if report["exit_code"] else 0)
 
 
+def _serve_requests(request):
+    """Persistent mode (the first request said `persistent`): this child serves request after
+    request, each run as `__main__` in one module whose globals persist, and writes each
+    report as one line; it ends only when it is killed or the host goes away. The processes a
+    run started are killed by the server after it; the program reaps them (`Popen.wait`) as
+    it would any other, so a process it never waits for stays a zombie of the interpreter."""
+    requests = NEXT_REQUESTS  # the server forwards each next request here (not inheritable)
+    main = type(sys)("__main__")
+    encoding, errors = sys.stdin.encoding, sys.stdin.errors
+    _set_dumpable(1)
+    me = os.getpid()
+    while request is not None:
+        accepted = {k: request.get(k) for k in ("output_bytes", "deadline_s", "cpu_s")}
+        os.write(3, json.dumps({**accepted, "persistent": True}).encode("utf-8") + b"\n")
+        with open(STDIN_FILE, "wb") as f:
+            f.write(request.get("stdin", "").encode("utf-8", "surrogateescape"))
+        stdin_fd = os.open(STDIN_FILE, os.O_RDONLY)
+        os.dup2(stdin_fd, 0)
+        os.close(stdin_fd)
+        sys.stdin = open(0, encoding=encoding, errors=errors, closefd=False)  # noqa: SIM115
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # undo a previous run's rebinding
+        sys.stdout.reconfigure(line_buffering=True)
+        _persistent_limits(request)
+        report = sandgate_program.run_program(
+            request["kind"],
+            request["source"],
+            request.get("variable") or "",
+            _is_server_file,
+            (SITE,),
+            final_expression=bool(request.get("final_expression")),
+            namespace=main,
+        )
+        if os.getpid() != me:  # a process the program forked ran off the end: no report from it
+            os._exit(report["exit_code"] & 0xFF if report["exit_code"] else 0)
+        data = json.dumps(report).encode("utf-8")[:MAX_REPORT_BYTES] + b"\n"
+        while data:
+            data = data[os.write(3, data) :]
+        request = _read_request(requests)
+    os._exit(0)
+
+
+def _persistent_limits(request):
+    """A persistent run's own limits. Only soft limits can change from run to run (a lowered
+    hard limit never rises again): the CPU limit counts from what the interpreter has used so
+    far (the server kills it a second past, as the hard limit does in a fresh run); a file may
+    not grow past what is left of the workspace budget, nor ever past the budget itself (the
+    hard limit, fixed by the first run: a run with another budget gets another container)."""
+    nproc = request.get("nproc")
+    if nproc:
+        resource.setrlimit(resource.RLIMIT_NPROC, (int(nproc), int(nproc)))
+    _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
+    cpu_s = request.get("cpu_s")
+    cpu_soft = cpu_hard
+    if cpu_s:
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_soft = max(1, int(used.ru_utime + used.ru_stime + cpu_s + 0.999))
+        if cpu_hard != resource.RLIM_INFINITY:
+            cpu_soft = min(cpu_soft, cpu_hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_soft, cpu_hard))
+    fsize, hard = request.get("fsize_bytes"), request.get("fsize_hard_bytes")
+    if fsize is not None:
+        _, fsize_hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if hard is not None and (fsize_hard == resource.RLIM_INFINITY or int(hard) < fsize_hard):
+            fsize_hard = int(hard)
+        soft = int(fsize) if fsize_hard == resource.RLIM_INFINITY else min(int(fsize), fsize_hard)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, fsize_hard))
+
+
 # ---- the parent: forwards output, reaps, reports ----------------------------------------------
 
 
@@ -182,6 +267,7 @@ def _serve():
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     rep_r, rep_w = os.pipe()
+    next_r, next_w = os.pipe()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -190,12 +276,13 @@ def _serve():
     pid = os.fork()
     if pid == 0:
         try:
-            _child(out_w, err_w, rep_w)
+            _child(out_w, err_w, rep_w, next_r)
         finally:
             os._exit(70)
-    for fd in (out_w, err_w, rep_w):
+    for fd in (out_w, err_w, rep_w, next_r):
         os.close(fd)
-    os.close(0)  # the child alone reads the request
+    waiting = os.dup(0)  # a persistent child's later requests come through the server
+    os.close(0)  # the child alone reads the first request
     hello = {"protocol": PROTOCOL, "python": sys.version.split()[0], "uid": os.getuid()}
     _send(b"H", json.dumps(hello).encode("utf-8"))
     accepted = None
@@ -225,6 +312,8 @@ def _serve():
                 if accepted is None and b"\n" in report:
                     line, _, rest = bytes(report).partition(b"\n")
                     accepted, report = json.loads(line), bytearray(rest)
+                    if accepted.get("persistent"):
+                        return _serve_persistent(pid, selector, accepted, report, waiting, next_w)
                     began = time.perf_counter()
                     backstop = began + float(accepted.get("deadline_s") or 3600)
                     backstop += BACKSTOP_GRACE_S
@@ -267,6 +356,219 @@ def _serve():
         if ooms_before is None or ooms_after is None
         else ooms_after - ooms_before,
     }
+
+
+# ---- persistent mode: one child serves the session's runs --------------------------------------
+
+
+class _Run:
+    """One run of a persistent child, from its accepted line to its report."""
+
+    def __init__(self, pid, accepted):
+        self.pid = pid
+        self.cap = int(accepted.get("output_bytes") or 0)
+        self.began = time.perf_counter()
+        self.backstop = self.began + float(accepted.get("deadline_s") or 3600) + BACKSTOP_GRACE_S
+        cpu_s = accepted.get("cpu_s")
+        self.cpu_at_start = _cpu_ticks(pid)
+        self.cpu_backstop = None
+        if cpu_s and self.cpu_at_start is not None:
+            self.cpu_backstop = self.cpu_at_start + (float(cpu_s) + 1) * _TICKS
+        self.cpu_killed = False
+        self.refused_before, self.ooms_before = _pids_refused(), _oom_kills()
+        self.sent = {b"O": 0, b"E": 0}
+        self.truncated = []
+
+    def forward(self, tag, chunk):
+        """Send the program's output within the cap; the cap passed kills the program."""
+        cap = self.cap
+        if cap and self.sent[tag] + len(chunk) > cap:
+            _send(tag, chunk[: cap - self.sent[tag]])
+            self.sent[tag] = cap
+            if tag not in self.truncated:
+                self.truncated.append(tag)
+                with contextlib.suppress(OSError):
+                    os.kill(self.pid, signal.SIGKILL)
+        else:
+            _send(tag, chunk)
+            self.sent[tag] += len(chunk)
+
+    def watch(self):
+        """Kill the program past its deadline (the backstop) or its CPU time."""
+        over_cpu = self.cpu_backstop is not None and (_cpu_ticks(self.pid) or 0) > self.cpu_backstop
+        if over_cpu:
+            self.cpu_killed = True
+        if over_cpu or time.perf_counter() > self.backstop:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def answer(self, report, status=None, usage=None):
+        """The run's report frame: `kept` when the child lives on for the next request."""
+        refused_after, ooms_after = _pids_refused(), _oom_kills()
+        if status is None:
+            exit_code = (report or {}).get("exit_code")
+            exit_code = exit_code & 0xFF if isinstance(exit_code, int) else (1 if exit_code else 0)
+            killed_by = None
+            ticks = _cpu_ticks(self.pid)
+            cpu_ms = None if ticks is None else (ticks - (self.cpu_at_start or 0)) * 1000 / _TICKS
+            peak = _peak_rss(self.pid)
+        else:
+            exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+            killed_by = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+            cpu_ms = (usage.ru_utime + usage.ru_stime) * 1000
+            peak = usage.ru_maxrss * 1024
+        if self.cpu_killed:
+            killed_by = signal.SIGXCPU
+        return {
+            "exit_code": exit_code,
+            "signal": killed_by,
+            "report": report if isinstance(report, dict) else None,
+            "truncated": ["stdout" if t == b"O" else "stderr" for t in self.truncated],
+            "wall_ms": (time.perf_counter() - self.began) * 1000,
+            "cpu_ms": cpu_ms,
+            "peak_memory_bytes": peak,
+            "pids_refused": None
+            if self.refused_before is None or refused_after is None
+            else refused_after - self.refused_before,
+            "oom_kills": None
+            if self.ooms_before is None or ooms_after is None
+            else ooms_after - self.ooms_before,
+            "kept": status is None,
+        }
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ticks(pid):
+    """CPU clock ticks process `pid` and its reaped children used so far, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        fields = data[data.rfind(b")") + 2 :].split()
+        return sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _peak_rss(pid):
+    """The most memory process `pid` has held (bytes), or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _kill_others(keep):
+    """After a persistent run: kill every process of this PID namespace but the server and
+    the child (`keep`), as `_kill_leftovers` does after a fresh run (only as PID 1)."""
+    if os.getpid() != 1:
+        return
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in (1, keep):
+            with contextlib.suppress(OSError):
+                os.kill(int(name), signal.SIGKILL)
+
+
+def _drain(fd):
+    """What is waiting in the (non-blocking) pipe `fd`, and whether it reached its end."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, CHUNK_BYTES)
+        except BlockingIOError:
+            return b"".join(chunks), False
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+
+
+def _serve_persistent(pid, selector, accepted, pending, waiting, forward_to):
+    """Persistent mode, once the child accepted its first request: forward each run's output,
+    send each run's report (`kept`) and wait for the next; when the child ends, return its
+    last run's answer (the caller sends it and the server exits, as after a fresh run).
+
+    Between runs the child is stopped (SIGSTOP): threads the program left running use no CPU
+    and write nothing (through a file still open into the session folder, say) while no run
+    is watched. The server reads the host's next request itself (`waiting`, the request
+    channel) and only then continues the child (SIGCONT) and hands it the line
+    (`forward_to`): the child never reads the channel while a stop is pending, so a stop
+    cannot take effect after it consumed a request (which would leave it stopped with nobody
+    to wake it). Whatever the child writes after that belongs to the next run, even output
+    read before the run's accepted line (select returns the pipes in no particular order)."""
+    fds = {key.data: key.fd for key in selector.get_map().values()}
+    for tag in (b"O", b"E"):
+        os.set_blocking(fds[tag], False)
+    run = _Run(pid, accepted)
+    early = []  # output read before its run's accepted line (one select round sees both)
+    open_pipes, status, usage, last = 3, None, None, None
+    while open_pipes or status is None:
+        while b"\n" in pending:
+            line, _, rest = bytes(pending).partition(b"\n")
+            pending = bytearray(rest)
+            if run is None:
+                run = _Run(pid, json.loads(line))
+                for tag, chunk in early:  # the child is stopped between runs: it is this run's
+                    run.forward(tag, chunk)
+                early.clear()
+                continue
+            for tag in (b"O", b"E"):  # written before the report: forward it first
+                chunk, _ = _drain(fds[tag])
+                if chunk:
+                    run.forward(tag, chunk)
+            _kill_others(pid)
+            report = json.loads(line)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)  # before the report: the host may answer at once
+            selector.register(waiting, selectors.EVENT_READ, b"I")
+            _send(b"R", json.dumps(run.answer(report)).encode("utf-8"))
+            run = None
+        if run is not None and status is None:
+            run.watch()
+        for key, _ in selector.select(timeout=0.1 if run is not None else 1.0):
+            tag = key.data
+            if tag == b"I":  # the next request (or the host's end): go on, and hand it over
+                data = os.read(waiting, CHUNK_BYTES)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+                if not data or data.endswith(b"\n"):
+                    selector.unregister(waiting)
+                if not data:  # the host went away: the child reads the end and exits
+                    os.close(forward_to)
+                with contextlib.suppress(OSError):  # the child died: its end is reported
+                    while data:
+                        data = data[os.write(forward_to, data) :]
+                continue
+            try:
+                chunk = os.read(key.fd, CHUNK_BYTES)
+            except BlockingIOError:
+                continue
+            if tag == b"W":
+                continue
+            if not chunk:
+                selector.unregister(key.fd)
+                open_pipes -= 1
+            elif tag == b"R":
+                pending += chunk[: MAX_REPORT_BYTES - len(pending)]
+            elif run is not None:
+                run.forward(tag, chunk)
+            elif sum(len(c) for _, c in early) < MAX_REPORT_BYTES:
+                early.append((tag, chunk))
+        if status is None:
+            done, status, usage = os.wait4(pid, os.WNOHANG)
+            if done == 0:
+                status = None
+            else:
+                _kill_leftovers()
+    if run is None:
+        os._exit(0)  # it ended between runs: no run to report on
+    with contextlib.suppress(ValueError):
+        last = json.loads(pending) if pending else None
+    return run.answer(last, status, usage)
 
 
 def main():

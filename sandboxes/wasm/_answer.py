@@ -1,0 +1,171 @@
+"""What a wasm run asks a worker, and what the engine makes of the answer: shared by runs in a
+fresh guest (`_engine`) and in a persistent session's guest (`_persistent`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from .._files import Scan, Snapshot, changed, drop_foreign_links, has_entries, images_among, scan
+from .._judge import Evidence, MemorySign, judge
+from .._lending import MountsBefore, mount_budgets, mount_changes
+from .._types import ExecutionPlan, HostMount, Image, Limits, RunResult, Usage, WorkspacePaths
+
+BACKSTOP = "the guest passed its deadline and the host backstop killed its worker"
+
+Mounted = MountsBefore | None
+"""What `_lending.mounts_before` saw of the read-write mounts (None: there are none)."""
+
+
+def before_run(workspace: WorkspacePaths) -> tuple[Scan, bool]:
+    """Drop links the host did not make, then walk the workspace (its files, and what they
+    occupy on disk), and whether the folder holds anything at all (one thread hop)."""
+    drop_foreign_links(workspace)
+    return scan(workspace.files), has_entries(workspace.files)
+
+
+def run_request(
+    plan: ExecutionPlan,
+    before: Scan,
+    mounts: tuple[HostMount, ...],
+    mounted: Mounted,
+    mpl_dir: Path,
+    *,
+    may_move: bool,
+) -> dict[str, Any]:
+    """The worker request that runs `plan`."""
+    limits = plan.limits
+    request: dict[str, Any] = {
+        "kind": plan.program.kind,
+        "source": plan.program.source,
+        "variable": plan.program.variable_to_return,
+        "final_expression": plan.program.final_expression,
+        "stdin": plan.program.stdin.decode("utf-8", "surrogateescape"),
+        "files": str(plan.workspace.files),
+        "site": str(plan.workspace.site),
+        "mplconfig": str(mpl_dir),
+        "deadline_s": limits.wall_timeout_s,
+        "memory_bytes": limits.memory_bytes,
+        "output_bytes": limits.output_bytes,
+        "fuel": limits.fuel,
+        "workspace_bytes": limits.workspace_bytes,
+        "workspace_files": limits.workspace_files,
+        "workspace_held": before.usage.bytes,  # allocated, as the watchdog counts
+        "may_move": may_move,
+    }
+    request["mounts"] = [[m.name, str(m.host), m.read_only] for m in mounts]
+    if mounted is not None:
+        budgets = mount_budgets(mounts, mounted, limits)
+        request["mount_budgets"] = [[str(f), b, n] for f, b, n in budgets]
+    return request
+
+
+async def settle(
+    answer: dict[str, Any],
+    plan: ExecutionPlan,
+    before: Scan,
+    mounts: tuple[HostMount, ...],
+    mounted: Mounted,
+) -> RunResult:
+    """The `RunResult` of a worker's answer: what the run wrote (workspace, then read-write
+    mounts), its images, and the verdict on how it ended."""
+    limits = plan.limits
+    written, images, over = await asyncio.to_thread(
+        _after_run, plan.workspace.files, before.files, limits.workspace_bytes
+    )
+    if mounted is not None:  # guest paths /mnt/NAME/…, after the workspace's
+        done = await asyncio.to_thread(
+            mount_changes, mounts, mounted, limits, images_so_far=len(images)
+        )
+        written, images = written + done.touched, images + done.images
+        over = over if over is not None else done.over
+    if answer.get("workspace_over") is None:  # a run shorter than the watchdog's first look
+        answer["workspace_over"] = over
+    return _result(answer, plan, written, images)
+
+
+def backstop_result(limits: Limits, began: float) -> RunResult:
+    """A run whose guest did not stop at its deadline, so the host killed its worker."""
+    verdict = judge(
+        Evidence(deadline_passed=True, died="its worker was killed", detail=BACKSTOP), limits
+    )
+    return RunResult(
+        status=verdict.status,
+        stdout="",
+        stderr=verdict.notice(),
+        exit_code=None,
+        error=verdict.error,
+        limit=verdict.limit,
+        usage=Usage(wall_ms=(time.perf_counter() - began) * 1000),
+    )
+
+
+def _after_run(
+    files: Path, before: Snapshot, budget: int | None
+) -> tuple[tuple[str, ...], tuple[Image, ...], int | None]:
+    """The files the run wrote, the images among them, and what the workspace holds when that
+    is past its budget (one walk for all three). The worker's watchdog stops a run that
+    outgrows its budget; this catches the run that ended before the watchdog's first look."""
+    found = scan(files)  # by descriptor: the files, and what they occupy on disk
+    after = found.files
+    written = changed(before, after)
+    over = None
+    if budget is not None:
+        held = found.usage.bytes
+        over = held if held > budget or not found.usage.complete else None
+    return written, tuple(images_among(files, written)), over
+
+
+def _evidence(answer: dict[str, Any]) -> Evidence:
+    """What the worker saw of one guest, for `judge`."""
+    trapped: str | None = answer.get("trapped")
+    report = answer.get("report") or {}
+    memory: MemorySign | None = None
+    if trapped is not None and "memory" in trapped.lower():
+        memory = "memory_trap"
+    elif report.get("error_type") == "MemoryError":
+        memory = "memory_error"
+    died = None  # "cancelled" comes from the workspace watchdog, which sets workspace_over
+    if trapped is not None and memory is None and trapped not in ("deadline", "out of fuel"):
+        died = f"the guest trapped: {trapped}"
+    exit_code = answer.get("exit_code")
+    return Evidence(
+        workspace_over=answer.get("workspace_over") is not None,
+        memory=memory,
+        output_flood=bool(answer.get("truncated")),
+        deadline_passed=trapped == "deadline",
+        fuel_exhausted=trapped == "out of fuel",
+        died=died,
+        exit_code=exit_code if isinstance(exit_code, int) else None,
+        error=report.get("error"),
+    )
+
+
+def _result(
+    answer: dict[str, Any], plan: ExecutionPlan, written: tuple[str, ...], images: Any
+) -> RunResult:
+    verdict = judge(_evidence(answer), plan.limits)
+    report = answer.get("report") or {}
+    stdout, stderr = answer.get("stdout", ""), answer.get("stderr", "")
+    return RunResult(
+        status=verdict.status,
+        stdout=stdout,
+        stderr=verdict.with_notice(stderr),
+        exit_code=verdict.exit_code,
+        value=report.get("value") if verdict.keeps_value else None,
+        value_found=bool(report.get("value_found")) and verdict.keeps_value,
+        error=verdict.error,
+        limit=verdict.limit,
+        truncated=tuple(answer.get("truncated") or ()),
+        images=images,
+        files_written=written,
+        usage=Usage(
+            wall_ms=float(answer.get("wall_ms") or 0.0),
+            cpu_ms=answer.get("cpu_ms"),
+            peak_memory_bytes=answer.get("peak_memory_bytes"),
+            fuel=answer.get("fuel_used"),
+            output_bytes=len(stdout.encode()) + len(stderr.encode()),
+        ),
+    )

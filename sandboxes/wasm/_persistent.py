@@ -1,0 +1,302 @@
+"""Persistent sessions on the wasm engine (`state: persistent`): one live guest per session,
+kept between the session's runs, each in a worker process of its own.
+
+Why a process of its own, not a pinned pool worker: the pool's `workers` keep serving fresh
+runs exactly as before (a live session never holds one, so sessions cannot starve fresh calls);
+a guest that does not stop at its deadline is stopped by killing a process, which then ends
+that one session's guest and nobody else's; a process's peak memory is that session's alone;
+and ending a session gives all of its memory back to the system. The cost is a process's
+memory per live session (about 75 MB on CPython 3.11, bounded by `max_sessions`), and a process
+start: loading the compiled module takes a new process about a second, so one process is kept
+warm ahead of the next session (`_standby`), whose first run then costs a guest's opening
+(about 30 ms) instead.
+
+The guest is granted the session's own folders in place (its files at `/workspace`, its site
+folder, the operator mounts; `_resident`), never lent through a slot: between runs the files
+are in the session folder, where other tools and calls see them, and a run's writes land there
+directly. Its calls enter the session's `SessionUses` as calls that share the folder, so a
+fresh call of the same session never moves the files away while a persistent run uses them.
+
+Every limit is the run's own: the deadline, output cap, fuel and workspace watchdog apply per
+turn. The memory cap is fixed when a guest starts, so a run asking for another one (or other
+mounts, fuel metering, a replaced folder) ends the live guest and starts another: that run
+says `lost` and why. A run stopped by a limit, or whose guest ended (a trap, `os._exit`),
+ends the guest: the next run says `lost` with the reason (`LiveSessions.drop`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._cancel import shielded
+from .._errors import EngineCrashed
+from .._files import Scan
+from .._lending import check_mounts, folder_identity, mounts_before, writable
+from .._live import LiveSessions, lost_line
+from .._types import ExecutionPlan, HostMount, RunResult, StateOutcome
+from ._answer import backstop_result, before_run, run_request, settle
+from ._pool import Worker, WorkerDied
+from ._prepared import MountSpec
+from ._sharing import SessionUses
+
+logger = logging.getLogger("sandgate.wasm")
+
+DEFAULT_MAX_SESSIONS = 16
+"""Live guests (processes) the engine keeps at once."""
+DEFAULT_IDLE_S = 600.0
+"""Seconds a live guest may stay unused before it ends."""
+REAP_EVERY_S = 30.0
+"""The most seconds between two looks for idle guests."""
+WARM_TIMEOUT_S = 120.0
+"""Seconds a standby process may take to load the compiled module."""
+HOST_GRACE_S = 15.0
+"""Seconds past the run's deadline before the host kills the guest's process (the deadline
+covers the turn; the grace covers a guest's opening too)."""
+PROCESS_DIED = "its process died"
+CANCELLED = "the previous run was cancelled"
+MEMORY_CHANGED = "the memory limit changed"
+
+
+@dataclass(frozen=True, slots=True)
+class LiveShape:
+    """What a live guest was started with; a run asking for other values needs another guest.
+
+    Attributes:
+        memory_bytes: The guest's memory cap.
+        metered: Whether its turns count fuel.
+        mounts: The operator mounts granted at `/mnt/NAME`.
+        folders: The (device, inode) of the workspace, the site folder and each mount when
+            they were granted (a folder replaced since is not the one the guest holds).
+    """
+
+    memory_bytes: int
+    metered: bool
+    mounts: tuple[MountSpec, ...]
+    folders: tuple[tuple[int, int] | None, ...]
+
+    @classmethod
+    def of(cls, plan: ExecutionPlan) -> LiveShape:
+        """The shape `plan` needs (reads the folders' identities: call off the event loop)."""
+        mounts = tuple((m.name, str(m.host), m.read_only) for m in plan.workspace.mounts)
+        paths = [
+            plan.workspace.files,
+            plan.workspace.site,
+            *(m.host for m in plan.workspace.mounts),
+        ]
+        return cls(
+            plan.limits.memory_bytes,
+            plan.limits.fuel is not None,
+            mounts,
+            tuple(folder_identity(Path(p)) for p in paths),
+        )
+
+    def change(self, wanted: LiveShape) -> str | None:
+        """Why a guest of this shape cannot serve a run that needs `wanted` (None: it can)."""
+        if wanted.memory_bytes != self.memory_bytes:
+            return MEMORY_CHANGED
+        if wanted.metered != self.metered:
+            return "the fuel limit was set or lifted"
+        if wanted.mounts != self.mounts:
+            return "the operator mounts changed"
+        if wanted.folders != self.folders:
+            return "the session's folders were replaced"
+        return None
+
+
+@dataclass(slots=True)
+class LiveGuest:
+    """A live session's guest, as the engine holds it: its worker process and its shape."""
+
+    worker: Worker
+    shape: LiveShape
+
+
+async def _close(guest: LiveGuest) -> None:
+    await guest.worker.kill()
+
+
+class PersistentRuns:
+    """The wasm engine's live sessions: runs them, ends them, reaps the idle ones.
+
+    Args:
+        uses: The engine's calls in flight per session folder (shared with fresh runs).
+        cache_dir: The compiled-module cache the guests' processes load from.
+        mpl_dir: matplotlib's cache folder, granted read-only.
+        max_sessions: Most live guests at once (`LiveSessions`).
+        idle_s: Seconds a live guest may stay unused before it ends.
+    """
+
+    def __init__(
+        self,
+        uses: SessionUses,
+        *,
+        cache_dir: Path,
+        mpl_dir: Path,
+        max_sessions: int,
+        idle_s: float,
+    ) -> None:
+        self.sessions: LiveSessions[LiveGuest] = LiveSessions(
+            "wasm", _close, max_sessions=max_sessions, idle_s=idle_s
+        )
+        self._uses = uses
+        self._cache_dir = cache_dir
+        self._mpl_dir = mpl_dir
+        self._reaper: asyncio.Task[None] | None = None
+        self._standby: asyncio.Task[Worker] | None = None
+        self._closed = False
+
+    def prepare(self) -> None:
+        """Warm a process for the next session's guest, in the background (none while one is
+        warm or warming)."""
+        if self._standby is None and not self._closed:
+            self._standby = asyncio.create_task(self._spawn_warm())
+
+    async def _spawn_warm(self) -> Worker:
+        worker = await Worker.spawn(self._cache_dir)
+        try:
+            answer = await worker.request({"op": "warm"}, timeout_s=WARM_TIMEOUT_S)
+        except BaseException:
+            await shielded(worker.kill())
+            raise
+        if not answer.get("ok"):
+            await worker.kill()
+            raise EngineCrashed(f"a wasm session process failed its warm-up: {answer}")
+        return worker
+
+    async def _take_worker(self) -> Worker:
+        """The warm standby process (waiting for it if it is still warming), or a new one;
+        then another standby starts warming."""
+        task, self._standby = self._standby, None
+        if task is None:
+            self.prepare()
+            return await Worker.spawn(self._cache_dir)
+        try:
+            worker = await shielded(task)  # the warm-up ends even if this call is cancelled
+        except asyncio.CancelledError:
+            warmed = not task.cancelled() and task.exception() is None
+            if warmed and self._standby is None and not self._closed:
+                self._standby = task  # still the standby, for the next session
+            elif warmed:
+                await shielded(task.result().kill())
+            raise
+        except Exception as exc:  # a failed warm-up costs only the head start
+            logger.warning("wasm: a standby session process failed: %s", exc)
+            self.prepare()
+            return await Worker.spawn(self._cache_dir)
+        self.prepare()
+        if worker.reachable():
+            return worker
+        await worker.kill()
+        return await Worker.spawn(self._cache_dir)
+
+    async def run(self, plan: ExecutionPlan) -> RunResult:
+        """Run `plan` in its session's live guest (started when there is none).
+
+        Raises:
+            EngineBusy: no room for another live guest (`LiveSessions.make_room`); nothing ran.
+            EngineCrashed: the guest's process died or could not open the guest.
+        """
+        self._start_reaper()
+        key = plan.session_key
+        mounts = check_mounts(plan.workspace.mounts)
+        async with self.sessions.lock(key):
+            if key not in self.sessions:
+                await self.sessions.make_room(plan)
+            claim = self.sessions.claim(key)
+            before, _holds = await asyncio.to_thread(before_run, plan.workspace)
+            shape = await asyncio.to_thread(LiveShape.of, plan)
+            state: StateOutcome = claim.state
+            note = claim.note
+            guest = claim.interpreter
+            if guest is not None:
+                why = PROCESS_DIED if not guest.worker.reachable() else guest.shape.change(shape)
+                if why is not None:
+                    await self.sessions.drop(key, None)  # said by this run
+                    guest, state, note = None, "lost", why
+            started = guest is None
+            if guest is None:
+                guest = LiveGuest(await self._take_worker(), shape)
+                self.sessions.add(plan, guest)
+            async with self._uses.enter(plan.workspace.files, wants_to_move=False):
+                result = await self._run_in(plan, guest, before, mounts, started=started)
+        if state == "lost" and note is not None:
+            result = dataclasses.replace(result, stderr=lost_line(note) + result.stderr)
+        return dataclasses.replace(result, state=state, state_note=note)
+
+    async def _run_in(
+        self,
+        plan: ExecutionPlan,
+        guest: LiveGuest,
+        before: Scan,
+        mounts: tuple[HostMount, ...],
+        *,
+        started: bool,
+    ) -> RunResult:
+        """Run `plan` as the next turn of `guest` (`started`: opened for this run), and end the
+        guest when the run was stopped by a limit or ended it."""
+        key, limits = plan.session_key, plan.limits
+        mounted = await asyncio.to_thread(mounts_before, mounts) if writable(mounts) else None
+        request = run_request(plan, before, mounts, mounted, self._mpl_dir, may_move=False)
+        request["live"] = True
+        began = time.perf_counter()
+        try:
+            answer = await guest.worker.request(
+                request, timeout_s=limits.wall_timeout_s + HOST_GRACE_S
+            )
+        except TimeoutError:  # the guest did not stop at its deadline: the host did
+            result = backstop_result(limits, began)
+            await self.sessions.drop(key, f"the previous run was stopped by {result.limit}")
+            return result
+        except WorkerDied:
+            await self.sessions.drop(key, PROCESS_DIED)
+            raise
+        except BaseException:  # cancelled mid-run: the guest stops with the call
+            await shielded(self.sessions.drop(key, CANCELLED))
+            raise
+        if not answer.get("ok"):  # a guest that never opened kept nothing to lose
+            await self.sessions.drop(key, None if started else PROCESS_DIED)
+            raise EngineCrashed(f"the wasm session's guest could not run: {answer.get('error')}")
+        result = await settle(answer, plan, before, mounts, mounted)
+        ended = answer.get("ended")
+        if result.limit is not None:
+            await self.sessions.drop(key, f"the previous run was stopped by {result.limit}")
+        elif ended is not None:
+            await self.sessions.drop(key, f"the previous run ended its interpreter ({ended})")
+        return result
+
+    async def end(self, key: str) -> bool:
+        """End the session's live guest; False if it had none."""
+        return await self.sessions.end(key)
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap())
+
+    async def _reap(self) -> None:
+        every = min(REAP_EVERY_S, self.sessions.idle_s / 4)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.sessions.reap_idle()
+            except Exception as exc:  # the reaper outlives one failed look
+                logger.error("wasm: reaping idle sessions failed: %s", exc)
+
+    async def aclose(self) -> None:
+        """End every live guest, the standby process and the reaper."""
+        self._closed = True
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            standby.cancel()
+            with contextlib.suppress(BaseException):
+                await (await standby).kill()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reaper
+        await self.sessions.aclose()
