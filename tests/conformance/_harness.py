@@ -187,6 +187,11 @@ class Matrix:
         return rows
 
 
+def text_seen(text: str, *, is_error: bool = False) -> Seen:
+    """What a client sees of a tool's one-text-block answer."""
+    return Seen(is_error, (("text", text),), None)
+
+
 RUN_OK: dict[str, Any] = {
     "status": "ok",
     "stdout": "",

@@ -18,29 +18,26 @@ from ._harness import (
     Seen,
     image_block,
     stop_notice,
+    text_seen,
 )
 
 pytestmark = pytest.mark.anyio
 
 
-def _text(text: str, *, is_error: bool = False) -> Seen:
-    return Seen(is_error, (("text", text),), None)
-
-
 async def test_pyodide_execute_final_expression(bench: Bench, session: str) -> None:
     answer = await bench.call("pyodide_execute", {"code": "x = 6\nx * 7"}, session=session)
-    assert answer == _text("Result: 42")
+    assert answer == text_seen("Result: 42")
 
 
 async def test_pyodide_execute_output_and_value(bench: Bench, session: str) -> None:
     code = "print('printed')\nword = 'value'\nword"
     answer = await bench.call("pyodide_execute", {"code": code}, session=session)
-    assert answer == _text("printed\nResult: 'value'")
+    assert answer == text_seen("printed\nResult: 'value'")
 
 
 async def test_pyodide_execute_none_gives_no_result(bench: Bench, session: str) -> None:
     answer = await bench.call("pyodide_execute", {"code": "x = 1\nNone"}, session=session)
-    assert answer == _text("(no output)")
+    assert answer == text_seen("(no output)")
 
 
 async def test_pyodide_execute_error(bench: Bench, session: str) -> None:
@@ -73,11 +70,11 @@ async def test_pyodide_install_packages_then_import(bench: Bench, session: str) 
     imported = await bench.call(
         "pyodide_execute", {"code": f"import {PACKAGE}\n{PACKAGE}.NAME"}, session=session
     )
-    assert installed == _text(
+    assert installed == text_seen(
         f"successfully installed package {PACKAGE} ({PACKAGE}=={PACKAGE_VERSION}, from the "
         "local mirror, hashes verified)"
     )
-    assert imported == _text(f"Result: {PACKAGE!r}")
+    assert imported == text_seen(f"Result: {PACKAGE!r}")
 
 
 async def test_pyodide_get_mount_points(bench: Bench, session: str) -> None:
@@ -87,7 +84,7 @@ async def test_pyodide_get_mount_points(bench: Bench, session: str) -> None:
         {"name": "ro", "mountPoint": "/mnt/ro", "readOnly": True, "visibleToCode": True},
         {"name": "rw", "mountPoint": "/mnt/rw", "readOnly": False, "visibleToCode": True},
     ]
-    assert answer == _text(json.dumps(listed, indent=2))
+    assert answer == text_seen(json.dumps(listed, indent=2))
 
 
 async def test_pyodide_list_mounted_directory(bench: Bench, session: str) -> None:
@@ -98,7 +95,7 @@ async def test_pyodide_list_mounted_directory(bench: Bench, session: str) -> Non
         {"name": "chart.png", "path": "chart.png", "kind": "file", "size": len(PNG)},
         {"name": "notes.txt", "path": "notes.txt", "kind": "file", "size": len(RO_TEXT)},
     ]
-    assert answer == _text(json.dumps({"mount": "ro", "entries": entries}, indent=2))
+    assert answer == text_seen(json.dumps({"mount": "ro", "entries": entries}, indent=2))
 
 
 async def test_pyodide_read_image(bench: Bench, session: str) -> None:

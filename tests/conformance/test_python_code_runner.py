@@ -5,28 +5,24 @@ from __future__ import annotations
 
 import pytest
 
-from ._harness import PACKAGE, PACKAGE_VERSION, TIMEOUT_S, Bench, Seen, stop_notice
+from ._harness import PACKAGE, PACKAGE_VERSION, TIMEOUT_S, Bench, stop_notice, text_seen
 
 pytestmark = pytest.mark.anyio
 
 
-def _text(text: str, *, is_error: bool = False) -> Seen:
-    return Seen(is_error, (("text", text),), None)
-
-
 async def test_run_python_code_returns_what_it_printed(bench: Bench, session: str) -> None:
     answer = await bench.call("run_python_code", {"code": "print('hello')"}, session=session)
-    assert answer == _text("hello\n")
+    assert answer == text_seen("hello\n")
 
 
 async def test_run_python_code_returns_the_variable(bench: Bench, session: str) -> None:
     asked = {"code": "x = 6 * 7\nprint('not this')", "variable_to_return": "x"}
-    assert await bench.call("run_python_code", asked, session=session) == _text("42")
+    assert await bench.call("run_python_code", asked, session=session) == text_seen("42")
 
 
 async def test_run_python_code_names_a_missing_variable(bench: Bench, session: str) -> None:
     asked = {"code": "y = 1", "variable_to_return": "x"}
-    assert await bench.call("run_python_code", asked, session=session) == _text(
+    assert await bench.call("run_python_code", asked, session=session) == text_seen(
         "Variable x not found"
     )
 
@@ -63,9 +59,9 @@ async def test_save_to_file_and_run_then_run_python_file(bench: Bench, session: 
         session=session,
     )
     ran = await bench.call("run_python_file", {"file_name": "conf.py"}, session=session)
-    assert saved == _text("successfully ran conf.py\nsaved\n")
-    assert kept == _text("File conf.py already exists")
-    assert ran == _text("successfully ran conf.py\nsaved\n")
+    assert saved == text_seen("successfully ran conf.py\nsaved\n")
+    assert kept == text_seen("File conf.py already exists")
+    assert ran == text_seen("successfully ran conf.py\nsaved\n")
 
 
 async def test_run_python_file_returns_the_variable(bench: Bench, session: str) -> None:
@@ -79,7 +75,7 @@ async def test_run_python_file_returns_the_variable(bench: Bench, session: str) 
         {"file_name": "value.py", "variable_to_return": "answer"},
         session=session,
     )
-    assert saved == ran == _text("forty-two")
+    assert saved == ran == text_seen("forty-two")
 
 
 async def test_pip_install_package_from_the_mirror(bench: Bench, session: str) -> None:
@@ -87,11 +83,11 @@ async def test_pip_install_package_from_the_mirror(bench: Bench, session: str) -
     imported = await bench.call(
         "run_python_code", {"code": f"import {PACKAGE}; print({PACKAGE}.VERSION)"}, session=session
     )
-    assert installed == _text(
+    assert installed == text_seen(
         f"successfully installed package {PACKAGE} ({PACKAGE}=={PACKAGE_VERSION}, from the "
         "local mirror, hashes verified)"
     )
-    assert imported == _text(f"{PACKAGE_VERSION}\n")
+    assert imported == text_seen(f"{PACKAGE_VERSION}\n")
 
 
 async def test_pip_install_package_refuses_a_package_off_the_allow_list(
@@ -99,7 +95,7 @@ async def test_pip_install_package_refuses_a_package_off_the_allow_list(
 ) -> None:
     answer = await bench.call("pip_install_package", {"package_name": "six"}, session=session)
     allow_list = bench.service.engine_kind("pip_install_package")  # one allow-list per kind
-    assert answer == _text(
+    assert answer == text_seen(
         "Error installing package six: package_name 'six' refused: it is not on the operator's "
         f"allow-list for {allow_list}; ask the operator to add it to the allow-list and run "
         "`sandgate mirror sync`",

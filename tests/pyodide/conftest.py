@@ -28,20 +28,6 @@ from tests.conftest import IN_CI
 
 SECRET_ENV = "SANDGATE_TEST_SECRET"
 
-TRY_ALL_REFUSED = """
-import errno
-allowed = []
-for name, attempt in attempts.items():
-    try:
-        attempt()
-        allowed.append(name)
-    except OSError as exc:
-        assert exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS), (name, exc)
-"""
-"""Guest code that tries each of the `attempts` it finds defined (name → change), lists in
-`allowed` the ones that went through, and fails on any error but a refusal (PermissionError,
-or OSError with EROFS)."""
-
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "pyodide: needs Deno and the Pyodide assets")

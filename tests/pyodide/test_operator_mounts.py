@@ -14,8 +14,9 @@ from sandboxes.pyodide import HostMount, PyodideEngine
 from sandboxes.pyodide._process import DenoProcess
 from sandboxes.pyodide._sync import Mirror, plan
 from sandboxes.pyodide._transfer import copy_out
+from tests.guest_code import TRY_ALL_REFUSED
 
-from .conftest import TRY_ALL_REFUSED, make_plan
+from .conftest import make_plan
 
 pytestmark = [pytest.mark.anyio, pytest.mark.pyodide]
 

@@ -6,8 +6,9 @@ import pytest
 
 from sandboxes import WorkspacePaths
 from sandboxes.pyodide import PyodideEngine
+from tests.guest_code import TRY_ALL_REFUSED
 
-from .conftest import TRY_ALL_REFUSED, make_plan
+from .conftest import make_plan
 
 pytestmark = [pytest.mark.anyio, pytest.mark.pyodide]
 

@@ -24,6 +24,7 @@ from sandboxes import (
     WorkspacePaths,
     stopped_for_workspace,
 )
+from tests.guest_code import TRY_ALL_REFUSED
 from tests.sandboxes.conftest import Target
 
 pytestmark = pytest.mark.anyio
@@ -32,19 +33,8 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 24
 SECRET = "sg-mount-secret-7c1e"
 _ids = itertools.count()
 
-REFUSED = """
-import errno
-allowed = []
-for name, attempt in attempts.items():
-    try:
-        attempt()
-        allowed.append(name)
-    except OSError as exc:
-        assert exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS), (name, exc)
-print(sorted(allowed))
-"""
-"""Guest code: try each of `attempts` (name → change), print those that went through; any
-error but a refusal (EACCES, EPERM, EROFS) fails the run."""
+REFUSED = TRY_ALL_REFUSED + "print(sorted(allowed))\n"
+"""Guest code: try each of `attempts` (name → change), print those that went through."""
 
 
 @pytest.fixture
