@@ -18,15 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from _figures import percentile
+
 from sandboxes import ExecutionPlan, Limits, Program, WorkspacePaths
 from sandboxes.container import DEFAULT_IMAGE, ContainerEngine, Runtime
 
 WARM_WAIT_S = 120.0
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _plan(workspace: WorkspacePaths, n: int) -> ExecutionPlan:
@@ -83,7 +80,7 @@ def _docker_run_times(runtime: Runtime, calls: int, image: str) -> list[float]:
 
 
 def _line(label: str, values: list[float]) -> str:
-    p50, p95 = _percentile(values, 0.5) * 1000, _percentile(values, 0.95) * 1000
+    p50, p95 = percentile(values, 0.5) * 1000, percentile(values, 0.95) * 1000
     return f"  {label:<34} p50 {p50:8.1f} ms   p95 {p95:8.1f} ms"
 
 
@@ -107,8 +104,8 @@ def main() -> None:
         print(_line("engine, warm container waiting", warm))
         print(_line("engine, back to back (pool of 2)", sustained))
         print(_line("docker run --rm (plain)", plain))
-        ratio = _percentile(warm, 0.5) / _percentile(plain, 0.5)
-        ratio_b2b = _percentile(sustained, 0.5) / _percentile(plain, 0.5)
+        ratio = percentile(warm, 0.5) / percentile(plain, 0.5)
+        ratio_b2b = percentile(sustained, 0.5) / percentile(plain, 0.5)
         verdict = "meets" if ratio <= 0.1 else "misses"
         print(f"  warm p50 / docker run p50 = {ratio:.3f} ({verdict} the 0.1x target)")
         print(f"  back-to-back p50 / docker run p50 = {ratio_b2b:.3f}")

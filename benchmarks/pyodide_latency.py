@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _figures import percentile
+
 from sandboxes import ExecutionPlan, Limits, Program, StateMode, WorkspacePaths
 from sandboxes.pyodide import PyodideEngine, default_assets_dir
 from sandboxes.pyodide._assets import deno_common_flags, deno_environment, find_deno, locate
@@ -32,11 +34,6 @@ const { loadPyodide } = await import("file://" + Deno.args[0] + "/pyodide.mjs");
 const py = await loadPyodide({ indexURL: Deno.args[0] + "/" });
 if (py.runPython("1+1") !== 2) throw new Error("wrong answer");
 """
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _plan(workspace: WorkspacePaths, session: str, state: StateMode) -> ExecutionPlan:
@@ -99,7 +96,7 @@ def _fresh_cold(runs: int, folder: Path) -> list[float]:
 
 
 def _line(label: str, values: list[float], warm_p50: float | None = None) -> float:
-    p50, p95 = _percentile(values, 0.5) * 1000, _percentile(values, 0.95) * 1000
+    p50, p95 = percentile(values, 0.5) * 1000, percentile(values, 0.95) * 1000
     ratio = f"  {p50 / warm_p50:7.1f}x warm p50" if warm_p50 else ""
     print(
         f"{label:<34} n={len(values):<4} p50 {p50:8.1f} ms  p95 {p95:8.1f} ms  "

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import mcp_types as types
+from _figures import percentile, sandgate_command
 from mcp import Client, StdioServerParameters
 
 CODE = (
@@ -30,16 +29,6 @@ CODE = (
     "print(count)\n"
 )
 """One call of an analysis session: its imports, and a counter the session keeps (or not)."""
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def _sandgate() -> str:
-    beside = Path(sys.executable).with_name("sandgate")
-    return str(beside) if beside.exists() else (shutil.which("sandgate") or "sandgate")
 
 
 def _policy(folder: Path, engine: str, state: str) -> Path:
@@ -57,7 +46,7 @@ async def _times(engine: str, state: str, calls: int) -> tuple[list[float], str]
     with tempfile.TemporaryDirectory(prefix="sg-state-") as folder:
         args = ["serve", "--state-dir", str(Path(folder) / "state")]
         args += ["--policy", str(_policy(Path(folder), engine, state))]
-        params = StdioServerParameters(command=_sandgate(), args=args, env=dict(os.environ))
+        params = StdioServerParameters(command=sandgate_command(), args=args, env=dict(os.environ))
         times: list[float] = []
         last = ""
         async with Client(params, read_timeout_seconds=600) as client:
@@ -91,10 +80,10 @@ def main() -> None:
         ("state: persistent", kept, kept_last),
         ("state: fresh (baseline)", fresh, fresh_last),
     ):
-        p50, p95 = _percentile(times, 0.5) * 1000, _percentile(times, 0.95) * 1000
+        p50, p95 = percentile(times, 0.5) * 1000, percentile(times, 0.95) * 1000
         mean = statistics.mean(times) * 1000
         print(f"{label:<26} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  mean {mean:7.1f} ms  last {last}")
-    ratio = _percentile(kept, 0.5) / _percentile(fresh, 0.5)
+    ratio = percentile(kept, 0.5) / percentile(fresh, 0.5)
     print(f"ratio p50 persistent/fresh: {ratio:.2f}x (the counter: {kept_last} vs {fresh_last})")
 
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import mcp_types as types
+from _figures import percentile, sandgate_command
 from mcp import Client, StdioServerParameters
 
 DEFAULT_PAUSE_MS = 100.0
@@ -28,20 +26,10 @@ DEFAULT_PAUSE_MS = 100.0
 seconds; at a 20 ms pace on 2 cores, preparing the next guests competes with the calls."""
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def _sandgate() -> str:
-    beside = Path(sys.executable).with_name("sandgate")
-    return str(beside) if beside.exists() else (shutil.which("sandgate") or "sandgate")
-
-
 async def _mcp_times(calls: int, state_dir: str, *, prepared: bool, pause_s: float) -> list[float]:
     args = ["serve", "--state-dir", state_dir, "--policy", _policy()]
     params = StdioServerParameters(
-        command=_sandgate(),
+        command=sandgate_command(),
         args=args if prepared else [*args, "--no-prepared-guests"],
         env=dict(os.environ),
     )
@@ -99,10 +87,10 @@ def main() -> None:
         ("native python3 -c subprocess", native),
     ]
     for label, times in rows:
-        p50, p95 = _percentile(times, 0.5) * 1000, _percentile(times, 0.95) * 1000
+        p50, p95 = percentile(times, 0.5) * 1000, percentile(times, 0.95) * 1000
         mean = statistics.mean(times) * 1000
         print(f"{label:<48} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  mean {mean:7.1f} ms")
-    p50 = {label: _percentile(times, 0.5) for label, times in rows}
+    p50 = {label: percentile(times, 0.5) for label, times in rows}
     print(
         f"ratio p50 prepared/native: {p50[rows[0][0]] / p50[rows[2][0]]:.2f}x (target <= 0.5x); "
         f"prepared/no-prepared: {p50[rows[0][0]] / p50[rows[1][0]]:.2f}x; "

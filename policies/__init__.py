@@ -1,4 +1,10 @@
-"""The policy gate of sandgate: the policy format, decisions, counters, approvals and audit."""
+"""The policy gate of sandgate: the policy format, decisions, counters, approvals and audit.
+
+`RedisCounterStore` loads on first use (it imports the `redis` client, which a server keeping
+its state in SQLite never needs).
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from ._approvals import answer_approval
 from ._audit import AuditLog, AuditRecord, read_audit
@@ -29,7 +35,9 @@ from ._model import (
     grant_share,
     mount_name_problem,
 )
-from ._redis import RedisCounterStore
+
+if TYPE_CHECKING:
+    from ._redis import RedisCounterStore
 from ._sqlite import SqliteCounterStore
 from ._store import (
     ApprovalRecord,
@@ -80,3 +88,12 @@ __all__ = [
     "shipped_policy_paths",
     "state_dir_default",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisCounterStore":
+        from ._redis import RedisCounterStore
+
+        globals()[name] = RedisCounterStore
+        return RedisCounterStore
+    raise AttributeError(f"module 'policies' has no attribute {name!r}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 from pydantic import ValidationError
 
 from ._errors import Problem
@@ -25,6 +24,11 @@ KNOWN_TOOLS = frozenset(
         "pyodide_get-mount-points",
         "pyodide_list-mounted-directory",
         "pyodide_read-image",
+        "snapshot_session",
+        "restore_session",
+        "fork_session",
+        "list_snapshots",
+        "delete_snapshot",
     }
 )
 """Tool names sandgate serves; other names load (with a warning) for forward compatibility."""
@@ -60,6 +64,8 @@ def _errors(policy: Policy, parsed: Parsed, extra_grants: dict[str, Grant]) -> l
                 )
             )
         if rule.args_schema is not None:
+            import jsonschema  # only for policies with argument schemas (~0.1 s to import)
+
             try:
                 jsonschema.validators.validator_for(rule.args_schema).check_schema(rule.args_schema)
             except jsonschema.SchemaError as exc:

@@ -7,8 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-import jsonschema
-
 from sandboxes import DEFAULT_WORKSPACE_FILES, Limits, StateMode
 
 from ._model import DEFAULT_PROFILE, Policy
@@ -167,6 +165,8 @@ def _tool(policy: Policy, name: str | None, rule: ToolRule | None) -> CompiledTo
                 for i, p in enumerate(getattr(layer, section))
             ]
         if layer.args_schema is not None:
+            import jsonschema  # only for policies with argument schemas (~0.1 s to import)
+
             cls = jsonschema.validators.validator_for(layer.args_schema)
             schemas.append((pointer(*path, "args_schema"), cls(layer.args_schema)))
     return CompiledTool(

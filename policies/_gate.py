@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from sandboxes import Limits, StateMode
+
 from ._approvals import ApprovalDesk
 from ._audit import AuditDecision, AuditLog, canonical_json, iso_time, sha256_hex
 from ._compile import CompiledPolicy, CompiledTool, compile_policy, token_sha256
@@ -335,6 +337,13 @@ class Gate:
         compiled = self._compiled.tool(tool)
         return compiled.engine, compiled.runtime
 
+    def terms(self, tool: str) -> tuple[Limits, StateMode | None]:
+        """What `tool`'s code runs under before a caller asks for less: the policy's limits
+        (a requested timeout or memory is clamped to these) and what it says of `state`
+        (None: the tool's own default)."""
+        compiled = self._compiled.tool(tool)
+        return compiled.base_limits, compiled.state
+
     def visible_tools(self, names: Iterable[str]) -> list[str]:
         """`names` without the tools the policy hides (`hide`, or `action: hide`)."""
         compiled = self._compiled
@@ -345,6 +354,19 @@ class Gate:
             if tool.mode == "off" or not hidden:
                 visible.append(name)
         return visible
+
+    def listed_tools(self, names: Iterable[str], grant: str) -> list[str]:
+        """The tools of `names` that tools/list shows `grant`: never the hidden ones, and
+        (unless `server.list_denied_tools`) none the policy refuses whatever the arguments
+        (`action: deny`, unlisted under `default: deny`, a `require`/`deny_if` on the grant or
+        its roles). Tools needing approval, and those refused only for some arguments or once a
+        counter is full, are listed."""
+        compiled = self._compiled
+        visible = self.visible_tools(names)
+        if compiled.policy.server.list_denied_tools:
+            return visible
+        roles = compiled.roles.get(grant, ())
+        return [n for n in visible if not _refused_to(compiled, n, grant, roles)]
 
     def authenticate(self, token: str) -> str | None:
         """The grant whose `token_sha256` is the sha256 of `token`, or `None`."""
@@ -433,6 +455,24 @@ def _audit_denied(ctx: _Context, exc: AuditUnavailable) -> Denied:
         "/audit",
         f"The audit log cannot be written ({exc.detail}); calls are denied until it can.",
     )
+
+
+_CALLER_PATHS = frozenset({"grant", "roles", "tool"})
+
+
+def _refused_to(compiled: CompiledPolicy, name: str, grant: str, roles: tuple[str, ...]) -> bool:
+    """Whether every call of `name` by `grant` is refused, judged without arguments."""
+    tool = compiled.tool(name)
+    if tool.mode != "enforce":
+        return False
+    if not tool.listed and compiled.policy.default == "deny":
+        return True
+    if any(action in ("deny", "hide") for _, action, _ in tool.actions):
+        return True
+    subject = Subject(name, {}, grant, "", roles)
+    if any(p.keys[0] in _CALLER_PATHS and not p.holds(subject, "every") for p in tool.require):
+        return True
+    return any(p.keys[0] in _CALLER_PATHS and p.holds(subject, "any") for p in tool.deny_if)
 
 
 def _engine_name(kind: str, profile: str) -> str:

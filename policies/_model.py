@@ -187,6 +187,14 @@ DEFAULT_MAX_WORKSPACE_BYTES_TOTAL = 4 * 1024 * 1024 * 1024
 """Disk all session workspaces of one server may use before new sessions are refused: 4 GiB."""
 DEFAULT_SESSION_IDLE_S = 3600.0
 """Seconds without a call after which a session and its workspace are removed."""
+DEFAULT_RESULT_TEXT_BYTES = 64 * 1024
+"""Printed text one tool result gives the model (stdout and stderr together): 64 KiB."""
+MAX_RESULT_TEXT_BYTES = 16 * 1024 * 1024
+"""The most `server.result_text_bytes` may be set to: 16 MiB."""
+DEFAULT_RESULT_IMAGE_BYTES = 4608 * 1024
+"""Largest image one tool result gives the model: 4.5 MiB (model APIs refuse over 5 MB)."""
+MAX_RESULT_IMAGE_BYTES = 20 * 1024 * 1024
+"""The most `server.result_image_bytes` may be set to: 20 MiB."""
 
 
 MOUNT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -285,6 +293,54 @@ class ServerSettings(BaseModel):
         "workspace disk and sessions) one grant may hold while other grants need them; a grant "
         "over its share gets 'busy' while the others are served. A grant's own `share` "
         "overrides it. Default: 0.5.",
+    )
+    max_snapshots_per_grant: int = Field(
+        default=16,
+        ge=0,
+        description="Session snapshots (snapshot_session) one grant may keep at once; another "
+        "is refused with rule /server/max_snapshots_per_grant until one is deleted. 0 turns "
+        "snapshots off. Default: 16.",
+    )
+    max_snapshot_bytes_per_grant: int = Field(
+        default=1024 * 1024 * 1024,
+        gt=0,
+        description="Bytes of disk (allocated blocks: files, installed packages and saved "
+        "interpreters) one grant's snapshots may occupy together; a snapshot that would go "
+        "over is refused with rule /server/max_snapshot_bytes_per_grant and nothing is kept. "
+        "Default: 1073741824 (1 GiB).",
+    )
+    max_forks_per_call: int = Field(
+        default=16,
+        gt=0,
+        description="Sessions one fork_session call may make from a snapshot (each is also a "
+        "session of the grant: server.max_sessions_per_grant still applies). Default: 16.",
+    )
+    result_text_bytes: int = Field(
+        default=DEFAULT_RESULT_TEXT_BYTES,
+        ge=1024,
+        le=MAX_RESULT_TEXT_BYTES,
+        description="Bytes of printed text (stdout and stderr together, UTF-8) one tool result "
+        "gives the model; beyond it the head and the tail are kept around an `… N bytes "
+        "omitted …` marker and the whole stream is saved in the session's workspace "
+        "(`.sandgate/output/`, the newest 16 kept, counted in its budget) and linked as a "
+        "resource. At least 1024, at most 16777216. Default: 65536 (64 KiB).",
+    )
+    result_image_bytes: int = Field(
+        default=DEFAULT_RESULT_IMAGE_BYTES,
+        ge=65536,
+        le=MAX_RESULT_IMAGE_BYTES,
+        description="Largest image one tool result gives the model, in bytes of the encoded "
+        "file; a bigger one is re-encoded (PNG, then JPEG) and scaled down until it fits, and "
+        "one that cannot be is left out with a note naming the file and why. At least 65536, "
+        "at most 20971520. Default: 4718592 (4.5 MiB: common model APIs refuse images over "
+        "5 MB).",
+    )
+    list_denied_tools: bool = Field(
+        default=False,
+        description="List in tools/list the tools a caller's grant is refused (`action: deny`, "
+        "not listed under `default: deny`, a `require`/`deny_if` on the grant or its roles); "
+        "hidden tools are never listed. Default: false (each grant sees what it may call; "
+        "tools needing approval are listed).",
     )
     mounts: list[ServerMount] = Field(
         default_factory=list,

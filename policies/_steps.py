@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
-
 from sandboxes import ExecutionPlan
 
 from ._compile import CompiledLimit, CompiledPolicy, CompiledTool
@@ -46,6 +44,8 @@ def static_refusal(
         if action == "deny":
             return Refusal(rule, reason or f"The tool {name!r} is denied by this policy.")
     for rule, validator in tool.schemas:
+        import jsonschema  # a schema here means `_compile` imported it already
+
         error = jsonschema.exceptions.best_match(validator.iter_errors(dict(call.args)))
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(arguments)"

@@ -35,6 +35,7 @@ from ._mounts import MountPoint, merge_mounts, policy_mounts
 from ._service import Service
 from ._sessions import Sessions
 from .packages import Installer
+from .snapshots import SnapshotStore
 from .tools import ALL_TOOL_SETS, ToolSet
 
 logger = logging.getLogger("sandgate.app")
@@ -142,15 +143,20 @@ async def open_service(
         tool_sets=config.tool_sets,
         admission=Admission(config.workers),
         operator_mounts=mounts,
+        snapshot_store=SnapshotStore(config.state_dir / "snapshots"),
     )
     reaper = asyncio.create_task(_reap(sessions, running))
+    # The engines start while the server already answers (`initialize`, `tools/list` need
+    # none): a call waits for its engine (`Engines.get`), as it would for one started late.
+    starting = asyncio.create_task(running.start(routed_engine_keys(gate, service.tool_names())))
+    starting.add_done_callback(_said_if_failed)
     try:
-        await running.start(routed_engine_keys(gate, service.tool_names()))
         yield service
     finally:
-        reaper.cancel()
-        with contextlib.suppress(BaseException):
-            await reaper
+        for task in (starting, reaper):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
         for key in sessions.held():  # engines shared with others keep nothing of this server's
             await running.end_session(key)
         await running.aclose()
@@ -158,6 +164,13 @@ async def open_service(
         shutil.rmtree(workspaces, ignore_errors=True)
         store.close()
         audit.close()
+
+
+def _said_if_failed(task: asyncio.Task[None]) -> None:
+    """Log an engine start that failed other than by `EngineUnavailable` (which `Engines`
+    logs and keeps for the engine's calls): a call to that engine tries again."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.error("starting the engines failed", exc_info=exc)
 
 
 async def _reap(sessions: Sessions, engines: Engines) -> None:

@@ -1,24 +1,42 @@
-"""The `sandgate` command: serve, setup, doctor, policy, audit, approve/deny, mirror, batch."""
+"""The `sandgate` command: serve, setup, doctor, policy, audit, approve/deny, mirror, batch.
+
+Start-up is part of the interface: a command imports only what it needs, when it runs (the
+tools' registry, the engines, the MCP SDK), so `sandgate --help` answers at once and `serve`
+gets to `initialize` sooner.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sandboxes import CATALOG, DEFAULT_ENGINE
-
 from ._errors import RunnerError
-from .tools import ALL_TOOL_SETS
-
-_PREPARED = tuple(key for key, entry in CATALOG.items() if entry.prepare is not None)
-"""Engines `sandgate setup NAME` prepares."""
 
 
-def _parser() -> argparse.ArgumentParser:
+def _prepared() -> tuple[str, ...]:
+    """Engines `sandgate setup NAME` prepares."""
+    from sandboxes import CATALOG
+
+    return tuple(key for key, entry in CATALOG.items() if entry.prepare is not None)
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the choices of `command`'s own arguments are looked up only for it (the
+    tool sets for `serve`, the engines for `setup`): each costs the imports that define it."""
+    tool_sets: Sequence[str] | None = None
+    engines: Sequence[str] | None = None
+    default_engine = None
+    if command == "serve":
+        from .tools import ALL_TOOL_SETS
+
+        tool_sets = ALL_TOOL_SETS
+    elif command == "setup":
+        from sandboxes import DEFAULT_ENGINE
+
+        engines, default_engine = (*_prepared(), "all"), DEFAULT_ENGINE
     parser = argparse.ArgumentParser(
         prog="sandgate",
         description="Run untrusted Python in sandboxes behind a policy gate, as an MCP server.",
@@ -43,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--tools",
         nargs="+",
-        choices=ALL_TOOL_SETS,
+        choices=tool_sets,
         help="tool sets to serve (default: all)",
     )
     serve.add_argument(
@@ -57,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log more")
     setup = sub.add_parser("setup", help="prepare engines once (compile CPython-WASI)")
-    setup.add_argument("what", nargs="?", default=DEFAULT_ENGINE, choices=(*_PREPARED, "all"))
+    setup.add_argument("what", nargs="?", default=default_engine, choices=engines)
     doctor = sub.add_parser(
         "doctor", help="show which boundary layers of each engine are in force on this host"
     )
@@ -72,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] in ("policy", "audit", "approve", "deny", "mirror", "batch"):
         return _delegate(args_list[0], args_list[1:])
-    args = _parser().parse_args(args_list)
+    args = _parser(args_list[0] if args_list else None).parse_args(args_list)
     if args.command == "serve":
         return _serve(args)
     if args.command == "doctor":
@@ -101,6 +119,8 @@ def _delegate(command: str, rest: list[str]) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
     from ._app import Config
     from ._mounts import parse_mounts
     from .serving import serve_http, serve_stdio
@@ -135,7 +155,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _setup(args: argparse.Namespace) -> int:
     """Prepare the engines the catalog can prepare (`all`), or the one named."""
-    for key in _PREPARED if args.what == "all" else (args.what,):
+    from sandboxes import CATALOG
+
+    for key in _prepared() if args.what == "all" else (args.what,):
         prepare = CATALOG[key].prepare
         assert prepare is not None
         try:

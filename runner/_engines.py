@@ -108,6 +108,9 @@ class Engines:
                 self._failed[key] = f"the {key} engine could not start: {exc}"
                 await engine.aclose()
                 raise EngineUnavailable(self._failed[key]) from exc
+            except BaseException:  # cancelled (the server stops while it starts): close it
+                await asyncio.shield(engine.aclose())
+                raise
             self._owned[key] = engine
             return engine
 

@@ -2,6 +2,7 @@
 
 RunnerError
 ├── ArgumentError      a tool argument is missing, extra, of the wrong type or refused
+│   └── NotFound       it names a file (a resource) that does not exist
 ├── UnknownTool        no tool of that name is served
 ├── ServerLimit        the call would take the server past one of its own limits (`server:`)
 └── SetupError         the server cannot start as configured (bad policy path, no engine)
@@ -31,6 +32,10 @@ class ArgumentError(RunnerError):
         self.argument = argument
         self.expected = expected
         self.got = got
+
+
+class NotFound(ArgumentError):
+    """An argument names a file (an MCP resource) that does not exist: `got` is the name."""
 
 
 class UnknownTool(RunnerError):

@@ -24,7 +24,17 @@ from policies import (
     StateUnavailable,
     ToolCall,
 )
-from sandboxes import CapabilityMissing, EngineBusy, ExecutionPlan, Program, SandboxError
+from sandboxes import (
+    HOST_IO,
+    CapabilityMissing,
+    EngineBusy,
+    ExecutionPlan,
+    HostIOBusy,
+    HostIOTimeout,
+    Program,
+    RunResult,
+    SandboxError,
+)
 from sandboxes import session_key as key_of
 
 from ._admission import Admission, Busy
@@ -35,9 +45,12 @@ from ._metrics import Metrics
 from ._mounts import MountPoint, session_mounts
 from ._sessions import Session, Sessions
 from .packages import Installer
+from .snapshots import SessionSnapshots, SnapshotStore
 from .tools import TOOLS_BY_NAME, Caller, ToolSet
 from .tools import Busy as BusyOutcome
 from .tools._arguments import check_request_size, validate_arguments
+from .tools._describe import Route, tool_of
+from .tools._fit import Shown, fit_image, fit_run, head_and_tail
 from .tools._format import outcome_result
 from .tools._outcome import Failed, Invalid, Outcome, Ran, Refused, Told
 
@@ -51,11 +64,14 @@ __all__ = ["DEFAULT_RUN_SLOTS", "AskHuman", "Caller", "Service"]
 
 @dataclass(slots=True)
 class _Trace:
-    """What one call went through, for the metrics."""
+    """What one call went through, for the metrics; and whether a model reads its result
+    (an MCP call: output and images are fitted to `server.result_*`; `sandgate batch` gets
+    the run whole)."""
 
     decision: str = "refused"
     status: str = "none"
     engine: str = "none"
+    for_model: bool = False
 
 
 _TRACE: contextvars.ContextVar[_Trace | None] = contextvars.ContextVar(
@@ -119,6 +135,8 @@ class Service:
         installer: Installs packages from the mirror into session workspaces.
         tool_sets: Which tool sets are served.
         operator_mounts: Operator folders every engine shows at `/mnt/NAME`.
+        snapshot_store: Where session snapshots live (default: `snapshots` beside the
+            sessions' folder).
     """
 
     def __init__(
@@ -132,6 +150,7 @@ class Service:
         metrics: Metrics | None = None,
         admission: Admission | None = None,
         operator_mounts: tuple[MountPoint, ...] = (),
+        snapshot_store: SnapshotStore | None = None,
     ) -> None:
         self.gate = gate
         self.admission = admission or Admission(DEFAULT_RUN_SLOTS)
@@ -142,6 +161,8 @@ class Service:
         self._operator_mounts = operator_mounts
         self._names = [n for n, s in TOOLS_BY_NAME.items() if s.tool_set in tool_sets]
         self._host_mounts = tuple(m.host_mount() for m in operator_mounts)
+        store = snapshot_store or SnapshotStore(sessions.root.parent / "snapshots")
+        self._snapshots = SessionSnapshots(store, sessions, engines, lambda: gate.policy.server)
 
     @property
     def installer(self) -> Installer:
@@ -150,6 +171,12 @@ class Service:
     @property
     def operator_mounts(self) -> tuple[MountPoint, ...]:
         return self._operator_mounts
+
+    @property
+    def snapshots(self) -> SessionSnapshots:
+        """Session snapshots: take, restore, fork, list, delete (the Python API; the
+        snapshot tools call these behind the gate)."""
+        return self._snapshots
 
     def pool_stats(self) -> dict[str, dict[str, int]]:
         """Each running engine's pool figures, for the metrics."""
@@ -174,15 +201,35 @@ class Service:
         """The tools this server lists (policy-hidden ones removed)."""
         return self.gate.visible_tools(self._names)
 
-    def list_tools(self) -> list[types.Tool]:
-        return [
-            types.Tool(
-                name=name,
-                description=TOOLS_BY_NAME[name].description,
-                input_schema=TOOLS_BY_NAME[name].schema(),
+    def list_tools(self, grant: str) -> list[types.Tool]:
+        """What tools/list shows `grant`: the tools it may call (and, when the policy says
+        `server.list_denied_tools`, those it is refused; hidden ones never), each described
+        for the route the policy has in force (`runner/tools/_describe.py`)."""
+        listed = self.gate.listed_tools(self._names, grant)
+        tools = []
+        for name in listed:
+            spec = TOOLS_BY_NAME[name]
+            tools.append(
+                tool_of(
+                    name,
+                    spec.description,
+                    self._route(name),
+                    input_schema=spec.schema(),
+                    output_schema=spec.output_schema,
+                )
             )
-            for name in self.tool_names()
-        ]
+        return tools
+
+    def _route(self, name: str) -> Route:
+        kind, runtime = self.gate.route(name)
+        limits, state = self.gate.terms(name)
+        return Route(
+            engine=kind if runtime is None else f"{kind}:{runtime}",
+            state=state or TOOLS_BY_NAME[name].state,
+            timeout_s=limits.wall_timeout_s,
+            network=limits.network,
+            result_text_bytes=self.gate.policy.server.result_text_bytes,
+        )
 
     async def call_tool(
         self, name: str, arguments: Mapping[str, Any] | None, caller: Caller
@@ -190,7 +237,7 @@ class Service:
         """Serve one call as MCP. Never raises for anything a client can send, except
         `AskHuman` (only for a caller with `can_ask_input`), which the server turns into an
         elicitation."""
-        outcome, args = await self._traced(name, arguments, caller)
+        outcome, args = await self._traced(name, arguments, caller, for_model=True)
         spec = TOOLS_BY_NAME.get(name)
         if spec is None or (isinstance(outcome, Ran) and args is None):
             return outcome_result(outcome, structured=False)
@@ -204,9 +251,14 @@ class Service:
         return outcome
 
     async def _traced(
-        self, name: str, arguments: Mapping[str, Any] | None, caller: Caller
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | None,
+        caller: Caller,
+        *,
+        for_model: bool = False,
     ) -> tuple[Outcome, Any]:
-        trace = _Trace()
+        trace = _Trace(for_model=for_model)
         token = _TRACE.set(trace)
         began = time.perf_counter()
         self.metrics.in_flight.inc()
@@ -229,7 +281,10 @@ class Service:
                 raise UnknownTool(name, self.tool_names())
             spec = TOOLS_BY_NAME[name]
             args = validate_arguments(spec.arguments, arguments)
-            return await spec.handler(self, args, arguments or {}, caller), args
+            outcome = await spec.handler(self, args, arguments or {}, caller)
+            if isinstance(outcome, Told) and outcome.images and _trace().for_model:
+                outcome = await self._fit_told(outcome, caller.grant)
+            return outcome, args
         except (ArgumentError, UnknownTool, ServerLimit) as exc:
             rule = f"/arguments/{exc.argument}" if isinstance(exc, ArgumentError) else "/tools"
             if isinstance(exc, ServerLimit):
@@ -255,6 +310,10 @@ class Service:
         """The caller's session (or the named one of its grant), made on first use."""
         session_id = caller.session if named is None else f"named:{named}"
         return self.sessions.get(caller.grant, session_id)
+
+    def has_session(self, caller: Caller, named: str) -> bool:
+        """Whether the caller's grant holds the run_code session `named`."""
+        return self.sessions.exists(caller.grant, f"named:{named}")
 
     async def decide(self, call: ToolCall, caller: Caller) -> Allowed | Denied:
         """Ask the gate (and a human, when the policy wants one) about `call`.
@@ -378,7 +437,10 @@ class Service:
                 engine.capabilities.check(engine.name, plan)
                 async with self.admission.slot(caller.grant, plan.pool_share):
                     result = await engine.run(plan)
-                result = await settle_workspace(
+                shown = Shown()
+                if _trace().for_model:
+                    result, shown = await self._fit(plan, result)
+                settled = await settle_workspace(
                     plan,
                     result,
                     end_session=lambda: self.engines.end_session(plan.session_key),
@@ -386,6 +448,9 @@ class Service:
                         plan.grant, plan.session_id, used.bytes
                     ),
                 )
+                if settled is not result:  # the workspace was emptied: no saved output left
+                    shown = Shown(notes=shown.notes)
+                result = settled
             except CapabilityMissing as exc:
                 ticket.settle("refused", outcome="refused", error=str(exc))
                 return Refused(f"/engines/{plan.profile}", str(exc))
@@ -401,7 +466,46 @@ class Service:
                 "peak_memory_bytes": result.usage.peak_memory_bytes,
             }
             ticket.settle(result.status, usage=usage)
-            return Ran(result, plan.engine_key)
+            return Ran(result, plan.engine_key, shown)
+
+    async def _fit_told(self, told: Told, grant: str) -> Told:
+        """`told` with its images within `server.result_image_bytes` (a note for each one
+        scaled or left out)."""
+        cap = self.gate.policy.server.result_image_bytes
+        fitted = await HOST_IO.call(grant, lambda: [fit_image(i, cap) for i in told.images])
+        notes = "".join(f"\nsandgate: {note}" for _, note in fitted if note)
+        images = tuple(image for image, _ in fitted if image is not None)
+        return replace(told, text=told.text + notes, images=images)
+
+    async def _fit(self, plan: ExecutionPlan, result: RunResult) -> tuple[RunResult, Shown]:
+        """`result` fitted to what one tool result gives the model (`server.result_*`): cut
+        streams saved whole in the workspace (before it is measured), images scaled."""
+        server = self.gate.policy.server
+        try:
+            return await HOST_IO.call(
+                plan.grant,
+                lambda: fit_run(
+                    result,
+                    files=plan.workspace.files,
+                    text_bytes=server.result_text_bytes,
+                    image_bytes=server.result_image_bytes,
+                ),
+            )
+        except (HostIOBusy, HostIOTimeout) as exc:  # cut without saving rather than not at all
+            logger.warning("could not save the output of session %s: %s", plan.session_id, exc)
+            budget = server.result_text_bytes // 2
+            note = "the whole output could not be saved (the host's file operations are busy)"
+            cut = replace(
+                result,
+                stdout=head_and_tail(result.stdout, budget),
+                stderr=head_and_tail(result.stderr, budget),
+                images=(),
+            )
+            unsent = tuple(
+                f"image {i.path} not sent: the host's file operations are busy"
+                for i in result.images
+            )
+            return cut, Shown(notes=(note, *unsent))
 
     def finish(self, decision: Allowed, outcome: Any, **details: Any) -> None:
         """Tell the gate how an allowed call ended (commit or roll back; audit)."""

@@ -84,6 +84,11 @@ class Sessions:
         self._lock = threading.Lock()
 
     @property
+    def root(self) -> Path:
+        """The folder holding every workspace."""
+        return self._root
+
+    @property
     def idle_s(self) -> float:
         """Seconds of inactivity after which a session is removed (as configured now)."""
         return self._idle_s if self._idle_s is not None else self._settings().session_idle_s
@@ -205,6 +210,21 @@ class Sessions:
             remove_tree(session.workspace.files.parent)
             logger.info("session %s idled out; workspace removed", session.id)
         return [s.key for s in gone]
+
+    def count(self, grant: str) -> int:
+        """How many sessions `grant` holds."""
+        with self._lock:
+            return sum(1 for s in self._sessions.values() if s.grant == grant)
+
+    def exists(self, grant: str, session_id: str) -> bool:
+        """Whether `grant` holds the session `session_id`."""
+        with self._lock:
+            return session_key(grant, session_id) in self._sessions
+
+    def disk_bytes(self) -> int:
+        """What every workspace occupied on disk when last measured."""
+        with self._lock:
+            return sum(s.disk_bytes for s in self._sessions.values())
 
     def held(self) -> list[str]:
         """The keys (`session_key`) of every session held now."""

@@ -1,6 +1,7 @@
 """Sandbox engines for untrusted Python: value types, the engine contract and the engines."""
 
 from ._catalog import CATALOG, DEFAULT_ENGINE, EngineEntry, EngineSettings
+from ._copy import Copied, CopyOverBudget, copy_tree
 from ._engine import Capabilities, Engine, EngineLifecycle, PoolStats
 from ._errors import (
     CapabilityMissing,
@@ -11,6 +12,7 @@ from ._errors import (
     EngineUnavailable,
     LayersMissing,
     SandboxError,
+    StateImageRefused,
 )
 from ._fake import FakeEngine
 from ._files import (
@@ -81,6 +83,8 @@ __all__ = [
     "HOST_IO",
     "Capabilities",
     "CapabilityMissing",
+    "Copied",
+    "CopyOverBudget",
     "DiskUsage",
     "Engine",
     "EngineBusy",
@@ -113,6 +117,7 @@ __all__ = [
     "ProgramKind",
     "RunResult",
     "SandboxError",
+    "StateImageRefused",
     "StateMode",
     "StateOutcome",
     "Status",
@@ -120,6 +125,7 @@ __all__ = [
     "Verdict",
     "WasmEngine",
     "WorkspacePaths",
+    "copy_tree",
     "disk_usage",
     "empty_folder",
     "engine_key",

@@ -97,7 +97,11 @@ def _prepare_pyodide(progress: Progress) -> str:
 def _pyodide(settings: EngineSettings) -> Engine:
     from .pyodide import PyodideEngine
 
-    return PyodideEngine(progress=settings.progress, require=settings.required("pyodide"))
+    return PyodideEngine(
+        progress=settings.progress,
+        require=settings.required("pyodide"),
+        saved_dir=settings.state_dir / "pyodide-saved",
+    )
 
 
 def _wasm_layers() -> tuple[LayerState, ...]:

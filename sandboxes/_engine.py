@@ -13,6 +13,10 @@ Lifecycle, the same on every engine:
   failures, and `CapabilityMissing` (before anything runs) when the plan needs something
   the engine lacks: never a silently different answer.
 - `end_session(key)` releases what the engine keeps for one session (`ExecutionPlan.session_key`).
+- `save_state(key, folder)` writes the session's live interpreter into a folder and
+  `load_state(key, grant, folder)` makes a saved one the session's (its next persistent run
+  continues from it): snapshots, forks and idle interpreters paused to disk. An engine without
+  `capabilities.snapshots` raises `CapabilityMissing` from both.
 - `pool_stats()` gives the engine's pool figures by name, for `/metrics`.
 - `aclose()` stops every sandbox and releases every resource; afterwards `start()` and `run()`
   raise `EngineClosed` (an engine is not restarted: make a new one).
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
@@ -41,12 +46,16 @@ class Capabilities:
             (`Program.final_expression`), as a REPL does.
         persistent_state: Keeps a session's interpreter (globals, imports) between its runs.
         mounts: Shows operator folders (`WorkspacePaths.mounts`) at `/mnt/NAME`.
+        snapshots: Saves a session's live interpreter (globals, imports, objects) to a folder
+            and resumes it from there, in the same session or another (`save_state`,
+            `load_state`).
         networks: The `Limits.network` modes it enforces.
     """
 
     final_expression: bool = True
     persistent_state: bool = False
     mounts: bool = True
+    snapshots: bool = False
     networks: frozenset[NetworkMode] = field(default_factory=lambda: frozenset({"none"}))
 
     def missing(self, plan: ExecutionPlan) -> list[str]:
@@ -110,6 +119,34 @@ class Engine(Protocol):
         """Release what the engine keeps for the session `key`; False if it kept nothing."""
         ...
 
+    async def save_state(self, key: str, folder: Path) -> bool:
+        """Save the live interpreter of session `key` into `folder` (an empty folder the caller
+        owns), waiting for a run of the session to end; the interpreter stays live, and a
+        session whose interpreter was paused to disk is saved from there. False when the
+        session holds no interpreter (nothing saved).
+
+        Raises:
+            CapabilityMissing: the session holds a live interpreter and the engine cannot save
+                interpreters (`snapshots`).
+            EngineClosed: after `aclose`.
+            SandboxError: the interpreter could not be saved (say why).
+        """
+        ...
+
+    async def load_state(self, key: str, grant: str, folder: Path) -> None:
+        """Make the interpreter saved in `folder` (by `save_state` of an engine of the same
+        kind) the interpreter of session `key` of `grant`: the session's live interpreter, if
+        any, ends, and its next persistent run continues from the saved one (`state: kept`).
+        `folder` is only read during the call (the caller may delete it afterwards).
+
+        Raises:
+            CapabilityMissing: the engine cannot load interpreters (`snapshots`).
+            StateImageRefused: `folder` holds no interpreter this engine can resume (another
+                engine's, another build's); nothing changed.
+            EngineClosed: after `aclose`.
+        """
+        ...
+
     def pool_stats(self) -> PoolStats:
         """The engine's pool figures by name."""
         ...
@@ -151,6 +188,24 @@ class EngineLifecycle:
         """Raise `EngineClosed` when the engine was closed."""
         if self._closed:
             raise EngineClosed(self.name)
+
+    def _holds_interpreter(self, key: str) -> bool:
+        """Whether the engine keeps a live interpreter for session `key` (engines that keep
+        interpreters but cannot save them say so here)."""
+        return False
+
+    async def save_state(self, key: str, folder: Path) -> bool:
+        """Engines without `capabilities.snapshots`: nothing to save (False) when they hold no
+        interpreter of the session, else they refuse (`CapabilityMissing`)."""
+        self._refuse_if_closed()
+        if not self._holds_interpreter(key):
+            return False
+        raise CapabilityMissing(self.name, ("snapshots",))
+
+    async def load_state(self, key: str, grant: str, folder: Path) -> None:
+        """Engines without `capabilities.snapshots` refuse (`CapabilityMissing`)."""
+        self._refuse_if_closed()
+        raise CapabilityMissing(self.name, ("snapshots",))
 
     async def __aenter__(self) -> Self:
         await self.start()

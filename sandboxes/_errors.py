@@ -79,6 +79,24 @@ class CapabilityMissing(SandboxError):
         self.capabilities = capabilities
 
 
+class StateImageRefused(SandboxError):
+    """A saved interpreter cannot be resumed by this engine (another engine's or build's, or
+    damaged); nothing changed.
+
+    Attributes:
+        engine: The engine's name.
+        reason: Why, in words.
+    """
+
+    def __init__(self, engine: str, reason: str) -> None:
+        super().__init__(
+            f"the {engine} engine cannot resume this saved interpreter: {reason}. Restore it "
+            "on the engine that saved it, or save the session again on this one"
+        )
+        self.engine = engine
+        self.reason = reason
+
+
 class LayersMissing(EngineUnavailable):
     """The engine refuses to start: boundary layers it is required to have are missing here.
 

@@ -15,19 +15,31 @@ rules every engine keeps alike:
   (a limit stopped a run, it was reclaimed, it idled out, its process died, its limits changed)
   leaves a note, and the session's next run reports `state="lost"` with that note (`claim`).
 - **Idle interpreters end** after `idle_s` (`reap_idle`, run by the engine's own task).
+- **Saved interpreters** (engines with `Capabilities.snapshots`, which pass `save`): an idle
+  interpreter that is reclaimed or idles out is *paused to disk* instead (saved into a folder
+  of its own under `images_root`, then ended), and `load` places a saved one (a snapshot, a
+  fork) for a session. Either way the session's next run gets it in `Claim.image`: the engine
+  resumes the interpreter from that folder and `add`s it (`state: kept`), or says why it
+  could not (`discard_image`, then `state: lost`). At most `max_images` wait on disk; beyond
+  that the oldest is discarded (its session's next run says it idled out).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Generic, TypeVar
 
 from ._cancel import shielded
-from ._errors import EngineBusy
+from ._copy import link_tree
+from ._errors import EngineBusy, SandboxError
+from ._files import remove_tree
 from ._types import ExecutionPlan, StateOutcome
 
 logger = logging.getLogger("sandgate.live")
@@ -42,6 +54,8 @@ LIMITS_CHANGED = "the limits changed"
 """A run whose fixed limits (memory, processes, mounts: what the interpreter was made with)
 differ from its session's interpreter's: that one ends and a new one starts."""
 BUSY_RETRY_S = 5.0
+DEFAULT_MAX_IMAGES = 64
+"""Saved interpreters (paused or placed) one engine keeps on disk at once."""
 
 
 @dataclass(slots=True)
@@ -51,14 +65,28 @@ class _Live(Generic[T]):
     last_used: float = field(default_factory=time.monotonic)
 
 
+@dataclass(slots=True)
+class _Image:
+    folder: Path
+    grant: str
+    since: float = field(default_factory=time.monotonic)
+
+
 @dataclass(frozen=True, slots=True)
 class Claim(Generic[T]):
     """What a run of a persistent session gets: the interpreter to run in (None: start one,
-    then `add` it), and how the session's state stands (`new`, `kept` or `lost` with why)."""
+    then `add` it), and how the session's state stands (`new`, `kept` or `lost` with why).
+
+    Attributes:
+        image: With no live interpreter, a saved one to resume from (paused to disk, or
+            placed by `load`): the engine starts the interpreter from this folder and `add`s
+            it, or calls `discard_image` with why it could not (the run is then `lost`).
+    """
 
     interpreter: T | None
     state: StateOutcome
     note: str | None = None
+    image: Path | None = None
 
 
 class LiveSessions(Generic[T]):
@@ -69,6 +97,12 @@ class LiveSessions(Generic[T]):
         close: Ends an interpreter (kills its process); must not raise.
         max_sessions: Most live interpreters at once.
         idle_s: Seconds an interpreter may stay unused before `reap_idle` ends it.
+        save: Writes a live, idle interpreter into an empty folder (engines that can save
+            interpreters); then idle interpreters are paused to disk instead of ended. It
+            raises `SandboxError` when it cannot (the interpreter is then ended, as without).
+        images_root: Where saved interpreters wait (default: a folder in the system's
+            temporary folder).
+        max_images: Most saved interpreters waiting at once.
     """
 
     def __init__(
@@ -78,6 +112,9 @@ class LiveSessions(Generic[T]):
         *,
         max_sessions: int,
         idle_s: float,
+        save: Callable[[T, Path], Awaitable[None]] | None = None,
+        images_root: Path | None = None,
+        max_images: int = DEFAULT_MAX_IMAGES,
     ) -> None:
         if max_sessions < 1 or idle_s <= 0:
             raise ValueError(
@@ -90,6 +127,10 @@ class LiveSessions(Generic[T]):
         self._live: dict[str, _Live[T]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._lost: dict[str, str] = {}
+        self._save = save
+        self._images_root = images_root
+        self._images: dict[str, _Image] = {}
+        self.max_images = max_images
 
     def __len__(self) -> int:
         return len(self._live)
@@ -114,6 +155,19 @@ class LiveSessions(Generic[T]):
         """The lock a run of session `key` holds from `claim` to its end."""
         return self._locks.setdefault(key, asyncio.Lock())
 
+    @property
+    def saves(self) -> bool:
+        """Whether interpreters can be saved (paused to disk, snapshots)."""
+        return self._save is not None
+
+    def has_image(self, key: str) -> bool:
+        """Whether a saved interpreter waits for session `key`'s next run."""
+        return key in self._images
+
+    def paused(self) -> int:
+        """Saved interpreters waiting on disk for their session's next run."""
+        return len(self._images)
+
     def claim(self, key: str) -> Claim[T]:
         """The session's interpreter and how its state stands (call under `lock(key)`). A
         lost note stays until `add` gives the session its next interpreter, so a run refused
@@ -123,6 +177,9 @@ class LiveSessions(Generic[T]):
         if live is not None:
             live.last_used = time.monotonic()
             return Claim(live.interpreter, "kept")
+        image = self._images.get(key)
+        if image is not None:
+            return Claim(None, "kept", image=image.folder)
         if note is not None:
             return Claim(None, "lost", note)
         return Claim(None, "new")
@@ -164,7 +221,93 @@ class LiveSessions(Generic[T]):
         """Keep `interpreter` as the live one of `plan`'s session (after `make_room`); the
         session's lost note, said by this run, is forgotten."""
         self._lost.pop(plan.session_key, None)
+        image = self._images.pop(plan.session_key, None)
+        if image is not None:
+            remove_tree(image.folder)
         self._live[plan.session_key] = _Live(interpreter, plan.grant)
+
+    def discard_image(self, key: str, why: str) -> None:
+        """The session's saved interpreter could not be resumed (`why`): it is removed, and
+        the session's run says its state was lost."""
+        image = self._images.pop(key, None)
+        if image is not None:
+            remove_tree(image.folder)
+            self._lost[key] = f"its saved state could not be resumed: {why}"
+
+    async def save(self, key: str, folder: Path) -> bool:
+        """Save the session's interpreter into the empty `folder`, after any run of it ends;
+        it stays live (or paused). False when the session holds none.
+
+        Raises:
+            SandboxError: the engine could not save it.
+        """
+        if self._save is None:
+            raise SandboxError(f"the {self.engine} engine cannot save interpreters")
+        async with self.lock(key):
+            live = self._live.get(key)
+            if live is not None:
+                await self._save(live.interpreter, folder)
+                return True
+            image = self._images.get(key)
+            if image is None:
+                return False
+            await asyncio.to_thread(link_tree, image.folder, folder)
+            return True
+
+    async def load(self, key: str, grant: str, folder: Path) -> None:
+        """Make the interpreter saved in `folder` the session's: its live one (if any) ends
+        and its next run resumes from a copy of `folder` (the caller keeps `folder`)."""
+        async with self.lock(key):
+            await self.drop(key, None)
+            self._lost.pop(key, None)
+            old = self._images.pop(key, None)
+            if old is not None:
+                await asyncio.to_thread(remove_tree, old.folder)
+            place = self._new_image_folder()
+            try:
+                await asyncio.to_thread(link_tree, folder, place)
+            except BaseException:
+                await asyncio.to_thread(remove_tree, place)
+                raise
+            self._images[key] = _Image(place, grant)
+        await self._bound_images()
+
+    def _new_image_folder(self) -> Path:
+        if self._images_root is None:
+            self._images_root = Path(tempfile.mkdtemp(prefix=f"sandgate-{self.engine}-saved-"))
+        self._images_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self._images_root / uuid.uuid4().hex
+
+    async def _pause(self, key: str, note: str) -> None:
+        """Pause the idle interpreter of `key` to disk (its lock held by the caller), or end
+        it with `note` when it cannot be saved."""
+        live = self._live.get(key)
+        if live is None:
+            return
+        if self._save is None:
+            await self.drop(key, note)
+            return
+        place = self._new_image_folder()
+        place.mkdir(mode=0o700)
+        try:
+            await self._save(live.interpreter, place)
+        except SandboxError as exc:
+            logger.warning("%s: could not pause session %r to disk: %s", self.engine, key, exc)
+            await asyncio.to_thread(remove_tree, place)
+            await self.drop(key, note)
+            return
+        self._live.pop(key, None)
+        await shielded(self._close(live.interpreter))
+        self._images[key] = _Image(place, live.grant)
+        logger.info("%s: session %r paused to disk", self.engine, key)
+        await self._bound_images()
+
+    async def _bound_images(self) -> None:
+        while len(self._images) > self.max_images:
+            key = min(self._images, key=lambda k: self._images[k].since)
+            image = self._images.pop(key)
+            self._lost[key] = IDLED_OUT
+            await asyncio.to_thread(remove_tree, image.folder)
 
     async def drop(self, key: str, note: str | None) -> None:
         """End the session's interpreter; `note` (why) is said by its next run, None when
@@ -181,28 +324,39 @@ class LiveSessions(Generic[T]):
         lock = self._locks.get(key)
         if lock is None:
             self._lost.pop(key, None)
-            return False
+            image = self._images.pop(key, None)
+            if image is not None:
+                await asyncio.to_thread(remove_tree, image.folder)
+            return image is not None
         async with lock:
-            found = key in self._live
+            found = key in self._live or key in self._images
             await self.drop(key, None)
+            image = self._images.pop(key, None)
+            if image is not None:
+                await asyncio.to_thread(remove_tree, image.folder)
         self._locks.pop(key, None)
         self._lost.pop(key, None)
         return found
 
     async def reap_idle(self) -> None:
-        """End every interpreter unused for `idle_s` whose session is not running a call."""
+        """Pause to disk (or end) every interpreter unused for `idle_s` whose session is not
+        running a call."""
         cutoff = time.monotonic() - self.idle_s
         for key, live in list(self._live.items()):
-            lock = self._locks.get(key)
-            if live.last_used < cutoff and not (lock is not None and lock.locked()):
+            lock = self.lock(key)
+            if live.last_used < cutoff and not lock.locked():
                 logger.info("%s: session %r idled out", self.engine, key)
-                await self.drop(key, IDLED_OUT)
+                async with lock:
+                    await self._pause(key, IDLED_OUT)
 
     async def aclose(self) -> None:
-        """End every interpreter."""
+        """End every interpreter and remove every saved one."""
         for key in list(self._live):
             await self.drop(key, None)
         self._lost.clear()
+        for image in self._images.values():
+            await asyncio.to_thread(remove_tree, image.folder)
+        self._images.clear()
 
     async def _reclaim(self, keys: list[str]) -> bool:
         """End the least recently used idle interpreter among `keys`; False if all are busy."""
@@ -215,7 +369,8 @@ class LiveSessions(Generic[T]):
             return False
         victim = min(idle, key=lambda k: self._live[k].last_used)
         logger.info("%s: reclaiming the idle interpreter of session %r", self.engine, victim)
-        await self.drop(victim, RECLAIMED)
+        async with self.lock(victim):  # free: acquired at once
+            await self._pause(victim, RECLAIMED)
         return True
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare the `container` engine on this machine: Docker + gVisor (runsc) + debootstrap, runsc
-# registered with dockerd, dockerd running, and the sandbox image built offline (no registry).
+# registered with dockerd, dockerd running with experimental features (its checkpoint API, which
+# gVisor snapshots of sessions use), and the sandbox image built offline (no registry).
 # Idempotent, and fast when everything is already in place. Run as root (CI does).
 #
 # Environment:
@@ -40,7 +41,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 RUNSC="$(command -v runsc || echo /usr/bin/runsc)"
 
-# 2. Register runsc with dockerd (merged into an existing daemon.json).
+# 2. Register runsc with dockerd and turn on its experimental features (the checkpoint API;
+#    `experimental` is not reloaded by SIGHUP), merged into an existing daemon.json.
 mkdir -p /etc/docker
 changed="$(python3 - "$DAEMON_JSON" "$RUNSC" <<'EOF'
 import json, os, sys
@@ -51,10 +53,11 @@ if os.path.exists(path) and os.path.getsize(path) > 0:
         config = json.load(f)
 wanted = {"path": runsc, "runtimeArgs": ["--platform=ptrace", "--network=none"]}
 runtimes = config.setdefault("runtimes", {})
-if runtimes.get("runsc") == wanted:
+if runtimes.get("runsc") == wanted and config.get("experimental") is True:
     print("no")
 else:
     runtimes["runsc"] = wanted
+    config["experimental"] = True
     with open(path + ".tmp", "w") as f:
         json.dump(config, f, indent=2)
         f.write("\n")
@@ -62,7 +65,7 @@ else:
     print("yes")
 EOF
 )"
-[ "$changed" = yes ] && say "registered runsc in $DAEMON_JSON"
+[ "$changed" = yes ] && say "registered runsc and experimental features in $DAEMON_JSON"
 
 # 3. dockerd running (started in the background here when it is not), answering `docker info`.
 #    The daemon is found by its pid file, never by process name.
@@ -73,6 +76,12 @@ dockerd_pid() {
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
 }
 pid="$(dockerd_pid)"
+if [ -n "$pid" ] && [ "$(docker version --format '{{.Server.Experimental}}' 2>/dev/null)" = false ]; then
+  say "stopping dockerd (pid $pid): it runs without experimental features, which need a restart"
+  kill -TERM "$pid"
+  for _ in $(seq 1 $(( DOCKER_WAIT_S * 2 ))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  pid="$(dockerd_pid)"
+fi
 if [ -n "$pid" ]; then
   if [ "$changed" = yes ]; then
     say "reloading dockerd (SIGHUP to pid $pid) for the new runtime"

@@ -37,5 +37,12 @@ else
   echo "==> not root: the container engine is not prepared (its tests skip outside CI)"
 fi
 
+if command -v npm >/dev/null; then
+  echo "==> installing the MCP TypeScript SDK client of the end-to-end suite (tests/e2e_ts)"
+  (cd tests/e2e_ts && npm ci --silent --no-audit --no-fund)
+else
+  echo "==> npm not found: tests/e2e_ts skips outside CI"
+fi
+
 echo "==> running the tests"
 exec "$VENV/bin/python" -m pytest "$@"

@@ -3,7 +3,7 @@
 from ._api import DEFAULT_CONCURRENCY, arun_batch, batch, run_batch
 from ._cli import batch_main
 from ._errors import BatchError, NodeSetupError, RayUnavailable, ResultsFileError
-from ._execute import BATCH_GRANT
+from ._execute import BATCH_GRANT, Start
 from ._jobs import JOB_FIELDS, Job, read_jobs_file
 from ._progress import BatchProgress, Progress
 from ._results import BatchStatus, JobResult
@@ -24,6 +24,7 @@ __all__ = [
     "Progress",
     "RayUnavailable",
     "ResultsFileError",
+    "Start",
     "arun_batch",
     "batch",
     "batch_main",

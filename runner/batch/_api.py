@@ -11,6 +11,7 @@ from policies import default_policy_path
 
 from .._app import Config
 from ._errors import BatchError
+from ._execute import FROM_NOTHING, Start
 from ._jobs import Job, count_jobs, read_jobs_file
 from ._local import run_local
 from ._node import NodeSpec
@@ -24,12 +25,17 @@ DEFAULT_CONCURRENCY = 4
 
 
 def _ray(
-    items: Iterator[Job | JobResult], run: BatchRun, config: Config, per_node: int, address: str
+    items: Iterator[Job | JobResult],
+    run: BatchRun,
+    config: Config,
+    per_node: int,
+    address: str,
+    start: Start,
 ) -> RayStats:
     return run_on_ray(
         items,
         address=address,
-        spec=_node_spec(config),
+        spec=_node_spec(config, start),
         per_node=per_node,
         emit=run.emit,
         say=run.meter.say,
@@ -50,6 +56,7 @@ async def arun_batch(
     ray_address: str | None = None,
     progress: Progress = "auto",
     total: int | None = None,
+    start: Start = FROM_NOTHING,
 ) -> BatchSummary:
     """`run_batch` for callers already inside an event loop (Ray's driver loop then runs in
     a worker thread)."""
@@ -61,9 +68,11 @@ async def arun_batch(
         if items is None:
             return run.summary()
         if ray_address is None:
-            runs = await run_local(items, config=config, concurrency=concurrency, emit=run.emit)
+            runs = await run_local(
+                items, config=config, concurrency=concurrency, emit=run.emit, start=start
+            )
             return run.summary(runs)
-        stats = await asyncio.to_thread(_ray, items, run, config, concurrency, ray_address)
+        stats = await asyncio.to_thread(_ray, items, run, config, concurrency, ray_address, start)
         return run.summary(stats=stats)
     finally:
         run.close()
@@ -84,7 +93,7 @@ def _batch_config(config: Config | None, concurrency: int) -> Config:
     return config
 
 
-def _node_spec(config: Config) -> NodeSpec:
+def _node_spec(config: Config, start: Start = FROM_NOTHING) -> NodeSpec:
     """What Ray nodes need to open the same service; the policy is checked here first.
 
     Raises:
@@ -103,6 +112,8 @@ def _node_spec(config: Config) -> NodeSpec:
         policy_path=None if path is None else str(Path(path).resolve()),
         state_dir=str(config.state_dir.resolve()),
         workers=config.workers,
+        grant=start.grant,
+        from_snapshot=start.from_snapshot,
     )
 
 
@@ -115,6 +126,7 @@ def run_batch(
     ray_address: str | None = None,
     progress: Progress = "auto",
     total: int | None = None,
+    start: Start = FROM_NOTHING,
 ) -> BatchSummary:
     """Run every job through the policy gate and a sandbox; one result line per job in `out`.
 
@@ -133,6 +145,9 @@ def run_batch(
         ray_address: Run on this Ray cluster (`host:port`, `auto`) instead of this machine.
         progress: `auto`, `bar`, `lines`, `off`, or a callable given a `BatchProgress`.
         total: Jobs in the input, for the progress bar (lists are counted).
+        start: The grant jobs run under (default `batch`) and a snapshot of that grant every
+            job's session starts from (`Start(from_snapshot=ID)`: its files, packages and,
+            where the policy keeps interpreters, its globals).
 
     Raises:
         BatchError: the batch could not start or had to stop (results written so far stay,
@@ -146,9 +161,11 @@ def run_batch(
         if items is None:
             return run.summary()
         if ray_address is None:
-            coro = run_local(items, config=config, concurrency=concurrency, emit=run.emit)
+            coro = run_local(
+                items, config=config, concurrency=concurrency, emit=run.emit, start=start
+            )
             return run.summary(asyncio.run(coro))
-        return run.summary(stats=_ray(items, run, config, concurrency, ray_address))
+        return run.summary(stats=_ray(items, run, config, concurrency, ray_address, start))
     finally:
         run.close()
 
@@ -161,6 +178,7 @@ def batch(
     concurrency: int = DEFAULT_CONCURRENCY,
     ray_address: str | None = None,
     progress: Progress = "auto",
+    start: Start = FROM_NOTHING,
 ) -> BatchSummary:
     """`run_batch` taking a JSON-lines jobs file (a path) as well as jobs themselves."""
     total = None
@@ -176,4 +194,5 @@ def batch(
         ray_address=ray_address,
         progress=progress,
         total=total,
+        start=start,
     )

@@ -12,6 +12,7 @@ from .._app import Config
 from .._errors import RunnerError
 from ._api import DEFAULT_CONCURRENCY, batch
 from ._errors import BatchError
+from ._execute import BATCH_GRANT, Start
 
 EXIT_OK = 0
 EXIT_INFRA = 1
@@ -47,6 +48,17 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_CONCURRENCY,
         help=f"jobs in flight at once, per node with --ray (default {DEFAULT_CONCURRENCY})",
     )
+    cli.add_argument(
+        "--from-snapshot",
+        metavar="ID",
+        help="start every job's session from this snapshot (snapshot_session; it must belong "
+        "to --grant and live in --state-dir)",
+    )
+    cli.add_argument(
+        "--grant",
+        default=BATCH_GRANT,
+        help=f"the grant jobs run under and that owns --from-snapshot (default {BATCH_GRANT})",
+    )
     cli.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster (host:port or auto)")
     cli.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     cli.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -79,6 +91,7 @@ def batch_main(argv: Sequence[str]) -> int:
             concurrency=args.concurrency,
             ray_address=args.ray,
             progress="off" if args.no_progress else "auto",
+            start=Start(grant=args.grant, from_snapshot=args.from_snapshot),
         )
     except (BatchError, RunnerError) as exc:
         print(f"sandgate batch: {exc}", file=sys.stderr)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from .._errors import ArgumentError
 from .._service import Service
 from ..tools import Busy, Caller, Failed, Invalid, Outcome, Refused, Told
 from ..tools._format import structured
+from ._errors import BatchError
 from ._jobs import Job
 from ._results import STATUSES, BatchStatus, JobResult
 
@@ -27,6 +30,24 @@ RAN: frozenset[str] = frozenset(STATUSES) - {"denied", "invalid", "infra_error"}
 """Result statuses of runs that reached an engine."""
 
 
+@dataclass(frozen=True, slots=True)
+class Start:
+    """How every job's session starts.
+
+    Attributes:
+        grant: The grant jobs are decided under (and that owns `from_snapshot`).
+        from_snapshot: A snapshot id: every job's session starts from it (files, packages,
+            interpreters); None: from nothing.
+    """
+
+    grant: str = BATCH_GRANT
+    from_snapshot: str | None = None
+
+
+FROM_NOTHING = Start()
+"""Jobs of the grant `batch`, each session starting empty."""
+
+
 class JobExecutor:
     """Runs jobs on one service, each in a fresh session removed once it is done.
 
@@ -34,6 +55,9 @@ class JobExecutor:
         service: An open service (from `open_service`) serving `run_code`.
         grant: The grant the jobs are decided under.
         max_rate_wait_s: Total seconds a job may wait for room under rate limits.
+        from_snapshot: Start every job's session from this snapshot of `grant` (its files,
+            packages and interpreters), restored through `restore_session` (decided by the
+            policy and audited like any call).
     """
 
     def __init__(
@@ -42,9 +66,11 @@ class JobExecutor:
         *,
         grant: str = BATCH_GRANT,
         max_rate_wait_s: float = MAX_RATE_WAIT_S,
+        from_snapshot: str | None = None,
     ) -> None:
         self.service = service
         self.grant = grant
+        self.from_snapshot = from_snapshot
         self.max_rate_wait_s = max_rate_wait_s
         self._runs = 0
 
@@ -80,10 +106,35 @@ class JobExecutor:
                 continue
             return result
 
+    def check_snapshot(self) -> None:
+        """Refuse to start when `from_snapshot` is not one of the grant's snapshots.
+
+        Raises:
+            BatchError: it is not (or is not a snapshot id).
+        """
+        if self.from_snapshot is None:
+            return
+        try:
+            self.service.snapshots.store.get(self.grant, self.from_snapshot)
+        except ArgumentError as exc:
+            raise BatchError(
+                f"--from-snapshot {self.from_snapshot}: no such snapshot of the grant "
+                f"{self.grant!r} in {self.service.snapshots.store.root}. Take one as that grant "
+                "(snapshot_session) with the same --state-dir as the server, or pass the grant "
+                "that owns it with --grant"
+            ) from exc
+
     async def _call(self, args: Mapping[str, Any]) -> Outcome:
         session = f"batch-{uuid.uuid4().hex}"
+        caller = Caller(grant=self.grant, session=session)
         try:
-            return await self.service.outcome(TOOL, args, Caller(grant=self.grant, session=session))
+            if self.from_snapshot is not None:
+                restored = await self.service.outcome(
+                    "restore_session", {"snapshot_id": self.from_snapshot}, caller
+                )
+                if not isinstance(restored, Told) or restored.is_error:
+                    return restored
+            return await self.service.outcome(TOOL, args, caller)
         finally:
             await asyncio.to_thread(self.service.sessions.end, self.grant, session)
 

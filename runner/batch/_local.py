@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from .._app import Config, open_service
 from .._errors import SetupError
 from ._errors import BatchError
-from ._execute import JobExecutor
+from ._execute import FROM_NOTHING, JobExecutor, Start
 from ._jobs import Job
 from ._results import JobResult
 
@@ -21,6 +21,7 @@ async def run_local(
     config: Config,
     concurrency: int,
     emit: Emit,
+    start: Start = FROM_NOTHING,
 ) -> int:
     """Run every job of `items`, at most `concurrency` at once, and pass each result to
     `emit` as it completes (`invalid` results go straight through). Returns the guest runs.
@@ -30,7 +31,8 @@ async def run_local(
     """
     try:
         async with open_service(config) as service:
-            executor = JobExecutor(service)
+            executor = JobExecutor(service, grant=start.grant, from_snapshot=start.from_snapshot)
+            executor.check_snapshot()
             await _pool(items, executor, concurrency, emit)
             return executor.runs
     except SetupError as exc:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .._app import Config, open_service
 from .._errors import SetupError
+from ._errors import BatchError
 from ._execute import BATCH_GRANT, JobExecutor
 from ._jobs import Job
 
@@ -32,6 +33,8 @@ class NodeSpec:
         state_dir: Counters, audit trail and workspaces (an absolute path on every node).
         workers: WASM worker processes on the node.
         grant: The grant jobs are decided under.
+        from_snapshot: A snapshot of `grant` every job's session starts from (the node's
+            state folder must hold it: a shared state folder, or the same snapshot copied).
     """
 
     policy_text: str | None
@@ -39,6 +42,7 @@ class NodeSpec:
     state_dir: str
     workers: int
     grant: str = BATCH_GRANT
+    from_snapshot: str | None = None
 
 
 class NodeRunner:
@@ -91,14 +95,18 @@ class NodeRunner:
                 stack = AsyncExitStack()
                 service = await stack.enter_async_context(open_service(config))
                 self._stack = stack
-                self._executor = JobExecutor(service, grant=self._spec.grant)
+                executor = JobExecutor(
+                    service, grant=self._spec.grant, from_snapshot=self._spec.from_snapshot
+                )
+                executor.check_snapshot()
+                self._executor = executor
             return self._executor
 
     async def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """Run one job (`Job.to_json()`); its `JobResult.to_json()`, or `{setup_error: …}`."""
         try:
             executor = await self._open()
-        except SetupError as exc:
+        except (SetupError, BatchError) as exc:
             return {SETUP_ERROR_KEY: str(exc)}
         result = await executor.run(Job.from_json(job))
         return result.to_json()

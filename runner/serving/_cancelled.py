@@ -1,4 +1,4 @@
-"""No answer for a cancelled request over streamable HTTP.
+"""No answer for a cancelled request over streamable HTTP, and no run for one cancelled early.
 
 MCP says the receiver of `notifications/cancelled` should not respond to the cancelled request.
 The SDK's dispatcher writes nothing for it, and stdio sends nothing. Its 2025-era streamable
@@ -7,16 +7,32 @@ HTTP transport, though, ends the request's event stream with a JSON-RPC error
 no server option turns off. `SilentCancels` drops that one event on its way to the wire, so
 the stream of a cancelled request ends without a message for its id (the SDK's client then
 settles the abandoned request locally, as for any stream that ends early).
+
+Over HTTP a request and its `notifications/cancelled` come in two POSTs, and a client that
+cancels at once (the TypeScript SDK aborting a call a few ms after sending it) can have its
+cancel reach the dispatcher first: the SDK drops a cancel for an id not in flight, and the
+request then runs to its end and is answered. `EarlyCancels` (server middleware) remembers the
+ids a connection cancelled; a request that comes after its own cancel is not run, and its
+`REQUEST_CANCELLED` error is the one `SilentCancels` keeps off the wire.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.streamable_http import REQUEST_CANCELLED
+from mcp.shared.exceptions import MCPError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CANCELS_KEPT = 256
+"""Cancelled request ids remembered per connection (ids are never reused within one)."""
+CONNECTIONS_KEPT = 1024
+"""Connections whose cancelled ids are remembered (the least recently cancelling go first)."""
 
 _EVENT_END = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
 """Server-sent events end with an empty line (any of the three line ends)."""
@@ -79,3 +95,35 @@ class SilentCancels:
             await send(message)
 
         await self._app(scope, receive, filtered)
+
+
+class EarlyCancels:
+    """Server middleware: a request whose `notifications/cancelled` came first is not run.
+
+    Args:
+        connection: The connection (MCP session) a message belongs to: request ids are
+            unique within one. (The SDK's `ctx.session` is not: it is made per HTTP request.)
+    """
+
+    def __init__(self, connection: Callable[[ServerRequestContext[Any, Any]], str]) -> None:
+        self._connection = connection
+        self._cancelled: OrderedDict[str, deque[str | int]] = OrderedDict()
+
+    async def __call__(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        if ctx.method == "notifications/cancelled":
+            rid = (ctx.params or {}).get("requestId")
+            if isinstance(rid, str | int) and not isinstance(rid, bool):
+                key = self._connection(ctx)
+                kept = self._cancelled.pop(key, None) or deque(maxlen=CANCELS_KEPT)
+                kept.append(rid)
+                self._cancelled[key] = kept
+                while len(self._cancelled) > CONNECTIONS_KEPT:
+                    self._cancelled.popitem(last=False)
+        elif ctx.request_id is not None and self._was_cancelled(ctx, ctx.request_id):
+            raise MCPError(REQUEST_CANCELLED, "Request cancelled")
+        return await call_next(ctx)
+
+    def _was_cancelled(self, ctx: ServerRequestContext[Any, Any], rid: str | int) -> bool:
+        return bool(self._cancelled) and rid in self._cancelled.get(self._connection(ctx), ())

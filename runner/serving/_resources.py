@@ -18,11 +18,20 @@ from sandboxes import (
     read_file,
 )
 
-from .._errors import ArgumentError
+from .._errors import ArgumentError, NotFound
 from .._mounts import WORKSPACE_MOUNT, MountPoint
 
 MAX_LISTED = 500
 MAX_READ_BYTES = 8 * 1024 * 1024
+
+
+def _where(mount: MountPoint) -> str:
+    """The folder a resource lives in, in words: the session's workspace or a mount."""
+    return (
+        "the session's workspace (/workspace)"
+        if mount.name == WORKSPACE_MOUNT
+        else f"the operator's mount '{mount.name}' ({mount.guest})"
+    )
 
 
 def _prefix(mount: MountPoint) -> str:
@@ -83,6 +92,45 @@ async def read_resource(
     return await io.call(grant, lambda: resource_contents(mounts, uri))
 
 
+def _refused(mount: MountPoint, uri: str, exc: FileRefused) -> ArgumentError:
+    """Why a resource cannot be read, one text per reason: missing, too large, not a file."""
+    where = _where(mount)
+    if exc.got.startswith("no such file"):
+        return NotFound(
+            "uri",
+            f"a file in {where}",
+            f"{uri}, which does not exist there",
+            hint="list the readable files with resources/list",
+        )
+    if exc.got == "a larger file":
+        return ArgumentError(
+            "uri",
+            f"a file of at most {MAX_READ_BYTES} bytes ({MAX_READ_BYTES >> 20} MiB), the most "
+            "resources/read returns",
+            f"{uri}, which is larger",
+            hint="read a part of it with code run in the same session (its files are there)",
+        )
+    return ArgumentError(
+        "uri",
+        f"a regular file in {where}, reached without symbolic links",
+        f"{uri}, which is {exc.got}",
+        hint="list the readable files with resources/list",
+    )
+
+
+def resource_templates(mounts: list[MountPoint]) -> list[types.ResourceTemplate]:
+    """One URI template per folder resources/read reads: the workspace and each mount."""
+    return [
+        types.ResourceTemplate(
+            uri_template=_prefix(mount) + "{+path}",
+            name=mount.name,
+            title=f"Files in {_where(mount)}",
+            description=f"A file in {_where(mount)} by its path there (resources/list names them).",
+        )
+        for mount in mounts
+    ]
+
+
 def resource_contents(mounts: list[MountPoint], uri: str) -> types.ReadResourceResult:
     """The contents of a `file://` resource under a mount (blocking).
 
@@ -100,12 +148,7 @@ def resource_contents(mounts: list[MountPoint], uri: str) -> types.ReadResourceR
             try:
                 data = read_file(mount.host, rel, max_bytes=MAX_READ_BYTES)
             except FileRefused as exc:
-                raise ArgumentError(
-                    "uri",
-                    f"a regular file inside the mount (no links, at most {MAX_READ_BYTES} bytes)",
-                    f"{uri}, which is {exc.got}",
-                    hint="list the readable files with resources/list",
-                ) from None
+                raise _refused(mount, uri, exc) from None
             mime, _ = mimetypes.guess_type(Path(rel).name)
             try:
                 text = data.decode("utf-8")

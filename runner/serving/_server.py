@@ -10,24 +10,30 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import mcp_types as types
-from mcp.server.context import ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
-from mcp_types import INTERNAL_ERROR, INVALID_PARAMS
+from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
 
 from policies import NeedsApproval
 from sandboxes import SandboxError
 
-from .._errors import ArgumentError
+from .._errors import ArgumentError, NotFound, RunnerError, ServerLimit
 from .._service import AskHuman, Caller, Service
 from ..tools import TOOLS_BY_NAME
-from ._resources import list_resources, read_resource
+from ._cancelled import EarlyCancels
+from ._resources import list_resources, read_resource, resource_templates
 
 logger = logging.getLogger("sandgate.server")
 
 SERVER_NAME = "sandgate"
 SESSION_HEADER = "mcp-session-id"
 GRANT_SCOPE_KEY = "sandgate.grant"
+RESOURCE_NOT_FOUND = -32002
+"""MCP's code for resources/read of a resource that does not exist."""
+SERVER_LIMIT = -32000
+"""A request refused because it would take the server past one of its limits (`server:`);
+JSON-RPC leaves -32000 to -32099 to the implementation."""
 
 
 CONNECTION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -77,6 +83,39 @@ APPROVAL_SCHEMA: dict[str, Any] = {
     "properties": {"approve": {"type": "boolean", "title": "Approve"}},
     "required": ["approve"],
 }
+
+
+def protocol_error(exc: RunnerError | SandboxError, *, uri: str = "") -> MCPError:
+    """The JSON-RPC error for a refused resources request (one map, every code valid): a
+    missing file, a wrong argument, a server limit, host file operations stuck or too many."""
+    if isinstance(exc, NotFound):
+        return MCPError(RESOURCE_NOT_FOUND, str(exc), {"uri": uri})
+    if isinstance(exc, ArgumentError):
+        return MCPError(INVALID_PARAMS, str(exc), {"argument": exc.argument})
+    if isinstance(exc, ServerLimit):
+        data = {"setting": f"server.{exc.setting}", "limit": exc.limit, "value": exc.value}
+        return MCPError(SERVER_LIMIT, str(exc), data)
+    return MCPError(INTERNAL_ERROR, str(exc))
+
+
+async def initialize_first(
+    ctx: ServerRequestContext[Any, Any], call_next: CallNext
+) -> HandlerResult:
+    """Server middleware: a request before `initialize` gets an error that says so. The SDK's
+    gate answers it `-32602` "Invalid request parameters" with empty data, as if the params
+    were wrong; that error (the only one of that shape) becomes `-32600` naming the method."""
+    try:
+        return await call_next(ctx)
+    except MCPError as exc:
+        gate = (INVALID_PARAMS, "Invalid request parameters", "")
+        if (exc.code, exc.message, exc.data) != gate:
+            raise
+        message = (
+            f"Invalid Request: '{ctx.method}' came before 'initialize'; a client opens the "
+            "connection with an 'initialize' request (then 'notifications/initialized') first"
+        )
+        data = {"method": ctx.method, "expected": "initialize"}
+        raise MCPError(INVALID_REQUEST, message, data) from None
 
 
 def _can_elicit(ctx: ServerRequestContext[Any, Any]) -> bool:
@@ -156,7 +195,7 @@ def build_server(
     async def on_list_tools(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=service.list_tools())
+        return types.ListToolsResult(tools=service.list_tools(_grant_of(ctx)))
 
     async def on_call_tool(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
@@ -182,25 +221,32 @@ def build_server(
     ) -> types.ListResourcesResult:
         grant = _grant_of(ctx)
         caller = Caller(grant=grant, session=session_id_of(ctx, grant))
-        mounts = service.mounts(caller)
         try:
-            found = await list_resources(mounts, grant=grant)
-        except SandboxError as exc:  # the grant's host file operations are stuck or too many
-            raise MCPError(INTERNAL_ERROR, str(exc)) from None
+            found = await list_resources(service.mounts(caller), grant=grant)
+        except (RunnerError, SandboxError) as exc:
+            raise protocol_error(exc) from None
         return types.ListResourcesResult(resources=found)
+
+    async def on_list_resource_templates(
+        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        grant = _grant_of(ctx)
+        caller = Caller(grant=grant, session=session_id_of(ctx, grant))
+        try:
+            mounts = service.mounts(caller)
+        except RunnerError as exc:
+            raise protocol_error(exc) from None
+        return types.ListResourceTemplatesResult(resource_templates=resource_templates(mounts))
 
     async def on_read_resource(
         ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult:
         grant = _grant_of(ctx)
         caller = Caller(grant=grant, session=session_id_of(ctx, grant))
-        mounts = service.mounts(caller)
         try:
-            return await read_resource(mounts, str(params.uri), grant=grant)
-        except ArgumentError as exc:
-            raise MCPError(INVALID_PARAMS, str(exc)) from None
-        except SandboxError as exc:  # the grant's host file operations are stuck or too many
-            raise MCPError(INTERNAL_ERROR, str(exc)) from None
+            return await read_resource(service.mounts(caller), str(params.uri), grant=grant)
+        except (RunnerError, SandboxError) as exc:
+            raise protocol_error(exc, uri=str(params.uri)) from None
 
     def input_schema(name: str) -> dict[str, Any] | None:
         if name not in TOOLS_BY_NAME or name not in service.tool_names():
@@ -210,7 +256,7 @@ def build_server(
     kwargs: dict[str, Any] = {}
     if lifespan is not None:
         kwargs["lifespan"] = lifespan
-    return Server(
+    server = Server(
         SERVER_NAME,
         version=_version(),
         instructions=(
@@ -220,10 +266,14 @@ def build_server(
         on_list_tools=on_list_tools,
         on_call_tool=on_call_tool,
         on_list_resources=on_list_resources,
+        on_list_resource_templates=on_list_resource_templates,
         on_read_resource=on_read_resource,
         get_tool_input_schema=input_schema,
         **kwargs,
     )
+    cancels = EarlyCancels(lambda ctx: session_id_of(ctx, _grant_of(ctx)))
+    server.middleware.extend([initialize_first, cancels])
+    return server
 
 
 def _version() -> str:

@@ -28,6 +28,8 @@ from ._stdio import stdio_streams
 logger = logging.getLogger("sandgate.transports")
 
 ANONYMOUS_GRANT = "anonymous"
+WELL_KNOWN = "/.well-known/"
+"""OAuth discovery lives here (RFC 8414, RFC 9728); a server of static bearer tokens has none."""
 
 
 async def serve_stdio(config: Config) -> None:
@@ -66,6 +68,11 @@ class BearerGrants:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        if str(scope.get("path", "")).startswith(WELL_KNOWN):
+            # No OAuth here: a 404 (not a 401) tells an OAuth-aware client there is no
+            # authorization server to log in to, so it shows the server's own 401 message.
+            await _no_oauth(send)
+            return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         auth = headers.get("authorization", "")
         grant: str | None = None
@@ -82,7 +89,14 @@ class BearerGrants:
 
 
 async def _unauthorized(send: Send, had_token: bool) -> None:
-    reason = "unknown bearer token" if had_token else "a bearer token is required"
+    """401 with the reason, in the body and (RFC 6750) in `WWW-Authenticate`, which names no
+    `resource_metadata`: the tokens are static, set by the operator, never obtained by OAuth."""
+    if had_token:
+        reason = "unknown bearer token"
+        challenge = f'Bearer realm="sandgate", error="invalid_token", error_description="{reason}"'
+    else:
+        reason = "a bearer token is required (send the header Authorization: Bearer TOKEN)"
+        challenge = 'Bearer realm="sandgate"'
     body = json.dumps({"error": "unauthorized", "detail": reason}).encode()
     await send(
         {
@@ -90,8 +104,24 @@ async def _unauthorized(send: Send, had_token: bool) -> None:
             "status": 401,
             "headers": [
                 (b"content-type", b"application/json"),
-                (b"www-authenticate", b'Bearer realm="sandgate"'),
+                (b"www-authenticate", challenge.encode("latin-1")),
             ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _no_oauth(send: Send) -> None:
+    detail = (
+        "this server uses static bearer tokens, not OAuth: send the header "
+        "'Authorization: Bearer TOKEN' with the token the operator gave you"
+    )
+    body = json.dumps({"error": "not_found", "detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 404,
+            "headers": [(b"content-type", b"application/json")],
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -71,6 +71,50 @@ class RunCodeArgs(BaseModel):
     )
 
 
+class SnapshotSessionArgs(BaseModel):
+    model_config = _STRICT
+    session: str | None = Field(
+        default=None,
+        description="A run_code session name to snapshot. Defaults to the MCP session.",
+    )
+    label: str | None = Field(default=None, description="A label for your own use.")
+    interpreter: bool = Field(
+        default=True,
+        description="Also save the session's live interpreters (globals, imports, objects). "
+        "False: files and installed packages only.",
+    )
+
+
+class RestoreSessionArgs(BaseModel):
+    model_config = _STRICT
+    snapshot_id: str = Field(description="The snapshot to restore (from snapshot_session).")
+    session: str | None = Field(
+        default=None,
+        description="A run_code session name to restore into (made if new). Defaults to the "
+        "MCP session. Its files, packages and interpreters are replaced by the snapshot's.",
+    )
+
+
+class ForkSessionArgs(BaseModel):
+    model_config = _STRICT
+    snapshot_id: str = Field(description="The snapshot to fork (from snapshot_session).")
+    count: int = Field(default=1, description="How many new sessions to make from it.")
+    prefix: str | None = Field(
+        default=None,
+        description="Name prefix of the new run_code sessions (PREFIX-1, PREFIX-2, …). "
+        "Defaults to the snapshot id.",
+    )
+
+
+class ListSnapshotsArgs(BaseModel):
+    model_config = _STRICT
+
+
+class DeleteSnapshotArgs(BaseModel):
+    model_config = _STRICT
+    snapshot_id: str = Field(description="The snapshot to delete.")
+
+
 class PyodideExecuteArgs(BaseModel):
     model_config = _STRICT
     code: str = Field(description="The Python code to run (the final expression is returned).")

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .._mounts import MountPoint
     from .._sessions import Session
     from ..packages import Installer
+    from ..snapshots import SessionSnapshots
 
 Approver = Callable[[NeedsApproval], Awaitable[bool | None]]
 """Asks a human about a call (MCP elicitation); True/False is the answer, None: cannot ask."""
@@ -55,8 +56,9 @@ class Ticket(Protocol):
         """Why the call may not go on (nothing was counted), or None when it was allowed."""
         ...
 
-    def settle(self, status: str, *, error: str | None = None) -> None:
-        """Record how the call ended (`ok`, `refused`, …): its counters are committed."""
+    def settle(self, status: str, *, error: str | None = None, outcome: str = "completed") -> None:
+        """Record how the call ended (`ok`, `refused`, …): its counters are committed, or
+        rolled back with `outcome="refused"` (nothing counted)."""
         ...
 
 
@@ -69,8 +71,15 @@ class ToolContext(Protocol):
     @property
     def operator_mounts(self) -> tuple[MountPoint, ...]: ...
 
+    @property
+    def snapshots(self) -> SessionSnapshots: ...
+
     def session_of(self, caller: Caller, named: str | None = None) -> Session:
         """The caller's session (or the named one of its grant), made on first use."""
+        ...
+
+    def has_session(self, caller: Caller, named: str) -> bool:
+        """Whether the caller's grant holds the named session."""
         ...
 
     def gated(self, call: ToolCall, caller: Caller) -> AbstractAsyncContextManager[Ticket]:

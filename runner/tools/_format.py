@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any, Literal
 
 import mcp_types as types
@@ -11,6 +10,7 @@ import mcp_types as types
 from sandboxes import Image, RunResult
 
 from .._mounts import WORKSPACE_GUEST_PATH
+from ._fit import SavedOutput, Shown
 from ._outcome import Busy, Failed, Invalid, Outcome, Refused, Told
 
 Family = Literal["run_python_code", "save_to_file_and_run", "run_python_file"]
@@ -69,12 +69,18 @@ def busy_result(text: str, retry_after_s: float, *, structured: bool) -> types.C
     )
 
 
-def outcome_result(outcome: Outcome, *, structured: bool) -> types.CallToolResult:
+def outcome_result(
+    outcome: Outcome, *, structured: bool, run_shaped: bool = False
+) -> types.CallToolResult:
     """The MCP result of every outcome but a run (`Ran` is worded by each tool).
 
     Args:
-        structured: Give refusals and busy answers structured content (`run_code`).
+        structured: Give refusals and busy answers structured content.
+        run_shaped: Give refusals, busy answers and errors `run_code`'s structured content
+            (the keys of a run, `RUN_CODE_OUTPUT_SCHEMA`, with `rule` and `reason`).
     """
+    if run_shaped and isinstance(outcome, Refused | Busy | Invalid | Failed):
+        return not_run_result(outcome)
     if isinstance(outcome, Told):
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=outcome.text), *_blocks(outcome.images)],
@@ -123,6 +129,17 @@ def _printed(result: RunResult) -> str:
     return text
 
 
+def _traceback(result: RunResult) -> str:
+    """`stderr` for a text that already starts with the error line: without that line at its
+    end (a syntax error or traceback would otherwise print it twice)."""
+    text = result.stderr
+    if result.status == "error" and result.error:
+        body = text.rstrip("\n")
+        if body == result.error or body.endswith("\n" + result.error):
+            return body[: -len(result.error)]
+    return text
+
+
 def _stopped_text(result: RunResult) -> str:
     what = _STOPPED.get(result.status, "a limit")
     text = f"Error: the code was stopped by {what}"
@@ -149,8 +166,8 @@ def python_result(
     blocks = _image_blocks(result)
     if result.status == "error":
         text = f"{_ERROR_PREFIX[family]}: {result.error or f'exit status {result.exit_code}'}"
-        if result.stderr:
-            text += "\n" + result.stderr
+        if traceback := _traceback(result):
+            text += "\n" + traceback
         if result.stdout:
             text += "\n--- output before the error ---\n" + result.stdout
         return types.CallToolResult(
@@ -182,9 +199,95 @@ def python_result(
     )
 
 
-def structured(result: RunResult) -> dict[str, Any]:
-    """The structured content of `run_code`."""
+RUN_CODE_STATUSES = (
+    "ok",
+    "error",
+    "timeout",
+    "memory",
+    "output_limit",
+    "killed",
+    "denied",
+    "busy",
+    "invalid",
+    "failed",
+)
+"""Every `status` of `run_code`: how the run ended, or why nothing ran (`denied` by the policy,
+`busy` server, `invalid` arguments, `failed` server)."""
+
+_TEXT = {"type": "string"}
+_TEXTS = {"type": "array", "items": _TEXT}
+_MAYBE_TEXT = {"type": ["string", "null"]}
+RUN_CODE_OUTPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": list(RUN_CODE_STATUSES)},
+        "stdout": _TEXT,
+        "stderr": _TEXT,
+        "exit_code": {"type": ["integer", "null"]},
+        "error": _MAYBE_TEXT,
+        "limit": _MAYBE_TEXT,
+        "truncated": _TEXTS,
+        "images": _TEXTS,
+        "files_written": _TEXTS,
+        "state": {"type": ["string", "null"], "enum": ["fresh", "new", "kept", "lost", None]},
+        "state_note": _MAYBE_TEXT,
+        "usage": {
+            "type": "object",
+            "properties": {
+                "wall_ms": {"type": "number"},
+                "cpu_ms": {"type": ["number", "null"]},
+                "peak_memory_bytes": {"type": ["integer", "null"]},
+                "fuel": {"type": ["integer", "null"]},
+                "output_bytes": {"type": "integer"},
+            },
+            "required": ["wall_ms", "cpu_ms", "peak_memory_bytes", "fuel", "output_bytes"],
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "stream": {"type": "string", "enum": ["stdout", "stderr"]},
+                    "path": _TEXT,
+                    "uri": _TEXT,
+                    "size_bytes": {"type": "integer"},
+                },
+                "required": ["stream", "path", "uri", "size_bytes"],
+            },
+        },
+        "notes": _TEXTS,
+        "rule": _MAYBE_TEXT,
+        "reason": _MAYBE_TEXT,
+        "retry_after_s": {"type": ["number", "null"]},
+    },
+    "required": [
+        "status",
+        "stdout",
+        "stderr",
+        "exit_code",
+        "error",
+        "limit",
+        "truncated",
+        "images",
+        "files_written",
+        "state",
+        "state_note",
+        "usage",
+        "outputs",
+        "notes",
+        "rule",
+        "reason",
+        "retry_after_s",
+    ],
+}
+"""`run_code`'s `outputSchema`: every status, run or not, has every key (`outputs`: streams
+cut to fit the result, saved whole; `notes`: what was cut, scaled or left out and why)."""
+
+
+def structured(result: RunResult, shown: Shown | None = None) -> dict[str, Any]:
+    """The structured content of `run_code` for a run."""
     usage = result.usage
+    shown = shown or Shown()
     return {
         "status": result.status,
         "stdout": result.stdout,
@@ -204,16 +307,148 @@ def structured(result: RunResult) -> dict[str, Any]:
             "fuel": usage.fuel,
             "output_bytes": usage.output_bytes,
         },
+        "outputs": [_saved(saved) for saved in shown.saved],
+        "notes": list(shown.notes),
+        "rule": None,
+        "reason": None,
+        "retry_after_s": None,
     }
 
 
-def run_code_result(result: RunResult) -> types.CallToolResult:
-    """`run_code`'s result: structured content, its JSON as text, and image blocks."""
-    payload = structured(result)
+def _saved(saved: SavedOutput) -> dict[str, Any]:
+    return {
+        "stream": saved.stream,
+        "path": saved.path,
+        "uri": saved.uri,
+        "size_bytes": saved.size_bytes,
+    }
+
+
+def not_run(
+    status: str, reason: str, *, rule: str | None = None, retry_after_s: float | None = None
+) -> dict[str, Any]:
+    """The structured content of `run_code` when nothing ran: a run's keys, empty."""
+    return {
+        "status": status,
+        "stdout": "",
+        "stderr": "",
+        "exit_code": None,
+        "error": reason,
+        "limit": None,
+        "truncated": [],
+        "images": [],
+        "files_written": [],
+        "state": None,
+        "state_note": None,
+        "usage": {
+            "wall_ms": 0.0,
+            "cpu_ms": None,
+            "peak_memory_bytes": None,
+            "fuel": None,
+            "output_bytes": 0,
+        },
+        "outputs": [],
+        "notes": [],
+        "rule": rule,
+        "reason": reason,
+        "retry_after_s": retry_after_s,
+    }
+
+
+def not_run_result(outcome: Refused | Busy | Invalid | Failed) -> types.CallToolResult:
+    """`run_code`'s result when nothing ran, with the shape of a run's."""
+    if isinstance(outcome, Refused):
+        payload = not_run(
+            "denied", outcome.reason, rule=outcome.rule, retry_after_s=outcome.retry_after_s
+        )
+        text = f"Error: denied by policy rule {outcome.rule}: {outcome.reason}"
+    elif isinstance(outcome, Busy):
+        payload = not_run("busy", outcome.reason, retry_after_s=outcome.retry_after_s)
+        text = outcome.reason
+    elif isinstance(outcome, Invalid):
+        payload = not_run("invalid", outcome.reason, rule=outcome.rule)
+        text = f"Error: {outcome.reason}"
+    else:
+        payload = not_run("failed", outcome.reason)
+        text = outcome.reason
     return types.CallToolResult(
-        content=[types.TextContent(type="text", text=json.dumps(payload)), *_image_blocks(result)],
+        content=[types.TextContent(type="text", text=text)],
+        structured_content=payload,
+        is_error=True,
+    )
+
+
+def run_code_result(result: RunResult, shown: Shown | None = None) -> types.CallToolResult:
+    """`run_code`'s result: structured content, a short text naming what it holds (the
+    printed text is sent once, in the structured content), links to cut streams, images."""
+    payload = structured(result, shown)
+    return types.CallToolResult(
+        content=[
+            types.TextContent(type="text", text=run_code_summary(payload)),
+            *_image_blocks(result),
+        ],
         structured_content=payload,
         is_error=result.status != "ok",
+    )
+
+
+def run_code_summary(payload: dict[str, Any]) -> str:
+    """One short paragraph on a run for clients that show only text: how it ended and where
+    the rest is (stdout and stderr are in the structured content, not repeated here)."""
+    status = payload["status"]
+    parts = [f"status: {status}"]
+    if payload["exit_code"] is not None:
+        parts.append(f"exit code {payload['exit_code']}")
+    if payload["state"] is not None:
+        parts.append(f"state {payload['state']}")
+    parts.append(f"{payload['usage']['wall_ms']:.0f} ms")
+    lines = [", ".join(parts)]
+    if payload["error"]:
+        lines.append(f"error: {payload['error']}")
+    if payload["limit"]:
+        lines.append(f"stopped by: {payload['limit']}")
+    sizes = {name: len(payload[name].encode("utf-8")) for name in ("stdout", "stderr")}
+    lines.append(
+        f"stdout: {sizes['stdout']} bytes, stderr: {sizes['stderr']} bytes (the text is in the "
+        "structured content: stdout, stderr)"
+    )
+    if payload["images"]:
+        lines.append("images: " + ", ".join(payload["images"]))
+    lines += [f"whole {o['stream']}: {o['path']} ({o['uri']})" for o in payload["outputs"]]
+    lines += [f"note: {note}" for note in payload["notes"]]
+    return "\n".join(lines)
+
+
+def with_shown(result: types.CallToolResult, shown: Shown) -> types.CallToolResult:
+    """`result` with a resource link per stream saved whole and, for text results, a line per
+    note (structured results carry them in `outputs` and `notes`)."""
+    if not shown.saved and not shown.notes:
+        return result
+    links: list[types.ContentBlock] = [
+        types.ResourceLink(
+            type="resource_link",
+            uri=saved.uri,
+            name=saved.path.rsplit("/", 1)[-1],
+            title=f"The whole {saved.stream} of this run",
+            description=f"{saved.size_bytes} bytes; code sees it at {saved.path}",
+            mime_type="text/plain",
+            size=saved.size_bytes,
+        )
+        for saved in shown.saved
+    ]
+    notes: list[types.ContentBlock] = []
+    content = list(result.content)
+    payload = result.structured_content
+    if payload is not None and "outputs" in payload:  # run_code: in its own keys
+        payload = {**payload, "outputs": [_saved(s) for s in shown.saved], "notes": [*shown.notes]}
+        content[:1] = [types.TextContent(type="text", text=run_code_summary(payload))]
+    elif shown.notes:
+        text = "\n".join(f"sandgate: {note}" for note in shown.notes)
+        notes.append(types.TextContent(type="text", text=text))
+    return types.CallToolResult(
+        content=[*content[:1], *notes, *links, *content[1:]],
+        structured_content=payload,
+        is_error=result.is_error,
     )
 
 
@@ -232,8 +467,8 @@ def execute_result(result: RunResult) -> types.CallToolResult:
         parts.append(f"Error: the code was stopped by {result.status} ({result.limit})")
     if result.stdout:
         parts.append(result.stdout.rstrip("\n"))
-    if result.stderr:
-        parts.append("[stderr]\n" + result.stderr.rstrip("\n"))
+    if traceback := _traceback(result).rstrip("\n"):
+        parts.append("[stderr]\n" + traceback)
     if result.status == "ok" and result.value_found and result.value is not None:
         parts.append(f"Result: {result.value}")
     if result.images:

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sandboxes import Image, RunResult
+
+from ._fit import Shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,12 +16,15 @@ class Ran:
     """The code ran, to whatever end (`result.status`: ok, error or the limit that stopped it).
 
     Attributes:
-        result: How the run ended.
+        result: How the run ended, as the model gets it (printed text and images fitted to
+            the result's budget: `runner/tools/_fit.py`).
         engine: The engine that ran it (`wasm`, `pyodide`, `container:runsc`, …).
+        shown: The streams saved whole and the notes on what was cut or scaled.
     """
 
     result: RunResult
     engine: str
+    shown: Shown = field(default_factory=Shown)
 
 
 @dataclass(frozen=True, slots=True)

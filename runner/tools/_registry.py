@@ -12,18 +12,23 @@ from pydantic import BaseModel
 
 from sandboxes import StateMode
 
-from . import _format, _native, _paths, _pyodide, _python_code_runner
+from . import _format, _native, _paths, _pyodide, _python_code_runner, _snapshots
 from ._arguments import (
+    DeleteSnapshotArgs,
+    ForkSessionArgs,
+    ListSnapshotsArgs,
     PipInstallPackageArgs,
     PyodideExecuteArgs,
     PyodideGetMountPointsArgs,
     PyodideInstallPackagesArgs,
     PyodideListMountedDirectoryArgs,
     PyodideReadImageArgs,
+    RestoreSessionArgs,
     RunCodeArgs,
     RunPythonCodeArgs,
     RunPythonFileArgs,
     SaveToFileAndRunArgs,
+    SnapshotSessionArgs,
     input_schema,
 )
 from ._context import Caller, ToolContext
@@ -51,6 +56,9 @@ class ToolSpec:
         state: The tool's own default for a session's interpreter when the policy does not
             say (`state:`): `persistent` where the upstream server keeps one namespace
             between calls (`run_python_code`, `pyodide_execute`), else `fresh`.
+        output_schema: The `outputSchema` tools/list gives; `run_code`'s
+            (`RUN_CODE_OUTPUT_SCHEMA`) makes refusals, busy answers and errors carry a run's
+            keys too.
     """
 
     name: str
@@ -61,6 +69,7 @@ class ToolSpec:
     present: Present = _no_run
     structured: bool = False
     state: StateMode = "fresh"
+    output_schema: dict[str, Any] | None = None
 
     def schema(self) -> dict[str, object]:
         return input_schema(self.arguments)
@@ -68,8 +77,12 @@ class ToolSpec:
     def result(self, outcome: Outcome, args: Any) -> types.CallToolResult:
         """The MCP result of `outcome` (`args`: the validated arguments, None when invalid)."""
         if isinstance(outcome, Ran):
-            return self.present(outcome, args)
-        return _format.outcome_result(outcome, structured=self.structured)
+            return _format.with_shown(self.present(outcome, args), outcome.shown)
+        return _format.outcome_result(
+            outcome,
+            structured=self.structured,
+            run_shaped=self.output_schema is _format.RUN_CODE_OUTPUT_SCHEMA,
+        )
 
 
 def _python(family: _format.Family, label: str | None = None) -> Present:
@@ -85,8 +98,7 @@ TOOLS: tuple[ToolSpec, ...] = (
     ToolSpec(
         "run_python_code",
         "python-code-runner",
-        "Run Python code in a fresh sandboxed interpreter and return what it printed, or the "
-        "value of `variable_to_return`. Errors come back as `Error: …` with the traceback.",
+        "Run Python code and return what it printed, or the value of `variable_to_return`.",
         RunPythonCodeArgs,
         _python_code_runner.run_python_code,
         _python("run_python_code", "python code"),
@@ -121,9 +133,7 @@ TOOLS: tuple[ToolSpec, ...] = (
     ToolSpec(
         "pyodide_execute",
         "mcp-pyodide",
-        "Run Python code in this session's Pyodide interpreter (state is kept between calls). "
-        "Returns what it printed and the value of its final expression; images it writes to "
-        "/workspace come back as images.",
+        "Run Python code and return what it printed and the value of its final expression.",
         PyodideExecuteArgs,
         _pyodide.execute,
         lambda ran, args: _format.execute_result(ran.result),
@@ -162,13 +172,61 @@ TOOLS: tuple[ToolSpec, ...] = (
         "run_code",
         "native",
         "Run Python code in a sandbox and return structured content: status (ok, error, "
-        "timeout, memory, output_limit, killed, denied), stdout, stderr, exit code, images, "
+        "timeout, memory, output_limit, killed; denied, busy, invalid or failed when nothing "
+        "ran, with rule and reason), stdout, stderr, exit code, images, "
         "files written, usage (wall ms, CPU ms, peak memory) and state (fresh: a fresh "
         "interpreter; new, kept or lost with state_note: the session's live interpreter, where "
         "the policy keeps one).",
         RunCodeArgs,
         _native.run_code,
         lambda ran, args: _format.run_code_result(ran.result),
+        structured=True,
+        output_schema=_format.RUN_CODE_OUTPUT_SCHEMA,
+    ),
+    ToolSpec(
+        "snapshot_session",
+        "native",
+        "Save a session (its workspace files, installed packages and live interpreters: "
+        "globals, imports, objects) as a snapshot you can restore or fork later, also after a "
+        "server restart. Returns the snapshot id. Snapshots are yours alone; how many you keep "
+        "and their size are limited by the server.",
+        SnapshotSessionArgs,
+        _snapshots.snapshot_session,
+        structured=True,
+    ),
+    ToolSpec(
+        "restore_session",
+        "native",
+        "Make a session what a snapshot holds: its files, packages and interpreters are "
+        "replaced by the snapshot's, and its next run continues with the snapshot's globals.",
+        RestoreSessionArgs,
+        _snapshots.restore_session,
+        structured=True,
+    ),
+    ToolSpec(
+        "fork_session",
+        "native",
+        "Make `count` new run_code sessions from one snapshot, each with its own copy of the "
+        "files, packages and interpreters (a change in one is invisible to the others). "
+        "Returns their names; use them as run_code(session=NAME).",
+        ForkSessionArgs,
+        _snapshots.fork_session,
+        structured=True,
+    ),
+    ToolSpec(
+        "list_snapshots",
+        "native",
+        "List your snapshots: id, size, files, which interpreters each holds, label.",
+        ListSnapshotsArgs,
+        _snapshots.list_snapshots,
+        structured=True,
+    ),
+    ToolSpec(
+        "delete_snapshot",
+        "native",
+        "Delete one of your snapshots and free its disk.",
+        DeleteSnapshotArgs,
+        _snapshots.delete_snapshot,
         structured=True,
     ),
 )

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -39,9 +40,16 @@ from pathlib import Path
 from typing import Any
 
 from .._cancel import shielded
+from .._copy import link_tree
 from .._engine import Capabilities, EngineLifecycle
 from .._engine import PoolStats as PoolFigures
-from .._errors import SandboxError
+from .._errors import (
+    CapabilityMissing,
+    EngineCrashed,
+    EngineUnavailable,
+    SandboxError,
+    StateImageRefused,
+)
 from .._files import (
     DiskUsage,
     Snapshot,
@@ -49,6 +57,7 @@ from .._files import (
     disk_usage,
     drop_foreign_links,
     images_among,
+    remove_tree,
     scan,
     snapshot,
     total_bytes,
@@ -72,6 +81,7 @@ from ._image import default_cache_dir
 from ._persistent import (
     DEFAULT_MAX_SESSIONS,
     DEFAULT_SESSION_IDLE_S,
+    Identity,
     LiveContainer,
     identity,
     lost_note,
@@ -80,10 +90,12 @@ from ._pool import Pool, PoolStats, Warm
 from ._protocol import request_line
 from ._result import to_result
 from ._sandbox import Exchange
+from ._saved import CHECKPOINT, Manifest, fingerprint, identity_of, refusal
 from ._spec import (
     DEFAULT_CPUS,
     DEFAULT_IMAGE,
     Runtime,
+    Shape,
     owner_labels,
 )
 from ._workspace import (
@@ -128,7 +140,11 @@ class ContainerEngine(EngineLifecycle):
             engine refuses to start without; None: every one it relies on.
         max_sessions: Most live interpreter containers of persistent sessions at once.
         session_idle_s: Seconds a persistent session's container may stay unused before it
-            is removed (its next run says the state was lost).
+            is paused to disk (gVisor: checkpointed, resumed by its next run) or removed (runc:
+            its next run says the state was lost).
+
+    Saved interpreters (`save_state`, `load_state`, paused sessions) wait in
+    `<pool_dir>-saved/<instance>/`; see `_saved.py`.
     """
 
     name = "container"
@@ -181,11 +197,18 @@ class ContainerEngine(EngineLifecycle):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Future[None] | None = None
         self._closed = False
+        self.capabilities = dataclasses.replace(self.capabilities, snapshots=runtime == "runsc")
+        self._saved = Path(f"{self._pools}-saved") / self.instance
+        self._image_id = ""
+        self._checkpoints: str | None = "the engine has not started"
+        """Why interpreters cannot be checkpointed here (None: they can)."""
         self._live: LiveSessions[LiveContainer] = LiveSessions(
             f"container ({runtime})",
             self._end_live,
             max_sessions=max_sessions,
             idle_s=session_idle_s,
+            save=self._save_live if runtime == "runsc" else None,
+            images_root=self._saved / "images",
         )
         self._live_reaper: asyncio.Future[None] | None = None
 
@@ -206,6 +229,10 @@ class ContainerEngine(EngineLifecycle):
             docker = await asyncio.to_thread(Docker.connect, self._docker_host)
             try:
                 await asyncio.to_thread(check_daemon, docker, self.runtime, self.image)
+                await asyncio.to_thread(self._probe_checkpoints, docker)
+                if self._checkpoints is not None and self.capabilities.snapshots:
+                    self.capabilities = dataclasses.replace(self.capabilities, snapshots=False)
+                    self._progress(f"container: no snapshots here: {self._checkpoints}")
                 states = await asyncio.to_thread(layer_states, docker, self.runtime)
                 refuse_missing(f"container:{self.runtime}", states, self._require)
                 await self._remove_leftovers(docker)
@@ -258,6 +285,7 @@ class ContainerEngine(EngineLifecycle):
         return {
             **dataclasses.asdict(self.stats()),
             "live_sessions": len(self._live),
+            "paused": self._live.paused(),
             "max_live_sessions": self._live.max_sessions,
         }
 
@@ -283,6 +311,7 @@ class ContainerEngine(EngineLifecycle):
                     reaper.cancel()
                     await asyncio.gather(reaper, return_exceptions=True)
             await self._live.aclose()
+            await asyncio.to_thread(remove_tree, self._saved)
             if self._pool is not None:
                 await self._pool.close()
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
@@ -477,8 +506,12 @@ class ContainerEngine(EngineLifecycle):
         wanted = identity(shape, plan.limits)
         request = self._request(plan, before, persistent=True)
         claim = live.claim(key)
-        state, held = claim.state, claim.interpreter
+        state, held, image = claim.state, claim.interpreter, claim.image
         note: str | None = claim.note
+        resumable = held is not None and held.resume is not None and held.identity == wanted
+        if held is not None and resumable and not await self._wake(held):
+            await live.drop(key, None)
+            held, state, note = None, "lost", PROCESS_DIED
         if held is not None and (held.identity != wanted or not held.warm.sandbox.alive()):
             why = LIMITS_CHANGED if held.identity != wanted else PROCESS_DIED
             await live.drop(key, None)
@@ -487,9 +520,16 @@ class ContainerEngine(EngineLifecycle):
         while True:
             if held is None:
                 await live.make_room(plan)
-                warm = await self._pool.take(shape) or await fleet.launch_slot(shape)
+                warm = None
+                if image is not None:  # saved: paused to disk, or a snapshot loaded
+                    warm = await self._resume(key, image, shape, wanted)
+                    if warm is None:  # it said why (`discard_image`): the state is lost
+                        lost = live.claim(key)
+                        state, note, image = lost.state, lost.note, None
+                warm = warm or await self._pool.take(shape) or await fleet.launch_slot(shape)
                 held = LiveContainer(warm, wanted)
                 live.add(plan, held)
+                image = None
             try:
                 if held.warm.slot is not None:
                     held.warm = await self._lend(plan, held.warm)
@@ -523,11 +563,150 @@ class ContainerEngine(EngineLifecycle):
 
     async def _end_live(self, held: LiveContainer) -> None:
         """Remove a session's interpreter container (never raises)."""
+        if held.resume is not None:
+            await asyncio.to_thread(remove_tree, held.resume)
+            held.resume = None
         if held.gone or self._fleet is None:
             return
         held.gone = True
         with contextlib.suppress(SandboxError, OSError):
             await self._fleet.dispose(held.warm)
+
+    # ---- saved interpreters (`_saved.py`) ------------------------------------------------
+
+    def _probe_checkpoints(self, docker: Docker) -> None:
+        """Note whether this daemon can checkpoint and restore this engine's containers."""
+        self._image_id = docker.image_id(self.image) or ""
+        if self.runtime != "runsc":
+            self._checkpoints = "runc needs CRIU, which cannot checkpoint on this kernel"
+        elif not docker.info().get("ExperimentalBuild"):
+            self._checkpoints = (
+                f"dockerd at {docker.where} runs without experimental features, and its "
+                "checkpoint API needs them: start it with --experimental (or "
+                '"experimental": true in /etc/docker/daemon.json; scripts/docker-setup.sh '
+                "sets it)"
+            )
+        elif os.geteuid() != 0:
+            self._checkpoints = (
+                "the server does not run as root, and a checkpoint is resumed from dockerd's "
+                "data root"
+            )
+        else:
+            self._checkpoints = None
+
+    async def _ready_to_save(self) -> None:
+        """Start the engine and check it can checkpoint.
+
+        Raises:
+            CapabilityMissing: the runtime cannot save interpreters (runc), or this daemon
+                cannot checkpoint (not `--experimental`; the engine said why as it started).
+        """
+        self._refuse_if_closed()
+        if not self.capabilities.snapshots:
+            raise CapabilityMissing(f"container:{self.runtime}", ("snapshots",))
+        await self.start()
+        if not self.capabilities.snapshots:  # this daemon cannot (said as the engine started)
+            raise CapabilityMissing(f"container:{self.runtime}", ("snapshots",))
+
+    async def save_state(self, key: str, folder: Path) -> bool:
+        """Checkpoint the session's interpreter container into the empty `folder` (gVisor);
+        its next run resumes from the checkpoint. False when the session holds none.
+
+        Raises:
+            CapabilityMissing: the session holds an interpreter and the engine cannot save it:
+                runc (no CRIU), or a daemon without `--experimental`.
+            EngineCrashed: the checkpoint failed.
+        """
+        self._refuse_if_closed()
+        if key not in self._live and not self._live.has_image(key):
+            return False
+        await self._ready_to_save()
+        return await self._live.save(key, folder)
+
+    async def load_state(self, key: str, grant: str, folder: Path) -> None:
+        """Make the interpreter saved in `folder` the session's: its next run resumes it in a
+        new container (`state: kept`). `folder` is only read: load it into several sessions
+        for independent forks.
+
+        Raises:
+            CapabilityMissing: runc (no CRIU), or a daemon without `--experimental`.
+            StateImageRefused: `folder` holds no interpreter of this runtime and image.
+        """
+        await self._ready_to_save()
+        why = await asyncio.to_thread(
+            refusal, folder, runtime=self.runtime, image_id=self._image_id
+        )
+        if why is not None:
+            raise StateImageRefused(f"container:{self.runtime}", why)
+        await self._live.load(key, grant, folder)
+
+    async def _save_live(self, held: LiveContainer, folder: Path) -> None:
+        """`LiveSessions`' save hook: checkpoint `held` (its container exits; its next run
+        starts a new one from the checkpoint, `_wake`) and copy the checkpoint into `folder`.
+
+        Raises:
+            EngineUnavailable: the daemon cannot checkpoint.
+            EngineCrashed: the container had exited, or the checkpoint failed.
+        """
+        assert self._fleet is not None
+        fleet = self._fleet
+        if self._checkpoints is not None:
+            raise EngineUnavailable(f"cannot checkpoint: {self._checkpoints}")
+        if held.resume is None:
+            if held.gone or not held.warm.sandbox.alive():
+                raise EngineCrashed(f"the interpreter container {held.warm.sandbox.id[:12]} exited")
+            place = self._saved / "resume" / uuid.uuid4().hex
+            await asyncio.to_thread(place.mkdir, mode=0o700, parents=True)
+            shape, _ = held.identity
+            manifest = Manifest(
+                self.runtime,
+                self._image_id,
+                fingerprint(held.identity),
+                shape.memory_bytes,
+                shape.processes,
+            )
+            try:
+                cid = held.warm.sandbox.id
+                await shielded(asyncio.to_thread(fleet.docker.checkpoint, cid, place, CHECKPOINT))
+                await asyncio.to_thread(manifest.write, place)
+            except BaseException:
+                await asyncio.to_thread(remove_tree, place)
+                raise
+            held.resume = place
+            held.gone = True
+            await shielded(fleet.dispose(held.warm))  # exited: remove it and its empty slot
+        await asyncio.to_thread(link_tree, held.resume, folder)
+
+    async def _wake(self, held: LiveContainer) -> bool:
+        """Start a new container for `held` from its checkpoint; False when it cannot be."""
+        assert self._fleet is not None and held.resume is not None
+        shape, _ = held.identity
+        try:
+            held.warm = await self._fleet.launch_restored(shape, held.resume / CHECKPOINT)
+        except SandboxError as exc:
+            logger.warning("container: could not resume a saved interpreter: %s", exc)
+            return False
+        finally:
+            await asyncio.to_thread(remove_tree, held.resume)
+            held.resume = None
+        held.gone = False
+        return True
+
+    async def _resume(self, key: str, image: Path, shape: Shape, wanted: Identity) -> Warm | None:
+        """A container resumed from the session's saved interpreter `image`, or None when it
+        cannot be (the session's run then says why its state was lost)."""
+        assert self._fleet is not None
+        why = await asyncio.to_thread(refusal, image, runtime=self.runtime, image_id=self._image_id)
+        if why is None and identity_of(image) != fingerprint(wanted):
+            why = LIMITS_CHANGED
+        if why is None:
+            try:
+                return await self._fleet.launch_restored(shape, image / CHECKPOINT)
+            except (SandboxError, OSError) as exc:
+                why = str(exc)
+        logger.info("container: session %r cannot resume its saved interpreter: %s", key, why)
+        self._live.discard_image(key, why)
+        return None
 
     async def _reap_live(self) -> None:
         """Forever: remove the interpreter containers of sessions idle too long."""

@@ -100,6 +100,20 @@ class Fleet:
             await asyncio.to_thread(slot.discard)
             raise
 
+    async def launch_restored(self, shape: Shape, checkpoint: Path) -> Warm:
+        """A container mounting a fresh, empty slot, started from a gVisor checkpoint (the
+        folder of a saved interpreter's checkpoint, `_saved.py`)."""
+        slot = await asyncio.to_thread(Slot.make, self.pool_folder, uid=self.uid, gid=self.gid)
+        try:
+            spec = self._spec(shape, slot.files, slot.site)
+            sandbox = await Sandbox.restore(self.docker, spec, checkpoint)
+        except BaseException:
+            await asyncio.to_thread(slot.discard)
+            raise
+        warm = Warm(sandbox, slot, shape)
+        self._live[sandbox.id] = warm
+        return warm
+
     async def launch_direct(self, workspace: WorkspacePaths, shape: Shape) -> Warm:
         """A container mounting the session's own folders (when they cannot be lent)."""
         files, site = workspace.files, workspace.site

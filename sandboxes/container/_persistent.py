@@ -21,6 +21,7 @@ exception, `sys.exit`) keeps it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .._live import PROCESS_DIED, stopped_by
 from .._types import Limits, RunResult
@@ -44,11 +45,14 @@ class LiveContainer:
         warm: The container and its slot (None when it mounts the session's folders).
         identity: What it was made for (`identity`).
         gone: Its container was removed already (a run that failed disposed of it).
+        resume: Set once it was saved (`_saved.py`): the checkpoint stopped its container,
+            and its next run starts a new one from this folder.
     """
 
     warm: Warm
     identity: Identity
     gone: bool = False
+    resume: Path | None = None
 
 
 def identity(shape: Shape, limits: Limits) -> Identity:

@@ -8,7 +8,9 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+from .._copy import link_tree
 from .._errors import EngineCrashed, EngineUnavailable
 from ._docker import Attached, ContainerState, Docker
 from ._errors import SandboxGone, translate
@@ -17,6 +19,8 @@ from ._spec import PROTOCOL, ContainerSpec
 
 RECV_BYTES = 256 * 1024
 HELLO_TIMEOUT_S = 60.0
+RESTORED_INTO = "sandgate-container"
+"""A file naming the container, added to each restored copy of a checkpoint."""
 STOP_TIMEOUT_S = 20.0
 
 
@@ -73,6 +77,46 @@ class Sandbox:
             await asyncio.to_thread(docker.start, cid)
             sandbox = cls(docker, spec, cid, attached)
             await sandbox._hello()
+            return sandbox
+        except BaseException:
+            if attached is not None:
+                attached.close()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(docker.remove, cid)
+            raise
+
+    @classmethod
+    async def restore(cls, docker: Docker, spec: ContainerSpec, checkpoint: Path) -> Sandbox:
+        """Create a container for `spec`, attach, and start it from the gVisor checkpoint in
+        the folder `checkpoint` (`_saved.py`): its server is already past its hello, waiting
+        for a request. Cancelled, it still finishes in the background and removes what it made.
+
+        Raises:
+            EngineCrashed: the daemon could not restore it, or it exited at once.
+        """
+        task = asyncio.ensure_future(cls._restore(docker, spec, checkpoint))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_remove_when_made)
+            raise
+
+    @classmethod
+    async def _restore(cls, docker: Docker, spec: ContainerSpec, checkpoint: Path) -> Sandbox:
+        cid = await asyncio.to_thread(docker.create, spec)
+        attached: Attached | None = None
+        try:
+            place = await asyncio.to_thread(docker.checkpoint_folder, cid, checkpoint.name)
+            await asyncio.to_thread(link_tree, checkpoint, place)
+            # dockerd uploads the folder to containerd's content store, keyed by its digest:
+            # two restores of one checkpoint at once collide there ("already exists") unless
+            # each folder differs. runsc reads only its own files from it.
+            await asyncio.to_thread((place / RESTORED_INTO).write_text, cid)
+            attached = await asyncio.to_thread(docker.attach, cid)
+            await asyncio.to_thread(docker.start_from_checkpoint, cid, checkpoint.name)
+            sandbox = cls(docker, spec, cid, attached)
+            if not sandbox.alive():
+                raise EngineCrashed(f"the restored sandbox {cid[:12]} exited at once")
             return sandbox
         except BaseException:
             if attached is not None:

@@ -82,13 +82,19 @@ def deno_version() -> str:
         return "unknown"
 
 
-def _snapshot_name() -> str:
+def build_fingerprint() -> str:
+    """What an interpreter's memory depends on: the Pyodide and Deno releases, the host script
+    and the guest harness (the base snapshot's name, and the build of a saved interpreter)."""
     digest = hashlib.sha256()
     for part in (PYODIDE_VERSION, deno_version()):
         digest.update(part.encode())
     for script in (HOST_SCRIPT, GUEST_SCRIPT):
         digest.update(script.read_bytes())
-    return f"snapshot-{digest.hexdigest()[:16]}.bin"
+    return digest.hexdigest()[:16]
+
+
+def _snapshot_name() -> str:
+    return f"snapshot-{build_fingerprint()}.bin"
 
 
 def locate(assets_dir: Path | None = None) -> Assets | None:

@@ -20,19 +20,35 @@ whatever the runtime allows. So each layer below assumes the one above it has fa
    load but break without `Deno`. Wasm memory growth is capped (MemoryError in Python). The
    protocol is framed with a per-process secret token, so guest writes to fd 1 cannot pass
    for answers, and the host checks every answer field anyway.
-3. Deno permissions: read of the Pyodide assets and the snapshot only; `--deny-write`,
-   `--deny-net`, `--deny-env`, `--deny-run`, `--deny-ffi`, `--deny-sys`, `--deny-import`,
-   `--no-prompt`. Even code holding `Deno.readTextFileSync` gets `NotCapable`. Neither the
-   workspace nor the operator mounts are readable by Deno at all: files are copied in and out
-   by the host (`_sync.py`), never through a link; the installed packages (`/site`) and
-   read-only mounts are never copied back, and their nodes in Pyodide's file system refuse
-   writes, `chmod` and renames (as does `/` for the names `site` and `mnt`).
+3. Deno permissions: read of the Pyodide assets and the snapshot only (a resumed process: its
+   saved folder instead of the snapshot); `--deny-write`, `--deny-net`, `--deny-env`,
+   `--deny-run`, `--deny-ffi`, `--deny-sys`, `--deny-import`, `--no-prompt`. Even code holding
+   `Deno.readTextFileSync` gets `NotCapable`. Neither the workspace nor the operator mounts
+   are readable by Deno at all: files are copied in and out by the host (`_sync.py`), never
+   through a link; the installed packages (`/site`) and read-only mounts are never copied
+   back, and their nodes in Pyodide's file system refuse writes, `chmod` and renames (as does
+   `/` for the names `site` and `mnt`).
 4. OS (`_jail.py`), each required unless the caller lists fewer (`require`: the engine
    refuses to start without a required one; see `sandboxes._layers`): a network namespace
    with no interface (`unshare --net`), `no_new_privs` and an empty capability bounding set
    (`setpriv`), a cgroup v1 memory cap (the OOM killer ends the process: `memory`) and
    thread cap, a `RLIMIT_CPU` budget per call, a minimal environment, and a process-group
    kill at the wall deadline (`timeout`). Deno's own V8 heap is capped by `--max-old-space-size`.
+
+Saved interpreters (`capabilities.snapshots`: snapshots, forks, idle sessions paused to disk;
+`_saved.py` says what the folder holds). A save asks the session's idle process for a Pyodide
+memory snapshot of itself, taken where the interpreter rests between runs: the wasm memory
+(globals, imported modules, objects), the JS-bridge slots it holds, and the files it made in
+its in-memory file system outside the host's folders, with its working folder. A resume boots
+a new jailed process from that snapshot (`host.mjs resume`, read access to the assets and that
+folder only), puts the files back, then seals, warms and closes the JS realm exactly as a
+pooled process does, before any code runs; the workspace, `/site` and mounts are copied in by
+the session's next run, as for a new process. Refused (`SaveRefused`, with why) when the
+interpreter could not come back as it is: a file is open, an asyncio task is pending (its
+timer lives in JS), or Python code holds JavaScript objects. The trade: a resumed process runs
+the saved image's own code while booting, before the realm is closed; that image came from the
+same session's guest, so it is held by layers 3 and 4 (which bound every process) as a guest
+that reached the JS realm is.
 """
 
 from __future__ import annotations
@@ -46,7 +62,7 @@ from pathlib import Path
 
 from .._cancel import shielded
 from .._engine import Capabilities, EngineLifecycle, PoolStats
-from .._errors import EngineNotReady, EngineUnavailable
+from .._errors import EngineNotReady, EngineUnavailable, SandboxError, StateImageRefused
 from .._layers import refuse_missing, required_layers
 from .._live import LiveSessions, lost_line
 from .._types import DEFAULT_MEMORY_BYTES, ExecutionPlan, RunResult
@@ -55,6 +71,7 @@ from ._jail import JailInfo, clean_stale, limit_cpu, probe
 from ._pool import Pool, Spawn
 from ._process import DenoProcess, ProcessDied
 from ._results import Meter, from_death, from_report, timed_out
+from ._saved import FILES, HEAP, SaveRefused, check, write_manifest
 from ._sync import Mirror
 from ._sync import plan as plan_copy
 from ._transfer import COPY_TIMEOUT_S, Settled, copy_in, copy_out, scanned_roots
@@ -68,6 +85,8 @@ DEFAULT_JS_HEAP_BYTES = 256 * 1024 * 1024
 RUNTIME_OVERHEAD_BYTES = 384 * 1024 * 1024
 """Memory a Deno process holds besides the guest's (V8, Pyodide, the snapshot: ~220 MB RSS)."""
 DEFAULT_READY_TIMEOUT_S = 120.0
+SAVE_TIMEOUT_S = 120.0
+"""Longest a save of one interpreter may take (its heap is sent whole: ~31 MB when fresh)."""
 CPU_BACKSTOP_FACTOR = 4.0
 """Without a CPU limit, a run may use this many times its wall timeout (all threads)."""
 _MISSING = "Pyodide assets are missing: run `sandgate setup pyodide`"
@@ -110,10 +129,14 @@ class PyodideEngine(EngineLifecycle):
             is itself the explicit allowance to run without the `js_realm` layer).
         require: The boundary layers (`sandboxes.ENGINE_LAYERS["pyodide"]` names) this
             engine refuses to start without; None: every one it relies on.
+        saved_dir: Where sessions paused to disk and loaded snapshots wait for their next run
+            (default: a folder in the system's temporary folder).
     """
 
     name = "pyodide"
-    capabilities = Capabilities(final_expression=True, persistent_state=True, mounts=True)
+    capabilities = Capabilities(
+        final_expression=True, persistent_state=True, mounts=True, snapshots=True
+    )
 
     def __init__(
         self,
@@ -127,6 +150,7 @@ class PyodideEngine(EngineLifecycle):
         progress: Progress | None = None,
         harden_js: bool = True,
         require: Iterable[str] | None = None,
+        saved_dir: Path | None = None,
     ) -> None:
         if pool_size < 0 or max_sessions < 1:
             raise ValueError(
@@ -142,8 +166,14 @@ class PyodideEngine(EngineLifecycle):
             frozenset() if harden_js else {"js_realm"}
         )
         self._live = LiveSessions[_Interpreter](
-            self.name, _close, max_sessions=max_sessions, idle_s=session_idle_s
+            self.name,
+            _close,
+            max_sessions=max_sessions,
+            idle_s=session_idle_s,
+            save=self._save,
+            images_root=saved_dir,
         )
+        self._assets: Assets | None = None
         self._fresh: set[DenoProcess] = set()
         self._pool: Pool | None = None
         self._jail: JailInfo | None = None
@@ -172,7 +202,8 @@ class PyodideEngine(EngineLifecycle):
 
     def pool_stats(self) -> PoolStats:
         """Figures for the metrics: booted idle processes, the persistent sessions holding one
-        (`sessions`, also as `live_sessions`, the name every engine uses), their maximum."""
+        (`sessions`, also as `live_sessions`, the name every engine uses), their maximum, and
+        the sessions whose interpreter waits saved on disk (`paused`)."""
         idle = len(self._pool.pids()) if self._pool else 0
         live = len(self._live)
         return {
@@ -180,6 +211,7 @@ class PyodideEngine(EngineLifecycle):
             "sessions": live,
             "live_sessions": live,
             "max_sessions": self._live.max_sessions,
+            "paused": self._live.paused(),
         }
 
     def process_ids(self) -> tuple[int, ...]:
@@ -210,6 +242,7 @@ class PyodideEngine(EngineLifecycle):
         jail = await asyncio.to_thread(probe)
         refuse_missing(self.name, jail.layers(harden_js=self._harden), self._require)
         self._jail = jail
+        self._assets = assets
         await asyncio.to_thread(clean_stale)
         self._pool = Pool(self._spawner(assets), size=self._pool_size, progress=self._progress)
         self._pool.start()
@@ -284,7 +317,11 @@ class PyodideEngine(EngineLifecycle):
             interpreter = claim.interpreter
             if interpreter is None:
                 await live.make_room(plan)
-                interpreter = _Interpreter(await self._take())
+                if claim.image is not None:
+                    interpreter = await self._resume(key, claim.image)
+                    claim = claim if interpreter is not None else live.claim(key)
+                if interpreter is None:
+                    interpreter = _Interpreter(await self._take())
                 live.add(plan, interpreter)
             try:
                 result = await self._run_in(interpreter, plan, persistent=True)
@@ -299,6 +336,88 @@ class PyodideEngine(EngineLifecycle):
         if claim.note is None:
             return result
         return replace(result, stderr=lost_line(claim.note) + result.stderr)
+
+    async def _resume(self, key: str, folder: Path) -> _Interpreter | None:
+        """The interpreter saved in `folder`, booted in a process of its own; None when it
+        cannot be resumed (the session's saved state is then discarded, saying why)."""
+        assets, jail = self._assets, self._jail
+        assert assets is not None and jail is not None
+        try:
+            heap_bytes = await asyncio.to_thread(check, folder)
+            process = await DenoProcess.spawn(
+                assets,
+                jail,
+                js_heap_bytes=self._js_heap_bytes,
+                # the boot holds the heap twice (the file, then the wasm memory)
+                memory_limit_bytes=max(DEFAULT_MEMORY_BYTES, 2 * heap_bytes)
+                + RUNTIME_OVERHEAD_BYTES,
+                harden=self._harden,
+                saved=folder,
+            )
+        except StateImageRefused as exc:
+            self._live.discard_image(key, exc.reason)
+            return None
+        except ProcessDied as exc:
+            self._live.discard_image(key, f"its process did not start ({exc})"[:600])
+            return None
+        return _Interpreter(process)
+
+    async def _save(self, interpreter: _Interpreter, folder: Path) -> None:
+        """Write `interpreter` (idle) into the empty `folder`; it stays live.
+
+        Raises:
+            SaveRefused: it holds what a resumed interpreter could not have.
+            SandboxError: its process is gone, or failed while saving (it is then ended).
+        """
+        proc = interpreter.process
+        if interpreter.ended is not None or not proc.alive:
+            raise SandboxError(
+                f"the session's interpreter cannot be saved: {interpreter.ended or DIED}"
+            )
+        files = {"heap": folder / HEAP, "files": folder / FILES}
+        try:
+            answer = await proc.save(files, timeout_s=SAVE_TIMEOUT_S)
+        except (TimeoutError, ProcessDied) as exc:
+            interpreter.ended = "its process failed while it was being saved"
+            await shielded(proc.kill())
+            raise SandboxError(f"the session's interpreter could not be saved: {exc}") from None
+        except BaseException:  # cancelled mid-save: the protocol is out of step
+            interpreter.ended = STOPPED
+            await shielded(proc.kill())
+            raise
+        if answer.get("saved") is not True:
+            refused = answer.get("refused")
+            raise SaveRefused(refused[:600] if isinstance(refused, str) else f"it said {answer}")
+        await asyncio.to_thread(
+            write_manifest,
+            folder,
+            heap_bytes=answer["heap_bytes"],
+            files_bytes=answer["files_bytes"],
+        )
+
+    async def save_state(self, key: str, folder: Path) -> bool:
+        """Save the interpreter of session `key` into the empty `folder` (see the `Engine`
+        contract); False when the session holds none.
+
+        Raises:
+            SaveRefused: it holds what a resumed interpreter could not have (say why).
+            SandboxError: its process failed while saving.
+            EngineClosed: after `aclose`.
+        """
+        self._refuse_if_closed()
+        return await self._live.save(key, folder)
+
+    async def load_state(self, key: str, grant: str, folder: Path) -> None:
+        """Make the interpreter saved in `folder` the one of session `key` of `grant`: its
+        next persistent run resumes from it (`state: kept`).
+
+        Raises:
+            StateImageRefused: `folder` holds no interpreter this build can resume.
+            EngineClosed: after `aclose`.
+        """
+        self._refuse_if_closed()
+        await asyncio.to_thread(check, folder)
+        await self._live.load(key, grant, folder)
 
     async def _take(self) -> DenoProcess:
         assert self._pool is not None

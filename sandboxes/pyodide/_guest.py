@@ -1,12 +1,14 @@
 """The guest-side harness: runs inside Pyodide, keeps a session's globals, reports each run.
 
 The host never imports this file. `host.mjs` runs its text once while building the memory
-snapshot (so it costs nothing per process), which registers the module `_sandgate` with three
+snapshot (so it costs nothing per process), which registers the module `_sandgate` with these
 entry points: `seal()` and `warm()` (called once per process, after the JS side installed its
-output handlers and before it drops the host globals) and `handle(request_json)` (called per
-run; returns the report as JSON text, or an awaitable of it for top-level `await`). Every
-field it reports is what the guest says of itself: the host validates it and enforces every
-limit on its own.
+output handlers and before it drops the host globals), `handle(request_json)` (called per
+run; returns the report as JSON text, or an awaitable of it for top-level `await`), and
+`before_save()` / `after_save()` around a memory snapshot of a live interpreter (a session
+saved to disk; `seal()` of the process resumed from it undoes what Pyodide's boot changed).
+Every field it reports is what the guest says of itself: the host validates it and enforces
+every limit on its own.
 """
 
 import ast
@@ -18,6 +20,7 @@ import io
 import json
 import linecache
 import os
+import random
 import stat
 import sys
 import traceback
@@ -34,6 +37,12 @@ CO_COROUTINE = 0x80
 BLOCKED = ("js", "pyodide_js", "pyodide.ffi", "_pyodide_core", "pyodide.code", "pyodide.http")
 """Modules user code may not import: each hands out JS objects, a step towards the host."""
 BLOCKED_PREFIXES = tuple(name + "." for name in BLOCKED)
+NO_NETWORK = (
+    "sandgate: this sandbox has no network (policy network: none): code cannot reach other "
+    "hosts or resolve their names; read and write files in /workspace instead"
+)
+"""What every network attempt raises: the words of the other guests (`sandgate_program.py`)."""
+LOOPBACK_HOSTS = ("localhost", "localhost.", "", "0.0.0.0", "::1", "::")
 
 PRELOAD = (
     "asyncio", "base64", "collections", "csv", "dataclasses", "datetime", "decimal",
@@ -43,7 +52,7 @@ PRELOAD = (
 """Stdlib modules imported while the snapshot is built, so user code gets them for free."""
 
 _main = types.ModuleType("__main__")
-_state: dict[str, Any] = {"sealed": False}
+_state: dict[str, Any] = {"sealed": False, "saving": False, "kept": None}
 
 
 class _Refuse(importlib.abc.MetaPathFinder):
@@ -55,6 +64,8 @@ class _Refuse(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
     ) -> None:
+        if _state["saving"]:
+            return None  # Pyodide's boot from a saved image imports them (see `before_save`)
         if fullname in BLOCKED or fullname.startswith(BLOCKED_PREFIXES):
             raise ModuleNotFoundError(
                 f"{fullname} is not available in this sandbox (the JS bridge is closed)",
@@ -64,9 +75,27 @@ class _Refuse(importlib.abc.MetaPathFinder):
 
 
 def seal(run_until_complete: bool) -> None:
-    """Close the Python side of the JS bridge for user code and prepare the workspace."""
+    """Close the Python side of the JS bridge for user code; on a process's first boot also
+    prepare the workspace, on one resumed from a saved interpreter undo what the boot changed
+    (the host restores the file system and the working folder itself)."""
+    if _state["sealed"]:
+        _undo_boot()
+    _close_bridge(run_until_complete)
     if _state["sealed"]:
         return
+    _refuse_network()
+    random.seed()  # imported while the base snapshot was built: each session its own sequence
+    for folder in (WORKSPACE, SITE):
+        os.makedirs(folder, exist_ok=True)
+    os.chdir(WORKSPACE)
+    sys.path[:0] = [WORKSPACE, SITE]
+    _main.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = _main
+    _state["sealed"] = True
+
+
+def _close_bridge(run_until_complete: bool) -> None:
+    """Unregister the JS bridge modules and put the import gate first (on every boot)."""
     for name in list(sys.modules):
         if name in BLOCKED or name.startswith(BLOCKED_PREFIXES):
             del sys.modules[name]
@@ -88,26 +117,109 @@ def seal(run_until_complete: bool) -> None:
     from _pyodide._importhook import jsfinder
 
     jsfinder.jsproxies.clear()
-    sys.meta_path[:] = [finder for finder in sys.meta_path if finder is not jsfinder]
-    sys.meta_path.insert(0, _Refuse())
-    for folder in (WORKSPACE, SITE):
-        os.makedirs(folder, exist_ok=True)
-    os.chdir(WORKSPACE)
-    sys.path[:0] = [WORKSPACE, SITE]
-    _main.__dict__["__builtins__"] = builtins
-    sys.modules["__main__"] = _main
-    _state["sealed"] = True
+    kept = [f for f in sys.meta_path if f is not jsfinder and not isinstance(f, _Refuse)]
+    sys.meta_path[:] = [_Refuse(), *kept]
+    _state["saving"] = False
+
+
+def _undo_boot() -> None:
+    """Undo, in an interpreter resumed from a saved one, what Pyodide's boot did to it: one
+    `""` put first on `sys.path`, its own `sys.excepthook`, `LD_LIBRARY_PATH` reset."""
+    if sys.path[:1] == [""]:
+        del sys.path[0]
+    kept = _state["kept"]
+    if kept is not None:
+        hook, library_path = kept
+        sys.excepthook = hook
+        if library_path is None:
+            os.environ.pop("LD_LIBRARY_PATH", None)
+        else:
+            os.environ["LD_LIBRARY_PATH"] = library_path
+    _state["kept"] = None
+
+
+def before_save() -> str | None:
+    """Get ready for a memory snapshot of this interpreter, or say why it could not be resumed
+    faithfully (then nothing changed). Until `after_save` the import gate lets the bridge
+    modules through: Pyodide's boot from the image imports `_pyodide_core`, `pyodide.code` and
+    `pyodide.ffi` before `seal()` closes it again; no user code runs in between, here or
+    there."""
+    import asyncio
+
+    loop = asyncio.get_event_loop_policy().get_event_loop()
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if pending:
+        names = ", ".join(sorted(t.get_name() for t in pending)[:5])
+        return (
+            f"{len(pending)} asyncio task(s) are still pending ({names}): their timers live "
+            "outside the interpreter; await or cancel them before saving"
+        )
+    _state["kept"] = (sys.excepthook, os.environ.get("LD_LIBRARY_PATH"))
+    _state["saving"] = True
+    return None
+
+
+def after_save() -> None:
+    """The snapshot is taken (or failed): the import gate is on again."""
+    _state["saving"] = False
+    _state["kept"] = None
+
+
+def _is_loopback(host: object) -> bool:
+    text = host.decode("ascii", "replace") if isinstance(host, bytes) else str(host or "")
+    return text.lower() in LOOPBACK_HOSTS or text.startswith("127.")
+
+
+def _refuse_network() -> None:
+    """Every network attempt raises `NO_NETWORK`, rather than Emscripten's made-up name lookups
+    and "Host is unreachable": name lookups and connections to hosts other than loopback."""
+    import socket
+
+    def refusing_lookup(original: Any) -> Any:
+        def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+            if host is not None and not _is_loopback(host):
+                raise socket.gaierror(NO_NETWORK)
+            return original(host, *args, **kwargs)
+
+        return lookup
+
+    for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr"):
+        setattr(socket, name, refusing_lookup(getattr(socket, name)))
+
+    def refusing(method: Any, *, last: bool = False) -> Any:
+        def call(sock: Any, *args: Any) -> Any:
+            address = args[-1] if args else None
+            inet = sock.family in (socket.AF_INET, socket.AF_INET6)
+            if inet and isinstance(address, tuple) and address and not _is_loopback(address[0]):
+                raise OSError(NO_NETWORK)
+            return method(sock, *args)
+
+        return call
+
+    for name in ("connect", "connect_ex", "sendto"):
+        setattr(socket.socket, name, refusing(getattr(socket.socket, name)))
+
+
+def _is_no_network(exc: BaseException | None) -> bool:
+    """Whether `exc` or an exception it was raised from is the sandbox's network refusal."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        with contextlib.suppress(Exception):
+            if NO_NETWORK in str(exc):
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def warm() -> None:
-    """Use the runtime services that load lazily on the JS side, before they are cut off."""
+    """Use the runtime services that load lazily on the JS side, before they are cut off.
+    Called again in a resumed interpreter: it changes nothing code can see (no `random`)."""
     import datetime
     import hashlib
-    import random
     import time
 
     os.urandom(16)
-    random.random()
     time.localtime()
     datetime.datetime.now().astimezone()
     hashlib.sha256(b"").hexdigest()
@@ -171,6 +283,10 @@ def _collect(before: dict[str, tuple[Files, set[str]]]) -> dict[str, Any]:
 def _format_error(exc: BaseException, *, frames: bool) -> str:
     te = traceback.TracebackException.from_exception(exc)
     kept = [f for f in te.stack if f.filename != "<sandgate>" and "_pyodide" not in f.filename]
+    if _is_no_network(exc):  # the user's frames and one line: not the library's or the chain
+        stdlib = os.path.dirname(os.__file__) + os.sep
+        kept = [f for f in kept if not f.filename.startswith(stdlib)]
+        te.__cause__ = te.__context__ = None
     te.stack = traceback.StackSummary.from_list(kept if frames else [])
     return "".join(te.format())
 
@@ -294,7 +410,9 @@ async def _run_async(
 
 
 _module = types.ModuleType("_sandgate")
-vars(_module).update(seal=seal, handle=handle, warm=warm)
+vars(_module).update(
+    seal=seal, handle=handle, warm=warm, before_save=before_save, after_save=after_save
+)
 for _name in PRELOAD:
     __import__(_name)
 sys.modules["_sandgate"] = _module

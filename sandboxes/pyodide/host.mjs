@@ -2,12 +2,15 @@
 //
 //   deno run [no net/env/run/ffi/sys/write] host.mjs snapshot <assets> <guest.py> <out>
 //   deno run [no net/env/run/ffi/sys/write] host.mjs serve <assets> <snapshot> [open]
+//   deno run [no net/env/run/ffi/sys/write] host.mjs resume <assets> <saved folder> [open]
 //
 // `snapshot` boots Pyodide, runs the guest harness and writes a memory snapshot (the one run
 // that may write, to that one file). `serve` boots from the snapshot, closes the JS bridge
 // (unless `open`, used only by tests of the permission layer) and then answers one JSON
 // request per stdin line with `TOKEN {json}` on stdout; TOKEN is the first stdin line, kept in
-// this closure only, so nothing user code prints can pass for an answer.
+// this closure only, so nothing user code prints can pass for an answer. `resume` does the
+// same from a session's interpreter saved by the `save` request (`heap.bin`: a Pyodide memory
+// snapshot of it; `files.json`: what it kept in the in-memory file system and its folder).
 
 // Primordials, captured before any user code can replace them.
 const D = Deno;
@@ -32,6 +35,7 @@ const concat = (chunks, total) => {
 };
 
 const [mode, assets, snapshotPath, flag] = D.args;
+const resuming = mode === "resume";
 
 // Wasm memory cap: growth past it fails, and Python raises MemoryError.
 let memoryCap = Infinity;
@@ -62,14 +66,18 @@ if (mode === "snapshot") {
   exit(0);
 }
 
-// serve
+// serve, resume
 const began = now();
+const saved = resuming ? parse(decode(D.readFileSync(snapshotPath + "/files.json"))) : null;
 const py = await loadPyodide({
   indexURL: assets + "/",
-  _loadSnapshot: D.readFileSync(snapshotPath),
+  _loadSnapshot: D.readFileSync(resuming ? snapshotPath + "/heap.bin" : snapshotPath),
+  _makeSnapshot: true, // lets `save` snapshot the interpreter later (it changes nothing else)
   jsglobals: Object.create(null),
   env: GUEST_ENV,
 });
+const pyApi = py._api;
+const pyModule = py._module;
 
 // Output: kept up to the run's cap and streamed to the host as it comes: a write goes out at
 // once unless another did less than STREAM_FLUSH_MS ago (then with the next one, or at the
@@ -258,6 +266,140 @@ asHost(() => {
   FS.mkdirTree("/site");
   seal("/site"); // the host copies installed packages in; code only imports them
 });
+
+// The interpreter's own files: what code made, changed or removed in the in-memory file
+// system outside the folders the host copies (`/workspace`, `/site`, `/mnt`) and the devices,
+// against what it held once booted. A saved interpreter keeps them (with its working folder)
+// in `files.json`; a resumed one gets them back before any code runs.
+const NOT_KEPT = ["/dev", "/proc", "/workspace", "/site", "/mnt"];
+const kept = (path) =>
+  typeof path === "string" && path.startsWith("/") && !path.includes("\0") &&
+  !NOT_KEPT.some((root) => path === root || path.startsWith(root + "/"));
+function walkFiles(visit) {
+  const folders = ["/"];
+  while (folders.length) {
+    const folder = folders.pop();
+    let names;
+    try { names = FS.readdir(folder); } catch { continue; }
+    for (const name of names) {
+      if (name === "." || name === "..") continue;
+      const path = (folder === "/" ? "" : folder) + "/" + name;
+      if (!kept(path)) continue;
+      let st;
+      try { st = FS.lstat(path); } catch { continue; }
+      visit(path, st);
+      if (FS.isDir(st.mode)) folders.push(path);
+    }
+  }
+}
+const signature = (st) => `${st.ino}:${st.mode}:${st.size}:${st.mtime.getTime()}`;
+const bootFiles = new Map();
+walkFiles((path, st) => bootFiles.set(path, signature(st)));
+const bootStreams = new Set();
+FS.streams.forEach((stream, fd) => { if (stream) bootStreams.add(fd); });
+function fileState() {
+  const entries = [];
+  const seen = new Set();
+  walkFiles((path, st) => {
+    seen.add(path);
+    if (bootFiles.get(path) === signature(st)) return;
+    const entry = { path, mode: st.mode, mtime: st.mtime.getTime() };
+    if (FS.isLink(st.mode)) entry.target = FS.readlink(path);
+    else if (FS.isFile(st.mode)) entry.data = toBase64(FS.readFile(path));
+    else if (!FS.isDir(st.mode)) return; // devices, pipes, sockets: not kept
+    entries.push(entry);
+  });
+  const removed = [...bootFiles.keys()].filter((path) => !seen.has(path));
+  return { cwd: FS.cwd(), entries, removed };
+}
+function restoreFiles(state) {
+  // As code, not as host: the seals of `/site` and `/mnt` hold for what a saved file says.
+  for (const path of [...(state.removed || [])].reverse()) {
+    if (!kept(path)) continue;
+    try { FS.isDir(FS.lstat(path).mode) ? FS.rmdir(path) : FS.unlink(path); } catch { /* gone */ }
+  }
+  const folders = [];
+  for (const entry of state.entries || []) {
+    if (!kept(entry.path)) continue;
+    try {
+      const parent = entry.path.slice(0, entry.path.lastIndexOf("/"));
+      if (parent) FS.mkdirTree(parent);
+      if (FS.isDir(entry.mode)) { FS.mkdirTree(entry.path); folders.push(entry); continue; }
+      try { FS.unlink(entry.path); } catch { /* absent */ }
+      if (FS.isLink(entry.mode)) { FS.symlink(String(entry.target), entry.path); continue; }
+      FS.writeFile(entry.path, fromBase64(String(entry.data)));
+      FS.chmod(entry.path, entry.mode & 0o7777);
+      FS.utime(entry.path, entry.mtime, entry.mtime);
+    } catch { /* what cannot be put back is left out */ }
+  }
+  for (const entry of folders.reverse()) {
+    try { FS.chmod(entry.path, entry.mode & 0o7777); FS.utime(entry.path, entry.mtime, entry.mtime); } catch { /* gone */ }
+  }
+  FS.mkdirTree("/workspace");
+  const cwd = typeof state.cwd === "string" && state.cwd.startsWith("/") ? state.cwd : "/workspace";
+  if (cwd.startsWith("/workspace/")) { try { FS.mkdirTree(cwd); } catch { /* a file in the way */ } }
+  try { FS.chdir(cwd); } catch { FS.chdir("/workspace"); }
+}
+if (saved !== null) restoreFiles(saved);
+
+// Saving: a Pyodide memory snapshot of the live interpreter (`heap.bin`, the format
+// `loadPyodide({_loadSnapshot})` reads) and its files (`files.json`), sent raw after the
+// answer line. Written here rather than by `makeMemorySnapshot`, which copies the whole heap
+// once more and insists on Pyodide's own JS-bridge slots that `seal()` released (a resume puts
+// those back anyway). Refused, with why, when the interpreter could not come back as it is:
+// open files, pending asyncio tasks, JS objects Python code holds.
+const SNAPSHOT_MAGIC = 1886286592;
+const SNAPSHOT_HEADER_BYTES = 48;
+function snapshotHeader() {
+  const expected = pyApi.getExpectedKeys();
+  const was = expected.map((_, i) => pyModule.__hiwire_get(i));
+  let hiwire;
+  try {
+    expected.forEach((value, i) => { if (was[i] !== value) pyModule.__hiwire_set(i, value); });
+    hiwire = encode(stringify(pyApi.serializeHiwireState()));
+  } finally {
+    expected.forEach((value, i) => { if (was[i] !== value) pyModule.__hiwire_set(i, was[i]); });
+  }
+  const size = Math.ceil((SNAPSHOT_HEADER_BYTES + hiwire.length) / 16) * 16;
+  const header = new Uint8Array(size);
+  const words = new Uint32Array(header.buffer, 0, 12);
+  words[0] = SNAPSHOT_MAGIC;
+  words[1] = size;
+  words[2] = hiwire.length;
+  const id = pyApi.config.BUILD_ID;
+  for (let i = 0; i < 8; i++) words[4 + i] = parseInt(id.slice(i * 8, (i + 1) * 8), 16);
+  header.set(hiwire, SNAPSHOT_HEADER_BYTES);
+  return header;
+}
+function save() {
+  const open = [];
+  FS.streams.forEach((stream, fd) => {
+    if (stream && !bootStreams.has(fd)) open.push(`${stream.path} (fd ${fd})`);
+  });
+  if (open.length) {
+    return send({ refused: `files are open (${open.slice(0, 5).join(", ")}): an open file ` +
+      "cannot be resumed; close them before saving" });
+  }
+  const why = guestModule.before_save();
+  if (why) return send({ refused: String(why) });
+  try {
+    let header;
+    try {
+      header = snapshotHeader();
+    } catch (e) {
+      return send({ refused: "Python code holds JavaScript objects, which live outside the " +
+        `interpreter's memory (${String(e && e.message).slice(0, 200)})` });
+    }
+    const heap = new Uint8Array(pyModule.HEAP8.buffer);
+    const files = encode(stringify(fileState()));
+    send({ saved: true, heap_bytes: header.length + heap.length, files_bytes: files.length });
+    writeAll(stdoutWrite, header);
+    writeAll(stdoutWrite, heap);
+    writeAll(stdoutWrite, files);
+  } finally {
+    guestModule.after_save();
+  }
+}
 function mount(request) {
   const root = request.root;
   if (typeof root !== "string" || !MOUNT_ROOT.test(root) || ROOTS.has(root)) return;
@@ -359,6 +501,7 @@ while (true) {
   else if (request.op === "mount") mount(request);
   else if (request.op === "delete") remove(request);
   else if (request.op === "get") send(get(request));
+  else if (request.op === "save") save();
   else if (request.op === "run") {
     const report = await run(line, request);
     send(report);

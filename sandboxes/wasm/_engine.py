@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from .._cancel import shielded
 from .._engine import Capabilities, EngineLifecycle, PoolStats
 from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
-from .._files import Scan
+from .._files import Scan, remove_tree
 from .._lending import check_mounts, mounts_before, writable
 from .._types import DEFAULT_WORKERS, ExecutionPlan, RunResult
 from ._answer import backstop_result, before_run, run_request, settle
@@ -83,11 +84,16 @@ class WasmEngine(EngineLifecycle):
         prepare_guests: Keep a guest prepared ahead of the next call in each worker (False:
             every call starts its own guest, as a baseline or to save the idle memory).
         max_sessions: Most live guests of persistent sessions at once (a process each).
-        idle_s: Seconds a persistent session's guest may stay unused before it ends.
+        idle_s: Seconds a persistent session's guest may stay unused before it is paused to
+            disk.
+        saved_dir: Where saved guests (paused sessions, loaded snapshots) wait, each engine in
+            a folder of its own inside, removed at `aclose` (default: beside `slots_dir`).
     """
 
     name = "wasm"
-    capabilities = Capabilities(final_expression=True, persistent_state=True, mounts=True)
+    capabilities = Capabilities(
+        final_expression=True, persistent_state=True, mounts=True, snapshots=True
+    )
 
     def __init__(
         self,
@@ -101,6 +107,7 @@ class WasmEngine(EngineLifecycle):
         prepare_guests: bool = True,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         idle_s: float = DEFAULT_IDLE_S,
+        saved_dir: Path | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers: expected at least 1, got {workers}")
@@ -112,12 +119,15 @@ class WasmEngine(EngineLifecycle):
         self._prepare_guests = prepare_guests
         self._slots: dict[Worker, Path] = {}
         self._uses = SessionUses()
+        saved = saved_dir or self._slots_dir.parent / "wasm-saved"
+        self._images_root = saved / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._persistent = PersistentRuns(
             self._uses,
             cache_dir=self._cache_dir,
             mpl_dir=self._mpl_dir,
             max_sessions=max_sessions,
             idle_s=idle_s,
+            images_root=self._images_root,
         )
         self._served = {"served_prepared": 0, "served_started": 0}
         self._ready_timeout_s = ready_timeout_s
@@ -143,8 +153,8 @@ class WasmEngine(EngineLifecycle):
 
     def pool_stats(self) -> PoolStats:
         """Workers in all, idle, calls waiting for one, calls served by a prepared guest or
-        by a guest started for them, and the live guests of persistent sessions (and their
-        maximum)."""
+        by a guest started for them, the live guests of persistent sessions (and their
+        maximum), and the saved ones waiting on disk for their session's next run."""
         return {
             "workers": len(self._all),
             "idle": self._idle.qsize(),
@@ -152,6 +162,7 @@ class WasmEngine(EngineLifecycle):
             **self._served,
             "live_sessions": len(self._persistent.sessions),
             "max_live_sessions": self._persistent.sessions.max_sessions,
+            "paused": self._persistent.sessions.paused(),
         }
 
     async def start(self) -> None:
@@ -361,9 +372,33 @@ class WasmEngine(EngineLifecycle):
         run keeps nothing; the session's files are the runner's."""
         return await self._persistent.end(key)
 
+    async def save_state(self, key: str, folder: Path) -> bool:
+        """Save the session's guest (live, or paused to disk) into `folder`, after any run of
+        it ends; it stays the session's. False when the session holds none.
+
+        Raises:
+            SandboxError: the guest cannot be saved (e.g. it holds files open beyond its
+                folders), or its process failed.
+            EngineClosed: after `aclose`.
+        """
+        self._refuse_if_closed()
+        return await self._persistent.save(key, folder)
+
+    async def load_state(self, key: str, grant: str, folder: Path) -> None:
+        """Make the guest saved in `folder` the session's: its next persistent run resumes it
+        (`state: kept`) in a process of its own. `folder` is only read during the call.
+
+        Raises:
+            StateImageRefused: `folder` holds no guest this build of the engine can resume.
+            EngineClosed: after `aclose`.
+        """
+        self._refuse_if_closed()
+        await self._persistent.load(key, grant, folder)
+
     async def aclose(self) -> None:
         self._closed = True
         await self._persistent.aclose()
+        await asyncio.to_thread(remove_tree, self._images_root)
         if self._starter is not None:
             self._starter.cancel()
             with contextlib.suppress(BaseException):

@@ -22,6 +22,12 @@ turn. The memory cap is fixed when a guest starts, so a run asking for another o
 mounts, fuel metering, a replaced folder) ends the live guest and starts another: that run
 says `lost` and why. A run stopped by a limit, or whose guest ended (a trap, `os._exit`),
 ends the guest: the next run says `lost` with the reason (`LiveSessions.drop`).
+
+Saved guests (`Capabilities.snapshots`): `LiveSessions` saves a live guest through `_save`
+(the worker writes its memory into a folder, `_saved`) for a snapshot, or to pause an idle one
+to disk; a session whose next run finds a saved guest (`Claim.image`) gets a new process that
+resumes it (`_resume`) before the run, or, when it cannot, a fresh guest and `state: lost`
+with why.
 """
 
 from __future__ import annotations
@@ -38,12 +44,14 @@ from .._cancel import shielded
 from .._errors import EngineCrashed
 from .._files import Scan
 from .._lending import check_mounts, folder_identity, mounts_before, writable
-from .._live import LiveSessions, lost_line
+from .._live import Claim, LiveSessions, lost_line
 from .._types import ExecutionPlan, HostMount, RunResult, StateOutcome
 from ._answer import backstop_result, before_run, run_request, settle
 from ._pool import Worker, WorkerDied
 from ._prepared import MountSpec
+from ._saved import SaveRefused, read_manifest
 from ._sharing import SessionUses
+from ._worker import _HARNESS
 
 logger = logging.getLogger("sandgate.wasm")
 
@@ -58,6 +66,8 @@ WARM_TIMEOUT_S = 120.0
 HOST_GRACE_S = 15.0
 """Seconds past the run's deadline before the host kills the guest's process (the deadline
 covers the turn; the grace covers a guest's opening too)."""
+SAVE_TIMEOUT_S = 60.0
+"""Seconds a guest's process may take to save it (or resume one) before it is killed."""
 PROCESS_DIED = "its process died"
 CANCELLED = "the previous run was cancelled"
 MEMORY_CHANGED = "the memory limit changed"
@@ -121,6 +131,28 @@ async def _close(guest: LiveGuest) -> None:
     await guest.worker.kill()
 
 
+async def _save(guest: LiveGuest, folder: Path) -> None:
+    """Have the guest's process write the guest, at rest, into `folder` (`LiveSessions`'s
+    save hook); the guest stays live.
+
+    Raises:
+        SaveRefused: the guest holds what a resumed one could not have.
+        EngineCrashed: its process died, or did not answer in time (it is then killed).
+    """
+    try:
+        answer = await guest.worker.request(
+            {"op": "save", "folder": str(folder)}, timeout_s=SAVE_TIMEOUT_S
+        )
+    except TimeoutError:
+        await guest.worker.kill()  # its answer would come late, to another request
+        raise EngineCrashed(f"saving a wasm session's guest took over {SAVE_TIMEOUT_S} s") from None
+    if not answer.get("ok"):
+        raise SaveRefused(str(answer.get("refused") or answer.get("error")))
+    logger.debug(
+        "wasm: saved %d bytes of memory in %.1f ms", answer["bytes"], 1000 * answer["seconds"]
+    )
+
+
 class PersistentRuns:
     """The wasm engine's live sessions: runs them, ends them, reaps the idle ones.
 
@@ -129,7 +161,8 @@ class PersistentRuns:
         cache_dir: The compiled-module cache the guests' processes load from.
         mpl_dir: matplotlib's cache folder, granted read-only.
         max_sessions: Most live guests at once (`LiveSessions`).
-        idle_s: Seconds a live guest may stay unused before it ends.
+        idle_s: Seconds a live guest may stay unused before it is paused to disk.
+        images_root: Where saved guests wait for their session's next run.
     """
 
     def __init__(
@@ -140,9 +173,15 @@ class PersistentRuns:
         mpl_dir: Path,
         max_sessions: int,
         idle_s: float,
+        images_root: Path,
     ) -> None:
         self.sessions: LiveSessions[LiveGuest] = LiveSessions(
-            "wasm", _close, max_sessions=max_sessions, idle_s=idle_s
+            "wasm",
+            _close,
+            max_sessions=max_sessions,
+            idle_s=idle_s,
+            save=_save,
+            images_root=images_root,
         )
         self._uses = uses
         self._cache_dir = cache_dir
@@ -221,13 +260,49 @@ class PersistentRuns:
                     guest, state, note = None, "lost", why
             started = guest is None
             if guest is None:
-                guest = LiveGuest(await self._take_worker(), shape)
+                worker = await self._take_worker()
+                if claim.image is not None:
+                    worker, claim = await self._resume(plan, worker, claim.image, before, mounts)
+                    state, note, started = claim.state, claim.note, claim.state != "kept"
+                guest = LiveGuest(worker, shape)
                 self.sessions.add(plan, guest)
             async with self._uses.enter(plan.workspace.files, wants_to_move=False):
                 result = await self._run_in(plan, guest, before, mounts, started=started)
         if state == "lost" and note is not None:
             result = dataclasses.replace(result, stderr=lost_line(note) + result.stderr)
         return dataclasses.replace(result, state=state, state_note=note)
+
+    async def _resume(
+        self,
+        plan: ExecutionPlan,
+        worker: Worker,
+        image: Path,
+        before: Scan,
+        mounts: tuple[HostMount, ...],
+    ) -> tuple[Worker, Claim[LiveGuest]]:
+        """Resume the session's saved guest (`image`) in `worker`, with `plan`'s folders and
+        memory cap. When it cannot be, the image is discarded and the worker (or another, if
+        it died) opens a fresh guest at the run: the session's claim then says `lost` and why.
+        """
+        key = plan.session_key
+        request = run_request(plan, before, mounts, None, self._mpl_dir, may_move=False)
+        request.update(op="resume", image=str(image))
+        try:
+            answer = await worker.request(request, timeout_s=SAVE_TIMEOUT_S)
+        except (TimeoutError, WorkerDied) as exc:
+            await shielded(worker.kill())
+            answer = {"ok": False, "refused": f"its process failed: {type(exc).__name__}"}
+            worker = await self._take_worker()
+        except BaseException:  # cancelled: the image stays for the session's next run
+            await shielded(worker.kill())
+            raise
+        if not answer.get("ok"):
+            why = str(answer.get("refused") or answer.get("error"))
+            logger.warning("wasm: session %r could not be resumed: %s", key, why)
+            self.sessions.discard_image(key, why)
+        else:
+            logger.debug("wasm: session %r resumed in %.1f ms", key, 1000 * answer["seconds"])
+        return worker, self.sessions.claim(key)
 
     async def _run_in(
         self,
@@ -300,3 +375,21 @@ class PersistentRuns:
             with contextlib.suppress(BaseException):
                 await self._reaper
         await self.sessions.aclose()
+
+    async def save(self, key: str, folder: Path) -> bool:
+        """Save the session's guest (live or paused) into `folder`; False if it has none.
+
+        Raises:
+            SaveRefused: the guest holds what a resumed one could not have.
+            EngineCrashed: its process died or did not answer.
+        """
+        return await self.sessions.save(key, folder)
+
+    async def load(self, key: str, grant: str, folder: Path) -> None:
+        """Make the guest saved in `folder` the session's; its next run resumes it.
+
+        Raises:
+            StateImageRefused: `folder` holds no guest this build can resume.
+        """
+        await asyncio.to_thread(read_manifest, folder, _HARNESS)
+        await self.sessions.load(key, grant, folder)

@@ -5,7 +5,9 @@ answers one JSON line on its protocol stream (the original stdout; its own stdou
 stderr so nothing else can corrupt the protocol). Each request runs in a fresh guest instance
 under wasmtime with the limits it names: the guest prepared after the previous call when the
 request fits it (`_prepared`), else one started for it. The process outlives guests, never
-shares them.
+shares them. A worker started for a persistent session keeps that session's guest
+(`_resident`), and also answers `save` (write it into a folder) and `resume` (open it from
+one) requests (`_saved`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .._errors import StateImageRefused
 from .._files import disk_usage, has_entries
 from ._prepared import (
     MPL_GUEST,
@@ -29,6 +32,7 @@ from ._prepared import (
     guest_grants,
 )
 from ._resident import ResidentGuest
+from ._saved import SaveRefused
 from ._slot import Slot, SlotRefused
 
 _PROGRAM = Path(__file__).parents[1] / "images" / "python" / "sandgate_program.py"
@@ -365,6 +369,38 @@ def _warm(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _save(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
+    """Save the persistent session's guest this worker keeps into `request["folder"]`."""
+    if host.resident is None:
+        return {"ok": False, "refused": "this process holds no live guest"}
+    started = time.perf_counter()
+    try:
+        written = host.resident.save(_HARNESS, Path(request["folder"]))
+    except SaveRefused as exc:
+        return {"ok": False, "refused": exc.reason}
+    return {"ok": True, "bytes": written, "seconds": time.perf_counter() - started}
+
+
+def _resume(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
+    """Resume the persistent session's guest from the folder `request["image"]`, with the
+    request's folders and memory cap; the session's next turn runs in it."""
+    if host.resident is not None:
+        return {"ok": False, "refused": "this process already holds a live guest"}
+    started = time.perf_counter()
+    try:
+        host.resident = ResidentGuest.resume(_HARNESS, request, host.door)
+    except StateImageRefused as exc:
+        return {"ok": False, "refused": exc.reason}
+    return {"ok": True, "seconds": time.perf_counter() - started}
+
+
+_OPS: dict[str | None, Callable[[_Host, dict[str, Any]], dict[str, Any]]] = {
+    "warm": _warm,
+    "save": _save,
+    "resume": _resume,
+}
+
+
 def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
     host = _Host()
     try:
@@ -372,7 +408,7 @@ def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
             request = json.loads(line)
             op = request.get("op")
             try:
-                answer = _warm(host, request) if op == "warm" else _run(host, request)
+                answer = _OPS.get(op, _run)(host, request)
             except Exception as exc:  # the one boundary: a host-side failure becomes an answer
                 answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             answers.write(json.dumps(answer).encode("utf-8") + b"\n")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import mcp_types as types
 import pytest
 
 from runner import TOOLS, Caller, Service
+from runner.tools._format import run_code_summary
 from sandboxes import Engine
 
 ENGINES = ("wasm", "pyodide", "container", "gvisor")
@@ -95,8 +95,9 @@ class Seen:
         return tuple(b for b in self.blocks if b[0] == "image")
 
 
-STRUCTURED_AS_JSON = "<the structured content as JSON>"
-"""How `Seen` shows `run_code`'s text block, once checked to be its structured content."""
+STRUCTURED_AS_JSON = "<the summary of the structured content>"
+"""How `Seen` shows `run_code`'s text block, once checked to be its summary of the structured
+content (`run_code_summary`: the printed text is sent once, in the structured content)."""
 
 
 USAGE_FIGURES = frozenset({"wall_ms", "cpu_ms", "peak_memory_bytes", "fuel", "output_bytes"})
@@ -117,15 +118,18 @@ def seen(result: types.CallToolResult) -> Seen:
             blocks.append(("text", block.text))
         elif isinstance(block, types.ImageContent):
             blocks.append(image_block(base64.b64decode(block.data), block.mime_type))
+        elif isinstance(block, types.ResourceLink):
+            blocks.append(("resource_link", block.uri))
         else:
             raise AssertionError(f"unexpected content block {block!r}")
     structured = None
     if result.structured_content is not None:
         structured = {k: v for k, v in result.structured_content.items() if k != "usage"}
-        if "usage" in result.structured_content:  # a run: its text is the payload as JSON
+        if "usage" in result.structured_content:  # a run: its text sums the payload up
             usage = result.structured_content["usage"]
             assert isinstance(usage, dict) and set(usage) == USAGE_FIGURES, usage
-            assert blocks[0] == ("text", json.dumps(result.structured_content)), blocks[0]
+            summary = run_code_summary(result.structured_content)
+            assert blocks[0] == ("text", summary), blocks[0]
             blocks[0] = ("text", STRUCTURED_AS_JSON)
     return Seen(bool(result.is_error), tuple(blocks), structured)
 
@@ -182,7 +186,7 @@ class Matrix:
             cells = [self.verdicts.get((case, e), "-").ljust(cols) for e in ENGINES]
             rows.append(case.ljust(width) + "".join(cells))
         failing = sum(v in ("FAIL", "ERROR") for v in self.verdicts.values())
-        passing = sum(v == "pass" for v in self.verdicts.values())
+        passing = sum(v not in ("FAIL", "ERROR", "skip") for v in self.verdicts.values())
         rows.append(f"{passing} cells pass, {failing} fail, of {len(self.verdicts)}")
         return rows
 
@@ -204,6 +208,11 @@ RUN_OK: dict[str, Any] = {
     "files_written": [],
     "state": "fresh",
     "state_note": None,
+    "outputs": [],
+    "notes": [],
+    "rule": None,
+    "reason": None,
+    "retry_after_s": None,
 }
 """`run_code`'s structured content (usage aside) of a run that printed and wrote nothing (in
 a fresh interpreter, `run_code`'s own default)."""

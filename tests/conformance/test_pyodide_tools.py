@@ -52,7 +52,7 @@ async def test_pyodide_execute_error(bench: Bench, session: str) -> None:
         '  File "<code>", line 2, in <module>',
         "    1/0",
     ]
-    assert lines[-1] == "ZeroDivisionError: division by zero"  # caret lines: Python's version
+    assert answer.text.count("ZeroDivisionError: division by zero") == 1  # said once, first
 
 
 async def test_pyodide_execute_timeout(bench: Bench, session: str) -> None:

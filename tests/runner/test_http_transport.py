@@ -46,6 +46,36 @@ async def test_a_call_without_a_token_gets_401(http_server: str) -> None:
         assert wrong.status_code == 401
 
 
+async def test_the_401_says_why_and_points_at_no_oauth_metadata(http_server: str) -> None:
+    """An OAuth-aware client (the MCP Inspector) starts an OAuth login when the 401 names
+    `resource_metadata`; static tokens have none, so the client shows the server's reason."""
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    async with httpx.AsyncClient() as http:
+        missing = await http.post(http_server, json=ping)
+        wrong = await http.post(http_server, json=ping, headers={"Authorization": "Bearer nope"})
+    for response in (missing, wrong):
+        challenge = response.headers["www-authenticate"]
+        assert challenge.startswith('Bearer realm="sandgate"'), challenge
+        assert "resource_metadata" not in challenge, challenge
+    assert "Authorization: Bearer" in missing.json()["detail"]
+    assert wrong.json()["detail"] == "unknown bearer token"
+    assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/.well-known/oauth-protected-resource", "/.well-known/oauth-authorization-server"]
+)
+async def test_oauth_discovery_is_not_found_with_or_without_a_token(
+    http_server: str, path: str
+) -> None:
+    url = http_server.removesuffix("/mcp") + path
+    async with httpx.AsyncClient() as http:
+        anonymous = await http.get(url)
+        known = await http.get(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert (anonymous.status_code, known.status_code) == (404, 404)
+    assert "static bearer tokens" in anonymous.json()["detail"]
+
+
 async def test_the_tools_run_over_http_for_a_known_grant(http_server: str) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with httpx.AsyncClient(headers=headers, timeout=120) as http:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -78,3 +80,44 @@ async def test_the_policylayer_seed_policy_behaves_as_written_across_restarts(
 
 async def test_the_default_policy_is_the_shipped_file() -> None:
     assert default_policy_path().name == "default.yaml" and default_policy_path().is_file()
+
+
+async def _answer_on_stdio(state_dir: Path, *lines: dict[str, object]) -> list[dict[str, object]]:
+    """Start `sandgate serve` on stdio, write `lines` as raw JSON-RPC, read one answer per
+    request among them; the process is ended after, whatever happened."""
+    process = await asyncio.create_subprocess_exec(
+        sandgate_command(),
+        "serve",
+        "--state-dir",
+        str(state_dir),
+        "--workers",
+        "1",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        for line in lines:
+            process.stdin.write(json.dumps(line).encode() + b"\n")
+        await process.stdin.drain()
+        answers = []
+        async with asyncio.timeout(120):
+            for _ in [line for line in lines if "id" in line]:
+                answers.append(json.loads(await process.stdout.readline()))
+        return answers
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def test_a_request_before_initialize_is_told_to_initialize_first(tmp_path: Path) -> None:
+    early = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    [answer] = await _answer_on_stdio(tmp_path / "state", early)
+    assert answer["id"] == 1
+    error = answer["error"]
+    assert isinstance(error, dict)
+    assert error["code"] == types.INVALID_REQUEST
+    assert error["data"] == {"method": "tools/list", "expected": "initialize"}
+    assert "before 'initialize'" in str(error["message"])

@@ -436,3 +436,17 @@ async def test_cancelled_calls_over_stdio_count_and_leave_the_server_whole(
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+async def test_a_call_cancelled_before_it_arrives_is_not_run_nor_answered(tmp_path: Path) -> None:
+    """Over HTTP a call and its cancel are two POSTs, and a client that cancels at once (the
+    TypeScript SDK aborting a call) can have its cancel served first: the call must then not
+    run (its file is never written) and get no answer, and the session goes on."""
+    with tenant_server(tmp_path, "wasm") as server:
+        async with _http_wire(server, "alice") as alice:
+            await alice.cancel(5)
+            late = alice.call(5, "run_python_code", {"code": "open('ran.txt', 'w').write('1')"})
+            assert await alice.answers_to_cancelled({5: late}) == []
+            listing = {"code": "import os\nprint('files:', sorted(os.listdir()))"}
+            check = await alice.call(6, "run_python_code", listing)
+            assert text_of(_answer(check, 6)).strip() == "files: []"

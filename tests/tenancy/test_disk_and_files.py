@@ -304,7 +304,7 @@ async def test_a_fifo_the_container_guest_makes_is_refused(tmp_path: Path, engin
             answers = await asyncio.wait_for(asyncio.gather(*reads), PROMPT_S)
             # runc leaves the FIFO on the host, refused as one; gVisor keeps a guest's FIFO
             # inside its own file system, so the host has no such file.
-            seen = "FIFO" if engine == "container" else "no such file"
+            seen = "FIFO" if engine == "container" else "which does not exist there"
             for _, answer in answers:
                 assert answer is not None and seen in answer["error"]["message"], answer
             async with running.raw("bob") as bob:

@@ -11,11 +11,16 @@ reports is what the guest says of itself; the host enforces every limit on its o
 
 import os
 import sys
-import time
 
 WORKSPACE = "/workspace"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
 MAX_VALUE_CHARS = 1_000_000
+NO_NETWORK = (
+    "sandgate: this sandbox has no network (policy network: none): code cannot reach other "
+    "hosts or resolve their names; read and write files in /workspace instead"
+)
+"""What every network attempt raises (the Pyodide guest says the same words)."""
+LOOPBACK_HOSTS = ("localhost", "", "0.0.0.0", "::1", "::")
 
 
 def run_program(
@@ -42,9 +47,10 @@ def run_program(
         `value_found` and `value`, `figures` (matplotlib figures left open, saved as PNG) or
         `figures_error`.
     """
-    start = time.time()
     me = os.getpid()
     os.chdir(WORKSPACE)
+    refuse_network()
+    watch_image_writes()
     fresh = namespace is None
     sys.path[:0] = [p for p in (WORKSPACE, *search_path) if fresh or p not in sys.path]
     main = type(sys)("__main__") if fresh else namespace
@@ -89,13 +95,19 @@ def run_program(
         if kind == "code":
             linecache.cache["<code>"] = (len(source), None, source.splitlines(True), "<code>")
         shown = traceback.TracebackException.from_exception(exc)
+        no_network = _is_no_network(exc)
+        stdlib = os.path.dirname(os.__file__) + os.sep
         shown.stack = traceback.StackSummary.from_list(
             [
                 frame
                 for frame in traceback.extract_tb(exc.__traceback__)
-                if not is_harness_file(frame.filename) and "runpy" not in frame.filename
+                if not is_harness_file(frame.filename)
+                and "runpy" not in frame.filename
+                and not (no_network and frame.filename.startswith(stdlib))
             ]
         )
+        if no_network:  # the user's frames and one line: not the library's or the chain
+            shown.__cause__ = shown.__context__ = None
         sys.stderr.write("".join(shown.format()))
         report["error"] = error_line(exc, traceback.format_exception_only(type(exc), exc))
         report["error_type"] = type(exc).__name__
@@ -116,7 +128,7 @@ def run_program(
         report["value_found"] = True
         report["value"] = text[:MAX_VALUE_CHARS]
     try:  # a process the program forked that ran off its end saves no figure
-        report["figures"] = save_open_figures(start) if os.getpid() == me else []
+        report["figures"] = save_open_figures() if os.getpid() == me else []
     except BaseException as exc:
         report["figures_error"] = f"{type(exc).__name__}: {exc}"
     if not fresh and "matplotlib.pyplot" in sys.modules:  # saved: the next call opens anew
@@ -155,11 +167,11 @@ def _split_final_expression(source):
     return compile(tree, "<code>", "exec"), final
 
 
-def save_open_figures(start):
+def save_open_figures():
     """Save the matplotlib figures left open as /workspace/figure_N.png, unless the program
-    wrote an image itself since `start`; the paths saved."""
+    wrote an image itself in this run (`watch_image_writes`); the paths saved."""
     pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is None or _image_written_since(start):
+    if pyplot is None or _IMAGES_WRITTEN:
         return []
     saved = []
     for number in pyplot.get_fignums():
@@ -169,13 +181,126 @@ def save_open_figures(start):
     return saved
 
 
-def _image_written_since(start):
-    for root, _dirs, files in os.walk(WORKSPACE):
-        for name in files:
-            if name.lower().endswith(IMAGE_SUFFIXES):
-                try:
-                    if os.stat(os.path.join(root, name)).st_mtime >= start - 1:
-                        return True
-                except OSError:
-                    pass
+_IMAGES_WRITTEN = []
+"""The image files the program opened for writing during the current run."""
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+def watch_image_writes():
+    """Start noting the image files the program opens for writing, for this run: by identity
+    of the act (an audit hook on every `open`), not by looking at files afterwards, so an
+    image from an earlier run, however recent, is never taken for this run's, and no walk of
+    the workspace is paid (it may hold a million files). The hook is added once per
+    interpreter (audit hooks cannot be removed) and costs a suffix check per `open`."""
+    _IMAGES_WRITTEN.clear()
+    if getattr(sys, "_sandgate_watches_images", False):
+        return
+
+    def hook(event, args):
+        if event != "open" or not args:
+            return
+        path = args[0]
+        mode = args[1] if len(args) > 1 else None
+        flags = args[2] if len(args) > 2 else None
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if not isinstance(path, str) or not path.lower().endswith(IMAGE_SUFFIXES):
+            return
+        writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+            isinstance(flags, int) and flags & _WRITE_FLAGS
+        )
+        if writes:
+            _IMAGES_WRITTEN.append(path)
+
+    sys.addaudithook(hook)
+    sys._sandgate_watches_images = True
+
+
+def refuse_network():
+    """Make every network attempt raise one clear error (`NO_NETWORK`) instead of whatever the
+    platform says (a resolver failure, a missing `_socket.getaddrinfo` on WASI): name lookups
+    and connections to other hosts raise it; loopback stays as the platform has it. Patched in
+    `_socket` (cheap, no `import socket`), so the `socket` module made from it later inherits
+    the refusal; a `socket` module already imported is patched too. Idempotent."""
+    try:
+        import _socket
+    except ImportError:  # no sockets at all: nothing can reach the network
+        return
+    if getattr(_socket, "sandgate_refuses", False):
+        return
+    _socket.sandgate_refuses = True
+    modules = [_socket]
+    if "socket" in sys.modules:
+        modules.append(sys.modules["socket"])
+    for module in modules:
+        for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr"):
+            setattr(module, name, _refusing_lookup(getattr(module, name, None), _socket))
+    _socket.socket = _socket.SocketType = _refusing_socket(_socket.socket, _socket)
+    if len(modules) > 1:
+        cls = modules[1].socket
+        base = _socket.socket
+        for name in ("connect", "connect_ex", "sendto"):
+            setattr(cls, name, getattr(base, name))
+
+
+def _is_loopback(host):
+    host = host if isinstance(host, str) else host.decode("ascii", "replace") if host else ""
+    return host in LOOPBACK_HOSTS or host.startswith("127.") or host.lower() == "localhost."
+
+
+def _refusing_lookup(original, _socket):
+    def lookup(host, *args, **kwargs):
+        if original is None or not (host is None or _is_loopback(host)):
+            raise _socket.gaierror(NO_NETWORK)
+        return original(host, *args, **kwargs)
+
+    return lookup
+
+
+def _refusing_socket(base, _socket):
+    inet = (getattr(_socket, "AF_INET", None), getattr(_socket, "AF_INET6", None))
+
+    def check(sock, address):
+        remote = isinstance(address, tuple) and address and not _is_loopback(address[0])
+        if remote and sock.family in inet:
+            raise OSError(NO_NETWORK)
+
+    class socket(base):
+        __slots__ = ()
+
+        def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
+            try:
+                base.__init__(self, family, type, proto, fileno)
+            except OSError:  # WASI has no sockets: say why
+                if fileno is None and (family == -1 or family in inet):
+                    raise OSError(NO_NETWORK) from None
+                raise
+
+        def connect(self, address):
+            check(self, address)
+            return base.connect(self, address)
+
+        def connect_ex(self, address):
+            check(self, address)
+            return base.connect_ex(self, address)
+
+        def sendto(self, data, *rest):
+            check(self, rest[-1] if rest else None)
+            return base.sendto(self, data, *rest)
+
+    socket.__module__ = "_socket"
+    return socket
+
+
+def _is_no_network(exc):
+    """Whether `exc` or an exception it was raised from is the sandbox's network refusal."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        try:
+            if NO_NETWORK in str(exc):
+                return True
+        except BaseException:
+            pass
+        exc = exc.__cause__ or exc.__context__
     return False

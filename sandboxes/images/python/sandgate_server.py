@@ -33,6 +33,7 @@ import selectors
 import signal
 import struct
 import sys
+import threading
 import time
 import traceback  # noqa: F401
 
@@ -487,6 +488,29 @@ def _drain(fd):
         chunks.append(chunk)
 
 
+def _pumped(source):
+    """A pipe fed from `source` (the request channel) by a thread's blocking reads, for the
+    selector: gVisor restores a checkpointed container with new host stdio whose readiness
+    epoll no longer reports (a read still works), and the sandbox may be saved and resumed
+    between any two runs (the host's `save_state`). A pipe inside the sandbox always works."""
+    read_end, write_end = os.pipe()
+
+    def pump():
+        while True:
+            try:
+                data = os.read(source, CHUNK_BYTES)
+            except OSError:
+                data = b""
+            if not data:
+                os.close(write_end)
+                return
+            while data:
+                data = data[os.write(write_end, data) :]
+
+    threading.Thread(target=pump, name="requests", daemon=True).start()
+    return read_end
+
+
 def _serve_persistent(pid, selector, accepted, pending, waiting, forward_to):
     """Persistent mode, once the child accepted its first request: forward each run's output,
     send each run's report (`kept`) and wait for the next; when the child ends, return its
@@ -503,6 +527,7 @@ def _serve_persistent(pid, selector, accepted, pending, waiting, forward_to):
     fds = {key.data: key.fd for key in selector.get_map().values()}
     for tag in (b"O", b"E"):
         os.set_blocking(fds[tag], False)
+    waiting = _pumped(waiting)
     run = _Run(pid, accepted)
     early = []  # output read before its run's accepted line (one select round sees both)
     open_pipes, status, usage, last = 3, None, None, None
