@@ -33,6 +33,12 @@ SETUP = (
     "table = [{'n': i, 'sq': i * i} for i in range(20000)]\n"
     "total = sum(r['sq'] for r in table)\n"
 )
+SETUP_PANDAS = (
+    "import numpy as np, pandas as pd\n"
+    "table = pd.DataFrame({'n': np.arange(20000)})\n"
+    "total = int((table['n'] ** 2).sum())\n"
+)
+"""`--pandas` (wasm: its guest has numpy and pandas): state that costs seconds to rebuild."""
 USE = "print(len(table), total)"
 
 
@@ -63,14 +69,14 @@ async def _timed(client: Client, tool: str, **args: Any) -> tuple[float, dict[st
     return time.perf_counter() - began, answer
 
 
-async def _measure(engine: str, forks: int) -> dict[str, Any]:
+async def _measure(engine: str, forks: int, setup: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sg-snap-") as folder:
         args = ["serve", "--state-dir", str(Path(folder) / "state")]
         args += ["--policy", str(_policy(Path(folder), engine, forks))]
         params = StdioServerParameters(command=sandgate_command(), args=args, env=dict(os.environ))
         async with Client(params, read_timeout_seconds=1800) as client:
             await _call(client, "run_code", code="print('warm')", session="warm")
-            await _call(client, "run_code", code=SETUP, session="base")
+            await _call(client, "run_code", code=setup, session="base")
             snap_s, taken = await _timed(client, "snapshot_session", session="base")
             snapshot = taken["snapshot"]
             fork_s, forked = await _timed(
@@ -83,7 +89,7 @@ async def _measure(engine: str, forks: int) -> dict[str, Any]:
                 first_in_fork.append(took)
             fresh: list[float] = []
             for i in range(forks):
-                took, ran = await _timed(client, "run_code", code=SETUP + USE, session=f"n-{i}")
+                took, ran = await _timed(client, "run_code", code=setup + USE, session=f"n-{i}")
                 assert ran["state"] == "new", ran
                 fresh.append(took)
             resumes: list[float] = []
@@ -110,14 +116,18 @@ def main() -> None:
         "--engine", default="wasm", choices=("wasm", "pyodide", "container", "gvisor")
     )
     parser.add_argument("--forks", type=int, default=100)
+    parser.add_argument(
+        "--pandas", action="store_true", help="build the state with numpy and pandas (wasm)"
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
-    m = asyncio.run(_measure(args.engine, args.forks))
+    m = asyncio.run(_measure(args.engine, args.forks, SETUP_PANDAS if args.pandas else SETUP))
     load_after = os.getloadavg()[0]
     n = args.forks
     per_fork = [m["fork_s"] / n + t for t in m["first_in_fork"]]
     print(
-        f"engine {args.engine}, {n} sessions; load average before/after: "
+        f"engine {args.engine}, {n} sessions, state {'numpy+pandas' if args.pandas else 'stdlib'}; "
+        "load average before/after: "
         f"{load_before:.1f}/{load_after:.1f}"
     )
     print(

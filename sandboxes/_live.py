@@ -21,7 +21,7 @@ rules every engine keeps alike:
   fork) for a session. Either way the session's next run gets it in `Claim.image`: the engine
   resumes the interpreter from that folder and `add`s it (`state: kept`), or says why it
   could not (`discard_image`, then `state: lost`). At most `max_images` wait on disk; beyond
-  that the oldest is discarded (its session's next run says it idled out).
+  that the oldest is discarded (its session's next run says so: `NO_ROOM_ON_DISK`).
 """
 
 from __future__ import annotations
@@ -54,8 +54,14 @@ LIMITS_CHANGED = "the limits changed"
 """A run whose fixed limits (memory, processes, mounts: what the interpreter was made with)
 differ from its session's interpreter's: that one ends and a new one starts."""
 BUSY_RETRY_S = 5.0
-DEFAULT_MAX_IMAGES = 64
-"""Saved interpreters (paused or placed) one engine keeps on disk at once."""
+DEFAULT_MAX_IMAGES = 1024
+"""Saved interpreters (paused or placed) one engine keeps on disk at once: enough for every
+session the server's grants may hold (forks place one per session, as hard links of the
+snapshot's files); beyond it the oldest is discarded (`NO_ROOM_ON_DISK`)."""
+NO_ROOM_ON_DISK = (
+    "it was paused to disk and later discarded: the engine keeps at most that many paused "
+    "interpreters"
+)
 
 
 @dataclass(slots=True)
@@ -306,7 +312,7 @@ class LiveSessions(Generic[T]):
         while len(self._images) > self.max_images:
             key = min(self._images, key=lambda k: self._images[k].since)
             image = self._images.pop(key)
-            self._lost[key] = IDLED_OUT
+            self._lost[key] = NO_ROOM_ON_DISK
             await asyncio.to_thread(remove_tree, image.folder)
 
     async def drop(self, key: str, note: str | None) -> None:
