@@ -206,19 +206,7 @@ class Service:
         `server.list_denied_tools`, those it is refused; hidden ones never), each described
         for the route the policy has in force (`runner/tools/_describe.py`)."""
         listed = self.gate.listed_tools(self._names, grant)
-        tools = []
-        for name in listed:
-            spec = TOOLS_BY_NAME[name]
-            tools.append(
-                tool_of(
-                    name,
-                    spec.description,
-                    self._route(name),
-                    input_schema=spec.schema(),
-                    output_schema=spec.output_schema,
-                )
-            )
-        return tools
+        return [tool_of(TOOLS_BY_NAME[name], self._route(name)) for name in listed]
 
     def _route(self, name: str) -> Route:
         kind, runtime = self.gate.route(name)

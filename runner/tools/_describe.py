@@ -6,11 +6,14 @@ network and the error format; with a title, annotations and (for `run_code`) an 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Literal
 
 import mcp_types as types
 
 from sandboxes import StateMode
+
+if TYPE_CHECKING:
+    from ._registry import ToolSpec
 
 PYODIDE_DEFAULT_TIMEOUT_S = 5.0
 """`pyodide_execute`'s own default timeout (its `timeout` argument, 5000 ms)."""
@@ -49,42 +52,28 @@ _LIBRARIES = {
     "container": "the standard library only",
 }
 
-_TITLES = {
-    "run_python_code": "Run Python code",
-    "save_to_file_and_run": "Save a Python file and run it",
-    "pip_install_package": "Install a Python package",
-    "run_python_file": "Run a Python file",
-    "pyodide_execute": "Run Python (REPL)",
-    "pyodide_install-packages": "Install Python packages",
-    "pyodide_get-mount-points": "List mount points",
-    "pyodide_list-mounted-directory": "List a mounted directory",
-    "pyodide_read-image": "Read an image",
-    "run_code": "Run Python code (structured result)",
-    "snapshot_session": "Snapshot a session",
-    "restore_session": "Restore a session from a snapshot",
-    "fork_session": "Fork sessions from a snapshot",
-    "list_snapshots": "List your snapshots",
-    "delete_snapshot": "Delete a snapshot",
-}
-_READ_ONLY = frozenset(
-    {
-        "pyodide_get-mount-points",
-        "pyodide_list-mounted-directory",
-        "pyodide_read-image",
-        "list_snapshots",
-    }
-)
-_INSTALLS = frozenset({"pip_install_package", "pyodide_install-packages"})
-_RUNS = frozenset(
-    {"run_python_code", "save_to_file_and_run", "run_python_file", "pyodide_execute", "run_code"}
-)
-_ERRORS = {
-    "run_python_code": "`Error running python code: <exception line>` then the traceback",
-    "save_to_file_and_run": "`Error saving and running code: <exception line>` then the traceback",
-    "run_python_file": "`Error running file: <exception line>` then the traceback",
-    "pyodide_execute": "`Error: <exception line>` then the traceback",
-    "run_code": "`status: error` with the exception line in `error` and the traceback in `stderr`",
-}
+ToolKind = Literal["runs", "installs", "reads", "manages"]
+"""What a tool does, for its annotations: runs code, installs packages (adds only), reads
+(changes nothing), or manages the caller's sessions and snapshots."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunTerms:
+    """What a code-running tool's description says beyond its route.
+
+    Attributes:
+        errors: How an error comes back, in words.
+        returns: `final_expression` (the REPL value), `variable` (printed output or
+            `variable_to_return`) or `structured` (run_code's structured content).
+        timeout: `per_call` (the policy's), `timeout_ms` (pyodide_execute's own 5 s default
+            and argument) or `timeout_s` (an argument, clamped).
+        always_fresh: Runs in a fresh interpreter whatever the policy's `state:` says.
+    """
+
+    errors: str
+    returns: Literal["final_expression", "variable", "structured"] = "variable"
+    timeout: Literal["per_call", "timeout_ms", "timeout_s"] = "per_call"
+    always_fresh: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,21 +95,16 @@ class Route:
     result_text_bytes: int
 
 
-def title_of(name: str) -> str:
-    """The tool's display title."""
-    return _TITLES.get(name, name.replace("_", " ").replace("-", " ").capitalize())
-
-
-def annotations_of(name: str, route: Route) -> types.ToolAnnotations:
+def annotations_of(kind: ToolKind, title: str, route: Route) -> types.ToolAnnotations:
     """Hints for clients: read-only listing tools, installs that only add, runs that may
     change the workspace; open world only when the code has a network."""
-    read_only = name in _READ_ONLY
+    read_only = kind == "reads"
     return types.ToolAnnotations(
-        title=title_of(name),
+        title=title,
         read_only_hint=read_only,
-        destructive_hint=None if read_only else name not in _INSTALLS,
-        idempotent_hint=True if read_only or name in _INSTALLS else None,
-        open_world_hint=route.network != "none" and name in _RUNS | _INSTALLS,
+        destructive_hint=None if read_only else kind != "installs",
+        idempotent_hint=True if read_only or kind == "installs" else None,
+        open_world_hint=route.network != "none" and kind in ("runs", "installs"),
     )
 
 
@@ -128,39 +112,39 @@ def _seconds(value: float) -> str:
     return f"{value:g} s"
 
 
-def _runs(name: str, route: Route) -> str:
+def _runs(terms: RunTerms, route: Route) -> str:
     """What a code-running tool's description adds for its route."""
     kind = route.engine.split(":", 1)[0]
     engine = _ENGINES.get(route.engine, route.engine)
     parts = [f"Runs on {engine}, with {_LIBRARIES.get(kind, 'the standard library')}."]
-    if name == "save_to_file_and_run" or route.state == "fresh":
+    if terms.always_fresh or route.state == "fresh":
         parts.append("Every call starts a fresh interpreter: nothing is kept between calls.")
     else:
         parts.append(
             "This session's interpreter is kept between calls (variables, imports); a call "
             "stopped by a limit loses it (the next result says so)."
         )
-    if name == "pyodide_execute":
+    if terms.returns == "final_expression":
         parts.append("The value of the final expression is returned (`Result: …`).")
-    elif name != "run_code":
+    elif terms.returns == "variable":
         parts.append(
             "The final expression is not shown: print it, or name a variable in "
             "`variable_to_return`."
         )
-    if name == "pyodide_execute":
+    if terms.timeout == "timeout_ms":
         default = min(PYODIDE_DEFAULT_TIMEOUT_S, route.timeout_s)
         parts.append(
             f"Time limit: {_seconds(default)} unless `timeout` (ms) says otherwise, at most "
             f"{_seconds(route.timeout_s)}."
         )
-    elif name == "run_code":
+    elif terms.timeout == "timeout_s":
         parts.append(
             f"Time limit: {_seconds(route.timeout_s)}, or less with `timeout_s` (clamped to it)."
         )
     else:
         parts.append(f"Time limit: {_seconds(route.timeout_s)} per call.")
     parts.append(_network(route))
-    parts.append(f"Errors come back as {_ERRORS[name]}.")
+    parts.append(f"Errors come back as {terms.errors}.")
     parts.append(
         f"Printed text over {route.result_text_bytes} bytes is cut (head and tail kept) and "
         "saved whole in the workspace, linked as a resource; images written to /workspace come "
@@ -175,27 +159,19 @@ def _network(route: Route) -> str:
     return "No network but the operator's package mirror."
 
 
-def describe(name: str, base: str, route: Route) -> str:
-    """The tool's description for `route`: its own sentence, then what is true on the route."""
-    if name in _RUNS:
-        return f"{base} {_runs(name, route)}"
-    return base
+def describe(base: str, terms: RunTerms | None, route: Route) -> str:
+    """A tool's description for `route`: its own sentence, then (for a tool that runs code)
+    what is true on the route."""
+    return base if terms is None else f"{base} {_runs(terms, route)}"
 
 
-def tool_of(
-    name: str,
-    base: str,
-    route: Route,
-    *,
-    input_schema: dict[str, Any],
-    output_schema: dict[str, Any] | None,
-) -> types.Tool:
-    """The tools/list entry of `name` on `route`."""
+def tool_of(spec: ToolSpec, route: Route) -> types.Tool:
+    """The tools/list entry of `spec` on `route`."""
     return types.Tool(
-        name=name,
-        title=title_of(name),
-        description=describe(name, base, route),
-        input_schema=input_schema,
-        output_schema=output_schema,
-        annotations=annotations_of(name, route),
+        name=spec.name,
+        title=spec.title,
+        description=describe(spec.description, spec.runs, route),
+        input_schema=spec.schema(),
+        output_schema=spec.output_schema,
+        annotations=annotations_of(spec.kind, spec.title, route),
     )

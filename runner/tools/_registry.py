@@ -32,6 +32,7 @@ from ._arguments import (
     input_schema,
 )
 from ._context import Caller, ToolContext
+from ._describe import RunTerms, ToolKind
 from ._outcome import Outcome, Ran
 
 ToolSet = Literal["python-code-runner", "mcp-pyodide", "native"]
@@ -59,6 +60,10 @@ class ToolSpec:
         output_schema: The `outputSchema` tools/list gives; `run_code`'s
             (`RUN_CODE_OUTPUT_SCHEMA`) makes refusals, busy answers and errors carry a run's
             keys too.
+        title: The display title tools/list gives.
+        kind: What it does, for its annotations (`runs`, `installs`, `reads`, `manages`).
+        runs: For a tool that runs code, what its description says beyond the route (how
+            errors come back, what it returns, its time limit argument).
     """
 
     name: str
@@ -70,6 +75,9 @@ class ToolSpec:
     structured: bool = False
     state: StateMode = "fresh"
     output_schema: dict[str, Any] | None = None
+    title: str = ""
+    kind: ToolKind = "manages"
+    runs: RunTerms | None = None
 
     def schema(self) -> dict[str, object]:
         return input_schema(self.arguments)
@@ -103,6 +111,9 @@ TOOLS: tuple[ToolSpec, ...] = (
         _python_code_runner.run_python_code,
         _python("run_python_code", "python code"),
         state="persistent",
+        title="Run Python code",
+        kind="runs",
+        runs=RunTerms("`Error running python code: <exception line>` then the traceback"),
     ),
     ToolSpec(
         "save_to_file_and_run",
@@ -112,6 +123,12 @@ TOOLS: tuple[ToolSpec, ...] = (
         SaveToFileAndRunArgs,
         _python_code_runner.save_to_file_and_run,
         _python("save_to_file_and_run"),
+        title="Save a Python file and run it",
+        kind="runs",
+        runs=RunTerms(
+            "`Error saving and running code: <exception line>` then the traceback",
+            always_fresh=True,
+        ),
     ),
     ToolSpec(
         "pip_install_package",
@@ -120,6 +137,8 @@ TOOLS: tuple[ToolSpec, ...] = (
         "(allow-listed, hash-verified wheels only).",
         PipInstallPackageArgs,
         _python_code_runner.pip_install_package,
+        title="Install a Python package",
+        kind="installs",
     ),
     ToolSpec(
         "run_python_file",
@@ -129,6 +148,9 @@ TOOLS: tuple[ToolSpec, ...] = (
         RunPythonFileArgs,
         _python_code_runner.run_python_file,
         _python("run_python_file"),
+        title="Run a Python file",
+        kind="runs",
+        runs=RunTerms("`Error running file: <exception line>` then the traceback"),
     ),
     ToolSpec(
         "pyodide_execute",
@@ -138,6 +160,13 @@ TOOLS: tuple[ToolSpec, ...] = (
         _pyodide.execute,
         lambda ran, args: _format.execute_result(ran.result),
         state="persistent",
+        title="Run Python (REPL)",
+        kind="runs",
+        runs=RunTerms(
+            "`Error: <exception line>` then the traceback",
+            returns="final_expression",
+            timeout="timeout_ms",
+        ),
     ),
     ToolSpec(
         "pyodide_install-packages",
@@ -146,6 +175,8 @@ TOOLS: tuple[ToolSpec, ...] = (
         "from the operator's package mirror only.",
         PyodideInstallPackagesArgs,
         _pyodide.install_packages,
+        title="Install Python packages",
+        kind="installs",
     ),
     ToolSpec(
         "pyodide_get-mount-points",
@@ -153,6 +184,8 @@ TOOLS: tuple[ToolSpec, ...] = (
         "List the mount points (name, path inside Pyodide, read-only or not).",
         PyodideGetMountPointsArgs,
         _pyodide.get_mount_points,
+        title="List mount points",
+        kind="reads",
     ),
     ToolSpec(
         "pyodide_list-mounted-directory",
@@ -160,6 +193,8 @@ TOOLS: tuple[ToolSpec, ...] = (
         "List the files of a mount point.",
         PyodideListMountedDirectoryArgs,
         _pyodide.list_mounted_directory,
+        title="List a mounted directory",
+        kind="reads",
     ),
     ToolSpec(
         "pyodide_read-image",
@@ -167,6 +202,8 @@ TOOLS: tuple[ToolSpec, ...] = (
         "Read an image file from a mount point and return it as image content.",
         PyodideReadImageArgs,
         _pyodide.read_image,
+        title="Read an image",
+        kind="reads",
     ),
     ToolSpec(
         "run_code",
@@ -182,6 +219,13 @@ TOOLS: tuple[ToolSpec, ...] = (
         lambda ran, args: _format.run_code_result(ran.result),
         structured=True,
         output_schema=_format.RUN_CODE_OUTPUT_SCHEMA,
+        title="Run Python code (structured result)",
+        kind="runs",
+        runs=RunTerms(
+            "`status: error` with the exception line in `error` and the traceback in `stderr`",
+            returns="structured",
+            timeout="timeout_s",
+        ),
     ),
     ToolSpec(
         "snapshot_session",
@@ -193,6 +237,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         SnapshotSessionArgs,
         _snapshots.snapshot_session,
         structured=True,
+        title="Snapshot a session",
     ),
     ToolSpec(
         "restore_session",
@@ -202,6 +247,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         RestoreSessionArgs,
         _snapshots.restore_session,
         structured=True,
+        title="Restore a session from a snapshot",
     ),
     ToolSpec(
         "fork_session",
@@ -212,6 +258,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         ForkSessionArgs,
         _snapshots.fork_session,
         structured=True,
+        title="Fork sessions from a snapshot",
     ),
     ToolSpec(
         "list_snapshots",
@@ -220,6 +267,8 @@ TOOLS: tuple[ToolSpec, ...] = (
         ListSnapshotsArgs,
         _snapshots.list_snapshots,
         structured=True,
+        title="List your snapshots",
+        kind="reads",
     ),
     ToolSpec(
         "delete_snapshot",
@@ -228,6 +277,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         DeleteSnapshotArgs,
         _snapshots.delete_snapshot,
         structured=True,
+        title="Delete a snapshot",
     ),
 )
 
