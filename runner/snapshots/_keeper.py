@@ -273,11 +273,10 @@ def _copy_in(
     files, site = folder / "files", folder / "site"
     files.mkdir(mode=0o700)
     site.mkdir(mode=0o700)
-    limit = room
     try:
-        a = copy_tree(session.workspace.files, files, max_bytes=limit, max_files=1 << 20)
+        a = copy_tree(session.workspace.files, files, max_bytes=room, max_files=1 << 20)
         b = copy_tree(
-            session.workspace.site, site, max_bytes=max(0, limit - a.bytes), max_files=1 << 20
+            session.workspace.site, site, max_bytes=max(0, room - a.bytes), max_files=1 << 20
         )
     except CopyOverBudget as exc:
         raise over(exc.bytes) from exc

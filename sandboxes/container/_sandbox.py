@@ -7,8 +7,10 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .._copy import link_tree
 from .._errors import EngineCrashed, EngineUnavailable
@@ -61,29 +63,7 @@ class Sandbox:
                 another protocol.
             EngineCrashed: the container did not come up.
         """
-        task = asyncio.ensure_future(cls._launch(docker, spec))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(_remove_when_made)
-            raise
-
-    @classmethod
-    async def _launch(cls, docker: Docker, spec: ContainerSpec) -> Sandbox:
-        cid = await asyncio.to_thread(docker.create, spec)
-        attached: Attached | None = None
-        try:
-            attached = await asyncio.to_thread(docker.attach, cid)
-            await asyncio.to_thread(docker.start, cid)
-            sandbox = cls(docker, spec, cid, attached)
-            await sandbox._hello()
-            return sandbox
-        except BaseException:
-            if attached is not None:
-                attached.close()
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(docker.remove, cid)
-            raise
+        return await _made_even_if_cancelled(cls._make(docker, spec, None))
 
     @classmethod
     async def restore(cls, docker: Docker, spec: ContainerSpec, checkpoint: Path) -> Sandbox:
@@ -94,28 +74,31 @@ class Sandbox:
         Raises:
             EngineCrashed: the daemon could not restore it, or it exited at once.
         """
-        task = asyncio.ensure_future(cls._restore(docker, spec, checkpoint))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(_remove_when_made)
-            raise
+        return await _made_even_if_cancelled(cls._make(docker, spec, checkpoint))
 
     @classmethod
-    async def _restore(cls, docker: Docker, spec: ContainerSpec, checkpoint: Path) -> Sandbox:
+    async def _make(cls, docker: Docker, spec: ContainerSpec, checkpoint: Path | None) -> Sandbox:
+        """Create, attach and start a container (from `checkpoint` when given); whatever
+        fails, what was made is removed."""
         cid = await asyncio.to_thread(docker.create, spec)
         attached: Attached | None = None
         try:
-            place = await asyncio.to_thread(docker.checkpoint_folder, cid, checkpoint.name)
-            await asyncio.to_thread(link_tree, checkpoint, place)
-            # dockerd uploads the folder to containerd's content store, keyed by its digest:
-            # two restores of one checkpoint at once collide there ("already exists") unless
-            # each folder differs. runsc reads only its own files from it.
-            await asyncio.to_thread((place / RESTORED_INTO).write_text, cid)
+            if checkpoint is not None:
+                place = await asyncio.to_thread(docker.checkpoint_folder, cid, checkpoint.name)
+                await asyncio.to_thread(link_tree, checkpoint, place)
+                # dockerd uploads the folder to containerd's content store, keyed by its
+                # digest: two restores of one checkpoint at once collide there ("already
+                # exists") unless each folder differs. runsc reads only its own files from it.
+                await asyncio.to_thread((place / RESTORED_INTO).write_text, cid)
             attached = await asyncio.to_thread(docker.attach, cid)
-            await asyncio.to_thread(docker.start_from_checkpoint, cid, checkpoint.name)
+            if checkpoint is None:
+                await asyncio.to_thread(docker.start, cid)
+            else:
+                await asyncio.to_thread(docker.start_from_checkpoint, cid, checkpoint.name)
             sandbox = cls(docker, spec, cid, attached)
-            if not sandbox.alive():
+            if checkpoint is None:
+                await sandbox._hello()
+            elif not sandbox.alive():
                 raise EngineCrashed(f"the restored sandbox {cid[:12]} exited at once")
             return sandbox
         except BaseException:
@@ -232,6 +215,17 @@ class Sandbox:
         """Close the connection and remove the container (killing it if it still runs)."""
         self._attached.close()
         await asyncio.to_thread(self.docker.remove, self.id)
+
+
+async def _made_even_if_cancelled(making: Coroutine[Any, Any, Sandbox]) -> Sandbox:
+    """Await `making`; if the caller is cancelled, it still finishes in the background and
+    the sandbox it made is removed."""
+    task = asyncio.ensure_future(making)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_remove_when_made)
+        raise
 
 
 def _remove_when_made(task: asyncio.Future[Sandbox]) -> None:
