@@ -10,8 +10,10 @@ from typing import Literal
 Status = Literal["ok", "error", "timeout", "memory", "output_limit", "killed", "denied"]
 """How a run ended. Everything but `ok` and `error` names the limit (or event) that stopped it."""
 
-NetworkMode = Literal["none", "mirror"]
-"""`none`: no network at all. `mirror`: only the local package mirror (container engine)."""
+NetworkMode = Literal["none", "mirror", "egress"]
+"""`none`: no network at all. `mirror`: only the local package mirror (container engine).
+`egress`: no network interface either, but the policy's egress proxy outside the sandbox,
+reached only through what the engine lends the guest (`ExecutionPlan.egress`)."""
 
 ProgramKind = Literal["code", "file"]
 
@@ -116,6 +118,51 @@ class WorkspacePaths:
 
 
 @dataclass(frozen=True, slots=True)
+class Egress:
+    """The one way out of a sandbox whose run may reach the network (`Limits.network` is
+    `egress`): an HTTP proxy on the host that decides every connection by the policy, pins the
+    name to the address it resolved, counts bytes and connections and audits each one. The
+    sandbox still has no network interface: the engine lends the guest a path to this proxy
+    and nothing else.
+
+    What every engine does with it, the same way: code's plain `urllib.request.urlopen` (and
+    `requests` and `pip` where installed) reach allowed hosts unchanged (`HTTP_PROXY`,
+    `HTTPS_PROXY` and their lower-case forms point at a proxy address valid inside the guest,
+    with `credentials`); `ca_certificate` is trusted for HTTPS (`SSL_CERT_FILE`,
+    `REQUESTS_CA_BUNDLE`, `PIP_CERT`); `environment` is added to the guest's environment; a
+    proxy answer carrying the `Sandgate-Refused` header is raised inside the code as
+    `PermissionError(<that header's text>)`.
+
+    Attributes:
+        host: The proxy's loopback address on the host (`127.0.0.1`).
+        port: The proxy's TCP port on the host.
+        socket: The proxy's Unix socket on the host, for engines that lend a socket (a
+            bind-mount) rather than a host port; the same proxy.
+        credentials: `USER:TOKEN` naming this run to the proxy (proxy basic auth): its
+            decisions, quotas and audit records are this run's.
+        ca_certificate: The server's interception CA certificate (PEM) to trust.
+        environment: Variables for the guest, e.g. brokered secrets' placeholders.
+    """
+
+    host: str
+    port: int
+    socket: Path | None
+    credentials: str
+    ca_certificate: Path
+    environment: tuple[tuple[str, str], ...] = ()
+
+    def proxy_url(self, host: str | None = None, port: int | None = None) -> str:
+        """The proxy URL with this run's credentials, at `host:port` as the guest reaches it
+        (default: the host's own address)."""
+        return f"http://{self.credentials}@{host or self.host}:{port or self.port}"
+
+
+REFUSAL_HEADER = "Sandgate-Refused"
+"""The header of a proxy answer that refuses a connection; its text is raised in the code as
+`PermissionError`."""
+
+
+@dataclass(frozen=True, slots=True)
 class ExecutionPlan:
     """The only thing an engine runs. Made by the policy gate after an allow decision.
 
@@ -136,6 +183,8 @@ class ExecutionPlan:
             (interpreters, slots) this grant may hold while other grants need them.
         state: Whether the run shares its session's live interpreter (`persistent`) or gets
             one no other run touched (`fresh`).
+        egress: The proxy the run may reach when `limits.network` is `egress`; None
+            otherwise.
     """
 
     decision_id: str
@@ -149,6 +198,7 @@ class ExecutionPlan:
     grant: str = "local"
     pool_share: float = DEFAULT_POOL_SHARE
     state: StateMode = "fresh"
+    egress: Egress | None = None
 
     @property
     def session_key(self) -> str:
