@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any
 from ._approvals import answer_approval
 from ._audit import AuditLog, AuditRecord, read_audit
 from ._decisions import Allowed, Decision, Denied, NeedsApproval, Outcome, ToolCall
+from ._egress import CompiledEgress, EgressRule, HostPattern, SecretRule, special_address
+from ._egress_explain import explain_egress, parse_destination
+from ._egress_quota import EgressTerms
 from ._errors import (
     ApprovalRefused,
     AuditUnavailable,
@@ -28,6 +31,7 @@ from ._loader import (
 )
 from ._model import (
     RESERVED_MOUNT_NAME,
+    EgressSettings,
     Policy,
     ServerMount,
     ServerSettings,
@@ -38,6 +42,7 @@ from ._model import (
 
 if TYPE_CHECKING:
     from ._redis import RedisCounterStore
+from ._rules import ConsoleSettings, Operator
 from ._sqlite import SqliteCounterStore
 from ._store import (
     ApprovalRecord,
@@ -57,18 +62,26 @@ __all__ = [
     "AuditLog",
     "AuditRecord",
     "AuditUnavailable",
+    "CompiledEgress",
+    "ConsoleSettings",
     "CounterSpec",
     "CounterStore",
     "Decision",
     "Denied",
+    "EgressRule",
+    "EgressSettings",
+    "EgressTerms",
     "Gate",
+    "HostPattern",
     "NeedsApproval",
+    "Operator",
     "Outcome",
     "Policy",
     "PolicyError",
     "PolicyLoadError",
     "Problem",
     "RedisCounterStore",
+    "SecretRule",
     "ServerMount",
     "ServerSettings",
     "SqliteCounterStore",
@@ -78,14 +91,17 @@ __all__ = [
     "answer_approval",
     "default_policy_path",
     "engine_requirements",
+    "explain_egress",
     "grant_share",
     "load_policy",
     "load_policy_text",
     "mount_name_problem",
     "open_counter_store",
+    "parse_destination",
     "policy_json_schema",
     "read_audit",
     "shipped_policy_paths",
+    "special_address",
     "state_dir_default",
 ]
 

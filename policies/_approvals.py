@@ -94,15 +94,19 @@ class ApprovalDesk:
             by,
         )
 
-    def resolve(self, approval_id: str, approved: bool, by: str) -> ApprovalRecord:
-        """An operator answers a pending approval (audited as `operator:<by>`).
+    def resolve(
+        self, approval_id: str, approved: bool, by: str, note: str | None = None
+    ) -> ApprovalRecord:
+        """An operator answers a pending approval (audited as `operator:<by>`, with `note`).
 
         Raises:
             UnknownApproval: No pending approval has this id.
             StateUnavailable: The store cannot be reached.
             AuditUnavailable: The answer was stored but could not be audited.
         """
-        return answer_approval(self._store, self._audit, approval_id, approved, by, self._clock())
+        return answer_approval(
+            self._store, self._audit, approval_id, approved, by, self._clock(), note=note
+        )
 
     def answer_for_call(
         self,
@@ -200,18 +204,26 @@ def operator_answerer(name: str) -> str:
 
 
 def answer_approval(
-    store: CounterStore, audit: AuditLog, approval_id: str, approved: bool, by: str, now: float
+    store: CounterStore,
+    audit: AuditLog,
+    approval_id: str,
+    approved: bool,
+    by: str,
+    now: float,
+    *,
+    note: str | None = None,
 ) -> ApprovalRecord:
     """An operator answers a pending approval in `store`, audited in `audit` as
-    `operator:<by>`: what `sandgate approve` / `sandgate deny` do from another process, and
-    what `Gate.resolve_approval` does in the server's.
+    `operator:<by>` (with the operator's `note`, when given, in the record's reason): what
+    `sandgate approve` / `sandgate deny` do from another process, and what
+    `Gate.resolve_approval` does in the server's.
 
     Raises:
         UnknownApproval: No pending approval has this id.
         StateUnavailable: The store cannot be reached.
         AuditUnavailable: The answer was stored but could not be audited.
     """
-    return _answer(store, audit, approval_id, approved, operator_answerer(by), now, None)
+    return _answer(store, audit, approval_id, approved, operator_answerer(by), now, None, note)
 
 
 def _answer(
@@ -222,9 +234,11 @@ def _answer(
     by: str,
     now: float,
     binding: str | None,
+    note: str | None = None,
 ) -> ApprovalRecord:
     """Store the answer (bound to `binding`, when given) and audit it with who answered."""
     record = store.resolve_approval(approval_id, approved, by, now, binding=binding)
+    reason = f"{'approved' if approved else 'denied'} by {by}"
     audit.append(
         AuditRecord(
             time=iso_time(now),
@@ -237,7 +251,7 @@ def _answer(
             args_sha256=record.args_sha256,
             approval_id=approval_id,
             by=by,
-            reason=f"{'approved' if approved else 'denied'} by {by}",
+            reason=f"{reason}: {note}" if note else reason,
         )
     )
     return record

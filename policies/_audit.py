@@ -18,7 +18,7 @@ from ._errors import AuditUnavailable
 
 logger = logging.getLogger("sandgate.policy")
 
-AuditEvent = Literal["decision", "outcome", "approval"]
+AuditEvent = Literal["decision", "outcome", "approval", "egress"]
 AuditDecision = Literal["allow", "deny", "would_deny", "needs_approval"]
 
 
@@ -57,7 +57,8 @@ class AuditRecord:
     Attributes:
         time: ISO-8601 UTC time of the event.
         id: The decision id (outcomes and approvals repeat the id they belong to).
-        event: `decision`, `outcome` (how an allowed call ended) or `approval`.
+        event: `decision`, `outcome` (how an allowed call ended), `approval`, or `egress`
+            (one connection of an allowed run: `decision` allow or deny, by `rule`).
         decision: `allow`, `deny`, `would_deny` (audit mode) or `needs_approval`.
         rule: The deciding rule (`/tools/x/limits/COUNTER`, `/default`, ...).
         reason: The sentence the agent was shown.
@@ -76,6 +77,7 @@ class AuditRecord:
         mode: The policy mode that applied.
         approval_id: The approval asked for, used, approved or denied.
         by: Who approved or denied (approval records).
+        egress: Egress records: `host`, `port`, `address`, `bytes_up`, `bytes_down`, `cut`.
     """
 
     time: str
@@ -99,6 +101,7 @@ class AuditRecord:
     mode: str | None = None
     approval_id: str | None = None
     by: str | None = None
+    egress: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready dict, leaving out empty fields."""

@@ -7,9 +7,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ._egress import EgressRule
 from ._errors import Problem
 from ._model import BUILTIN_PROFILES, Grant, Policy
-from ._rules import ToolRule
+from ._rules import Quotas, ToolRule
 from ._source import KeyPath, Parsed, format_path, guess_format, parse
 
 KNOWN_TOOLS = frozenset(
@@ -75,6 +76,7 @@ def _errors(policy: Policy, parsed: Parsed, extra_grants: dict[str, Grant]) -> l
                         (*path, "args_schema"), f"not a valid JSON Schema at {where}: {exc.message}"
                     )
                 )
+    problems += _egress_problems(policy, parsed)
     for name, profile in policy.engines.items():
         if profile.runtime is not None and profile.kind != "container":
             problems.append(
@@ -264,3 +266,30 @@ def resolve_paths(policy: Policy, base: Path) -> Policy:
             ),
         }
     )
+
+
+def _egress_problems(policy: Policy, parsed: Parsed) -> list[Problem]:
+    """Secrets named twice, and egress routes naming secrets the policy does not define."""
+    problems: list[Problem] = []
+    names = [secret.name for secret in policy.secrets]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            problems.append(
+                parsed.problem(("secrets", index, "name"), f"secret {name!r} is defined twice")
+            )
+    routes: list[tuple[KeyPath, Quotas]] = [(("quotas",), policy.quotas)]
+    routes += [((*path, "quotas"), rule.quotas) for path, rule in rules_of(policy)]
+    routes += [(("engines", n, "quotas"), p.quotas) for n, p in policy.engines.items()]
+    for path, quotas in routes:
+        if not isinstance(quotas.network, EgressRule):
+            continue
+        for index, name in enumerate(quotas.network.secrets):
+            if name not in names:
+                problems.append(
+                    parsed.problem(
+                        (*path, "network", "secrets", index),
+                        f"unknown secret {name!r}; expected one of: {', '.join(names) or '(none)'}"
+                        "; define it under `secrets`",
+                    )
+                )
+    return problems

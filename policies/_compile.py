@@ -9,6 +9,7 @@ from typing import Any
 
 from sandboxes import DEFAULT_WORKSPACE_FILES, Limits, StateMode
 
+from ._egress import CompiledEgress, EgressRule, compile_egress
 from ._model import DEFAULT_PROFILE, Policy
 from ._predicates import CompiledPredicate
 from ._rules import Action, CounterLimit, Mode, Quotas, Scope, ToolRule
@@ -72,7 +73,7 @@ class EffectiveQuotas:
             processes=int(q.processes or 64),
             workspace_bytes=int(q.workspace_mb if q.workspace_mb is not None else 256) * MIB,
             workspace_files=int(q.workspace_files or DEFAULT_WORKSPACE_FILES),
-            network=q.network or "none",
+            network="egress" if isinstance(q.network, EgressRule) else q.network or "none",
             fuel=q.fuel,
         )
 
@@ -98,6 +99,8 @@ class CompiledTool:
     runtime: str | None = None
     state: StateMode | None = None
     """What the policy says of `state` (None: the tool's own default)."""
+    egress: CompiledEgress | None = None
+    """The tool's egress route when its `quotas.network` is one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +191,22 @@ def _tool(policy: Policy, name: str | None, rule: ToolRule | None) -> CompiledTo
         engine=kind,
         runtime=runtime,
         state=state,
+        egress=_egress(policy, quotas),
     )
+
+
+def _egress(policy: Policy, quotas: EffectiveQuotas) -> CompiledEgress | None:
+    route = quotas.values.network
+    if not isinstance(route, EgressRule):
+        return None
+    secrets = policy.secrets
+    if policy.source is not None:  # a secret's relative file is relative to the policy
+        folder = policy.source.parent
+        secrets = [
+            s if s.file is None else s.model_copy(update={"file": str(folder / s.file)})
+            for s in secrets
+        ]
+    return compile_egress(route, quotas.sources["network"], secrets)
 
 
 def _limit(limit: CounterLimit, path: tuple[str | int, ...]) -> CompiledLimit:

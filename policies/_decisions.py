@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sandboxes import ExecutionPlan, Program, StateMode, WorkspacePaths
 
 from ._rules import Mode
+
+if TYPE_CHECKING:
+    from ._egress_quota import EgressTerms
 
 LOCAL_GRANT = "local"
 """The grant of the local user on stdio (no token)."""
@@ -64,6 +67,8 @@ class Allowed:
         call: The call that was decided.
         approval_id: The approval this call used, if it needed one.
         would_deny: Audit mode only: enforcing would have denied the call (by `rule`).
+        egress: The run's egress route and what its quotas leave, when its `limits.network`
+            is `egress` (the runner leases the proxy with it).
     """
 
     decision_id: str
@@ -75,6 +80,7 @@ class Allowed:
     call: ToolCall | None = None
     approval_id: str | None = None
     would_deny: bool = False
+    egress: EgressTerms | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,13 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sandboxes import Limits, StateMode
+from sandboxes import EgressConnection, Limits, StateMode
 
 from ._approvals import ApprovalDesk
 from ._audit import AuditDecision, AuditLog, canonical_json, iso_time, sha256_hex
 from ._compile import CompiledPolicy, CompiledTool, compile_policy, token_sha256
 from ._decisions import Allowed, Decision, Denied, NeedsApproval, Outcome, ToolCall
+from ._egress_quota import EgressExhausted, EgressTerms, charge_egress, egress_terms
 from ._errors import AuditUnavailable, StateUnavailable
 from ._model import Policy, grant_share
 from ._predicates import Subject
@@ -42,6 +43,7 @@ class _Pass(NamedTuple):
 
     reservation: str | None = None
     approval_id: str | None = None
+    egress: EgressTerms | None = None
 
 
 class _Context(NamedTuple):
@@ -84,11 +86,22 @@ class Gate:
             None if policy_path is None else PolicyWatcher(Path(policy_path), self._compiled)
         )
         self._desk = ApprovalDesk(store, audit, clock)
+        self._loaded_at = clock()
 
     @property
     def policy(self) -> Policy:
         """The policy in force (the last one that loaded)."""
         return self._compiled.policy
+
+    @property
+    def loaded_at(self) -> float:
+        """Unix time the policy in force was loaded (at start, or by the last reload)."""
+        return self._loaded_at
+
+    @property
+    def audit_path(self) -> Path:
+        """The audit log's file."""
+        return self._audit.path
 
     def decide(self, call: ToolCall) -> Decision:
         """Decide one call; the decision is audited before this returns.
@@ -198,6 +211,21 @@ class Gate:
                 index = find_exhausted(specs, usage)
                 limit, spec = specs[index]
                 return limit_refusal(limit, spec, *usage[index], now)
+        egress = None
+        if tool.egress is not None and call.program is not None:
+            terms = egress_terms(
+                tool.egress,
+                self._store,
+                tool=call.tool,
+                grant=call.grant,
+                session=call.session,
+                now=now,
+            )
+            if isinstance(terms, EgressExhausted):
+                if reservation is not None:
+                    self._store.rollback(reservation, now=now)
+                return Refusal(terms.rule, terms.reason, terms.retry_after_s)
+            egress = terms
         # Spend the approval last; if an identical call spent it first, undo the reservation.
         if asked is not None and approval_id and not self._store.use_approval(approval_id, now):
             if reservation is not None:
@@ -207,7 +235,7 @@ class Gate:
                 f"Approval {approval_id} was just used by an identical "
                 "call; repeat this call to ask for a new approval.",
             )
-        return _Pass(reservation, approval_id)
+        return _Pass(reservation, approval_id, egress)
 
     def _ask(self, ctx: _Context, asked: tuple[str, str]) -> NeedsApproval | Refusal | str:
         settings = ctx.compiled.policy.approvals
@@ -252,6 +280,7 @@ class Gate:
             ctx.call,
             passed.approval_id,
             decision == "would_deny",
+            _unmetered(ctx.tool) if passed.egress is None and plan is not None else passed.egress,
         )
 
     def _record(
@@ -293,12 +322,19 @@ class Gate:
         status: str | None = None,
         usage: Mapping[str, Any] | None = None,
         error: str | None = None,
+        egress_bytes: int = 0,
     ) -> None:
         """Commit the call's counters (`completed`, whatever the user code did, and
         `cancelled`: a cancelled run used its sandbox too) or roll them back (`infra_error`),
-        and audit the outcome. Store and audit failures are logged."""
+        charge the bytes its run moved through the egress proxy (`egress_bytes`) to the
+        route's window quotas, and audit the outcome. Store and audit failures are logged."""
         if allowed.reservation is not None:
             self._settle(allowed.reservation, outcome)
+        if allowed.egress is not None and egress_bytes > 0:
+            try:
+                charge_egress(self._store, allowed.egress, egress_bytes, self._clock())
+            except StateUnavailable as exc:
+                logger.warning("cannot charge %s egress bytes: %s", egress_bytes, exc)
         call, plan = allowed.call, allowed.plan
         record = {
             "time": iso_time(self._clock()),
@@ -322,6 +358,35 @@ class Gate:
         except AuditUnavailable as exc:
             logger.error("cannot audit the outcome of %s: %s", allowed.decision_id, exc)
 
+    def record_egress(self, allowed: Allowed, connections: Iterable[EgressConnection]) -> None:
+        """Audit each connection an allowed run asked the egress proxy for (one `egress`
+        record each: allowed or refused, by which rule, bytes each way). Failures are logged."""
+        call = allowed.call
+        for connection in connections:
+            record = {
+                "time": iso_time(self._clock()),
+                "id": allowed.decision_id,
+                "event": "egress",
+                "decision": "allow" if connection.allowed else "deny",
+                "rule": connection.rule,
+                "reason": connection.reason,
+                "tool": call.tool if call else None,
+                "grant": call.grant if call else None,
+                "session": call.session if call else None,
+                "egress": {
+                    "host": connection.host,
+                    "port": connection.port,
+                    "address": connection.address,
+                    "bytes_up": connection.bytes_up,
+                    "bytes_down": connection.bytes_down,
+                    "cut": connection.cut,
+                },
+            }
+            try:
+                self._audit.append_fields({k: v for k, v in record.items() if v is not None})
+            except AuditUnavailable as exc:
+                logger.error("cannot audit an egress connection of %s: %s", call, exc)
+
     def _settle(self, reservation: str, outcome: Outcome) -> None:
         try:
             if outcome in COUNTED:
@@ -343,6 +408,12 @@ class Gate:
         (None: the tool's own default)."""
         compiled = self._compiled.tool(tool)
         return compiled.base_limits, compiled.state
+
+    def egress_allow(self, tool: str) -> tuple[str, ...]:
+        """The hosts `tool`'s egress route allows, as the policy writes them (empty when its
+        network is not an egress route): what its description tells the model."""
+        route = self._compiled.tool(tool).egress
+        return () if route is None else tuple(str(p) for p in route.allow)
 
     def visible_tools(self, names: Iterable[str]) -> list[str]:
         """`names` without the tools the policy hides (`hide`, or `action: hide`)."""
@@ -377,9 +448,12 @@ class Gate:
                 found = name
         return found
 
-    def resolve_approval(self, approval_id: str, approved: bool, by: str = "api") -> None:
+    def resolve_approval(
+        self, approval_id: str, approved: bool, by: str = "api", *, note: str | None = None
+    ) -> ApprovalRecord:
         """An operator approves or denies a pending approval (audited as `operator:<by>`,
-        `operator:api` by default), whatever `approvals.by` says; the operator API. A client's
+        `operator:api` by default, with the operator's `note`), whatever `approvals.by` says;
+        the operator API. A client's
         answer goes through `answer_approval`, which checks that it may answer and that the
         approval is its own.
 
@@ -388,7 +462,7 @@ class Gate:
             StateUnavailable: The store cannot be reached.
             AuditUnavailable: The answer was stored but could not be audited.
         """
-        self._desk.resolve(approval_id, approved, by)
+        return self._desk.resolve(approval_id, approved, by, note)
 
     def answer_approval(
         self, call: ToolCall, approval_id: str, approved: bool, *, elicitation: bool
@@ -437,6 +511,7 @@ class Gate:
         if compiled is None:
             return False
         self._compiled = compiled
+        self._loaded_at = self._clock()
         return True
 
 
@@ -473,6 +548,15 @@ def _refused_to(compiled: CompiledPolicy, name: str, grant: str, roles: tuple[st
     if any(p.keys[0] in _CALLER_PATHS and not p.holds(subject, "every") for p in tool.require):
         return True
     return any(p.keys[0] in _CALLER_PATHS and p.holds(subject, "any") for p in tool.deny_if)
+
+
+def _unmetered(tool: CompiledTool) -> EgressTerms | None:
+    """The egress terms of a call allowed without the counters (mode `off`, audit mode): the
+    route and its per-call quotas, no window quotas."""
+    route = tool.egress
+    if route is None:
+        return None
+    return EgressTerms(route, route.max_bytes_per_call, route.max_connections_per_call)
 
 
 def _engine_name(kind: str, profile: str) -> str:

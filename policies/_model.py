@@ -11,8 +11,9 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, field_valida
 
 from sandboxes import engine_key, layer_names, unknown_layers
 
+from ._egress import SecretRule
 from ._errors import Problem
-from ._rules import MODEL_CONFIG, CounterLimit, Mode, Quotas, ToolRule
+from ._rules import MODEL_CONFIG, ConsoleSettings, CounterLimit, Mode, Quotas, ToolRule
 
 EngineKind = Literal["wasm", "pyodide", "container"]
 BUILTIN_PROFILES: dict[str, tuple[EngineKind, str | None]] = {
@@ -253,6 +254,39 @@ class ServerMount(BaseModel):
         return value
 
 
+class EgressSettings(BaseModel):
+    """How the server's egress proxy resolves names and trusts upstream servers (read when
+    the proxy starts, at the first run with an egress route: a reload does not change them)."""
+
+    model_config = MODEL_CONFIG
+
+    hosts: dict[str, str] = Field(
+        default_factory=dict,
+        description="Names the proxy resolves to these addresses instead of asking DNS (tests, "
+        'air-gapped sites): `{"api.test": "127.0.0.1"}`. The address is still checked '
+        "by the rules (a loopback one needs an allow entry naming it). Default: none.",
+    )
+    upstream_ca: str | None = Field(
+        default=None,
+        description="PEM file of the CA(s) the proxy trusts for upstream HTTPS instead of the "
+        "public ones (an internal CA, a test CA). Default: the public CAs (certifi).",
+    )
+
+    @field_validator("hosts")
+    @classmethod
+    def _addresses(cls, value: dict[str, str]) -> dict[str, str]:
+        import ipaddress
+
+        for name, address in value.items():
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(
+                    f"hosts: {name!r} must map to an IP address, got {address!r}"
+                ) from None
+        return value
+
+
 class ServerSettings(BaseModel):
     """Limits that protect the server itself, whatever the tools' rules allow."""
 
@@ -349,6 +383,15 @@ class ServerSettings(BaseModel):
         "a start-up error). Read when the server starts: a reload does not change them. "
         "Default: none.",
     )
+    console: ConsoleSettings | None = Field(
+        default=None,
+        description="The operator console (`/console` over streamable HTTP): its operators and "
+        "how it may be reached. Default: none (the console is off).",
+    )
+    egress: EgressSettings = Field(
+        default_factory=lambda: EgressSettings(),
+        description="The egress proxy of routes whose `quotas.network` is an egress rule.",
+    )
 
 
 def grant_share(policy: Policy, grant: str) -> float:
@@ -409,6 +452,12 @@ class Policy(BaseModel):
     )
     limits: list[CounterLimit] = Field(
         default_factory=list, description="Rate limits applied to every call."
+    )
+    secrets: list[SecretRule] = Field(
+        default_factory=list,
+        description="Brokered secrets: code sees a placeholder, the egress proxy puts the value "
+        "only in requests to the secret's `hosts` (and refuses the placeholder elsewhere). An "
+        "egress route lists the secrets its code may use. Default: none.",
     )
     server: ServerSettings = Field(
         default_factory=ServerSettings,

@@ -192,9 +192,11 @@ class Quotas(BaseModel):
         ge=1,
         description="Processes/threads per run (container engine). Built-in: 64.",
     )
-    network: Literal["none", "mirror"] | None = Field(
+    network: Literal["none", "mirror"] | EgressRule | None = Field(
         default=None,
-        description="Network of the guest: none, or only the package mirror. Built-in: none.",
+        description="Network of the guest: none, only the package mirror, or an egress route "
+        "(`allow:` hosts, reached through the server's egress proxy, with byte and connection "
+        "quotas). Built-in: none.",
     )
     max_code_bytes: int | None = Field(
         default=None,
@@ -256,3 +258,75 @@ class ToolRule(BaseModel):
     args_schema: dict[str, Any] | None = Field(
         default=None, description="JSON Schema the arguments must satisfy."
     )
+
+
+class Operator(BaseModel):
+    """One person who may open the operator console: a name (audited) and a token's sha256."""
+
+    model_config = MODEL_CONFIG
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.@-]{1,64}$",
+        description="Who this is, as the audit trail records their answers "
+        "(`operator:NAME`): letters, digits, `_.@-`, at most 64.",
+    )
+    token_sha256: str = Field(
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="Hex sha256 of the operator's console token (never the token itself): "
+        "`printf %s TOKEN | sha256sum`. Must differ from every grant's token.",
+    )
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+
+class ConsoleSettings(BaseModel):
+    """The operator console at `/console` of `sandgate serve --transport streamable-http`."""
+
+    model_config = MODEL_CONFIG
+
+    operators: list[Operator] = Field(
+        min_length=1,
+        description="Who may open the console (a login form, or `Authorization: Bearer TOKEN` "
+        "on its JSON endpoints). A client's grant token never opens it.",
+    )
+    allow_plain_http: bool = Field(
+        default=False,
+        description="Serve the console over plain HTTP to clients off this host. Default: "
+        "false (only over HTTPS, or from a loopback address: put a TLS proxy in front).",
+    )
+    hold_approvals_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="Seconds a call that needs an operator's approval waits, its client "
+        "connected, for an answer from the console (or `sandgate approve`) before it is "
+        "refused with its approval id; never longer than `approvals.timeout_s`. 0: refused at "
+        "once. Default: 60.",
+    )
+    session_s: float = Field(
+        default=28800.0,
+        gt=0,
+        description="Seconds a console login lasts. Default: 28800 (8 h).",
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ConsoleSettings:
+        names = [o.name for o in self.operators]
+        hashes = [o.token_sha256 for o in self.operators]
+        if len(set(names)) != len(names) or len(set(hashes)) != len(hashes):
+            raise ValueError(
+                "operators: every name and every token_sha256 must be unique, got "
+                f"names {names}; give each operator a token of their own"
+            )
+        return self
+
+
+# The egress route's models use this module's config and windows, and Quotas names EgressRule:
+# imported last, then the models that mention it are completed.
+from ._egress import EgressRule  # noqa: E402
+
+Quotas.model_rebuild()
+ToolRule.model_rebuild()

@@ -69,6 +69,16 @@ class Admission:
         self._recheck: asyncio.TimerHandle | None = None
 
     @property
+    def slots(self) -> int:
+        """Runs admitted at once."""
+        return self._slots
+
+    @property
+    def free(self) -> int:
+        """Slots free now."""
+        return self._free
+
+    @property
     def waiting(self) -> int:
         """Calls waiting for a slot now."""
         return self._count

@@ -144,6 +144,7 @@ async def open_service(
         admission=Admission(config.workers),
         operator_mounts=mounts,
         snapshot_store=SnapshotStore(config.state_dir / "snapshots"),
+        egress_dir=config.state_dir,
     )
     reaper = asyncio.create_task(_reap(sessions, running))
     # The engines start while the server already answers (`initialize`, `tools/list` need
@@ -160,6 +161,7 @@ async def open_service(
         for key in sessions.held():  # engines shared with others keep nothing of this server's
             await running.end_session(key)
         await running.aclose()
+        await service.egress.aclose()
         sessions.close()
         shutil.rmtree(workspaces, ignore_errors=True)
         store.close()

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ._errors import RunnerError
+
+EGRESS = "egress"
+"""`sandgate setup egress`: the egress proxy's own venv (mitmproxy)."""
 
 
 def _prepared() -> tuple[str, ...]:
@@ -21,6 +25,16 @@ def _prepared() -> tuple[str, ...]:
     from sandboxes import CATALOG
 
     return tuple(key for key, entry in CATALOG.items() if entry.prepare is not None)
+
+
+POLICY_ENV = "SANDGATE_POLICY"
+POLICY_HELP = f"policy file (YAML or JSON); default: ${POLICY_ENV}, else the shipped default.yaml"
+
+
+def _policy_from_env() -> Path | None:
+    """The policy `$SANDGATE_POLICY` names (the server image sets it), else None (shipped)."""
+    value = os.environ.get(POLICY_ENV)
+    return Path(value) if value else None
 
 
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -36,14 +50,14 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     elif command == "setup":
         from sandboxes import DEFAULT_ENGINE
 
-        engines, default_engine = (*_prepared(), "all"), DEFAULT_ENGINE
+        engines, default_engine = (*_prepared(), EGRESS, "all"), DEFAULT_ENGINE
     parser = argparse.ArgumentParser(
         prog="sandgate",
         description="Run untrusted Python in sandboxes behind a policy gate, as an MCP server.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the MCP tools (stdio by default)")
-    serve.add_argument("--policy", type=Path, help="policy file (YAML or JSON); default: shipped")
+    serve.add_argument("--policy", type=Path, default=_policy_from_env(), help=POLICY_HELP)
     serve.add_argument(
         "--transport", choices=("stdio", "streamable-http"), default="stdio", help="MCP transport"
     )
@@ -74,12 +88,15 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         "(repeatable)",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log more")
-    setup = sub.add_parser("setup", help="prepare engines once (compile CPython-WASI)")
+    setup = sub.add_parser(
+        "setup",
+        help="prepare engines once (compile CPython-WASI), or `egress`: mitmproxy's own venv",
+    )
     setup.add_argument("what", nargs="?", default=default_engine, choices=engines)
     doctor = sub.add_parser(
         "doctor", help="show which boundary layers of each engine are in force on this host"
     )
-    doctor.add_argument("--policy", type=Path, help="policy file (YAML or JSON); default: shipped")
+    doctor.add_argument("--policy", type=Path, default=_policy_from_env(), help=POLICY_HELP)
     for name in ("policy", "audit", "approve", "deny", "mirror", "batch"):
         sub.add_parser(name, add_help=False)
     return parser
@@ -154,11 +171,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _setup(args: argparse.Namespace) -> int:
-    """Prepare the engines the catalog can prepare (`all`), or the one named."""
+    """Prepare the engines the catalog can prepare and the egress proxy (`all`), or the one
+    named."""
     from sandboxes import CATALOG
+    from sandboxes.egress import prepare_egress
 
-    for key in _prepared() if args.what == "all" else (args.what,):
-        prepare = CATALOG[key].prepare
+    for key in (*_prepared(), EGRESS) if args.what == "all" else (args.what,):
+        prepare = prepare_egress if key == EGRESS else CATALOG[key].prepare
         assert prepare is not None
         try:
             said = prepare(lambda line: print(line, file=sys.stderr))

@@ -55,6 +55,18 @@ class Metrics:
             buckets=GATE_BUCKETS_S,
             registry=self.registry,
         )
+        self.egress_bytes = Counter(
+            "sandgate_egress_bytes",
+            "Bytes runs moved through the egress proxy, by grant and direction (up, down).",
+            ["grant", "direction"],
+            registry=self.registry,
+        )
+        self.egress_connections = Counter(
+            "sandgate_egress_connections",
+            "Connections runs asked the egress proxy for, by grant and decision (allow, deny).",
+            ["grant", "decision"],
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "sandgate_calls_in_flight", "Calls being served now.", registry=self.registry
         )

@@ -3,38 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import collections
 import getpass
 import json
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from policies import (
-    Allowed,
     AuditLog,
-    AuditRecord,
-    Denied,
-    Gate,
     Policy,
     PolicyError,
     PolicyLoadError,
     SqliteCounterStore,
-    ToolCall,
     answer_approval,
+    explain_egress,
     load_policy,
     open_counter_store,
     policy_json_schema,
-    read_audit,
     state_dir_default,
 )
-from sandboxes import Program, WorkspacePaths
 
-_CODE_TOOLS = frozenset({"run_python_code", "save_to_file_and_run", "run_code", "pyodide_execute"})
+from ._audit_query import AuditQuery, parse_time, query_audit
+from ._explain import explain_call
 
 
 def _run(
@@ -69,7 +60,15 @@ def policy_main(argv: list[str]) -> int:
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")
     explain = sub.add_parser("explain", help="say which rule decides a call, and why")
     explain.add_argument("file", type=Path, metavar="FILE")
-    explain.add_argument("--tool", required=True, help="tool name, e.g. run_python_code")
+    explain.add_argument(
+        "--tool", help="tool name, e.g. run_python_code (required unless --egress)"
+    )
+    explain.add_argument(
+        "--egress",
+        metavar="HOST[:PORT]",
+        help="say which rule of the tool's network route (default tool: run_code) allows or "
+        "refuses this host (port default 443)",
+    )
     explain.add_argument("--args", default="{}", help="the call's arguments as a JSON object")
     explain.add_argument("--grant", default="local", help="the caller's grant (default local)")
     explain.add_argument("--session", default="local", help="the session (default local)")
@@ -109,6 +108,11 @@ def _explain(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem.format(args.file))
         return 1
+    if args.egress is not None:
+        return _explain_egress(policy, args.tool or "run_code", args.egress)
+    if args.tool is None:
+        _err("sandgate policy explain: give --tool TOOL (or --egress HOST[:PORT])")
+        return 2
     try:
         call_args = json.loads(args.args)
     except json.JSONDecodeError as exc:
@@ -117,76 +121,37 @@ def _explain(args: argparse.Namespace) -> int:
     if not isinstance(call_args, dict):
         _err(f"sandgate policy explain: --args must be a JSON object, got {args.args!r}")
         return 2
-    with tempfile.TemporaryDirectory(prefix="sandgate-explain-") as tmp:
-        scratch = Path(tmp)
-        store = SqliteCounterStore(scratch / "state.sqlite3")
-        audit = AuditLog(scratch / "audit.jsonl")
-        try:
-            gate = Gate(policy, store, audit)
-            workspace = WorkspacePaths(files=scratch / "files", site=scratch / "site")
-            program = _program(args.tool, call_args)
-            decision = gate.decide(
-                ToolCall(
-                    tool=args.tool,
-                    args=call_args,
-                    grant=args.grant,
-                    session=args.session,
-                    program=program,
-                    workspace=workspace if program else None,
-                    requested_timeout_s=args.timeout_s,
-                )
-            )
-        finally:
-            store.close()
-            audit.close()
-    if isinstance(decision, Allowed):
-        kind = "allow (audit mode: enforce would deny)" if decision.would_deny else "allow"
-    else:
-        kind = "deny" if isinstance(decision, Denied) else "needs_approval"
-    reason = decision.reason
-    if kind == "needs_approval":  # the id in the reason belongs to the throwaway store
-        reason = "A human must approve this exact call before it runs (sandgate approve ID)."
-    print(f"decision: {kind}")
-    print(f"rule:     {decision.rule}")
-    print(f"reason:   {reason}")
-    if isinstance(decision, Allowed):
-        print(f"mode:     {decision.mode}")
-        if decision.plan is not None:
-            plan = decision.plan
-            print(f"engine:   {plan.engine} (profile {plan.profile})")
-            limits = ", ".join(f"{k}={v}" for k, v in _limits(plan.limits).items())
-            print(f"limits:   {limits}")
-    for line in _counters(policy, args.tool):
-        print(line)
+    found = explain_call(
+        policy,
+        tool=args.tool,
+        args=call_args,
+        grant=args.grant,
+        session=args.session,
+        timeout_s=args.timeout_s,
+    )
+    kind = "allow (audit mode: enforce would deny)" if found.decision == "would_deny" else ""
+    print(f"decision: {kind or found.decision}")
+    print(f"rule:     {found.rule}")
+    print(f"reason:   {found.reason}")
+    if found.mode is not None:
+        print(f"mode:     {found.mode}")
+    if found.engine is not None and found.limits is not None:
+        print(f"engine:   {found.engine}")
+        print(f"limits:   {', '.join(f'{k}={v}' for k, v in found.limits.items())}")
+    for line in found.counters:
+        print(f"counter:  {line}")
     return 0
 
 
-def _program(tool: str, call_args: dict[str, Any]) -> Program | None:
-    code = call_args.get("code")
-    if tool in _CODE_TOOLS and isinstance(code, str):
-        return Program(kind="code", source=code)
-    file_name = call_args.get("file_name")
-    if tool == "run_python_file" and isinstance(file_name, str):
-        return Program(kind="file", source=file_name)
-    return None
-
-
-def _limits(limits: Any) -> dict[str, Any]:
-    return {name: getattr(limits, name) for name in limits.__dataclass_fields__}
-
-
-def _counters(policy: Policy, tool: str) -> Iterator[str]:
-    rules = [("/limits", policy.limits)]
-    if policy.all_tools is not None:
-        rules.append(("/all_tools/limits", policy.all_tools.limits))
-    if tool in policy.tools:
-        rules.append((f"/tools/{tool}/limits", policy.tools[tool].limits))
-    for where, limits in rules:
-        for limit in limits:
-            yield (
-                f"counter:  {where}/{limit.counter}: at most {limit.max} per {limit.window} "
-                f"per {limit.scope}"
-            )
+def _explain_egress(policy: Policy, tool: str, destination: str) -> int:
+    try:
+        found = explain_egress(policy, tool, destination)
+    except ValueError as exc:
+        _err(f"sandgate policy explain: --egress: {exc}")
+        return 2
+    for label, value in found:
+        print(f"{label + ':':<9} {value}")
+    return 0
 
 
 # -- sandgate audit -------------------------------------------------------------------------
@@ -207,6 +172,7 @@ def audit_main(argv: list[str]) -> int:
     query.add_argument("--event", choices=("decision", "outcome", "approval"))
     query.add_argument("--grant")
     query.add_argument("--session")
+    query.add_argument("--status", help="how the code ended: ok, error, timeout, ...")
     query.add_argument("--since", help="ISO-8601 time, e.g. 2025-01-31T12:00:00Z")
     for command in (tail, query):
         command.add_argument(
@@ -220,37 +186,27 @@ def _audit(args: argparse.Namespace) -> int:
     if not path.is_file():
         _err(f"sandgate audit: no audit file at {path}; pass --path or set SANDGATE_HOME")
         return 1
-    records: Iterator[AuditRecord] | collections.deque[AuditRecord]
     if args.action == "tail":
-        records = collections.deque(read_audit(path), maxlen=max(args.n, 0))
+        records = query_audit(path, AuditQuery(), last=args.n)
     else:
         try:
-            since = _parse_time(args.since) if args.since else None
+            since = parse_time(args.since) if args.since else None
         except ValueError:
             _err(f"sandgate audit: --since must be an ISO-8601 time, got {args.since!r}")
             return 2
-        records = (r for r in read_audit(path) if _matches(r, args, since))
+        query = AuditQuery(
+            tool=args.tool,
+            decision=args.decision,
+            event=args.event,
+            grant=args.grant,
+            session=args.session,
+            status=args.status,
+            since=since,
+        )
+        records = query_audit(path, query)
     for record in records:
         print(json.dumps(record.to_dict(), ensure_ascii=False, sort_keys=False))
     return 0
-
-
-def _parse_time(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _matches(record: AuditRecord, args: argparse.Namespace, since: datetime | None) -> bool:
-    for name in ("tool", "decision", "event", "grant", "session"):
-        wanted = getattr(args, name)
-        if wanted is not None and getattr(record, name) != wanted:
-            return False
-    if since is not None:
-        try:
-            return _parse_time(record.time) >= since
-        except ValueError:
-            return False
-    return True
 
 
 # -- sandgate approve / deny ----------------------------------------------------------------
@@ -281,6 +237,7 @@ def approve_main(argv: list[str], *, deny: bool = False) -> int:
     parser.add_argument(
         "--by", help="who answers, audited as operator:NAME (default: your user name)"
     )
+    parser.add_argument("--reason", help="why, kept in the audit record of the answer")
     return _run(parser, argv, lambda args: _approve(args, approved=not deny))
 
 
@@ -306,7 +263,9 @@ def _approve(args: argparse.Namespace, *, approved: bool) -> int:
         try:
             audit = AuditLog(audit_path)
             try:
-                record = answer_approval(store, audit, args.approval_id, approved, by, time.time())
+                record = answer_approval(
+                    store, audit, args.approval_id, approved, by, time.time(), note=args.reason
+                )
             finally:
                 audit.close()
         finally:

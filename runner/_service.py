@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import mcp_types as types
@@ -18,11 +19,13 @@ from policies import (
     Allowed,
     ApprovalRefused,
     AuditUnavailable,
+    Decision,
     Denied,
     Gate,
     NeedsApproval,
     StateUnavailable,
     ToolCall,
+    UnknownApproval,
 )
 from sandboxes import (
     HOST_IO,
@@ -39,11 +42,15 @@ from sandboxes import session_key as key_of
 
 from ._admission import Admission, Busy
 from ._disk import settle_workspace
+from ._egress import EgressLeases, with_network
 from ._engines import Engines
 from ._errors import ArgumentError, RunnerError, ServerLimit, UnknownTool
 from ._metrics import Metrics
 from ._mounts import MountPoint, session_mounts
+from ._operator import OperatorApi
 from ._sessions import Session, Sessions
+from ._usage import UsageWindow
+from ._waiting import ApprovalRoom
 from .packages import Installer
 from .snapshots import SessionSnapshots, SnapshotStore
 from .tools import TOOLS_BY_NAME, Caller, ToolSet
@@ -72,6 +79,8 @@ class _Trace:
     status: str = "none"
     engine: str = "none"
     for_model: bool = False
+    busy: bool = False
+    asked: bool = False
 
 
 _TRACE: contextvars.ContextVar[_Trace | None] = contextvars.ContextVar(
@@ -108,6 +117,10 @@ class _Ticket:
     def plan(self) -> ExecutionPlan | None:
         return None if self._decision is None else self._decision.plan
 
+    @property
+    def decision(self) -> Allowed | None:
+        return self._decision
+
     def settle(
         self,
         status: str,
@@ -115,14 +128,19 @@ class _Ticket:
         error: str | None = None,
         outcome: str = "completed",
         usage: Mapping[str, Any] | None = None,
+        egress_bytes: int = 0,
     ) -> None:
         """Record how the call ended: `completed` and `cancelled` commit its counters;
-        `refused` and `infra_error` roll them back (nothing counted). Once only."""
+        `refused` and `infra_error` roll them back (nothing counted); bytes the run moved
+        through the egress proxy are charged to the route's window quotas. Once only."""
         if self.settled or self._decision is None:
             return
         self.settled = True
         _trace().status = status
-        self._service.finish(self._decision, outcome, status=status, usage=usage, error=error)
+        details: dict[str, Any] = {"status": status, "usage": usage, "error": error}
+        if egress_bytes:
+            details["egress_bytes"] = egress_bytes
+        self._service.finish(self._decision, outcome, **details)
 
 
 class Service:
@@ -137,6 +155,8 @@ class Service:
         operator_mounts: Operator folders every engine shows at `/mnt/NAME`.
         snapshot_store: Where session snapshots live (default: `snapshots` beside the
             sessions' folder).
+        egress_dir: The server's state folder, where the egress proxy keeps its CA and
+            sockets (`egress/`; default: beside the sessions' folder).
     """
 
     def __init__(
@@ -151,6 +171,7 @@ class Service:
         admission: Admission | None = None,
         operator_mounts: tuple[MountPoint, ...] = (),
         snapshot_store: SnapshotStore | None = None,
+        egress_dir: Path | None = None,
     ) -> None:
         self.gate = gate
         self.admission = admission or Admission(DEFAULT_RUN_SLOTS)
@@ -163,6 +184,17 @@ class Service:
         self._host_mounts = tuple(m.host_mount() for m in operator_mounts)
         store = snapshot_store or SnapshotStore(sessions.root.parent / "snapshots")
         self._snapshots = SessionSnapshots(store, sessions, engines, lambda: gate.policy.server)
+        self.usage = UsageWindow()
+        self.egress = EgressLeases(
+            egress_dir or sessions.root.parent,
+            lambda: gate.policy.server.egress,
+            gate,
+            self.metrics,
+        )
+        """The egress proxy, leased to each run whose plan says `egress`."""
+        self.approvals = ApprovalRoom()
+        self.operator = OperatorApi(self)
+        """What an operator does (the console's API): approvals, audit, usage, policy."""
 
     @property
     def installer(self) -> Installer:
@@ -217,6 +249,7 @@ class Service:
             timeout_s=limits.wall_timeout_s,
             network=limits.network,
             result_text_bytes=self.gate.policy.server.result_text_bytes,
+            egress_allow=self.gate.egress_allow(name),
         )
 
     async def call_tool(
@@ -258,7 +291,16 @@ class Service:
             _TRACE.reset(token)
             tool = name if name in TOOLS_BY_NAME else "unknown"
             self.metrics.calls.labels(tool, trace.decision, trace.status).inc()
-            self.metrics.latency.labels(tool, trace.engine).observe(time.perf_counter() - began)
+            took = time.perf_counter() - began
+            self.metrics.latency.labels(tool, trace.engine).observe(took)
+            self.usage.record(
+                grant=caller.grant,
+                engine=trace.engine,
+                decision=trace.decision,
+                asked=trace.asked,
+                busy=trace.busy,
+                seconds=took,
+            )
 
     async def _serve(
         self, name: str, arguments: Mapping[str, Any] | None, caller: Caller
@@ -320,6 +362,8 @@ class Service:
         self.metrics.gate_latency.observe(time.perf_counter() - began)
         if isinstance(decision, NeedsApproval):
             _trace().decision = "needs_approval"
+            self.approvals.asked(decision, call)
+            _trace().asked = True
             ask = decision.by == "client" and caller.elicitation
             answer = await caller.approver(decision) if ask and caller.approver else None
             if answer is None and ask and caller.can_ask_input and caller.answer is None:
@@ -329,9 +373,35 @@ class Service:
                 if refused is not None:
                     return refused
                 decision = await asyncio.to_thread(self.gate.decide, call)
+            elif isinstance(decision, NeedsApproval):
+                decision = await self._hold_for_operator(call, decision)
             if isinstance(decision, NeedsApproval):
                 return Denied(decision.decision_id, decision.rule, decision.reason)
         _trace().decision = "deny" if isinstance(decision, Denied) else "allow"
+        return decision
+
+    async def _hold_for_operator(self, call: ToolCall, need: NeedsApproval) -> Decision:
+        """With the console on, hold the call (`server.console.hold_approvals_s`) until an
+        operator answers its approval, then decide it again; `need` if nobody answered."""
+        console = self.gate.policy.server.console
+        hold = 0.0 if console is None else console.hold_approvals_s
+        hold = min(hold, need.expires_at - time.time())
+        if hold <= 0:
+            return need
+
+        async def answered() -> bool:
+            try:
+                status = await asyncio.to_thread(self.gate.approval_status, need.approval_id)
+            except (UnknownApproval, StateUnavailable):
+                return True  # deciding again says what became of it
+            return status != "pending"
+
+        if not await self.approvals.wait(need.approval_id, hold, answered):
+            return need
+        decision = await asyncio.to_thread(self.gate.decide, call)
+        note = self.approvals.note(need.approval_id)
+        if isinstance(decision, Denied) and note:
+            decision = replace(decision, reason=f"{decision.reason} The operator said: {note}")
         return decision
 
     async def _answer(
@@ -423,8 +493,14 @@ class Service:
                     return early
                 engine = await self.engines.get(plan.engine_key)
                 engine.capabilities.check(engine.name, plan)
-                async with self.admission.slot(caller.grant, plan.pool_share):
+                assert ticket.decision is not None
+                async with (
+                    self.admission.slot(caller.grant, plan.pool_share),
+                    self.egress.leased(ticket.decision, plan) as (plan, leased),
+                ):
                     result = await engine.run(plan)
+                if leased is not None:
+                    result = with_network(result, leased)
                 shown = Shown()
                 if _trace().for_model:
                     result, shown = await self._fit(plan, result)
@@ -443,17 +519,28 @@ class Service:
                 ticket.settle("refused", outcome="refused", error=str(exc))
                 return Refused(f"/engines/{plan.profile}", str(exc))
             except (EngineBusy, Busy) as exc:
+                _trace().busy = True
                 ticket.settle("infra_error", outcome="infra_error", error=_named(exc))
                 return BusyOutcome(_infra_text(plan.engine, exc), exc.retry_after_s)
             except (SandboxError, OSError) as exc:
                 ticket.settle("infra_error", outcome="infra_error", error=_named(exc))
                 return Failed(_infra_text(plan.engine, exc))
-            usage = {
+            usage: dict[str, Any] = {
                 "wall_ms": result.usage.wall_ms,
                 "cpu_ms": result.usage.cpu_ms,
                 "peak_memory_bytes": result.usage.peak_memory_bytes,
             }
-            ticket.settle(result.status, usage=usage)
+            network = result.usage.network
+            if network is not None:
+                usage["network"] = {
+                    "bytes_up": network.bytes_up,
+                    "bytes_down": network.bytes_down,
+                    "connections": network.connections,
+                    "refused": len(network.refused),
+                }
+                shown = replace(shown, notes=(*shown.notes, *network.refused))
+            moved = 0 if network is None else network.bytes_up + network.bytes_down
+            ticket.settle(result.status, usage=usage, egress_bytes=moved)
             return Ran(result, plan.engine_key, shown)
 
     async def _fit_told(self, told: Told, grant: str) -> Told:

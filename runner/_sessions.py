@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from policies import ServerSettings
@@ -220,6 +220,11 @@ class Sessions:
         """Whether `grant` holds the session `session_id`."""
         with self._lock:
             return session_key(grant, session_id) in self._sessions
+
+    def listing(self) -> list[Session]:
+        """A copy of every session held now (for the operator console)."""
+        with self._lock:
+            return [replace(s) for s in self._sessions.values()]
 
     def disk_bytes(self) -> int:
         """What every workspace occupied on disk when last measured."""

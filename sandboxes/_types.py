@@ -223,14 +223,36 @@ def session_key(grant: str, session_id: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkUsage:
+    """What a run did through the egress proxy.
+
+    Attributes:
+        bytes_up: Bytes sent to hosts (request lines, headers, bodies).
+        bytes_down: Bytes received from them.
+        connections: Connections made (a client connection to one host:port).
+        refused: Each refused connection, as its refusal (`egress to HOST:PORT refused by
+            policy rule POINTER: reason`).
+        cut: Whether the byte quota cut a transfer.
+    """
+
+    bytes_up: int = 0
+    bytes_down: int = 0
+    connections: int = 0
+    refused: tuple[str, ...] = ()
+    cut: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
-    """What a run used: wall and CPU milliseconds, peak memory and fuel where measurable."""
+    """What a run used: wall and CPU milliseconds, peak memory and fuel where measurable,
+    and its network figures when it ran with egress (`network`; None otherwise)."""
 
     wall_ms: float
     cpu_ms: float | None = None
     peak_memory_bytes: int | None = None
     fuel: int | None = None
     output_bytes: int = 0
+    network: NetworkUsage | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,12 @@ config = {}
 if os.path.exists(path) and os.path.getsize(path) > 0:
     with open(path) as f:
         config = json.load(f)
-wanted = {"path": runsc, "runtimeArgs": ["--platform=ptrace", "--network=none"]}
+# --host-uds=open: the sandbox may connect to (never create) a host Unix socket that one of its
+# own mounts shows it; the container engine lends an egress run the proxy's socket that way.
+wanted = {
+    "path": runsc,
+    "runtimeArgs": ["--platform=ptrace", "--network=none", "--host-uds=open"],
+}
 runtimes = config.setdefault("runtimes", {})
 if runtimes.get("runsc") == wanted and config.get("experimental") is True:
     print("no")

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV="${SANDGATE_VENV:-.venv}"
-SYSTEM_PACKAGES=(redis-server docker.io runsc debootstrap)
+SYSTEM_PACKAGES=(redis-server docker.io docker-compose runsc debootstrap chromium chromium-driver)
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
@@ -29,6 +29,9 @@ echo "==> installing sandgate and its test dependencies"
 
 echo "==> preparing the wasm engine (the first time compiles CPython-WASI, ~90 s)"
 "$VENV/bin/sandgate" setup wasm
+
+echo "==> preparing the egress proxy (mitmproxy in a venv of its own: ~/.cache/sandgate/egress-venv)"
+"$VENV/bin/sandgate" setup egress
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "==> preparing the container engine (dockerd + gVisor, sandbox image built offline)"

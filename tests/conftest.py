@@ -16,6 +16,8 @@ from tests.fuzz import _profiles  # noqa: F401  (registers the fuzz suite's hypo
 
 IN_CI = os.environ.get("CI") == "true"
 
+pytest_plugins = ("tests.egress.fixtures",)
+
 
 def require_binary(name: str) -> str:
     """The path of a needed program; skipped outside CI when missing, a failure in CI."""

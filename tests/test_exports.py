@@ -17,6 +17,7 @@ PACKAGES = [
     "runner.packages.mirror",
     "sandboxes",
     "sandboxes.container",
+    "sandboxes.egress",
     "sandboxes.pyodide",
     "sandboxes.wasm",
 ]

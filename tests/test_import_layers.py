@@ -82,6 +82,7 @@ def test_an_import_against_each_contract_breaks_it(tmp_path: Path) -> None:
         "sandboxes/wasm/__init__.py": "from sandboxes.pyodide import __name__ as _\n",
         "sandboxes/pyodide/__init__.py": "",
         "sandboxes/container/__init__.py": "",
+        "sandboxes/egress/__init__.py": "",
     }
     for path, text in modules.items():
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 from typing import Any
@@ -20,6 +19,7 @@ from policies import Gate
 
 from .._app import Config, open_service
 from .._metrics import Metrics
+from ..console import PREFIX, Console, is_loopback
 from ._cancelled import SilentCancels
 from ._http_sessions import GrantSessions
 from ._server import GRANT_SCOPE_KEY, build_server, connection_scope
@@ -41,15 +41,6 @@ async def serve_stdio(config: Config) -> None:
                 await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class BearerGrants:
     """ASGI middleware: maps `Authorization: Bearer TOKEN` to a policy grant, else answers 401.
 
@@ -59,10 +50,13 @@ class BearerGrants:
     opened it (another grant's session id answers 404, as an unknown one does).
     """
 
-    def __init__(self, app: ASGIApp, gate: Gate, *, loopback: bool) -> None:
+    def __init__(
+        self, app: ASGIApp, gate: Gate, *, loopback: bool, own_auth: tuple[str, ...] = ()
+    ) -> None:
         self._app = app
         self._gate = gate
         self._loopback = loopback
+        self._own_auth = own_auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,6 +66,10 @@ class BearerGrants:
             # No OAuth here: a 404 (not a 401) tells an OAuth-aware client there is no
             # authorization server to log in to, so it shows the server's own 401 message.
             await _no_oauth(send)
+            return
+        path = str(scope.get("path", ""))
+        if any(path == p or path.startswith(p + "/") for p in self._own_auth):
+            await self._app(scope, receive, send)  # the operator console checks its own
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         auth = headers.get("authorization", "")
@@ -139,11 +137,17 @@ async def serve_http(config: Config, *, host: str, port: int, path: str = "/mcp"
     async with open_service(config) as service:
         server = build_server(service)
         metrics = Route("/metrics", endpoint=_metrics_endpoint(service.metrics))
+        console = Console(
+            service.operator,
+            lambda: service.gate.policy.server.console,
+            service.gate.authenticate,
+        )
         limits = service.gate.policy.server
+        routes: list[Any] = [metrics, console.mount()]  # the SDK takes any Starlette route
         app: Any = server.streamable_http_app(
             streamable_http_path=path,
             host=host,
-            custom_starlette_routes=[metrics],
+            custom_starlette_routes=routes,
             max_request_body_size=limits.max_request_bytes,
             session_idle_timeout=limits.session_idle_s,
         )
@@ -155,9 +159,13 @@ async def serve_http(config: Config, *, host: str, port: int, path: str = "/mcp"
                 service.gate.policy.server.session_idle_s,
             ),
         )
-        app = BearerGrants(SilentCancels(app), service.gate, loopback=_is_loopback(host))
+        app = BearerGrants(
+            SilentCancels(app), service.gate, loopback=is_loopback(host), own_auth=(PREFIX,)
+        )
         uv = uvicorn.Server(
             uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
         )
         config.progress(f"sandgate: serving streamable HTTP on http://{host}:{port}{path}")
+        if limits.console is not None:
+            config.progress(f"sandgate: operator console on http://{host}:{port}{PREFIX}/")
         await uv.serve()

@@ -84,8 +84,10 @@ class Route:
         engine: The engine key (`wasm`, `pyodide`, `container:runc`, `container:runsc`).
         state: `persistent` (the session's interpreter is kept) or `fresh`.
         timeout_s: The policy's time limit per call (a caller's own is clamped to it).
-        network: The network mode (`none`; `mirror`: the package mirror only).
+        network: The network mode (`none`; `mirror`: the package mirror only; `egress`:
+            the hosts `egress_allow` names, through the server's egress proxy).
         result_text_bytes: Printed text one result gives before it is cut.
+        egress_allow: The egress route's allowed hosts (`network` `egress`).
     """
 
     engine: str
@@ -93,6 +95,7 @@ class Route:
     timeout_s: float
     network: str
     result_text_bytes: int
+    egress_allow: tuple[str, ...] = ()
 
 
 def annotations_of(kind: ToolKind, title: str, route: Route) -> types.ToolAnnotations:
@@ -156,6 +159,12 @@ def _runs(terms: RunTerms, route: Route) -> str:
 def _network(route: Route) -> str:
     if route.network == "none":
         return "No network: sockets, HTTP and DNS fail."
+    if route.network == "egress":
+        return (
+            f"HTTP(S) only to {', '.join(route.egress_allow)}, through the server's egress "
+            "proxy (urllib, requests and pip work unchanged; any other host raises "
+            "PermissionError naming the policy rule; byte and connection quotas apply)."
+        )
     return "No network but the operator's package mirror."
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import mcp_types as types
 
-from sandboxes import Image, RunResult
+from sandboxes import Image, NetworkUsage, RunResult
 
 from .._mounts import WORKSPACE_GUEST_PATH
 from ._fit import SavedOutput, Shown
@@ -239,8 +239,29 @@ RUN_CODE_OUTPUT_SCHEMA: dict[str, Any] = {
                 "peak_memory_bytes": {"type": ["integer", "null"]},
                 "fuel": {"type": ["integer", "null"]},
                 "output_bytes": {"type": "integer"},
+                "network": {
+                    "type": ["object", "null"],
+                    "description": "What the run did through the egress proxy (null: the "
+                    "route has no network): bytes each way, connections made, each refused "
+                    "connection (its refusal), and whether the byte quota cut a transfer.",
+                    "properties": {
+                        "bytes_up": {"type": "integer"},
+                        "bytes_down": {"type": "integer"},
+                        "connections": {"type": "integer"},
+                        "refused": _TEXTS,
+                        "cut": {"type": "boolean"},
+                    },
+                    "required": ["bytes_up", "bytes_down", "connections", "refused", "cut"],
+                },
             },
-            "required": ["wall_ms", "cpu_ms", "peak_memory_bytes", "fuel", "output_bytes"],
+            "required": [
+                "wall_ms",
+                "cpu_ms",
+                "peak_memory_bytes",
+                "fuel",
+                "output_bytes",
+                "network",
+            ],
         },
         "outputs": {
             "type": "array",
@@ -306,12 +327,25 @@ def structured(result: RunResult, shown: Shown | None = None) -> dict[str, Any]:
             "peak_memory_bytes": usage.peak_memory_bytes,
             "fuel": usage.fuel,
             "output_bytes": usage.output_bytes,
+            "network": _network(usage.network),
         },
         "outputs": [_saved(saved) for saved in shown.saved],
         "notes": list(shown.notes),
         "rule": None,
         "reason": None,
         "retry_after_s": None,
+    }
+
+
+def _network(network: NetworkUsage | None) -> dict[str, Any] | None:
+    if network is None:
+        return None
+    return {
+        "bytes_up": network.bytes_up,
+        "bytes_down": network.bytes_down,
+        "connections": network.connections,
+        "refused": list(network.refused),
+        "cut": network.cut,
     }
 
 
@@ -346,6 +380,7 @@ def not_run(
             "peak_memory_bytes": None,
             "fuel": None,
             "output_bytes": 0,
+            "network": None,
         },
         "outputs": [],
         "notes": [],
@@ -412,6 +447,13 @@ def run_code_summary(payload: dict[str, Any]) -> str:
         f"stdout: {sizes['stdout']} bytes, stderr: {sizes['stderr']} bytes (the text is in the "
         "structured content: stdout, stderr)"
     )
+    network = payload["usage"]["network"]
+    if network is not None:
+        lines.append(
+            f"network: {network['connections']} connection(s), {network['bytes_up']} bytes up, "
+            f"{network['bytes_down']} bytes down"
+            + (" (cut: egress byte quota exhausted)" if network["cut"] else "")
+        )
     if payload["images"]:
         lines.append("images: " + ", ".join(payload["images"]))
     lines += [f"whole {o['stream']}: {o['path']} ({o['uri']})" for o in payload["outputs"]]

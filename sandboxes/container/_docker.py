@@ -18,7 +18,13 @@ from typing import Any
 
 from .._lending import mount_guest
 from ._errors import translate
-from ._spec import LABEL_ENGINE, WORKSPACE_GUEST, ContainerSpec
+from ._spec import (
+    EGRESS_CA_GUEST,
+    EGRESS_SOCKET_GUEST,
+    LABEL_ENGINE,
+    WORKSPACE_GUEST,
+    ContainerSpec,
+)
 
 DEFAULT_API_TIMEOUT_S = 60
 MAX_POOL_CONNECTIONS = 64
@@ -168,6 +174,12 @@ class Docker:
                 for m in spec.shape.mounts
             ),
         ]
+        if spec.shape.egress is not None:  # egress runs' containers only: the proxy's socket
+            egress = spec.shape.egress
+            mounts += [
+                docker.types.Mount(EGRESS_SOCKET_GUEST, str(egress.socket), "bind", True),
+                docker.types.Mount(EGRESS_CA_GUEST, str(egress.ca_certificate), "bind", True),
+            ]
         with translate(f"create a container from {spec.image}", where=self.where):
             host_config = self._api.create_host_config(
                 mounts=mounts,

@@ -23,6 +23,14 @@ A pool container can die while idle (dockerd restarted, something outside killed
 drops such containers rather than hand them out; one that dies just as the request is sent is
 recognised by the exchange (`SandboxGone`: the code never ran), and the run moves, once, to a
 freshly created container, so the user is never blamed for a container that was already dead.
+
+Egress (`Limits.network == "egress"`, `ExecutionPlan.egress`): the container keeps no network
+interface but loopback. Its creation bind-mounts the proxy's Unix socket and CA (`EgressMount`,
+part of its `Shape`), which pool containers never have, so an egress run always starts its
+own container (a persistent session's: one made for egress) and a `none` run never meets one.
+Its interpreter server relays 127.0.0.1:`EGRESS_PORT` to the socket (`sandgate_egress`); the
+run's lease (proxy variables with its credentials, CA paths, placeholders) travels in the
+request, so a persistent interpreter holds each run's own and drops it after the run.
 """
 
 from __future__ import annotations
@@ -76,7 +84,7 @@ from .._live import CANCELLED, LIMITS_CHANGED, PROCESS_DIED, LiveSessions, lost_
 from .._types import ExecutionPlan, HostMount, Image, Limits, RunResult
 from ._docker import Docker
 from ._errors import SandboxGone
-from ._fleet import Fleet, check_daemon, layer_states, remove_orphans
+from ._fleet import Fleet, check_daemon, egress_refusal, layer_states, remove_orphans
 from ._image import default_cache_dir
 from ._persistent import (
     DEFAULT_MAX_SESSIONS,
@@ -94,8 +102,10 @@ from ._saved import CHECKPOINT, Manifest, fingerprint, identity_of, refusal
 from ._spec import (
     DEFAULT_CPUS,
     DEFAULT_IMAGE,
+    EgressMount,
     Runtime,
     Shape,
+    egress_environment,
     owner_labels,
 )
 from ._workspace import (
@@ -152,7 +162,7 @@ class ContainerEngine(EngineLifecycle):
         final_expression=True,
         persistent_state=True,
         mounts=True,
-        networks=frozenset({"none"}),
+        networks=frozenset({"none", "egress"}),
     )
 
     def __init__(
@@ -200,6 +210,8 @@ class ContainerEngine(EngineLifecycle):
         self.capabilities = dataclasses.replace(self.capabilities, snapshots=runtime == "runsc")
         self._saved = Path(f"{self._pools}-saved") / self.instance
         self._image_id = ""
+        self._no_egress: str | None = "the engine has not started"
+        """Why egress runs cannot be lent the proxy here (None: they can)."""
         self._checkpoints: str | None = "the engine has not started"
         """Why interpreters cannot be checkpointed here (None: they can)."""
         self._live: LiveSessions[LiveContainer] = LiveSessions(
@@ -229,6 +241,12 @@ class ContainerEngine(EngineLifecycle):
             docker = await asyncio.to_thread(Docker.connect, self._docker_host)
             try:
                 await asyncio.to_thread(check_daemon, docker, self.runtime, self.image)
+                why = await asyncio.to_thread(egress_refusal, docker, self.runtime, self.image)
+                self._no_egress = why
+                if why is not None:
+                    networks = self.capabilities.networks - {"egress"}
+                    self.capabilities = dataclasses.replace(self.capabilities, networks=networks)
+                    self._progress(f"container: no egress here: {why}")
                 await asyncio.to_thread(self._probe_checkpoints, docker)
                 if self._checkpoints is not None and self.capabilities.snapshots:
                     self.capabilities = dataclasses.replace(self.capabilities, snapshots=False)
@@ -355,11 +373,12 @@ class ContainerEngine(EngineLifecycle):
         assert self._pool is not None and self._fleet is not None
         fleet = self._fleet
         limits, workspace = plan.limits, plan.workspace
+        egress = self._egress(plan)
         await asyncio.to_thread(drop_foreign_links, workspace)
         before = await asyncio.to_thread(snapshot, workspace.files)
-        shape = fleet.shape(limits, await self._mounts_ready(plan))
+        shape = fleet.shape(limits, await self._mounts_ready(plan), egress)
         request = self._request(plan, before)
-        warm = await self._pool.take(shape)
+        warm = await self._take(shape)
         pooled = warm is not None  # counted warm by the pool
         retried = False
         while True:
@@ -381,9 +400,38 @@ class ContainerEngine(EngineLifecycle):
             # From here on the run is over: finish even if the caller is cancelled meanwhile.
             return await shielded(self._finish(plan, warm, exchange, before))
 
+    def _egress(self, plan: ExecutionPlan) -> EgressMount | None:
+        """What the container of `plan` is lent of the egress proxy: its socket and CA for an
+        egress run, None for any other (its container has no path to the proxy).
+
+        Raises:
+            ValueError: an egress run without a lease (`plan.egress`) or its socket.
+            EngineUnavailable: this image or daemon cannot lend the proxy (`egress_refusal`).
+        """
+        if plan.limits.network != "egress":
+            return None
+        if plan.egress is None:
+            raise ValueError(
+                "ExecutionPlan.egress: expected the run's egress lease for network 'egress', "
+                "got None; the gate lends one with every egress plan"
+            )
+        if self._no_egress is not None:
+            raise EngineUnavailable(f"container:{self.runtime}: no egress: {self._no_egress}")
+        return EgressMount.of(plan.egress)
+
+    async def _take(self, shape: Shape) -> Warm | None:
+        """A warm pool container of `shape`, or None: start one. An egress run's container
+        never comes from the pool (it alone is lent the proxy)."""
+        assert self._pool is not None
+        if shape.egress is not None:
+            self._pool.passed_by()
+            return None
+        return await self._pool.take(shape)
+
     def _request(self, plan: ExecutionPlan, before: Snapshot, *, persistent: bool = False) -> bytes:
         """The request line of `plan`; `before` is what the workspace holds."""
         limits = plan.limits
+        lease = plan.egress if limits.network == "egress" else None
         return request_line(
             kind=plan.program.kind,
             source=plan.program.source,
@@ -397,6 +445,7 @@ class ContainerEngine(EngineLifecycle):
             fsize_bytes=max(0, limits.workspace_bytes - total_bytes(before)),
             persistent=persistent,
             fsize_hard_bytes=limits.workspace_bytes,
+            environment=egress_environment(lease) if lease is not None else None,
         )
 
     async def _lend(self, plan: ExecutionPlan, warm: Warm) -> Warm:
@@ -501,8 +550,9 @@ class ContainerEngine(EngineLifecycle):
         assert self._pool is not None and self._fleet is not None
         fleet, live, key = self._fleet, self._live, plan.session_key
         await asyncio.to_thread(drop_foreign_links, plan.workspace)
+        egress = self._egress(plan)
         before = await asyncio.to_thread(snapshot, plan.workspace.files)
-        shape = fleet.shape(plan.limits, await self._mounts_ready(plan))
+        shape = fleet.shape(plan.limits, await self._mounts_ready(plan), egress)
         wanted = identity(shape, plan.limits)
         request = self._request(plan, before, persistent=True)
         claim = live.claim(key)
@@ -526,7 +576,7 @@ class ContainerEngine(EngineLifecycle):
                     if warm is None:  # it said why (`discard_image`): the state is lost
                         lost = live.claim(key)
                         state, note, image = lost.state, lost.note, None
-                warm = warm or await self._pool.take(shape) or await fleet.launch_slot(shape)
+                warm = warm or await self._take(shape) or await fleet.launch_slot(shape)
                 held = LiveContainer(warm, wanted)
                 live.add(plan, held)
                 image = None

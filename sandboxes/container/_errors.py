@@ -24,6 +24,7 @@ a run once on a fresh container; when it escapes, the runner treats it like any
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.client import HTTPException
@@ -31,6 +32,23 @@ from http.client import HTTPException
 from .._errors import EngineCrashed, EngineUnavailable, SandboxError
 
 SETUP_HINT = "run `sudo bash scripts/docker-setup.sh` (installs Docker and gVisor, starts dockerd)"
+IN_IMAGE_ENV = "SANDGATE_IN_IMAGE"
+"""Set to 1 by the server image's Dockerfile: sandgate runs in its own container, where no
+dockerd runs and the setup script does not apply."""
+IN_IMAGE_HINT = (
+    "sandgate runs in its server image, which has no Docker of its own: mount the host's Docker "
+    'socket (`docker run -v /var/run/docker.sock:/var/run/docker.sock --group-add "$(stat -c %g '
+    '/var/run/docker.sock)"`, plus a state folder at the same path on the host and inside). '
+    "Mounting the socket gives the server root on the host: do it only on a host dedicated to "
+    "sandgate (README, The server image)"
+)
+
+
+def daemon_hint() -> str:
+    """What to do when no Docker daemon answers: run the setup script, or, inside the server
+    image, mount the host's socket."""
+    return IN_IMAGE_HINT if os.environ.get(IN_IMAGE_ENV) == "1" else SETUP_HINT
+
 
 Rule = tuple[type[BaseException], str]
 """A foreign exception class and the rule name that maps it."""
@@ -120,7 +138,7 @@ def _mapped(exc: BaseException, rule: str, action: str, where: str) -> SandboxEr
             f"could not {action}: the Docker daemon at {where} did not answer in time ({said})"
         ),
         "unreachable": lambda: EngineUnavailable(
-            f"could not {action}: no Docker daemon answers at {where} ({said}); {SETUP_HINT}"
+            f"could not {action}: no Docker daemon answers at {where} ({said}); {daemon_hint()}"
         ),
         "address": lambda: EngineUnavailable(
             f"could not {action}: {where} is not a Docker daemon address ({said}); pass "

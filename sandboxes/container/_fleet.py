@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -14,11 +15,13 @@ from ._docker import Docker
 from ._pool import Warm
 from ._sandbox import Sandbox
 from ._spec import (
+    LABEL_EGRESS,
     LABEL_PROTOCOL,
     PROTOCOL,
     SANDBOX_GID,
     SANDBOX_UID,
     ContainerSpec,
+    EgressMount,
     Runtime,
     Shape,
     owner_alive,
@@ -66,12 +69,18 @@ class Fleet:
         self.uid, self.gid = (SANDBOX_UID, SANDBOX_GID) if root else (os.getuid(), os.getgid())
         self._live: dict[str, Warm] = {}
 
-    def shape(self, limits: Limits, mounts: tuple[HostMount, ...] = ()) -> Shape:
-        """What a container for `limits` and the operator `mounts` is created with."""
-        shape = Shape.of(limits, cpus=self._cpus, mounts=mounts)
+    def shape(
+        self,
+        limits: Limits,
+        mounts: tuple[HostMount, ...] = (),
+        egress: EgressMount | None = None,
+    ) -> Shape:
+        """What a container for `limits`, the operator `mounts` and the egress proxy lent to
+        it (egress runs only) is created with."""
+        shape = Shape.of(limits, cpus=self._cpus, mounts=mounts, egress=egress)
         if self.runtime == "runsc":
             pids = RUNSC_PIDS_BASE + RUNSC_PIDS_PER_PROCESS * limits.processes
-            shape = Shape(shape.memory_bytes, pids, shape.nano_cpus, mounts)
+            shape = dataclasses.replace(shape, processes=pids)
         return shape
 
     def _spec(self, shape: Shape, files: Path, site: Path) -> ContainerSpec:
@@ -164,6 +173,32 @@ def check_daemon(docker: Docker, runtime: Runtime, image: str) -> None:
             f"{labels.get(LABEL_PROTOCOL)!r}, expected {PROTOCOL}; rebuild it with "
             "`python -m sandboxes.container build-image --force`"
         )
+
+
+HOST_UDS_OPEN = ("--host-uds=open", "--host-uds=all")
+"""runsc flags that let a sandbox connect to a host Unix socket its mounts show it."""
+
+
+def egress_refusal(docker: Docker, runtime: Runtime, image: str) -> str | None:
+    """Why this daemon and image cannot lend egress runs the proxy (None: they can): the image
+    must relay it (`LABEL_EGRESS`), and gVisor must be allowed to connect to the bind-mounted
+    host socket (`--host-uds=open` in runsc's runtimeArgs)."""
+    labels = docker.image_labels(image) or {}
+    if labels.get(LABEL_EGRESS) != "1":
+        return (
+            f"the image {image} cannot relay egress (no {LABEL_EGRESS} label: built before "
+            "egress); rebuild it with `python -m sandboxes.container build-image`"
+        )
+    if runtime == "runsc":
+        runtimes = docker.info().get("Runtimes") or {}
+        arguments = [str(a) for a in (runtimes.get("runsc") or {}).get("runtimeArgs") or []]
+        if not any(a in HOST_UDS_OPEN for a in arguments):
+            return (
+                f"dockerd at {docker.where} runs runsc with {' '.join(arguments) or 'no flags'}: "
+                "without --host-uds=open gVisor refuses the proxy's socket; run "
+                "`sudo bash scripts/docker-setup.sh`, which adds it to /etc/docker/daemon.json"
+            )
+    return None
 
 
 def layer_states(docker: Docker, runtime: Runtime) -> tuple[LayerState, ...]:

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,10 +22,15 @@ Progress = Callable[[str], None]
 
 IMAGE_CONTEXT = Path(__file__).resolve().parents[1] / "images" / "python"
 """The build context: the Dockerfile and the interpreter server."""
-BASE_IMAGE = "sandgate-rootfs:bookworm"
+GUEST_MODULES = Path(__file__).resolve().parents[1] / "guest"
+"""Guest-side modules every engine installs before user code (`sandgate_egress.py`); the
+build copies them into the context beside the server."""
+BASE_IMAGE = "sandgate-rootfs:bookworm-pip"
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-ROOTFS_TARBALL = f"{SUITE}-minbase-python3.tar"
+ROOTFS_PACKAGES = ("python3", "python3-pip")
+"""pip too: code may `pip install` through the egress proxy when its policy allows the index."""
+ROOTFS_TARBALL = f"{SUITE}-minbase-python3-pip.tar"
 DEBOOTSTRAP_TIMEOUT_S = 1200.0
 
 
@@ -36,13 +42,19 @@ def default_cache_dir() -> Path:
     return Path(base) / "sandgate"
 
 
+def context_files() -> list[Path]:
+    """The files of the build context: the image folder's and the guest modules."""
+    files = [p for p in sorted(IMAGE_CONTEXT.iterdir()) if p.is_file()]
+    return [*files, GUEST_MODULES / "sandgate_egress.py"]
+
+
 def context_sha256() -> str:
-    """The hash of this checkout's build context (Dockerfile and interpreter server); images
-    built by `build_image_offline` carry it as a label, so a changed context is rebuilt."""
+    """The hash of this checkout's build context (Dockerfile, interpreter server, guest
+    modules); images built by `build_image_offline` carry it as a label, so a changed context
+    is rebuilt."""
     digest = hashlib.sha256()
-    for path in sorted(IMAGE_CONTEXT.iterdir()):
-        if path.is_file():
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in context_files():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
@@ -77,9 +89,11 @@ def rootfs_tarball(
     target.parent.mkdir(parents=True, exist_ok=True)
     folder = target.parent / "rootfs.partial"
     shutil.rmtree(folder, ignore_errors=True)
-    say(f"image: debootstrap {SUITE} (minbase + python3) into {folder}; about a minute")
+    packages = ",".join(ROOTFS_PACKAGES)
+    say(f"image: debootstrap {SUITE} (minbase + {packages}) into {folder}; about a minute")
     began = time.monotonic()
-    command = [debootstrap, "--variant=minbase", "--include=python3", SUITE, str(folder), mirror]
+    include = f"--include={packages}"
+    command = [debootstrap, "--variant=minbase", include, SUITE, str(folder), mirror]
     _stream(command, say, prefix="debootstrap: ")
     say(f"image: debootstrap done in {time.monotonic() - began:.0f} s; packing {target.name}")
     partial = target.with_suffix(".partial")
@@ -147,13 +161,16 @@ def build_image_offline(
             docker.import_image(tarball, repository=repository, tag=base_tag)
         say(f"image: building {tag} from {IMAGE_CONTEXT} on {BASE_IMAGE}")
         previous = docker.image_id(tag)
-        for line in docker.build(
-            IMAGE_CONTEXT,
-            tag=tag,
-            buildargs={"BASE": BASE_IMAGE},
-            labels={LABEL_CONTEXT_SHA: context_sha256()},
-        ):
-            say(f"build: {line}")
+        with tempfile.TemporaryDirectory(prefix="sandgate-image-") as context:
+            for path in context_files():
+                shutil.copy2(path, Path(context) / path.name)
+            for line in docker.build(
+                Path(context),
+                tag=tag,
+                buildargs={"BASE": BASE_IMAGE},
+                labels={LABEL_CONTEXT_SHA: context_sha256()},
+            ):
+                say(f"build: {line}")
         replaced = previous is not None and previous != docker.image_id(tag)
         if replaced and previous is not None and docker.remove_image(previous):
             say(f"image: removed the previous build {previous[:19]}")  # unless still in use

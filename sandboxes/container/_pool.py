@@ -95,6 +95,11 @@ class Pool:
         if retried:
             self.retried_runs += 1
 
+    def passed_by(self) -> None:
+        """A run that cannot take a pool container (an egress run's container is lent the
+        proxy, and pool containers never are): count it cold, leave the pool's aim alone."""
+        self.cold_runs += 1
+
     def idle_ids(self) -> frozenset[str]:
         return frozenset(w.sandbox.id for w in self._idle)
 

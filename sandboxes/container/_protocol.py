@@ -146,11 +146,13 @@ def request_line(
     fsize_bytes: int | None,
     persistent: bool = False,
     fsize_hard_bytes: int | None = None,
+    environment: dict[str, str] | None = None,
 ) -> bytes:
     """The JSON line a sandbox's server reads on stdin for one run. `persistent`: the server
     keeps its interpreter for the session's next request (protocol 3), whose files may never
-    grow past `fsize_hard_bytes` (fixed by its first run)."""
-    request = {
+    grow past `fsize_hard_bytes` (fixed by its first run). `environment`: variables the run
+    alone gets (an egress run's lease; a persistent interpreter drops them after the run)."""
+    request: dict[str, object] = {
         "kind": kind,
         "source": source,
         "variable": variable,
@@ -164,4 +166,6 @@ def request_line(
     }
     if persistent:
         request.update(persistent=True, fsize_hard_bytes=fsize_hard_bytes)
+    if environment:
+        request.update(environment=environment)
     return json.dumps(request).encode("ascii") + b"\n"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .._types import HostMount, Limits
+from .._types import Egress, HostMount, Limits
 
 Runtime = Literal["runc", "runsc"]
 
@@ -29,6 +29,18 @@ LABEL_OWNER_PID = "sandgate.owner-pid"
 LABEL_OWNER_START = "sandgate.owner-start"
 LABEL_PROTOCOL = "sandgate.protocol"
 LABEL_CONTEXT_SHA = "sandgate.context-sha256"
+LABEL_EGRESS = "sandgate.egress"
+"""Set ("1") on images whose server relays egress (`sandgate_egress.serve_forwarder`)."""
+
+EGRESS_SOCKET_GUEST = "/run/sandgate/egress.sock"
+"""Where an egress run's container is lent the proxy's Unix socket (no other container has
+it); the interpreter server relays 127.0.0.1:`EGRESS_PORT` to it."""
+EGRESS_CA_GUEST = "/run/sandgate/egress-ca.pem"
+"""Where an egress run's container is shown the proxy's interception CA (read-only)."""
+EGRESS_PORT = 3128
+"""The forwarder's port on the sandbox's own loopback (the server's `EGRESS_PORT`)."""
+EGRESS_FLAG = "SANDGATE_EGRESS"
+"""Set to "1" for an egress run (`sandgate_egress.ENVIRONMENT_FLAG`)."""
 
 GUEST_ENVIRONMENT: dict[str, str] = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -44,6 +56,52 @@ GUEST_ENVIRONMENT: dict[str, str] = {
 
 
 @dataclass(frozen=True, slots=True)
+class EgressMount:
+    """What a container of egress runs is lent when it is created: the proxy's Unix socket
+    (at `EGRESS_SOCKET_GUEST`) and its CA certificate (at `EGRESS_CA_GUEST`), both bind-mounted
+    read-only. The credentials are not: each run brings its own in its request.
+
+    Attributes:
+        socket: The proxy's Unix socket on the host.
+        ca_certificate: The proxy's CA certificate (PEM) on the host.
+    """
+
+    socket: Path
+    ca_certificate: Path
+
+    @classmethod
+    def of(cls, egress: Egress) -> EgressMount:
+        """The mount of `egress`.
+
+        Raises:
+            ValueError: `egress.socket` is None (this engine lends the socket, not a port).
+        """
+        if egress.socket is None:
+            raise ValueError(
+                "ExecutionPlan.egress.socket: the container engine lends the guest the proxy's "
+                "Unix socket, got None; start the egress proxy with a socket"
+            )
+        return cls(egress.socket, egress.ca_certificate)
+
+
+def egress_environment(egress: Egress) -> dict[str, str]:
+    """A run's egress variables inside the container: the proxy (the forwarder, with this
+    run's credentials) for every scheme and no exception, the CA for every client, and the
+    lease's own variables (brokered secrets' placeholders)."""
+    proxy = egress.proxy_url("127.0.0.1", EGRESS_PORT)
+    environment = {
+        name: proxy for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+    }
+    environment.update(NO_PROXY="", no_proxy="")
+    environment.update(
+        {name: EGRESS_CA_GUEST for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")}
+    )
+    environment[EGRESS_FLAG] = "1"  # every interpreter of the run raises refusals (`.pth`)
+    environment.update(dict(egress.environment))
+    return environment
+
+
+@dataclass(frozen=True, slots=True)
 class Shape:
     """What is fixed when a container is created (it cannot change later): its resource
     limits and its operator mounts.
@@ -55,16 +113,26 @@ class Shape:
         mounts: Operator folders bind-mounted at `/mnt/NAME`, read-only unless the mount is
             read-write. A server's mounts are the same for every run, so the pool aims at
             them after the first run and warm containers keep serving.
+        egress: The egress proxy lent to the container (egress runs only; None: the
+            container has no path to the proxy).
     """
 
     memory_bytes: int
     processes: int
     nano_cpus: int
     mounts: tuple[HostMount, ...] = ()
+    egress: EgressMount | None = None
 
     @classmethod
-    def of(cls, limits: Limits, *, cpus: float, mounts: tuple[HostMount, ...] = ()) -> Shape:
-        return cls(limits.memory_bytes, limits.processes, int(cpus * 1e9), mounts)
+    def of(
+        cls,
+        limits: Limits,
+        *,
+        cpus: float,
+        mounts: tuple[HostMount, ...] = (),
+        egress: EgressMount | None = None,
+    ) -> Shape:
+        return cls(limits.memory_bytes, limits.processes, int(cpus * 1e9), mounts, egress)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,17 @@ timer lives in JS), or Python code holds JavaScript objects. The trade: a resume
 the saved image's own code while booting, before the realm is closed; that image came from the
 same session's guest, so it is held by layers 3 and 4 (which bound every process) as a guest
 that reached the JS realm is.
+
+Egress (`network: egress`): Deno keeps every permission and the jail it has (no network
+namespace interface, `--deny-net`); it reaches no proxy itself. For a run whose plan carries a
+lease, `host.mjs` hands the guest a door for that run only: the guest's HTTP client
+(`sandboxes/guest/sandgate_relay.py`: urllib's openers, `requests`' adapter, a `pyodide.http` of its
+own with `pyfetch` and `open_url`) writes a frame as a protocol line and blocks on a
+synchronous read of stdin (`Deno.stdin.readSync`), while this process performs the request
+through the egress proxy with the run's credentials (`sandboxes._relay.Relay`, bounded by the
+run's time limit) and writes the answer back. Handing Deno a Unix socket instead would mean
+`--allow-net`/`--allow-read` on a path and a socket reachable from a realm code can climb to;
+this way the jail is unchanged and the lease never enters the process.
 """
 
 from __future__ import annotations
@@ -65,6 +76,7 @@ from .._engine import Capabilities, EngineLifecycle, PoolStats
 from .._errors import EngineNotReady, EngineUnavailable, SandboxError, StateImageRefused
 from .._layers import refuse_missing, required_layers
 from .._live import LiveSessions, lost_line
+from .._relay import Relay
 from .._types import DEFAULT_MEMORY_BYTES, ExecutionPlan, RunResult
 from ._assets import Assets, Progress, build_snapshot, find_deno, locate
 from ._jail import JailInfo, clean_stale, limit_cpu, probe
@@ -135,7 +147,11 @@ class PyodideEngine(EngineLifecycle):
 
     name = "pyodide"
     capabilities = Capabilities(
-        final_expression=True, persistent_state=True, mounts=True, snapshots=True
+        final_expression=True,
+        persistent_state=True,
+        mounts=True,
+        snapshots=True,
+        networks=frozenset({"none", "egress"}),
     )
 
     def __init__(
@@ -449,6 +465,9 @@ class PyodideEngine(EngineLifecycle):
             "output_bytes": limits.output_bytes,
             "memory_bytes": limits.memory_bytes,
         }
+        if limits.network == "egress" and plan.egress is not None:
+            request["egress"] = True  # the host performs its requests (`sandboxes._relay`)
+            proc.relay = Relay(plan.egress, deadline_s=limits.wall_timeout_s)
         proc.cgroup.set_memory_limit(limits.memory_bytes + RUNTIME_OVERHEAD_BYTES)
         proc.cgroup.reset_peak()
         limit_cpu(proc.pid, limits.cpu_time_s or limits.wall_timeout_s * CPU_BACKSTOP_FACTOR + 1)
@@ -457,7 +476,12 @@ class PyodideEngine(EngineLifecycle):
         try:
             async with asyncio.timeout(COPY_TIMEOUT_S):
                 await copy_in(proc, sent)
-            answer = await proc.request(request, timeout_s=limits.wall_timeout_s)
+            try:
+                answer = await proc.request(request, timeout_s=limits.wall_timeout_s)
+            finally:
+                if proc.relay is not None:
+                    proc.relay.close()
+                    proc.relay = None
         except TimeoutError:
             spent = meter.usage()
             await shielded(proc.kill())

@@ -52,7 +52,7 @@ PRELOAD = (
 """Stdlib modules imported while the snapshot is built, so user code gets them for free."""
 
 _main = types.ModuleType("__main__")
-_state: dict[str, Any] = {"sealed": False, "saving": False, "kept": None}
+_state: dict[str, Any] = {"sealed": False, "saving": False, "kept": None, "door": None}
 
 
 class _Refuse(importlib.abc.MetaPathFinder):
@@ -201,10 +201,13 @@ def _refuse_network() -> None:
 
 
 def _is_no_network(exc: BaseException | None) -> bool:
-    """Whether `exc` or an exception it was raised from is the sandbox's network refusal."""
+    """Whether `exc` or an exception it was raised from is the sandbox's network refusal, or
+    the egress proxy's (`sandgate_refused`, set by `sandboxes/guest/sandgate_relay.py`)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if getattr(exc, "sandgate_refused", False):  # the egress proxy's refusal
+            return True
         with contextlib.suppress(Exception):
             if NO_NETWORK in str(exc):
                 return True
@@ -318,6 +321,7 @@ def _fail(report: dict[str, Any], exc: BaseException, *, frames: bool = True) ->
 
 
 def _finish(report: dict[str, Any], request: dict[str, Any], before: Any, last: Any) -> str:
+    _state["door"] = None  # no JS object is kept between runs
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
@@ -359,9 +363,36 @@ def _compile(request: dict[str, Any]) -> tuple[types.CodeType, types.CodeType | 
     return compile(tree, CODE_NAME, "exec", flags=flags), last
 
 
-def handle(line: str) -> Any:
-    """Run one request; return its report as JSON text, or an awaitable of it."""
+def _relay_call(frame: bytes) -> bytes:
+    """One egress frame to the host's relay (`sandboxes._relay`) through the run's door, in
+    base64 text both ways. Outside a run with egress there is no door: the sandbox's refusal."""
+    import base64
+
+    door = _state["door"]
+    if door is None:
+        return json.dumps({"refused": NO_NETWORK, "no_network": True}).encode() + b"\n"
+    return base64.b64decode(str(door(base64.b64encode(frame).decode("ascii"))))
+
+
+def _egress_on(door: Any) -> None:
+    """Send this interpreter's HTTP requests (urllib, requests, `pyodide.http`) through the
+    host's relay for this run, whose client (`sandboxes/guest/sandgate_relay.py`) the host sends the
+    first time."""
+    _state["door"] = door
+    relay = sys.modules.get("_sandgate_relay")
+    if relay is None:
+        relay = sys.modules["_sandgate_relay"] = types.ModuleType("_sandgate_relay")
+        source = _relay_call(b'{"op":"client"}\n').partition(b"\n")[2]
+        exec(compile(source, "<sandgate>", "exec"), relay.__dict__)
+    relay.start(_relay_call, pyodide=True)
+
+
+def handle(line: str, door: Any = None) -> Any:
+    """Run one request; return its report as JSON text, or an awaitable of it. `door`: the
+    host's egress door, for a run whose request says `egress`."""
     request: dict[str, Any] = json.loads(line)
+    if door is not None and request.get("egress") is True:
+        _egress_on(door)
     importlib.invalidate_caches()  # the host may have copied modules in since the last run
     before = _scan_roots(request)
     sys.stdin = io.StringIO(request.get("stdin") or "")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .._errors import EngineCrashed
+from .._relay import Relay, b64_answer
 from ._assets import HOST_SCRIPT, Assets, deno_common_flags, deno_environment, find_deno
 from ._jail import Cgroup, JailInfo, wrap
 
@@ -64,6 +65,8 @@ class DenoProcess:
         self.served = 0
         self._streams: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._cut: set[str] = set()
+        self.relay: Relay | None = None
+        """The running request's egress relay (`sandboxes._relay`), when it has egress."""
 
     @classmethod
     async def spawn(
@@ -174,6 +177,10 @@ class DenoProcess:
                     continue
                 if not isinstance(answer, dict):
                     continue
+                frame = answer.get("egress")
+                if isinstance(frame, str):  # the guest waits for the host to perform a request
+                    await self._relay(frame)
+                    continue
                 stream, data = answer.get("stream"), answer.get("data")
                 if stream in ("stdout", "stderr") and isinstance(data, str):
                     self._streams[stream].append(data)
@@ -181,6 +188,17 @@ class DenoProcess:
                         self._cut.add(stream)
                     continue
                 return answer
+
+    async def _relay(self, frame: str) -> None:
+        """Answer a guest's egress frame with the run's relay (none: the sandbox's refusal)."""
+        relay = self.relay
+        if relay is None:
+            relay = Relay(None, deadline_s=0.0)
+        answer = await asyncio.to_thread(b64_answer, relay, frame)
+        stdin = self._process.stdin
+        assert stdin is not None
+        stdin.write(answer.encode("ascii") + b"\n")
+        await stdin.drain()
 
     def clear_output(self) -> None:
         """Forget streamed output (what a guest printed between runs)."""

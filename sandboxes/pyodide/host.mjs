@@ -22,6 +22,7 @@ const stringify = JSON.stringify;
 const parse = JSON.parse;
 const now = performance.now.bind(performance);
 const stdinRead = D.stdin.read.bind(D.stdin);
+const stdinReadSync = D.stdin.readSync.bind(D.stdin);
 const stdoutWrite = D.stdout.writeSync.bind(D.stdout);
 const stderrWrite = D.stderr.writeSync.bind(D.stderr);
 const exit = D.exit;
@@ -449,24 +450,56 @@ function get(request) {
 let rest = new Uint8Array(0);
 let pieces = [];
 let piecesLength = 0;
+// The next whole line of what was read so far, or undefined (then all of it is kept for later).
+function takeLine() {
+  const nl = rest.indexOf(10);
+  if (nl < 0) {
+    if (rest.length) { pieces.push(rest); piecesLength += rest.length; }
+    rest = new Uint8Array(0);
+    return undefined;
+  }
+  const head = rest.subarray(0, nl);
+  const whole = piecesLength ? concat([...pieces, head], piecesLength + head.length) : head;
+  pieces = [];
+  piecesLength = 0;
+  rest = rest.subarray(nl + 1);
+  return decode(whole);
+}
 async function nextLine() {
   while (true) {
-    const nl = rest.indexOf(10);
-    if (nl >= 0) {
-      const head = rest.subarray(0, nl);
-      const whole = piecesLength ? concat([...pieces, head], piecesLength + head.length) : head;
-      pieces = [];
-      piecesLength = 0;
-      rest = rest.subarray(nl + 1);
-      return decode(whole);
-    }
-    if (rest.length) { pieces.push(rest); piecesLength += rest.length; }
+    const line = takeLine();
+    if (line !== undefined) return line;
     const chunk = new Uint8Array(1 << 20);
     const n = await stdinRead(chunk);
     if (n === null) return null;
     rest = chunk.subarray(0, n);
   }
 }
+// The same, blocking: a line the host sends while a run waits for it (an egress answer).
+function nextLineSync() {
+  while (true) {
+    const line = takeLine();
+    if (line !== undefined) return line;
+    const chunk = new Uint8Array(1 << 20);
+    const n = stdinReadSync(chunk);
+    if (n === null) exit(0);
+    rest = chunk.subarray(0, n);
+  }
+}
+
+// Egress: a run whose request says `egress` gets this door (as `handle`'s second argument):
+// the guest's HTTP client sends a frame (base64 text) to the host, which performs the request
+// through the run's egress proxy and answers on stdin, while the guest waits. Deno itself
+// reaches nothing; outside such a run the door answers nothing.
+let egressOpen = false;
+function egressDoor(frame) {
+  if (!egressOpen || typeof frame !== "string") return "";
+  out.flush(true);
+  err.flush(true);
+  send({ egress: frame });
+  return nextLineSync();
+}
+
 token = await nextLine();
 send({ ready: true, load_ms: now() - began });
 
@@ -476,12 +509,15 @@ async function run(line, request) {
   memoryCap = request.memory_bytes;
   const t0 = now();
   let report;
+  egressOpen = request.egress === true;
   try {
-    let result = handle(line);
+    let result = egressOpen ? handle(line, egressDoor) : handle(line);
     if (typeof result !== "string") result = await result;
     report = parse(result);
   } catch (e) {
     report = { exit_code: 1, error: "sandgate host: " + String(e).slice(0, 2000), fatal: true };
+  } finally {
+    egressOpen = false;
   }
   report.wall_ms = now() - t0;
   out.flush(false);

@@ -100,7 +100,9 @@ STRUCTURED_AS_JSON = "<the summary of the structured content>"
 content (`run_code_summary`: the printed text is sent once, in the structured content)."""
 
 
-USAGE_FIGURES = frozenset({"wall_ms", "cpu_ms", "peak_memory_bytes", "fuel", "output_bytes"})
+USAGE_FIGURES = frozenset(
+    {"wall_ms", "cpu_ms", "peak_memory_bytes", "fuel", "output_bytes", "network"}
+)
 """The figures under `usage` (their values differ by engine and run; their names do not)."""
 
 

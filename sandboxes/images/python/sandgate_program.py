@@ -103,7 +103,7 @@ def run_program(
                 for frame in traceback.extract_tb(exc.__traceback__)
                 if not is_harness_file(frame.filename)
                 and "runpy" not in frame.filename
-                and not (no_network and frame.filename.startswith(stdlib))
+                and not (no_network and _is_library_file(frame.filename, stdlib))
             ]
         )
         if no_network:  # the user's frames and one line: not the library's or the chain
@@ -292,11 +292,24 @@ def _refusing_socket(base, _socket):
     return socket
 
 
+def _is_library_file(name, stdlib):
+    """Whether a traceback frame is the standard library's, an installed package's or the
+    guest's egress module (left out of a network refusal's traceback)."""
+    return (
+        name.startswith(stdlib)
+        or "-packages" + os.sep in name
+        or os.path.basename(name) == "sandgate_egress.py"
+    )
+
+
 def _is_no_network(exc):
-    """Whether `exc` or an exception it was raised from is the sandbox's network refusal."""
+    """Whether `exc` or an exception it was raised from is the sandbox's network refusal, or
+    the egress proxy's (`sandgate_egress`)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if getattr(exc, "sandgate_refused", False):
+            return True
         try:
             if NO_NETWORK in str(exc):
                 return True

@@ -19,6 +19,11 @@ as after a fresh run. Each run's CPU-time and file-size limits are the child's s
 set per run (its hard limits cannot rise again); the server kills it a second past its CPU
 time, as the hard limit does in a fresh run.
 
+Egress: in a container the host made for egress runs (only those have the proxy's Unix socket
+at `EGRESS_SOCKET`) a thread relays 127.0.0.1:`EGRESS_PORT` to it (`sandgate_egress`); each
+run's lease (its proxy variables and credentials) comes in its request's `environment`, set for
+that run only.
+
 Frames on stdout: 1 tag byte, 4-byte big-endian length, payload. Tags: `H` hello (JSON),
 `O` user stdout bytes, `E` user stderr bytes, `R` a run's report (JSON).
 """
@@ -39,6 +44,7 @@ import traceback  # noqa: F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # `-I` leaves the script's folder off sys.path; the runner is beside it
+import sandgate_egress  # noqa: E402
 import sandgate_program  # noqa: E402
 
 sys.path.remove(HERE)  # the user's program does not see the server's folder
@@ -53,6 +59,11 @@ BACKSTOP_GRACE_S = 5.0
 """Seconds past the request's deadline before the server kills the program itself (the host
 kills the whole container at the deadline; this only matters when the host is gone)."""
 PR_SET_DUMPABLE = 4
+EGRESS_SOCKET = "/run/sandgate/egress.sock"
+EGRESS_PORT = 3128
+"""Where the host lends an egress run's container the proxy's Unix socket (only such
+containers have it), and the loopback port the forwarder relays to it (`sandboxes/container/
+_spec.py` says the same)."""
 NEXT_REQUESTS = 4
 """The persistent child's fd for the requests after its first: the server reads the host's
 request channel itself and forwards each line here, after continuing the stopped child."""
@@ -104,7 +115,31 @@ def _oom_kills():
 
 def _is_server_file(name):
     """Whether a traceback frame is the server's or the runner's (left out of what users see)."""
-    return name in (__file__, sandgate_program.__file__)
+    return name in (__file__, sandgate_program.__file__, sandgate_egress.__file__)
+
+
+def _take_lease(request):
+    """Give the run its egress lease (proxy variables with this run's credentials, the CA,
+    brokered placeholders: the request's `environment`) and make proxy refusals raise
+    `PermissionError`; what the variables were before, for `_drop_lease`."""
+    environment = request.get("environment") or {}
+    previous = {name: os.environ.get(name) for name in environment}
+    if environment:
+        os.environ.update(environment)
+        sandgate_egress.install()
+        sandgate_egress.forget_proxies()
+    return previous
+
+
+def _drop_lease(previous):
+    """After a persistent run: the session keeps no run's credentials for the next."""
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if previous:
+        sandgate_egress.forget_proxies()
 
 
 def _read_request(fd=0):
@@ -140,6 +175,7 @@ def _child(out_w, err_w, rep_w, next_r):
     if request.get("persistent"):
         _serve_requests(request)
     os.close(NEXT_REQUESTS)
+    _take_lease(request)
     accepted = {k: request.get(k) for k in ("output_bytes", "deadline_s")}
     os.write(3, json.dumps(accepted).encode("utf-8") + b"\n")
     with open(STDIN_FILE, "wb") as f:
@@ -203,6 +239,7 @@ def _serve_requests(request):
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # undo a previous run's rebinding
         sys.stdout.reconfigure(line_buffering=True)
         _persistent_limits(request)
+        lease = _take_lease(request)
         report = sandgate_program.run_program(
             request["kind"],
             request["source"],
@@ -212,6 +249,7 @@ def _serve_requests(request):
             final_expression=bool(request.get("final_expression")),
             namespace=main,
         )
+        _drop_lease(lease)
         if os.getpid() != me:  # a process the program forked ran off the end: no report from it
             os._exit(report["exit_code"] & 0xFF if report["exit_code"] else 0)
         data = json.dumps(report).encode("utf-8")[:MAX_REPORT_BYTES] + b"\n"
@@ -282,6 +320,8 @@ def _serve():
             os._exit(70)
     for fd in (out_w, err_w, rep_w, next_r):
         os.close(fd)
+    if os.path.exists(EGRESS_SOCKET):  # an egress run's container: relay to the proxy
+        sandgate_egress.serve_forwarder(EGRESS_SOCKET, EGRESS_PORT)
     waiting = os.dup(0)  # a persistent child's later requests come through the server
     os.close(0)  # the child alone reads the first request
     hello = {"protocol": PROTOCOL, "python": sys.version.split()[0], "uid": os.getuid()}

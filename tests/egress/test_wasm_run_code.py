@@ -1,0 +1,80 @@
+"""`run_code` on the real wasm engine with an egress route: the guest's plain urllib reaches
+the allowed host, a refused one raises `PermissionError` naming the rule, a brokered secret's
+placeholder becomes its value only on the way to its host, and the result reports it all."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from runner import Caller, Config, open_service
+from sandboxes import WasmEngine
+
+from ._origin import Origin
+
+pytestmark = [pytest.mark.anyio, pytest.mark.wasm]
+
+TOKEN = "tok-wasm-93be1d"
+ROUTE = "/tools/run_code/quotas/network"
+
+CODE = """
+import os, urllib.request
+request = urllib.request.Request(
+    "https://api.test:{port}/echo", headers={{"Authorization": "Bearer " + os.environ["API_TOKEN"]}}
+)
+with urllib.request.urlopen(request) as answer:
+    print(answer.status, answer.read().decode().count(os.environ["API_TOKEN"]))
+try:
+    urllib.request.urlopen("https://other.test:{port}/echo")
+except PermissionError as refused:
+    print("refused:", refused)
+"""
+
+
+async def test_run_code_on_wasm_goes_through_the_route(
+    tmp_path: Path,
+    origin: Origin,
+    wasm_engine: WasmEngine,
+    proxy_ready: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SANDGATE_TEST_EGRESS_TOKEN", TOKEN)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        f"""
+version: '1'
+default: deny
+secrets:
+  - {{name: token, env: SANDGATE_TEST_EGRESS_TOKEN, hosts: [api.test], variable: API_TOKEN}}
+server:
+  egress:
+    hosts: {{api.test: 127.0.0.1, other.test: 127.0.0.2}}
+    upstream_ca: {origin.ca}
+tools:
+  run_code:
+    quotas:
+      network: {{allow: ["api.test", "127.0.0.1"], secrets: [token]}}
+"""
+    )
+    config = Config(
+        policy_path=policy, state_dir=tmp_path / "state", tool_sets=("native",), clock=time.time
+    )
+    async with open_service(config, engines={"wasm": wasm_engine}) as service:
+        result = await service.call_tool(
+            "run_code", {"code": CODE.format(port=origin.https_port)}, Caller()
+        )
+
+    payload = result.structured_content
+    assert payload is not None
+    assert payload["status"] == "ok", payload
+    refusal = f"egress to other.test:{origin.https_port} refused by policy rule {ROUTE}"
+    assert payload["stdout"].splitlines() == ["200 1", f"refused: {refusal}"]
+    assert origin.received[-1]["headers"]["Authorization"] == f"Bearer {TOKEN}"
+    network = payload["usage"]["network"]
+    assert network["connections"] == 1
+    assert network["refused"][0].startswith(refusal)
+    assert TOKEN not in json.dumps(payload)
+    assert TOKEN not in (tmp_path / "state" / "audit.jsonl").read_text()
