@@ -105,6 +105,7 @@ def _errors(policy: Policy, parsed: Parsed, extra_grants: dict[str, Grant]) -> l
                 )
             )
         seen.add(mount.name)
+    problems += _operator_problems(policy, parsed, extra_grants)
     for name in sorted(set(extra_grants) & set(policy.grants)):
         problems.append(
             parsed.problem(
@@ -266,6 +267,26 @@ def resolve_paths(policy: Policy, base: Path) -> Policy:
             ),
         }
     )
+
+
+def _operator_problems(
+    policy: Policy, parsed: Parsed, extra_grants: dict[str, Grant]
+) -> list[Problem]:
+    """Console operators whose token is also a grant's: a client could open the console."""
+    console = policy.server.console
+    if console is None:
+        return []
+    grants = {**policy.grants, **extra_grants}
+    by_hash = {g.token_sha256.lower(): name for name, g in grants.items() if g.token_sha256}
+    return [
+        parsed.problem(
+            ("server", "console", "operators", index, "token_sha256"),
+            f"operator {operator.name!r} has the token of grant {by_hash[digest]!r}; a "
+            "client's token must never open the console: give the operator a token of its own",
+        )
+        for index, operator in enumerate(console.operators)
+        if (digest := operator.token_sha256.lower()) in by_hash
+    ]
 
 
 def _egress_problems(policy: Policy, parsed: Parsed) -> list[Problem]:

@@ -119,6 +119,19 @@ def test_the_console_section_is_checked() -> None:
         assert "operators" in str(caught.value)
 
 
+def test_an_operator_may_not_have_a_grants_token() -> None:
+    policy = (
+        "version: '1'\n"
+        f"grants:\n  alice: {{token_sha256: '{_digest('shared')}'}}\n"
+        "server:\n  console:\n"
+        f"    operators: [{{name: ops, token_sha256: '{_digest('shared').upper()}'}}]\n"
+    )
+    with pytest.raises(PolicyLoadError) as caught:
+        load_policy_text(policy)
+    assert "server.console.operators[0].token_sha256" in str(caught.value)
+    assert "has the token of grant 'alice'" in str(caught.value)
+
+
 def test_the_usage_window_counts_per_minute_and_keeps_one_hour() -> None:
     clock = FakeClock(3600.0 * 10)
     usage = UsageWindow(clock)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 from sandboxes import (
     Egress,
@@ -153,6 +155,27 @@ async def test_a_refused_host_raises_permission_error_with_the_policy_words(
     # The user's frame and the one line: no urllib or http.client frames to dig through.
     assert result.stderr.count('File "') == 1 and 'File "<code>"' in result.stderr
     assert "During handling" not in result.stderr
+
+
+REQUESTS_PACKAGES = ("requests", "urllib3", "idna", "certifi", "charset_normalizer")
+"""`requests` and what it imports, copied from the test's own environment into the session's
+packages (the compiled speed-ups left out: their `.py` twins serve)."""
+
+
+async def test_a_refusal_met_in_an_installed_package_shows_only_the_users_frame(
+    run: Runner,
+) -> None:
+    packages = Path(requests.__file__).parents[1]
+    for name in REQUESTS_PACKAGES:
+        ignore = shutil.ignore_patterns("*.so", "__pycache__")
+        shutil.copytree(packages / name, run.workspace.site / name, ignore=ignore)
+    lease = await run.lease()
+    port = run.origin.https_port
+    result = await run(f"import requests\nrequests.get('https://{REFUSED}:{port}/')\n", lease)
+    await run.proxy.release(lease)
+    assert result.status == "error", outcome(result)
+    assert result.error == refusal(REFUSED, port)
+    assert result.stderr.count('File "') == 1 and 'File "<code>"' in result.stderr
 
 
 async def test_a_none_run_has_no_path_to_the_proxy(run: Runner) -> None:

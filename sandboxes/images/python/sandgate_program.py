@@ -293,11 +293,13 @@ def _refusing_socket(base, _socket):
 
 
 def _is_library_file(name, stdlib):
-    """Whether a traceback frame is the standard library's, an installed package's or the
-    guest's egress module (left out of a network refusal's traceback)."""
+    """Whether a traceback frame is the standard library's, an installed package's (the
+    image's, or the session's own under /site) or the guest's egress module (left out of a
+    network refusal's traceback)."""
     return (
         name.startswith(stdlib)
         or "-packages" + os.sep in name
+        or name.startswith("/site" + os.sep)
         or os.path.basename(name) == "sandgate_egress.py"
     )
 
