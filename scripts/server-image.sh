@@ -2,9 +2,10 @@
 # Build the sandgate server image (the top-level Dockerfile) with no registry: the base is the
 # debootstrap root filesystem the sandbox image is built on (Debian bookworm + python3, made and
 # imported by `python -m sandboxes.container build-image`), sandgate and its dependencies go in
-# as wheels made here with pip, the Pyodide package comes from sandgate's cache (`sandgate setup
-# pyodide` fetches it once). The build itself uses no network. Skipped when the image carries
-# the hash of the current inputs (Dockerfile, scripts/server-image/, the sources, the base).
+# as wheels made here with pip (and the egress proxy, mitmproxy, as wheels for a venv of its own),
+# the Pyodide package comes from sandgate's cache (`sandgate setup pyodide` fetches it once). The
+# build itself uses no network. Skipped when the image carries the hash of the current inputs
+# (Dockerfile, this script, scripts/server-image/, the sources, the base).
 #
 # Usage: scripts/server-image.sh [--force]      (prints the tag built on its last line)
 #
@@ -72,7 +73,9 @@ fi
 # 3. Skip when the image was built from exactly these inputs.
 inputs="$( {
   echo "base $base_id"
-  sources=(Dockerfile pyproject.toml README.md scripts/server-image runner sandboxes policies)
+  # sandboxes/ holds the egress proxy's pin (MITMPROXY_REQUIREMENT); this script resolves it.
+  sources=(Dockerfile pyproject.toml README.md scripts/server-image.sh scripts/server-image runner
+           sandboxes policies)
   { git -C "$repo" ls-files -co --exclude-standard -- "${sources[@]}" 2>/dev/null \
       || find "${sources[@]}" -type f; } \
     | grep -v -e '__pycache__' -e '\.pyc$' | LC_ALL=C sort \
@@ -90,7 +93,7 @@ began=$(date +%s)
 context="$CACHE/server-image/context"
 wheels="$CACHE/server-image/wheels"
 rm -rf "$context"
-mkdir -p "$context/deps" "$context/app" "$context/pip" "$context/pyodide" "$wheels"
+mkdir -p "$context/deps" "$context/app" "$context/pip" "$context/egress" "$context/pyodide" "$wheels"
 export SOURCE_DATE_EPOCH=315532800 PIP_DISABLE_PIP_VERSION_CHECK=1
 say "wheels: sandgate"
 "$PY" -m pip wheel -q --no-deps -w "$context/app" "$repo" >&2
@@ -124,7 +127,31 @@ for _ in 1 2 3 4 5 6; do
     --python-version "$base_python" --implementation cp --abi "$base_abi" --abi abi3 --abi none \
     "${platforms[@]}" "$missing" >&2
 done
-cp -n "$context"/deps/*.whl "$context"/pip/*.whl "$wheels"/
+# The egress proxy's wheels (its own venv in the image): mitmproxy as `sandgate setup egress`
+# pins it, resolved for the base the same way; what is published only as a source (pyperclip)
+# is built here once as a pure-Python wheel into $wheels. Checked with the base's pip as above.
+egress_requirement="$("$PY" -c 'from sandboxes.egress._values import MITMPROXY_REQUIREMENT as r; print(r)')"
+say "wheels: the egress proxy, $egress_requirement"
+wanted="$egress_requirement"
+for _ in 1 2 3 4 5 6 7 8; do
+  if fetched="$("$PY" -m pip download -q --only-binary=:all: --find-links "$wheels" -d "$context/egress" \
+      --python-version "$base_python" --implementation cp --abi "$base_abi" --abi abi3 --abi none \
+      "${platforms[@]}" "$wanted" 2>&1)"; then
+    wanted="$(docker run --rm --network none -v "$context:/ctx:ro" --entrypoint sh "$BASE_IMAGE" -c \
+      'set -- /ctx/pip/pip-*.whl; python3 "$1/pip" install -q --dry-run --no-index --target /tmp/t \
+         --find-links /ctx/egress /ctx/egress/*.whl 2>&1' \
+      | sed -n 's/.*No matching distribution found for \([^ ]*\).*/\1/p' | head -1 || true)"
+    [ -z "$wanted" ] && break
+    say "wheels: $wanted (needed by the base's Python)"
+    continue
+  fi
+  source_only="$(sed -n 's/.*No matching distribution found for \([^ ]*\).*/\1/p' <<<"$fetched" | head -1)"
+  [ -n "$source_only" ] || { echo "$fetched" >&2; echo "server-image: could not fetch the egress proxy's wheels" >&2; exit 1; }
+  say "wheels: building $source_only (published as a source only)"
+  "$PY" -m pip wheel -q --no-deps -w "$wheels" "$source_only" >&2
+done
+[ -z "$wanted" ] || { echo "server-image: the egress proxy's wheels still lack $wanted for the base's Python" >&2; exit 1; }
+cp -n "$context"/deps/*.whl "$context"/pip/*.whl "$context"/egress/*.whl "$wheels"/
 say "pyodide: the pinned package (fetched once into $CACHE/pyodide)"
 "$PY" -m runner setup pyodide >&2
 pyodide_dir="$("$PY" -c 'from sandboxes.pyodide._assets import locate; print(locate().pyodide_dir)')"
