@@ -89,7 +89,8 @@ def _upstream() -> StdioServerParameters:
             check=True,
             timeout=INSTALL_TIMEOUT_S,
         )
-    return StdioServerParameters(command=str(command), args=[], env=dict(os.environ))
+    env = {**os.environ, "LOGURU_LEVEL": "WARNING"}  # it logs each call's code at DEBUG
+    return StdioServerParameters(command=str(command), args=[], env=env)
 
 
 def _policy() -> str:

@@ -11,6 +11,7 @@ from typing import Any
 from .._files import Scan, Snapshot, changed, drop_foreign_links, has_entries, images_among, scan
 from .._judge import Evidence, MemorySign, judge
 from .._lending import MountsBefore, mount_budgets, mount_changes
+from .._relay import egress_fields
 from .._types import ExecutionPlan, HostMount, Image, Limits, RunResult, Usage, WorkspacePaths
 
 BACKSTOP = "the guest passed its deadline and the host backstop killed its worker"
@@ -55,6 +56,8 @@ def run_request(
         "workspace_held": before.usage.bytes,  # allocated, as the watchdog counts
         "may_move": may_move,
     }
+    if limits.network == "egress" and plan.egress is not None:
+        request["egress"] = egress_fields(plan.egress)
     request["mounts"] = [[m.name, str(m.host), m.read_only] for m in mounts]
     if mounted is not None:
         budgets = mount_budgets(mounts, mounted, limits)

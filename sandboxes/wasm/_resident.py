@@ -130,7 +130,8 @@ class ResidentGuest:
         stdin = request.get("stdin") or ""  # a turn has no input of its own
         call = (
             f"_main({kind!r}, {source!r}, {variable!r}, {final!r}, exit=False, "
-            f"persistent=True, stdin={stdin!r})"
+            f"persistent=True, stdin={stdin!r}"
+            f"{', egress=True' if request.get('egress') is not None else ''})"
         )
         turn: dict[str, Any] = {}
         if self._metered:
