@@ -150,6 +150,7 @@ def _warnings(policy: Policy, parsed: Parsed) -> list[Problem]:
             found.append(
                 parsed.problem(("tools", name, "mode"), f"mode 'off' allows every call of {name!r}")
             )
+    found += _role_warnings(policy, parsed)
     base = policy.all_tools
     for path, rule in rules_of(policy):
         guards = [rule] if path == ("all_tools",) or base is None else [rule, base]
@@ -162,6 +163,38 @@ def _warnings(policy: Policy, parsed: Parsed) -> list[Problem]:
                         f"regex "
                         f"{pred.value!r} is not anchored: it passes when it matches "
                         "anywhere in the value; write it as '^...$'",
+                    )
+                )
+    return found
+
+
+def _role_warnings(policy: Policy, parsed: Parsed) -> list[Problem]:
+    """Roles with quotas that no grant holds, and grants whose roles set one quota twice."""
+    found: list[Problem] = []
+    held = {role for grant in policy.grants.values() for role in grant.roles}
+    for name in policy.roles:
+        if name not in held:
+            found.append(
+                parsed.problem(
+                    ("roles", name),
+                    f"no grant holds role {name!r}, so its quotas apply to no call; add it to "
+                    "a grant's `roles` or remove it (grants: "
+                    f"{', '.join(sorted(policy.grants)) or '(none)'})",
+                )
+            )
+    for grant_name, grant in policy.grants.items():
+        roles = [role for role in grant.roles if role in policy.roles]
+        for field in Quotas.model_fields:
+            setting = [r for r in roles if getattr(policy.roles[r].quotas, field) is not None]
+            values = {repr(getattr(policy.roles[r].quotas, field)) for r in setting}
+            if len(values) > 1:
+                named = ", ".join(repr(r) for r in dict.fromkeys(setting))
+                found.append(
+                    parsed.problem(
+                        ("grants", grant_name, "roles"),
+                        f"grant {grant_name!r} holds roles {named}, which set quotas.{field} "
+                        f"differently; the one listed last, {setting[-1]!r}, wins for this "
+                        "grant (reorder its `roles` to choose)",
                     )
                 )
     return found
@@ -301,6 +334,7 @@ def _egress_problems(policy: Policy, parsed: Parsed) -> list[Problem]:
     routes: list[tuple[KeyPath, Quotas]] = [(("quotas",), policy.quotas)]
     routes += [((*path, "quotas"), rule.quotas) for path, rule in rules_of(policy)]
     routes += [(("engines", n, "quotas"), p.quotas) for n, p in policy.engines.items()]
+    routes += [(("roles", n, "quotas"), r.quotas) for n, r in policy.roles.items()]
     for path, quotas in routes:
         if not isinstance(quotas.network, EgressRule):
             continue

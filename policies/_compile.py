@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sandboxes import DEFAULT_WORKSPACE_FILES, Limits, StateMode
@@ -28,6 +29,9 @@ BUILTIN_QUOTAS = Quotas(
 """Quotas every tool has unless the policy says otherwise."""
 
 _QUOTA_FIELDS = tuple(f for f in Quotas.model_fields)
+
+QuotaLayer = tuple[tuple[str | int, ...], Quotas]
+"""One layer of quotas with the key path it sits at (`("tools", "run_code", "quotas")`)."""
 
 
 def pointer(*parts: str | int) -> str:
@@ -101,6 +105,8 @@ class CompiledTool:
     """What the policy says of `state` (None: the tool's own default)."""
     egress: CompiledEgress | None = None
     """The tool's egress route when its `quotas.network` is one."""
+    quota_layers: tuple[QuotaLayer, ...] = ()
+    """The quota layers `quotas` was made from, first to last (a grant's roles go on top)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +119,27 @@ class CompiledPolicy:
     unlisted: CompiledTool
     grants_by_token_hash: Mapping[str, str]
     roles: Mapping[str, tuple[str, ...]]
+    _by_roles: dict[tuple[str | None, tuple[str, ...]], CompiledTool] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
-    def tool(self, name: str) -> CompiledTool:
-        """The compiled rule of `name` (`unlisted`, with `listed=False`, for other names)."""
-        return self.tools.get(name, self.unlisted)
+    def tool(self, name: str, roles: Sequence[str] = ()) -> CompiledTool:
+        """The compiled rule of `name` (`unlisted`, with `listed=False`, for other names) for a
+        grant holding `roles`: the quotas of those of them under the policy's `roles` go on
+        top of the tool's, in order. Compiled once per (tool, roles) and kept."""
+        base = self.tools.get(name, self.unlisted)
+        held = tuple(r for r in roles if r in self.policy.roles)
+        if not held:
+            return base
+        key = (name if name in self.tools else None, held)
+        found = self._by_roles.get(key)
+        if found is None:  # two threads may both compile it: the same value, one kept
+            found = self._by_roles.setdefault(key, _with_roles(self.policy, base, held))
+        return found
+
+    def grant_tool(self, name: str, grant: str | None) -> CompiledTool:
+        """The compiled rule of `name` for calls of `grant` (None: a grant without roles)."""
+        return self.tool(name, () if grant is None else self.roles.get(grant, ()))
 
 
 def compile_policy(policy: Policy) -> CompiledPolicy:
@@ -150,7 +173,7 @@ def _tool(policy: Policy, name: str | None, rule: ToolRule | None) -> CompiledTo
     kind, runtime, profile_quotas = policy.profile(profile)
     if state is None and profile in policy.engines:
         state = policy.engines[profile].state
-    quota_layers: list[tuple[tuple[str | int, ...], Quotas]] = [(("quotas",), policy.quotas)]
+    quota_layers: list[QuotaLayer] = [(("quotas",), policy.quotas)]
     if policy.all_tools is not None:
         quota_layers.append((("all_tools", "quotas"), policy.all_tools.quotas))
     quota_layers.append((("engines", profile, "quotas"), profile_quotas))
@@ -192,6 +215,23 @@ def _tool(policy: Policy, name: str | None, rule: ToolRule | None) -> CompiledTo
         runtime=runtime,
         state=state,
         egress=_egress(policy, quotas),
+        quota_layers=tuple(quota_layers),
+    )
+
+
+def _with_roles(policy: Policy, base: CompiledTool, roles: tuple[str, ...]) -> CompiledTool:
+    """`base` with the quotas of `roles` (each under `policy.roles`) on top, in order."""
+    layers = [*base.quota_layers]
+    layers += [(("roles", role, "quotas"), policy.roles[role].quotas) for role in roles]
+    quotas = _effective(layers)
+    limits = quotas.limits()
+    return dataclasses.replace(
+        base,
+        quotas=quotas,
+        base_limits=limits,
+        base_limits_record=limits_record(limits),
+        egress=_egress(policy, quotas),
+        quota_layers=tuple(layers),
     )
 
 
@@ -223,7 +263,7 @@ def _limit(limit: CounterLimit, path: tuple[str | int, ...]) -> CompiledLimit:
     )
 
 
-def _effective(layers: list[tuple[tuple[str | int, ...], Quotas]]) -> EffectiveQuotas:
+def _effective(layers: Sequence[QuotaLayer]) -> EffectiveQuotas:
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for name in _QUOTA_FIELDS:

@@ -29,23 +29,32 @@ def parse_destination(text: str) -> tuple[str, int]:
     return str(parsed.network.network_address), parsed.port or DEFAULT_EGRESS_PORT
 
 
-def explain_egress(policy: Policy, tool: str, destination: str) -> list[tuple[str, str]]:
-    """(label, text) lines saying what `tool`'s route decides about `destination`.
+def explain_egress(
+    policy: Policy, tool: str, destination: str, *, grant: str | None = None
+) -> list[tuple[str, str]]:
+    """(label, text) lines saying what `tool`'s route decides about `destination` for calls
+    of `grant` (its roles' quotas on top of the tool's; None: a grant without roles).
 
     Raises:
         ValueError: `destination` is not a host with an optional port.
     """
     host, port = parse_destination(destination)
-    compiled = compile_policy(policy).tool(tool)
-    lines = [("tool", tool), ("to", f"{host}:{port}")]
+    whole = compile_policy(policy)
+    compiled = whole.grant_tool(tool, grant)
+    lines = [("tool", tool)]
+    if grant is not None:
+        roles = whole.roles.get(grant, ())
+        lines.append(("grant", f"{grant} (roles: {', '.join(roles) or 'none'})"))
+    lines.append(("to", f"{host}:{port}"))
     route = compiled.egress
     if route is None:
         network = compiled.base_limits.network
+        whose = f"{tool}'s network" + ("" if grant is None else f" for grant {grant}")
         return [
             *lines,
             ("decision", "deny"),
             ("rule", compiled.quotas.sources["network"]),
-            ("reason", f"{tool}'s network is {network!r}: no egress route, no host is reached"),
+            ("reason", f"{whose} is {network!r}: no egress route, no host is reached"),
         ]
     lines.append(("route", route.rule))
     verdict = route.decide(host, port, None)

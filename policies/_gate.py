@@ -111,8 +111,8 @@ class Gate:
         """
         self.reload_if_changed()
         compiled = self._compiled
-        tool = compiled.tool(call.tool)
         roles = compiled.roles.get(call.grant, ())
+        tool = compiled.tool(call.tool, roles)
         ctx = _Context(
             call,
             compiled,
@@ -402,17 +402,19 @@ class Gate:
         compiled = self._compiled.tool(tool)
         return compiled.engine, compiled.runtime
 
-    def terms(self, tool: str) -> tuple[Limits, StateMode | None]:
-        """What `tool`'s code runs under before a caller asks for less: the policy's limits
-        (a requested timeout or memory is clamped to these) and what it says of `state`
+    def terms(self, tool: str, grant: str | None = None) -> tuple[Limits, StateMode | None]:
+        """What `tool`'s code runs under for `grant` (None: a grant without role quotas)
+        before a caller asks for less: the policy's limits, the grant's roles' quotas on top
+        (a requested timeout or memory is clamped to these), and what it says of `state`
         (None: the tool's own default)."""
-        compiled = self._compiled.tool(tool)
+        compiled = self._compiled.grant_tool(tool, grant)
         return compiled.base_limits, compiled.state
 
-    def egress_allow(self, tool: str) -> tuple[str, ...]:
-        """The hosts `tool`'s egress route allows, as the policy writes them (empty when its
-        network is not an egress route): what its description tells the model."""
-        route = self._compiled.tool(tool).egress
+    def egress_allow(self, tool: str, grant: str | None = None) -> tuple[str, ...]:
+        """The hosts `tool`'s egress route allows `grant` (None: a grant without role quotas),
+        as the policy writes them (empty when its network is not an egress route): what its
+        description tells the model."""
+        route = self._compiled.grant_tool(tool, grant).egress
         return () if route is None else tuple(str(p) for p in route.allow)
 
     def visible_tools(self, names: Iterable[str]) -> list[str]:

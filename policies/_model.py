@@ -39,7 +39,10 @@ class Grant(BaseModel):
         "`printf %s TOKEN | sha256sum`.",
     )
     roles: list[str] = Field(
-        default_factory=list, description="Roles predicates can test with `path: roles`."
+        default_factory=list,
+        description="Roles predicates can test with `path: roles`; the quotas of those named "
+        "under the top-level `roles` apply to this grant's calls, in this order (for a quota "
+        "two of them set, the one listed later wins).",
     )
     share: float | None = Field(
         default=None,
@@ -53,6 +56,24 @@ class Grant(BaseModel):
     @classmethod
     def _lower(cls, value: str) -> str:
         return value.lower()
+
+
+class Role(BaseModel):
+    """What holding a role changes for a grant's calls: quotas over every tool's own."""
+
+    model_config = MODEL_CONFIG
+
+    quotas: Quotas = Field(
+        default_factory=Quotas,
+        description="Quotas of every call by a grant holding this role, whatever the tool: a "
+        "quota set here wins over the tool's, its engine profile's, `all_tools`' and the "
+        "policy's (a role says who may do more or less than the tool's default, e.g. reach the "
+        "network at all); unset ones inherit theirs. `network` is replaced whole (`none`, or "
+        "the role's own egress rule), never merged. A grant holding several roles takes them in "
+        "the order its `roles` lists them: for a quota two of them set, the later one wins "
+        "(`sandgate policy check` warns). Caller-set timeout and memory are clamped to the "
+        "result.",
+    )
 
 
 class EngineProfile(BaseModel):
@@ -440,6 +461,12 @@ class Policy(BaseModel):
         default_factory=dict, description="Engine profiles by name (may override built-ins)."
     )
     quotas: Quotas = Field(default_factory=Quotas, description="Default quotas of every tool.")
+    roles: dict[str, Role] = Field(
+        default_factory=dict,
+        description="Quotas by grant role (a name in some grant's `roles`), applied to every "
+        "call of a grant holding the role, over the tool's and its engine profile's. A role "
+        "no grant holds is a warning. Default: none.",
+    )
     packages: Packages = Field(
         default_factory=Packages, description="Package allow-list and mirror."
     )

@@ -154,7 +154,8 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class Quotas(BaseModel):
-    """Resource ceilings of one run. Unset fields inherit (built-in ← policy ← engine ← tool)."""
+    """Resource ceilings of one run. Unset fields inherit, the later layer winning: built-in ←
+    `quotas` ← `all_tools` ← engine profile ← tool ← the caller's grant roles (`roles`)."""
 
     model_config = MODEL_CONFIG
 

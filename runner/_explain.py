@@ -28,6 +28,8 @@ class Explanation:
         engine: The engine and profile that would run it (allowed calls with code).
         limits: The run's limits (allowed calls with code).
         counters: The rate limits the call counts against, one sentence each.
+        roles: The grant's roles whose `roles` quotas applied, in the order they were
+            applied (the later one wins a quota both set).
     """
 
     decision: Literal["allow", "deny", "needs_approval", "would_deny"]
@@ -37,6 +39,7 @@ class Explanation:
     engine: str | None = None
     limits: Mapping[str, Any] | None = None
     counters: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
 
 
 def explain_call(
@@ -72,11 +75,13 @@ def explain_call(
             store.close()
             audit.close()
     counters = tuple(_counters(policy, tool))
+    held = policy.grants[grant].roles if grant in policy.grants else []
+    roles = tuple(role for role in held if role in policy.roles)
     if isinstance(decision, Denied):
-        return Explanation("deny", decision.rule, decision.reason, counters=counters)
+        return Explanation("deny", decision.rule, decision.reason, counters=counters, roles=roles)
     if not isinstance(decision, Allowed):  # the id in its reason belongs to the throwaway store
         reason = "A human must approve this exact call before it runs (sandgate approve ID)."
-        return Explanation("needs_approval", decision.rule, reason, counters=counters)
+        return Explanation("needs_approval", decision.rule, reason, counters=counters, roles=roles)
     plan = decision.plan
     return Explanation(
         "would_deny" if decision.would_deny else "allow",
@@ -86,6 +91,7 @@ def explain_call(
         engine=None if plan is None else f"{plan.engine} (profile {plan.profile})",
         limits=None if plan is None else _limits(plan.limits),
         counters=counters,
+        roles=roles,
     )
 
 

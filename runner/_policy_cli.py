@@ -70,7 +70,11 @@ def policy_main(argv: list[str]) -> int:
         "refuses this host (port default 443)",
     )
     explain.add_argument("--args", default="{}", help="the call's arguments as a JSON object")
-    explain.add_argument("--grant", default="local", help="the caller's grant (default local)")
+    explain.add_argument(
+        "--grant",
+        default="local",
+        help="the caller's grant (default local); the quotas of its roles apply",
+    )
     explain.add_argument("--session", default="local", help="the session (default local)")
     explain.add_argument("--timeout-s", type=float, help="a caller-requested timeout")
     sub.add_parser("schema", help="print the JSON Schema of the policy format")
@@ -109,7 +113,7 @@ def _explain(args: argparse.Namespace) -> int:
             print(problem.format(args.file))
         return 1
     if args.egress is not None:
-        return _explain_egress(policy, args.tool or "run_code", args.egress)
+        return _explain_egress(policy, args.tool or "run_code", args.egress, args.grant)
     if args.tool is None:
         _err("sandgate policy explain: give --tool TOOL (or --egress HOST[:PORT])")
         return 2
@@ -135,6 +139,8 @@ def _explain(args: argparse.Namespace) -> int:
     print(f"reason:   {found.reason}")
     if found.mode is not None:
         print(f"mode:     {found.mode}")
+    if found.roles:
+        print(f"roles:    {', '.join(found.roles)} (their `roles` quotas apply, in this order)")
     if found.engine is not None and found.limits is not None:
         print(f"engine:   {found.engine}")
         print(f"limits:   {', '.join(f'{k}={v}' for k, v in found.limits.items())}")
@@ -143,9 +149,9 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _explain_egress(policy: Policy, tool: str, destination: str) -> int:
+def _explain_egress(policy: Policy, tool: str, destination: str, grant: str) -> int:
     try:
-        found = explain_egress(policy, tool, destination)
+        found = explain_egress(policy, tool, destination, grant=grant)
     except ValueError as exc:
         _err(f"sandgate policy explain: --egress: {exc}")
         return 2

@@ -236,20 +236,21 @@ class Service:
     def list_tools(self, grant: str) -> list[types.Tool]:
         """What tools/list shows `grant`: the tools it may call (and, when the policy says
         `server.list_denied_tools`, those it is refused; hidden ones never), each described
-        for the route the policy has in force (`runner/tools/_describe.py`)."""
+        for the route the policy has in force for it, its roles' quotas included
+        (`runner/tools/_describe.py`)."""
         listed = self.gate.listed_tools(self._names, grant)
-        return [tool_of(TOOLS_BY_NAME[name], self._route(name)) for name in listed]
+        return [tool_of(TOOLS_BY_NAME[name], self._route(name, grant)) for name in listed]
 
-    def _route(self, name: str) -> Route:
+    def _route(self, name: str, grant: str) -> Route:
         kind, runtime = self.gate.route(name)
-        limits, state = self.gate.terms(name)
+        limits, state = self.gate.terms(name, grant)
         return Route(
             engine=kind if runtime is None else f"{kind}:{runtime}",
             state=state or TOOLS_BY_NAME[name].state,
             timeout_s=limits.wall_timeout_s,
             network=limits.network,
             result_text_bytes=self.gate.policy.server.result_text_bytes,
-            egress_allow=self.gate.egress_allow(name),
+            egress_allow=self.gate.egress_allow(name, grant),
         )
 
     async def call_tool(

@@ -65,7 +65,7 @@ if [ "$(docker image inspect --format "{{index .Config.Labels \"$LABEL_INPUTS\"}
   (cd "$CACHE/server-image/redis/root" && find . -mindepth 1 -maxdepth 1 ! -name usr -exec rm -rf {} + \
     && rm -rf usr/share)
   say "redis: building $REDIS_TAG on $BASE_IMAGE"
-  docker build -q -f scripts/server-image/redis.Dockerfile --build-arg BASE="$BASE_IMAGE" \
+  docker build -q --network none -f scripts/server-image/redis.Dockerfile --build-arg BASE="$BASE_IMAGE" \
     --label "$LABEL_INPUTS=$redis_inputs" -t "$REDIS_TAG" "$CACHE/server-image/redis" >&2
   rm -rf "$CACHE/server-image/redis/root"
 fi
@@ -159,13 +159,14 @@ cp -a "$pyodide_dir" "$context/pyodide/"
 cp scripts/server-image/healthcheck.py "$context/"
 cat policies/default.yaml scripts/server-image/policy-engines.yaml > "$context/policy.yaml"
 
-# 5. The build (classic builder: multi-stage, so the wheels stay out of the image).
+# 5. The build (classic builder: multi-stage, so the wheels stay out of the image), with no
+#    network at all: everything it needs is in the context.
 version="$("$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')"
 revision="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 git -C "$repo" diff --quiet HEAD -- 2>/dev/null || revision="$revision-dirty"
 previous="$(docker image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)"
 say "building $TAG on $BASE_IMAGE (version $version, revision $revision)"
-docker build -f "$repo/Dockerfile" -t "$TAG" \
+docker build --network none -f "$repo/Dockerfile" -t "$TAG" \
   --build-arg BASE="$BASE_IMAGE" \
   --build-arg VERSION="$version" \
   --build-arg REVISION="$revision" \

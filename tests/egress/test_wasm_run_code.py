@@ -1,6 +1,8 @@
 """`run_code` on the real wasm engine with an egress route: the guest's plain urllib reaches
 the allowed host, a refused one raises `PermissionError` naming the rule, a brokered secret's
-placeholder becomes its value only on the way to its host, and the result reports it all."""
+placeholder becomes its value only on the way to its host, and the result reports it all; a
+grant role's own route (`roles.NAME.quotas.network`) reaches its host, another grant's run has
+no network."""
 
 from __future__ import annotations
 
@@ -78,3 +80,63 @@ tools:
     assert network["refused"][0].startswith(refusal)
     assert TOKEN not in json.dumps(payload)
     assert TOKEN not in (tmp_path / "state" / "audit.jsonl").read_text()
+
+
+ROLE_CODE = """
+import urllib.request
+try:
+    with urllib.request.urlopen("https://api.test:{port}/echo") as answer:
+        print("reached", answer.status)
+except OSError as refused:
+    print("refused:", type(refused).__name__)
+"""
+
+
+async def test_a_grant_role_gets_its_own_route_on_wasm(
+    tmp_path: Path, origin: Origin, wasm_engine: WasmEngine, proxy_ready: None
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        f"""
+version: '1'
+default: deny
+grants:
+  alice: {{token_sha256: "{"a" * 64}", roles: [analyst]}}
+  bob: {{token_sha256: "{"b" * 64}", roles: [viewer]}}
+roles:
+  analyst:
+    quotas:
+      network: {{allow: ["api.test", "127.0.0.1"], max_connections_per_call: 2}}
+server:
+  egress:
+    hosts: {{api.test: 127.0.0.1}}
+    upstream_ca: {origin.ca}
+tools:
+  run_code: {{}}
+"""
+    )
+    config = Config(
+        policy_path=policy, state_dir=tmp_path / "state", tool_sets=("native",), clock=time.time
+    )
+    code = {"code": ROLE_CODE.format(port=origin.https_port)}
+    async with open_service(config, engines={"wasm": wasm_engine}) as service:
+        analyst = await service.call_tool("run_code", code, Caller(grant="alice", session="a"))
+        viewer = await service.call_tool("run_code", code, Caller(grant="bob", session="b"))
+        described = {
+            grant: next(t for t in service.list_tools(grant) if t.name == "run_code")
+            for grant in ("alice", "bob")
+        }
+
+    assert analyst.structured_content is not None and viewer.structured_content is not None
+    assert analyst.structured_content["stdout"] == "reached 200\n", analyst.structured_content
+    assert analyst.structured_content["usage"]["network"]["connections"] == 1
+    assert viewer.structured_content["status"] == "ok", viewer.structured_content
+    assert viewer.structured_content["stdout"] == "refused: URLError\n"  # no sockets at all
+    assert viewer.structured_content["usage"].get("network") is None
+    audit = (tmp_path / "state" / "audit.jsonl").read_text().splitlines()
+    egress = [json.loads(line) for line in audit if '"event":"egress"' in line.replace(" ", "")]
+    assert [(r["grant"], r["decision"], r["rule"]) for r in egress] == [
+        ("alice", "allow", "/roles/analyst/quotas/network/allow/1")
+    ]
+    assert "api.test" in (described["alice"].description or "")
+    assert "api.test" not in (described["bob"].description or "")

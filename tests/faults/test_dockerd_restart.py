@@ -1,7 +1,9 @@
 """`dockerd` restarts while the container engine is idle (its warm container dies with it).
 
 The test runs its own `dockerd` (own socket, data root, exec root and pid file; no bridge, no
-iptables) so that restarting it cannot disturb anything else on the machine, loads the sandbox
+iptables; in a network namespace of its own, since a dockerd started with `--bridge=none`
+deletes the host's `docker0` bridge, which the main daemon's builds and containers need) so
+that restarting it cannot disturb anything else on the machine, loads the sandbox
 image into it from the main daemon, and stops it and removes everything it made at the end.
 The next call after the restart either works or fails with a clear, uncounted infrastructure
 error; the one after works.
@@ -46,6 +48,8 @@ class PrivateDockerd:
         runtimes = json.loads(shared.read_text()).get("runtimes", {}) if shared.exists() else {}
         config.write_text(json.dumps({"runtimes": runtimes}))
         self.argv = [
+            "unshare",
+            "--net",
             "dockerd",
             "--config-file",
             str(config),
