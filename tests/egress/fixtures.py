@@ -43,3 +43,26 @@ async def proxy(
 def proxy_ready() -> None:
     """The egress venv is there (tests that start a server which starts the proxy)."""
     require_mitmproxy()
+
+
+def egress_policy(tmp_path: Path, origin: Origin, network: str) -> Path:
+    """A policy file routing `run_code` to `network` (YAML flow text), with the secret `token`
+    (from $SANDGATE_TEST_EGRESS_TOKEN, for api.test as $API_TOKEN) and the test names mapped."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        f"""
+version: '1'
+default: deny
+secrets:
+  - {{name: token, env: SANDGATE_TEST_EGRESS_TOKEN, hosts: [api.test], variable: API_TOKEN}}
+server:
+  egress:
+    hosts: {{api.test: 127.0.0.1, other.test: 127.0.0.2}}
+    upstream_ca: {origin.ca}
+tools:
+  run_code:
+    quotas:
+      network: {network}
+"""
+    )
+    return path

@@ -24,6 +24,7 @@ from sandboxes import Capabilities, ExecutionPlan, FakeEngine, RunResult, Usage
 
 from ._client import fetch
 from ._origin import Origin
+from .fixtures import egress_policy
 
 pytestmark = pytest.mark.anyio
 
@@ -62,27 +63,6 @@ class HostGuest(FakeEngine):
         return RunResult(status="ok", stdout=stdout, stderr="", exit_code=0, usage=Usage(1.0))
 
 
-def _policy(tmp_path: Path, origin: Origin, network: str) -> Path:
-    path = tmp_path / "policy.yaml"
-    path.write_text(
-        f"""
-version: '1'
-default: deny
-secrets:
-  - {{name: token, env: SANDGATE_TEST_EGRESS_TOKEN, hosts: [api.test], variable: API_TOKEN}}
-server:
-  egress:
-    hosts: {{api.test: 127.0.0.1, other.test: 127.0.0.2}}
-    upstream_ca: {origin.ca}
-tools:
-  run_code:
-    quotas:
-      network: {network}
-"""
-    )
-    return path
-
-
 ALLOW_API = (
     '{allow: ["api.test:%d", "127.0.0.1"], secrets: [token], max_connections_per_call: 3, '
     "limits: [{max_bytes: %d, window: hour, scope: grant}]}"
@@ -96,7 +76,7 @@ async def _service(
     engine = HostGuest()
     network = ALLOW_API % (origin.https_port, window_bytes)
     config = Config(
-        policy_path=_policy(tmp_path, origin, network),
+        policy_path=egress_policy(tmp_path, origin, network),
         state_dir=tmp_path / "state",
         tool_sets=("native",),
         clock=time.time,

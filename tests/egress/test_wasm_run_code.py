@@ -16,6 +16,7 @@ from runner import Caller, Config, open_service
 from sandboxes import WasmEngine
 
 from ._origin import Origin
+from .fixtures import egress_policy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.wasm]
 
@@ -44,23 +45,7 @@ async def test_run_code_on_wasm_goes_through_the_route(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("SANDGATE_TEST_EGRESS_TOKEN", TOKEN)
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(
-        f"""
-version: '1'
-default: deny
-secrets:
-  - {{name: token, env: SANDGATE_TEST_EGRESS_TOKEN, hosts: [api.test], variable: API_TOKEN}}
-server:
-  egress:
-    hosts: {{api.test: 127.0.0.1, other.test: 127.0.0.2}}
-    upstream_ca: {origin.ca}
-tools:
-  run_code:
-    quotas:
-      network: {{allow: ["api.test", "127.0.0.1"], secrets: [token]}}
-"""
-    )
+    policy = egress_policy(tmp_path, origin, '{allow: ["api.test", "127.0.0.1"], secrets: [token]}')
     config = Config(
         policy_path=policy, state_dir=tmp_path / "state", tool_sets=("native",), clock=time.time
     )
