@@ -68,13 +68,95 @@ async def _mcp_times(params: StdioServerParameters, calls: int, pauses: dict[str
     return paces
 
 
-def _sandgate(state_dir: str, *, prepared: bool) -> StdioServerParameters:
+def _sandgate(state_dir: str, *, prepared: bool, tree: str | None = None) -> StdioServerParameters:
+    """`sandgate serve` on stdio; `tree`: another checkout's packages first on the path (a
+    baseline, in the same run)."""
     args = ["serve", "--state-dir", state_dir, "--policy", _policy()]
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = tree
     return StdioServerParameters(
         command=sandgate_command(),
         args=args if prepared else [*args, "--no-prepared-guests"],
-        env=dict(os.environ),
+        env=env,
     )
+
+
+def _engine_cpu(tree: str, calls: int) -> dict[str, tuple[float, float]]:
+    """Engine level, without MCP: one wasm worker process of `tree` (a checkout's root),
+    `calls` calls back to back, each in a guest started for it, then each in a prepared guest
+    (waiting for its preparation). Per path: (the worker's CPU per call, the round trip's p50),
+    in ms."""
+    import json
+
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": tree,
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    found: dict[str, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        files, site = Path(scratch, "files"), Path(scratch, "site")
+        files.mkdir()
+        site.mkdir()
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "sandboxes.wasm"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert worker.stdin is not None and worker.stdout is not None
+        stdin, stdout = worker.stdin, worker.stdout
+
+        def ask(request: dict[str, object]) -> dict[str, object]:
+            stdin.write(json.dumps(request).encode() + b"\n")
+            stdin.flush()
+            answer: dict[str, object] = json.loads(stdout.readline())
+            return answer
+
+        def cpu_s() -> float:
+            with open(f"/proc/{worker.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        try:
+            warmed = ask({"op": "warm", "slots_dir": str(Path(scratch, "slots"))})
+            assert warmed["ok"], warmed
+            request = {
+                "kind": "code",
+                "source": CALL["code"],
+                "variable": CALL["variable_to_return"],
+                "final_expression": False,
+                "stdin": "",
+                "files": str(files),
+                "site": str(site),
+                "deadline_s": 30.0,
+                "memory_bytes": 512 << 20,
+                "output_bytes": 1 << 20,
+                "fuel": None,
+                "may_move": True,
+                "mounts": [],
+            }
+            for path, prepare in (("started", False), ("prepared", True)):
+                call = {**request, "prepare_next": prepare}
+                for _ in range(WARM_CALLS):
+                    ask(call)
+                times = []
+                cpu_before = cpu_s()
+                for _ in range(calls):
+                    began = time.perf_counter()
+                    answer = ask(call)
+                    times.append(time.perf_counter() - began)
+                    assert answer["ok"] and answer["prepared"] is prepare, answer
+                ask({**request, "prepare_next": False})  # waits for the last preparation
+                per_call = (cpu_s() - cpu_before) / (calls + 1) * 1000
+                found[path] = (per_call, _ms(times, 0.5))
+        finally:
+            stdin.close()
+            worker.wait(60)
+    return found
 
 
 def _upstream() -> StdioServerParameters:
@@ -126,6 +208,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100, help="timed calls per pace")
     parser.add_argument("--pause-ms", type=float, default=DEFAULT_PAUSE_MS, help="spaced pace")
     parser.add_argument("--no-upstream", action="store_true", help="skip the upstream server")
+    parser.add_argument(
+        "--baseline-tree",
+        metavar="PATH",
+        help="another checkout's root (its runner, policies and sandboxes), measured in the "
+        "same run as a baseline: its sandgate row and its engine-level CPU",
+    )
     args = parser.parse_args()
     if args.calls < 1 or args.pause_ms <= 0:
         raise SystemExit("--calls: expected a whole number above 0; --pause-ms: above 0")
@@ -135,10 +223,18 @@ def main() -> None:
     if not args.no_upstream:
         upstream = asyncio.run(_mcp_times(_upstream(), args.calls, pauses))
         rows.append(("upstream mcp-run-python-code 0.0.2 (exec, no isolation)", upstream))
-    for prepared, label in ((True, "sandgate, wasm engine"), (False, "  --no-prepared-guests")):
+    workloads = [(True, "sandgate, wasm engine", None), (False, "  --no-prepared-guests", None)]
+    if args.baseline_tree:
+        workloads.append((True, "sandgate, wasm engine, baseline tree", args.baseline_tree))
+    for prepared, label, tree in workloads:
         with tempfile.TemporaryDirectory() as state:
-            params = _sandgate(state, prepared=prepared)
+            params = _sandgate(state, prepared=prepared, tree=tree)
             rows.append((label, asyncio.run(_mcp_times(params, args.calls, pauses))))
+    here = str(Path(__file__).resolve().parents[1])
+    trees = [("this tree", here)]
+    if args.baseline_tree:
+        trees.append(("baseline tree", args.baseline_tree))
+    engine = [(name, _engine_cpu(tree, args.calls)) for name, tree in trees]
     rows.append(
         ("python3 -c, a subprocess per call (real binary)", _native_times(args.calls, pauses))
     )
@@ -160,6 +256,10 @@ def main() -> None:
             f"| {label.strip()} | p50 {_ms(paces[spaced], 0.5):.1f} ms | "
             f"p50 {_ms(paces[back], 0.5):.1f} ms, p95 {_ms(paces[back], 0.95):.1f} ms |"
         )
+    print("\nengine level, one worker, calls back to back (worker CPU per call, round trip p50):")
+    for name, paths in engine:
+        for path, (cpu_ms, p50_ms) in paths.items():
+            print(f"  {name:<14} {path:<9} CPU {cpu_ms:6.2f} ms/call, p50 {p50_ms:6.2f} ms")
     if not args.no_upstream:
         goal = 2 * _ms(rows[0][1][back], 0.5)
         got = _ms(rows[1][1][back], 0.5)

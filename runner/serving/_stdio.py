@@ -17,7 +17,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -27,6 +27,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
+
+from ._pipes import PipeLines, claim_stdout, is_pipe, release_stdout
 
 logger = logging.getLogger("sandgate.stdio")
 
@@ -104,13 +106,32 @@ def _first_problem(exc: Exception) -> str:
 
 
 async def _read(fd: int, to_server: MemoryObjectSendStream[Incoming], replies: Any) -> None:
+    if is_pipe(fd):  # read on the loop (`_pipes.py`), else by a thread
+        lines = await PipeLines.open(fd)
+        try:
+            await _serve_lines(lines.readline, to_server, replies)
+        finally:
+            lines.close()
+        return
     # closefd=False: a reading thread may still block on `fd` when the server stops.
     text = io.TextIOWrapper(
         io.BufferedReader(io.FileIO(fd, "rb", closefd=False)), encoding="utf-8", errors="replace"
     )
+
+    async def readline() -> str:
+        return await anyio.to_thread.run_sync(text.readline, abandon_on_cancel=True)
+
+    await _serve_lines(readline, to_server, replies)
+
+
+async def _serve_lines(
+    readline: Callable[[], Awaitable[str]],
+    to_server: MemoryObjectSendStream[Incoming],
+    replies: Any,
+) -> None:
     async with to_server:
         while True:
-            line = await anyio.to_thread.run_sync(text.readline, abandon_on_cancel=True)
+            line = await readline()
             if not line:
                 return
             try:
@@ -133,8 +154,13 @@ async def stdio_streams() -> AsyncIterator[tuple[MemoryObjectReceiveStream[Incom
     """The (read, write) streams of this process's stdin and stdout, for `Server.run`."""
     wire = _claim_stdin()
     done = anyio.Event()
+    claimed = await claim_stdout()  # None: the SDK claims and writes stdout itself
+    stdout = None if claimed is None else cast(Any, claimed[0])
     try:
-        async with stdio_server(stdin=cast(Any, _NoInput(done))) as (_, write_stream):
+        async with stdio_server(stdin=cast(Any, _NoInput(done)), stdout=stdout) as (
+            _,
+            write_stream,
+        ):
             send, receive = anyio.create_memory_object_stream[Incoming](0)
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(_read, wire, send, write_stream)
@@ -144,5 +170,7 @@ async def stdio_streams() -> AsyncIterator[tuple[MemoryObjectReceiveStream[Incom
                     done.set()
                     tasks.cancel_scope.cancel()
     finally:
+        if claimed is not None:
+            await release_stdout(*claimed)
         with contextlib.suppress(OSError):
             os.dup2(wire, 0)

@@ -87,6 +87,22 @@ def fit_run(
     return fitted, Shown(saved, (*notes, *image_notes))
 
 
+def fits_whole(result: RunResult, text_bytes: int) -> bool:
+    """Whether `fit_run` would give `result` back as it is (no file I/O, so no thread): no
+    image sent or written, and stdout and stderr within `text_bytes` together."""
+    if result.images or any(
+        PurePosixPath(path).suffix.lower() in _IMAGE_SUFFIXES for path in result.files_written
+    ):
+        return False
+    if len(result.stdout) + len(result.stderr) > text_bytes:  # characters <= UTF-8 bytes
+        return False
+    return _utf8_size(result.stdout) + _utf8_size(result.stderr) <= text_bytes
+
+
+def _utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
 # -- text --------------------------------------------------------------------------------------
 
 

