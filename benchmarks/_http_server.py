@@ -25,15 +25,20 @@ def free_port() -> int:
 
 
 def start_server(
-    port: int, *, policy: Path, state_dir: str | Path, extra: tuple[str, ...] = ()
+    port: int,
+    *,
+    policy: Path,
+    state_dir: str | Path,
+    extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """A server on `HOST:port` with `policy`, once it listens (exits the benchmark if it
-    does not within `START_TIMEOUT_S`)."""
+    """A server on `HOST:port` with `policy` (and `env` over this process's environment),
+    once it listens (exits the benchmark if it does not within `START_TIMEOUT_S`)."""
     argv = [sys.executable, "-m", "runner", "serve", "--transport", "streamable-http"]
     argv += ["--host", HOST, "--port", str(port), "--policy", str(policy)]
     argv += ["--state-dir", str(state_dir), *extra]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
+    environment = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(argv, env=environment, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -23,7 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +77,7 @@ Call = Callable[[], Awaitable[bool]]
 """One call of the workload; `True` when it succeeded."""
 
 
-async def _drive(name: str, calls: int, callers: list[Call]) -> Figures:
+async def drive(name: str, calls: int, callers: list[Call]) -> Figures:
     """Share `calls` calls among the callers (one concurrent loop each) and time them."""
     remaining = calls
     latencies: list[float] = []
@@ -101,13 +101,21 @@ async def _drive(name: str, calls: int, callers: list[Call]) -> Figures:
     return Figures(name, calls, errors, time.perf_counter() - began, tuple(latencies))
 
 
-async def _sandgate(url: str, clients: int, calls: int, name: str) -> Figures:
+@contextlib.asynccontextmanager
+async def hello_callers(
+    url: str, clients: int, *, legacy: bool = False
+) -> AsyncIterator[list[Call]]:
+    """`clients` connected MCP clients of `url`, each as a `Call` of
+    `run_python_code(CODE)` (a `legacy` client: each its own session with shared sessions)."""
     async with contextlib.AsyncExitStack() as stack:
         sessions: list[Client] = []
         for _ in range(clients):
             http = await stack.enter_async_context(httpx.AsyncClient(timeout=CALL_TIMEOUT_S))
             client = await stack.enter_async_context(
-                Client(streamable_http_client(url, http_client=http))
+                Client(
+                    streamable_http_client(url, http_client=http),
+                    mode="legacy" if legacy else "auto",
+                )
             )
             sessions.append(client)
 
@@ -123,9 +131,13 @@ async def _sandgate(url: str, clients: int, calls: int, name: str) -> Figures:
 
             return call
 
-        callers = [caller(c) for c in sessions]
-        await _drive("warm-up", clients * WARM_CALLS_PER_CLIENT, callers)
-        return await _drive(name, calls, callers)
+        yield [caller(c) for c in sessions]
+
+
+async def _sandgate(url: str, clients: int, calls: int, name: str) -> Figures:
+    async with hello_callers(url, clients) as callers:
+        await drive("warm-up", clients * WARM_CALLS_PER_CLIENT, callers)
+        return await drive(name, calls, callers)
 
 
 def _python3() -> str:
@@ -146,8 +158,8 @@ async def _baseline(python: str, clients: int, calls: int) -> Figures:
             return False
         return process.returncode == 0 and out.strip() == b"hello"
 
-    await _drive("warm-up", clients, [call] * clients)
-    return await _drive("baseline (python3 -c)", calls, [call] * clients)
+    await drive("warm-up", clients, [call] * clients)
+    return await drive("baseline (python3 -c)", calls, [call] * clients)
 
 
 def main() -> None:
@@ -167,7 +179,7 @@ def main() -> None:
     runs: list[Figures] = []
     for prepared, name in ((True, "sandgate (http, wasm)"), (False, "  --no-prepared-guests")):
         port = free_port()
-        extra = ("--workers", str(args.workers)) if args.workers else ()
+        extra: tuple[str, ...] = ("--workers", str(args.workers)) if args.workers else ()
         extra += () if prepared else ("--no-prepared-guests",)
         with tempfile.TemporaryDirectory(prefix="sg-load-") as state:
             server = start_server(port, policy=_policy(), state_dir=state, extra=extra)

@@ -1,13 +1,20 @@
 """The policy gate of sandgate: the policy format, decisions, counters, approvals and audit.
 
-`RedisCounterStore` loads on first use (it imports the `redis` client, which a server keeping
-its state in SQLite never needs).
+`RedisCounterStore` and `RedisAuditSink` load on first use (they import the `redis` client,
+which a server keeping its state in SQLite and its audit in a file never needs).
 """
 
 from typing import TYPE_CHECKING, Any
 
 from ._approvals import answer_approval
-from ._audit import AuditLog, AuditRecord, read_audit
+from ._audit import (
+    AuditEntry,
+    AuditLog,
+    AuditRecord,
+    AuditSink,
+    read_audit,
+    records,
+)
 from ._decisions import Allowed, Decision, Denied, NeedsApproval, Outcome, ToolCall
 from ._egress import CompiledEgress, EgressRule, HostPattern, SecretRule, special_address
 from ._egress_explain import explain_egress, parse_destination
@@ -41,26 +48,31 @@ from ._model import (
 )
 
 if TYPE_CHECKING:
+    from ._audit_redis import RedisAuditSink
     from ._redis import RedisCounterStore
+from ._open import open_audit_sink, open_counter_store
 from ._rules import ConsoleSettings, Operator
 from ._sqlite import SqliteCounterStore
 from ._store import (
+    AUDIT_FILE,
     ApprovalRecord,
     ApprovalStatus,
     CounterSpec,
     CounterStore,
-    open_counter_store,
     state_dir_default,
 )
 
 __all__ = [
+    "AUDIT_FILE",
     "RESERVED_MOUNT_NAME",
     "Allowed",
     "ApprovalRecord",
     "ApprovalRefused",
     "ApprovalStatus",
+    "AuditEntry",
     "AuditLog",
     "AuditRecord",
+    "AuditSink",
     "AuditUnavailable",
     "CompiledEgress",
     "ConsoleSettings",
@@ -80,6 +92,7 @@ __all__ = [
     "PolicyError",
     "PolicyLoadError",
     "Problem",
+    "RedisAuditSink",
     "RedisCounterStore",
     "SecretRule",
     "ServerMount",
@@ -96,10 +109,12 @@ __all__ = [
     "load_policy",
     "load_policy_text",
     "mount_name_problem",
+    "open_audit_sink",
     "open_counter_store",
     "parse_destination",
     "policy_json_schema",
     "read_audit",
+    "records",
     "shipped_policy_paths",
     "special_address",
     "state_dir_default",
@@ -112,4 +127,9 @@ def __getattr__(name: str) -> Any:
 
         globals()[name] = RedisCounterStore
         return RedisCounterStore
+    if name == "RedisAuditSink":
+        from ._audit_redis import RedisAuditSink
+
+        globals()[name] = RedisAuditSink
+        return RedisAuditSink
     raise AttributeError(f"module 'policies' has no attribute {name!r}")

@@ -13,7 +13,7 @@ import math
 import uuid
 from collections.abc import Callable
 
-from ._audit import AuditLog, AuditRecord, iso_time
+from ._audit import AuditRecord, AuditSink, iso_time
 from ._decisions import NeedsApproval, ToolCall
 from ._errors import ApprovalProblem, ApprovalRefused, AuditUnavailable, UnknownApproval
 from ._model import ApprovalAnswerer
@@ -32,7 +32,7 @@ class ApprovalDesk:
         clock: Unix time source.
     """
 
-    def __init__(self, store: CounterStore, audit: AuditLog, clock: Callable[[], float]) -> None:
+    def __init__(self, store: CounterStore, audit: AuditSink, clock: Callable[[], float]) -> None:
         self._store = store
         self._audit = audit
         self._clock = clock
@@ -205,7 +205,7 @@ def operator_answerer(name: str) -> str:
 
 def answer_approval(
     store: CounterStore,
-    audit: AuditLog,
+    audit: AuditSink,
     approval_id: str,
     approved: bool,
     by: str,
@@ -228,7 +228,7 @@ def answer_approval(
 
 def _answer(
     store: CounterStore,
-    audit: AuditLog,
+    audit: AuditSink,
     approval_id: str,
     approved: bool,
     by: str,

@@ -11,8 +11,9 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from ._errors import AuditUnavailable
 
@@ -119,8 +120,86 @@ class AuditRecord:
 _FIELDS = tuple(f.name for f in fields(AuditRecord))
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One record read back from a sink, with where it sits.
+
+    Attributes:
+        cursor: Its position: the byte offset after its line in a file, the stream id in
+            Redis. Reading again `after` it yields the records written since (tailing).
+        record: The record.
+    """
+
+    cursor: str
+    record: AuditRecord
+
+
+class AuditSink(Protocol):
+    """Where audit records go and are read back from, in the order they were acknowledged.
+
+    Kept by `AuditLog` (a JSON-lines file) and `RedisAuditSink` (a Redis stream). After
+    `close`, `append_fields` raises `AuditUnavailable`; reading still works.
+    """
+
+    @property
+    def where(self) -> str:
+        """The sink as an operator names it: the file, or `redis stream KEY at URL`."""
+        ...
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Durability the sink could not confirm (e.g. Redis without AOF), found at open."""
+        ...
+
+    def append(self, record: AuditRecord) -> None:
+        """Write one record; return once the sink acknowledged it.
+
+        Raises:
+            AuditUnavailable: It was not written (disk full, Redis down, sink closed).
+        """
+        ...
+
+    def append_fields(self, fields: Mapping[str, Any]) -> None:
+        """Write one record given as its `AuditRecord` fields (`None` values left out).
+
+        Raises:
+            AuditUnavailable: It was not written (disk full, Redis down, sink closed).
+        """
+        ...
+
+    def entries(
+        self, *, after: str | None = None, since: float | None = None
+    ) -> Iterator[AuditEntry]:
+        """The records in order: those after the cursor `after`, and (when given) written at
+        or after the Unix time `since`. A torn or unreadable record is skipped.
+
+        Raises:
+            AuditUnavailable: The sink cannot be read.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the sink; later appends raise `AuditUnavailable`."""
+        ...
+
+
+def records(sink: AuditSink, *, since: float | None = None) -> Iterator[AuditRecord]:
+    """The records of `sink` in order (those at or after `since`, when given)."""
+    for entry in sink.entries(since=since):
+        yield entry.record
+
+
+def unix_time(record: AuditRecord) -> float | None:
+    """The record's time as Unix seconds; None when it is not an ISO-8601 time."""
+    try:
+        when = datetime.fromisoformat(record.time)
+    except ValueError:
+        return None
+    return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
+
+
 class AuditLog:
-    """Append-only JSON-lines audit file, safe across threads and processes.
+    """Append-only JSON-lines audit file, safe across threads and processes (an `AuditSink`).
 
     Each record is one `os.write` on an `O_APPEND` descriptor, done before the method
     returns, so a record that was acknowledged survives a SIGKILL of the server.
@@ -128,18 +207,23 @@ class AuditLog:
     Args:
         path: The file (created with mode 0600, parent folders with 0700).
         fsync: Also fsync after every record, to survive power loss.
+        write: False opens it for reading only (`sandgate audit`): nothing is created and
+            appends raise `AuditUnavailable`.
 
     Raises:
         AuditUnavailable: The file cannot be opened.
     """
 
-    def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
+    def __init__(self, path: str | Path, *, fsync: bool = False, write: bool = True) -> None:
         self.path = Path(path)
         self.fsync = fsync
         self._lock = threading.Lock()
+        self._fd: int | None = None
+        if not write:
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._fd: int | None = os.open(
+            self._fd = os.open(
                 self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
             )
         except OSError as exc:
@@ -147,6 +231,30 @@ class AuditLog:
 
     def __repr__(self) -> str:
         return f"AuditLog({str(self.path)!r})"
+
+    @property
+    def where(self) -> str:
+        """The file."""
+        return str(self.path)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """None: the file's guarantees are the OS's."""
+        return ()
+
+    def entries(
+        self, *, after: str | None = None, since: float | None = None
+    ) -> Iterator[AuditEntry]:
+        """The records in order, after the byte offset `after`, at or after `since`.
+
+        Raises:
+            AuditUnavailable: The file cannot be opened.
+        """
+        start = int(after) if after else 0
+        for offset, record in _read_lines(self.path, start):
+            if since is not None and (unix_time(record) or 0.0) < since:
+                continue
+            yield AuditEntry(str(offset), record)
 
     def append(self, record: AuditRecord) -> None:
         """Write one record and return once the OS has it.
@@ -165,10 +273,10 @@ class AuditLog:
             AuditUnavailable: The write failed (disk full, file closed).
         """
         # An unpaired surrogate (from a caller's text) is kept as its JSON escape.
-        line = _LINE.encode(fields).encode("utf-8", "backslashreplace") + b"\n"
+        line = record_line(fields) + b"\n"
         with self._lock:
             if self._fd is None:
-                raise AuditUnavailable(self.path, "the audit log is closed")
+                raise AuditUnavailable(self.path, "the audit log is closed (or opened to read)")
             try:
                 view = memoryview(line)
                 while view:
@@ -187,23 +295,44 @@ class AuditLog:
                 self._fd = None
 
 
+def parse_record(raw: bytes | str) -> AuditRecord | None:
+    """A record from its JSON text; None when it is torn or not a record."""
+    try:
+        data = json.loads(raw)
+        return AuditRecord.from_dict(data) if isinstance(data, dict) else None
+    except (ValueError, TypeError):
+        return None
+
+
+def record_line(fields: Mapping[str, Any]) -> bytes:
+    """The JSON text of one record (an unpaired surrogate kept as its JSON escape)."""
+    return _LINE.encode(fields).encode("utf-8", "backslashreplace")
+
+
+def _read_lines(path: Path, start: int) -> Iterator[tuple[int, AuditRecord]]:
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise AuditUnavailable(path, str(exc)) from exc
+    with handle:
+        handle.seek(start)
+        offset = start
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                return  # a torn last line: not acknowledged, its cursor not passed
+            offset += len(raw)
+            record = parse_record(raw)
+            if record is None:
+                logger.debug("skipping unreadable audit line in %s before byte %d", path, offset)
+                continue
+            yield offset, record
+
+
 def read_audit(path: str | Path) -> Iterator[AuditRecord]:
     """Yield the records of an audit file in order, skipping a torn (partly written) line.
 
     Raises:
         AuditUnavailable: The file cannot be opened.
     """
-    path = Path(path)
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise AuditUnavailable(path, str(exc)) from exc
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                data = json.loads(raw)
-                record = AuditRecord.from_dict(data)
-            except (ValueError, TypeError):
-                logger.debug("skipping unreadable audit line %s:%d", path, number)
-                continue
-            yield record
+    for _offset, record in _read_lines(Path(path), 0):
+        yield record

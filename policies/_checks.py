@@ -94,6 +94,22 @@ def _errors(policy: Policy, parsed: Parsed, extra_grants: dict[str, Grant]) -> l
                 "backend 'redis' needs `state.url` (e.g. redis://host:6379/0); add it",
             )
         )
+    if policy.audit.sink == "redis" and not (policy.audit.url or policy.state.url):
+        problems.append(
+            parsed.problem(
+                ("audit", "sink"),
+                "sink 'redis' needs a Redis URL and none is set: add `audit.url` or "
+                "`state.url` (e.g. redis://host:6379/0)",
+            )
+        )
+    if policy.server.http_sessions == "redis" and not policy.state.url:
+        problems.append(
+            parsed.problem(
+                ("server", "http_sessions"),
+                "http_sessions 'redis' keeps MCP HTTP sessions in the Redis at `state.url`, and "
+                "none is set: add `state.url` (e.g. redis://host:6379/0)",
+            )
+        )
     seen: set[str] = set()
     for index, mount in enumerate(policy.server.mounts):
         if mount.name in seen:

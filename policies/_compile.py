@@ -13,7 +13,8 @@ from sandboxes import DEFAULT_WORKSPACE_FILES, Limits, StateMode
 from ._egress import CompiledEgress, EgressRule, compile_egress
 from ._model import DEFAULT_PROFILE, Policy
 from ._predicates import CompiledPredicate
-from ._rules import Action, CounterLimit, Mode, Quotas, Scope, ToolRule
+from ._rules import Action, CounterLimit, Mode, Quotas, ToolRule
+from ._terms import Scope
 
 MIB = 1024 * 1024
 BUILTIN_QUOTAS = Quotas(

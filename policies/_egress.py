@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from sandboxes import BrokeredSecret, EgressVerdict, normal_host
 
-from ._rules import MODEL_CONFIG, Scope, window_seconds
+from ._terms import MODEL_CONFIG, Scope, window_seconds
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

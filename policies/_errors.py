@@ -189,11 +189,11 @@ class AuditUnavailable(PolicyError):
     """The audit log cannot be opened or written.
 
     Attributes:
-        path: The audit file.
-        detail: What the operating system reported.
+        path: The audit file, or the Redis stream (`redis stream KEY at URL`).
+        detail: What the operating system (or Redis) reported.
     """
 
-    def __init__(self, path: Path, detail: str) -> None:
+    def __init__(self, path: Path | str, detail: str) -> None:
         self.path = path
         self.detail = detail
         super().__init__(f"cannot write the audit log {path}: {detail}")

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from sandboxes import EgressConnection, Limits, StateMode
 
 from ._approvals import ApprovalDesk
-from ._audit import AuditDecision, AuditLog, canonical_json, iso_time, sha256_hex
+from ._audit import AuditDecision, AuditSink, canonical_json, iso_time, sha256_hex
 from ._compile import CompiledPolicy, CompiledTool, compile_policy, token_sha256
 from ._decisions import Allowed, Decision, Denied, NeedsApproval, Outcome, ToolCall
 from ._egress_quota import EgressExhausted, EgressTerms, charge_egress, egress_terms
@@ -64,7 +64,8 @@ class Gate:
     Args:
         policy: The policy to enforce.
         store: Where counters and approvals live (shared by replicas with Redis).
-        audit: Where every decision, outcome and approval is written.
+        audit: Where every decision, outcome and approval is written (a file or a Redis
+            stream).
         clock: Unix time source (tests pass a fake clock to move windows without sleeping).
         policy_path: The policy's file; when given, `decide` reloads it when it changes.
     """
@@ -73,7 +74,7 @@ class Gate:
         self,
         policy: Policy,
         store: CounterStore,
-        audit: AuditLog,
+        audit: AuditSink,
         *,
         clock: Callable[[], float] = time.time,
         policy_path: Path | None = None,
@@ -99,9 +100,9 @@ class Gate:
         return self._loaded_at
 
     @property
-    def audit_path(self) -> Path:
-        """The audit log's file."""
-        return self._audit.path
+    def audit(self) -> AuditSink:
+        """Where every decision, outcome and approval is written, and read back from."""
+        return self._audit
 
     def decide(self, call: ToolCall) -> Decision:
         """Decide one call; the decision is audited before this returns.

@@ -13,7 +13,8 @@ from sandboxes import engine_key, layer_names, unknown_layers
 
 from ._egress import SecretRule
 from ._errors import Problem
-from ._rules import MODEL_CONFIG, ConsoleSettings, CounterLimit, Mode, Quotas, ToolRule
+from ._rules import ConsoleSettings, CounterLimit, Mode, Quotas, ToolRule
+from ._terms import MODEL_CONFIG
 
 EngineKind = Literal["wasm", "pyodide", "container"]
 BUILTIN_PROFILES: dict[str, tuple[EngineKind, str | None]] = {
@@ -174,13 +175,30 @@ class AuditSettings(BaseModel):
 
     model_config = MODEL_CONFIG
 
+    sink: Literal["file", "redis"] = Field(
+        default="file",
+        description="file (a JSON-lines file, one server) or redis (one Redis stream that "
+        "replicas and front ends share, ordered by stream id; run Redis with AOF: "
+        "`appendonly yes`, and `appendfsync always` for `fsync`). Default: file.",
+    )
     path: str | None = Field(
-        default=None, description="JSON-lines audit file. Default: `<state dir>/audit.jsonl`."
+        default=None,
+        description="JSON-lines audit file (sink file). Default: `<state dir>/audit.jsonl`.",
+    )
+    stream: str = Field(
+        default="sandgate:audit",
+        min_length=1,
+        description="The Redis stream key (sink redis). Default: `sandgate:audit`.",
+    )
+    url: str | None = Field(
+        default=None,
+        description="Redis URL (sink redis; redis://, rediss://, unix://). Default: `state.url`.",
     )
     fsync: bool = Field(
         default=False,
         description="fsync after every record (survives power "
-        "loss, not only a crash of the server; slower).",
+        "loss, not only a crash of the server; slower). With sink redis: the server must run "
+        "with `appendonly yes` and `appendfsync always`, else the server refuses to start.",
     )
 
 
@@ -339,6 +357,14 @@ class ServerSettings(BaseModel):
         gt=0,
         description="Seconds without a call after which a session is ended and its workspace "
         "removed (also the idle timeout of HTTP sessions). Default: 3600.",
+    )
+    http_sessions: Literal["memory", "redis"] = Field(
+        default="memory",
+        description="Where MCP streamable-HTTP sessions live: memory (this process; a client "
+        "must come back to the same server) or redis (the Redis at `state.url`: every replica "
+        "or front end sharing it accepts any session of the grant that opened it, and the "
+        "per-grant session count is shared; server-initiated GET streams and elicitation "
+        "are unavailable). Default: memory.",
     )
     grant_share: float = Field(
         default=0.5,

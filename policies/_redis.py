@@ -136,9 +136,12 @@ class RedisCounterStore:
     def _approval(self, approval_id: str) -> str:
         return f"{self._prefix}a:{approval_id}"
 
-    def reserve(self, items: Sequence[CounterSpec], now: float) -> str | None:
-        """Reserve all `items` or none; see `CounterStore.reserve`."""
-        reservation = uuid.uuid4().hex
+    def reserve(
+        self, items: Sequence[CounterSpec], now: float, *, reservation_id: str | None = None
+    ) -> str | None:
+        """Reserve all `items` or none; see `CounterStore.reserve`. `reservation_id` (a fresh
+        unique id) names the reservation, for a caller that records it before it exists."""
+        reservation = reservation_id or uuid.uuid4().hex
         keys: list[str] = []
         args: list[Any] = [repr(now), reservation, int(STALE_RESERVATION_S), len(items)]
         for item in items:

@@ -5,47 +5,19 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from ._egress import EgressRule
+from ._terms import MODEL_CONFIG, Scope, window_seconds
 
 Action = Literal["allow", "deny", "hide", "require_approval"]
 Mode = Literal["enforce", "audit", "off"]
-Scope = Literal["grant", "session", "tool", "global"]
 PredicateOp = Literal[
     "eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists", "len_lte"
 ]
 
-NAMED_WINDOWS_S: dict[str, float] = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
-_ISO_DURATION = re.compile(
-    r"^P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
-    r"(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
-)
 _PATH = re.compile(r"^(?:args(?:\.[A-Za-z0-9_\-]+)+|grant|session|tool|roles)$")
 _NUMBER_OPS = frozenset({"lt", "lte", "gt", "gte"})
-
-MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-def window_seconds(window: str) -> float:
-    """Return the length in seconds of `minute`, `hour`, `day` or an ISO-8601 duration.
-
-    Raises:
-        ValueError: `window` is none of those (years and months are refused as ambiguous).
-    """
-    if window in NAMED_WINDOWS_S:
-        return NAMED_WINDOWS_S[window]
-    match = _ISO_DURATION.match(window)
-    if match is None or window in ("P", "PT") or window.endswith("T"):
-        raise ValueError(
-            f"window must be 'minute', 'hour', 'day' or an ISO-8601 duration such as 'PT30S' "
-            f"or 'P1D' (no years or months), got {window!r}"
-        )
-    parts = {k: float(v) if v else 0.0 for k, v in match.groupdict().items()}
-    seconds = (
-        parts["w"] * 604800 + parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
-    )
-    if seconds <= 0:
-        raise ValueError(f"window must be longer than zero, got {window!r}")
-    return seconds
 
 
 def check_path(path: str) -> str:
@@ -323,11 +295,3 @@ class ConsoleSettings(BaseModel):
                 f"names {names}; give each operator a token of their own"
             )
         return self
-
-
-# The egress route's models use this module's config and windows, and Quotas names EgressRule:
-# imported last, then the models that mention it are completed.
-from ._egress import EgressRule  # noqa: E402
-
-Quotas.model_rebuild()
-ToolRule.model_rebuild()

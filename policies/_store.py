@@ -1,4 +1,4 @@
-"""The state-store contract (counters and approvals), its value types, and picking a backend."""
+"""The state-store contract (counters and approvals), its value types."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
-
-from ._model import StateSettings
 
 STALE_RESERVATION_S = 3600.0
 """A reservation neither committed nor rolled back for this long counts as committed."""
@@ -153,26 +151,3 @@ def state_dir_default() -> Path:
     if os.environ.get("XDG_STATE_HOME"):
         return Path(os.environ["XDG_STATE_HOME"]).expanduser() / "sandgate"
     return Path.home() / ".local" / "state" / "sandgate"
-
-
-def open_counter_store(state: StateSettings, default_dir: Path | None = None) -> CounterStore:
-    """Open the store a policy's `state` section names.
-
-    Args:
-        state: The policy's `state` settings.
-        default_dir: Folder of the SQLite file when `state.path` is unset
-            (default: `state_dir_default()`); the file is `<dir>/state.sqlite3`.
-
-    Raises:
-        StateUnavailable: The store cannot be opened.
-    """
-    if state.backend == "redis":
-        from ._redis import RedisCounterStore
-
-        if state.url is None:
-            raise ValueError("state.url is required for backend 'redis' (got None)")
-        return RedisCounterStore(state.url)
-    from ._sqlite import SqliteCounterStore
-
-    folder = default_dir if default_dir is not None else state_dir_default()
-    return SqliteCounterStore(Path(state.path) if state.path else folder / STATE_FILE)

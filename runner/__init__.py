@@ -1,7 +1,7 @@
 """The sandgate MCP server: tools, sessions, transports and the `sandgate` command.
 
 The names below load on first use (PEP 562), so `sandgate --help`, or a command that needs
-neither the MCP SDK nor the engines, does not import them (`import runner._cli` costs only
+neither the MCP SDK nor the engines, does not import them (`import runner.cli` costs only
 what the command line itself needs).
 """
 
@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._app import Config, open_service
-    from ._cli import main
     from ._errors import ArgumentError, RunnerError, ServerLimit, SetupError, UnknownTool
     from ._service import Caller, Service
     from .batch import BatchSummary, Job, run_batch
+    from .cli import main
     from .serving import build_server, connection_scope
     from .tools import ALL_TOOL_SETS, TOOLS, Outcome, ToolSpec
 
@@ -36,7 +36,7 @@ _WHERE = {
     "UnknownTool": "._errors",
     "build_server": ".serving",
     "connection_scope": ".serving",
-    "main": "._cli",
+    "main": ".cli",
     "open_service": "._app",
     "run_batch": ".batch",
 }

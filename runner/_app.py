@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from policies import (
-    AuditLog,
+    AUDIT_FILE,
     Gate,
     PolicyError,
     default_policy_path,
     engine_requirements,
     grant_share,
     load_policy,
+    open_audit_sink,
     open_counter_store,
     state_dir_default,
 )
@@ -65,6 +66,8 @@ class Config:
             `None` (the default) takes the policy's `server.session_idle_s`.
         progress: Where start-up progress lines go.
         clock: Unix time source for session idling (tests pass a fake clock).
+        snapshots_dir: Where session snapshots live (default: `snapshots` in `state_dir`);
+            several servers may share one (the nodes of a cluster).
     """
 
     policy_path: Path | None = None
@@ -76,17 +79,22 @@ class Config:
     idle_s: float | None = None
     progress: Callable[[str], None] = _stderr
     clock: Callable[[], float] = time.time
+    snapshots_dir: Path | None = None
 
 
 @asynccontextmanager
 async def open_service(
-    config: Config, *, engines: dict[str, Engine] | None = None
+    config: Config,
+    *,
+    engines: dict[str, Engine] | None = None,
+    gate_type: type[Gate] = Gate,
 ) -> AsyncIterator[Service]:
     """A ready-to-serve `Service`; everything it opened is closed on exit.
 
     Args:
         config: The configuration.
         engines: Engines already running, by key, used instead of starting those (tests).
+        gate_type: The gate's class (a cluster node's records its calls in flight).
 
     Raises:
         SetupError: the policy does not load, one of its mounts is not a folder or has the
@@ -107,9 +115,16 @@ async def open_service(
         store = open_counter_store(policy.state, default_dir=config.state_dir)
     except PolicyError as exc:
         raise SetupError(f"cannot open the policy state store: {exc}") from exc
-    audit_path = Path(policy.audit.path) if policy.audit.path else config.state_dir / "audit.jsonl"
-    audit = AuditLog(audit_path, fsync=policy.audit.fsync)
-    gate = Gate(policy, store, audit, policy_path=Path(path))
+    try:
+        audit = open_audit_sink(
+            policy.audit, state_url=policy.state.url, default_path=config.state_dir / AUDIT_FILE
+        )
+    except PolicyError as exc:
+        store.close()
+        raise SetupError(f"cannot open the audit sink of {path}: {exc}") from exc
+    for said in audit.warnings:
+        logger.warning("audit: %s", said)
+    gate = gate_type(policy, store, audit, policy_path=Path(path))
     for warning in policy.warnings:
         logger.warning("policy %s: %s", path, warning)
     running = Engines(
@@ -143,7 +158,7 @@ async def open_service(
         tool_sets=config.tool_sets,
         admission=Admission(config.workers),
         operator_mounts=mounts,
-        snapshot_store=SnapshotStore(config.state_dir / "snapshots"),
+        snapshot_store=SnapshotStore(config.snapshots_dir or config.state_dir / "snapshots"),
         egress_dir=config.state_dir,
     )
     reaper = asyncio.create_task(_reap(sessions, running))

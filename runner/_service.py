@@ -47,19 +47,20 @@ from ._engines import Engines
 from ._errors import ArgumentError, RunnerError, ServerLimit, UnknownTool
 from ._metrics import Metrics
 from ._mounts import MountPoint, session_mounts
-from ._operator import OperatorApi
 from ._sessions import Session, Sessions
-from ._usage import UsageWindow
-from ._waiting import ApprovalRoom
+from .operator._api import OperatorApi
+from .operator._usage import UsageWindow
+from .operator._waiting import ApprovalRoom
 from .packages import Installer
 from .snapshots import SessionSnapshots, SnapshotStore
 from .tools import TOOLS_BY_NAME, Caller, ToolSet
 from .tools import Busy as BusyOutcome
 from .tools._arguments import check_request_size, validate_arguments
-from .tools._describe import Route, tool_of
-from .tools._fit import Shown, fit_image, fit_run, head_and_tail
+from .tools._describe import Route
+from .tools._fit import Shown, fit_image, fit_run, fits_whole, head_and_tail
 from .tools._format import outcome_result
 from .tools._outcome import Failed, Invalid, Outcome, Ran, Refused, Told
+from .tools._registry import tool_of
 
 logger = logging.getLogger("sandgate.service")
 
@@ -180,7 +181,7 @@ class Service:
         self.sessions = sessions
         self._installer = installer
         self._operator_mounts = operator_mounts
-        self._names = [n for n, s in TOOLS_BY_NAME.items() if s.tool_set in tool_sets]
+        self._names = served_tool_names(tool_sets)
         self._host_mounts = tuple(m.host_mount() for m in operator_mounts)
         store = snapshot_store or SnapshotStore(sessions.root.parent / "snapshots")
         self._snapshots = SessionSnapshots(store, sessions, engines, lambda: gate.policy.server)
@@ -238,20 +239,7 @@ class Service:
         `server.list_denied_tools`, those it is refused; hidden ones never), each described
         for the route the policy has in force for it, its roles' quotas included
         (`runner/tools/_describe.py`)."""
-        listed = self.gate.listed_tools(self._names, grant)
-        return [tool_of(TOOLS_BY_NAME[name], self._route(name, grant)) for name in listed]
-
-    def _route(self, name: str, grant: str) -> Route:
-        kind, runtime = self.gate.route(name)
-        limits, state = self.gate.terms(name, grant)
-        return Route(
-            engine=kind if runtime is None else f"{kind}:{runtime}",
-            state=state or TOOLS_BY_NAME[name].state,
-            timeout_s=limits.wall_timeout_s,
-            network=limits.network,
-            result_text_bytes=self.gate.policy.server.result_text_bytes,
-            egress_allow=self.gate.egress_allow(name, grant),
-        )
+        return listed_tools(self.gate, self._names, grant)
 
     async def call_tool(
         self, name: str, arguments: Mapping[str, Any] | None, caller: Caller
@@ -557,6 +545,8 @@ class Service:
         """`result` fitted to what one tool result gives the model (`server.result_*`): cut
         streams saved whole in the workspace (before it is measured), images scaled."""
         server = self.gate.policy.server
+        if fits_whole(result, server.result_text_bytes):  # nothing to cut, save or scale
+            return result, Shown()
         try:
             return await HOST_IO.call(
                 plan.grant,
@@ -593,6 +583,31 @@ class Service:
     def engine_kind(self, tool: str) -> str:
         """The engine kind the policy routes `tool`'s code to (for package installs)."""
         return self.gate.route(tool)[0]
+
+
+def served_tool_names(tool_sets: tuple[ToolSet, ...]) -> list[str]:
+    """The tools of `tool_sets`, before the policy hides any."""
+    return [n for n, s in TOOLS_BY_NAME.items() if s.tool_set in tool_sets]
+
+
+def listed_tools(gate: Gate, names: list[str], grant: str) -> list[types.Tool]:
+    """`Service.list_tools` for any holder of a gate (a cluster's front end has no engines)."""
+    return [
+        tool_of(TOOLS_BY_NAME[n], _route(gate, n, grant)) for n in gate.listed_tools(names, grant)
+    ]
+
+
+def _route(gate: Gate, name: str, grant: str) -> Route:
+    kind, runtime = gate.route(name)
+    limits, state = gate.terms(name, grant)
+    return Route(
+        engine=kind if runtime is None else f"{kind}:{runtime}",
+        state=state or TOOLS_BY_NAME[name].state,
+        timeout_s=limits.wall_timeout_s,
+        network=limits.network,
+        result_text_bytes=gate.policy.server.result_text_bytes,
+        egress_allow=gate.egress_allow(name, grant),
+    )
 
 
 def _named(exc: BaseException) -> str:

@@ -89,12 +89,14 @@ def serving_http(
     workers: int,
     extra: tuple[str, ...] = (),
     start_timeout_s: float = 180.0,
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A `sandgate serve` over streamable HTTP on a free loopback port, once it listens:
-    its MCP URL and its process, stopped on exit whatever happened."""
+    its MCP URL and its process (run with `env`, else this one's), stopped on exit whatever
+    happened."""
     port = free_port()
     argv = serve_http_argv(port, policy=policy, state_dir=state_dir, workers=workers, extra=extra)
-    process = subprocess.Popen(argv)
+    process = subprocess.Popen(argv, env=env)
     try:
         wait_for_port(port, process, start_timeout_s)
         yield f"http://{LOOPBACK}:{port}/mcp", process

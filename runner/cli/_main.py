@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._errors import RunnerError
+from .._errors import RunnerError
 
 EGRESS = "egress"
 """`sandgate setup egress`: the egress proxy's own venv (mitmproxy)."""
@@ -44,7 +44,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     engines: Sequence[str] | None = None
     default_engine = None
     if command == "serve":
-        from .tools import ALL_TOOL_SETS
+        from ..tools import ALL_TOOL_SETS
 
         tool_sets = ALL_TOOL_SETS
     elif command == "setup":
@@ -61,9 +61,23 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     serve.add_argument(
         "--transport", choices=("stdio", "streamable-http"), default="stdio", help="MCP transport"
     )
+    serve.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="serve from the nodes of the Ray cluster at ADDRESS (host:port, or auto): a "
+        "front end here, the engines on every node (the policy's state must be in Redis)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="HTTP listen address")
     serve.add_argument("--port", type=int, default=8765, help="HTTP port")
     serve.add_argument("--state-dir", type=Path, help="counters, audit and workspaces")
+    serve.add_argument(
+        "--snapshots",
+        metavar="DIR",
+        type=Path,
+        help="where session snapshots live (default: STATE_DIR/snapshots); with --ray, a "
+        "folder every node sees at this path (a shared filesystem), so a session lost with "
+        "its node is restored from its last snapshot and any node restores or forks any",
+    )
     serve.add_argument("--workers", type=int, help="WASM worker processes")
     serve.add_argument(
         "--no-prepared-guests",
@@ -118,19 +132,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _delegate(command: str, rest: list[str]) -> int:
-    from . import _policy_cli
+    from . import _policy
 
     if command == "policy":
-        return _policy_cli.policy_main(rest)
+        return _policy.policy_main(rest)
     if command == "audit":
-        return _policy_cli.audit_main(rest)
+        return _policy.audit_main(rest)
     if command in ("approve", "deny"):
-        return _policy_cli.approve_main(rest, deny=command == "deny")
+        return _policy.approve_main(rest, deny=command == "deny")
     if command == "batch":
-        from .batch import batch_main
+        from ..batch import batch_main
 
         return batch_main(rest)
-    from .packages.mirror import mirror_main
+    from ..packages.mirror import mirror_main
 
     return mirror_main(rest)
 
@@ -138,9 +152,9 @@ def _delegate(command: str, rest: list[str]) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ._app import Config
-    from ._mounts import parse_mounts
-    from .serving import serve_http, serve_stdio
+    from .._app import Config
+    from .._mounts import parse_mounts
+    from ..serving import serve_http, serve_stdio
 
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -152,13 +166,27 @@ def _serve(args: argparse.Namespace) -> int:
         fields["state_dir"] = args.state_dir
     if args.workers:
         fields["workers"] = args.workers
+    if args.snapshots:
+        fields["snapshots_dir"] = args.snapshots
     fields["prepared_guests"] = args.prepared_guests
     if args.tools:
         fields["tool_sets"] = tuple(args.tools)
     try:
         fields["mounts"] = parse_mounts(args.mount)
         config = Config(**fields)  # type: ignore[arg-type]
-        if args.transport == "stdio":
+        if args.ray:
+            from ..cluster import serve_cluster
+
+            asyncio.run(
+                serve_cluster(
+                    config,
+                    address=args.ray,
+                    transport=args.transport,
+                    host=args.host,
+                    port=args.port,
+                )
+            )
+        elif args.transport == "stdio":
             asyncio.run(serve_stdio(config))
         else:
             asyncio.run(serve_http(config, host=args.host, port=args.port))

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import getpass
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from policies import (
+    AUDIT_FILE,
+    AuditEntry,
     AuditLog,
+    AuditRecord,
+    AuditSink,
+    AuditUnavailable,
     Policy,
     PolicyError,
     PolicyLoadError,
@@ -19,13 +26,19 @@ from policies import (
     answer_approval,
     explain_egress,
     load_policy,
+    open_audit_sink,
     open_counter_store,
     policy_json_schema,
     state_dir_default,
 )
 
-from ._audit_query import AuditQuery, parse_time, query_audit
-from ._explain import explain_call
+from ..operator._audit_query import AuditQuery, parse_time, query_audit
+from ..operator._explain import explain_call
+
+FOLLOW_INTERVAL_S = 0.5
+"""`sandgate audit tail --follow`: seconds between reads of the sink when nothing was new."""
+MIN_FOLLOW_INTERVAL_S = 0.01
+MAX_FOLLOW_INTERVAL_S = 60.0
 
 
 def _run(
@@ -166,12 +179,28 @@ def _explain_egress(policy: Policy, tool: str, destination: str, grant: str) -> 
 def audit_main(argv: list[str]) -> int:
     """`sandgate audit tail [-n N]` and `sandgate audit query [--tool T] [--decision D] ...`.
 
-    Records are printed as JSON lines. Returns 0, or 1 when the audit file cannot be read.
+    Records are printed as JSON lines, read from `--path`, from the sink `--policy` names (a
+    Redis stream or a file), else from `<state dir>/audit.jsonl`. Returns 0, or 1 when the
+    audit cannot be read.
     """
     parser = argparse.ArgumentParser(prog="sandgate audit", description="Read the audit log.")
     sub = parser.add_subparsers(dest="action", required=True)
-    tail = sub.add_parser("tail", help="print the last records")
+    tail = sub.add_parser("tail", help="print the last records (and, with -f, new ones)")
     tail.add_argument("-n", type=int, default=10, help="how many (default 10)")
+    tail.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then keep printing records as they are written, until Ctrl-C (exit 0)",
+    )
+    tail.add_argument(
+        "--interval",
+        type=float,
+        default=FOLLOW_INTERVAL_S,
+        metavar="S",
+        help=f"with --follow: seconds between reads of the sink (default {FOLLOW_INTERVAL_S}, "
+        f"{MIN_FOLLOW_INTERVAL_S} to {MAX_FOLLOW_INTERVAL_S})",
+    )
     query = sub.add_parser("query", help="print the records matching every filter given")
     query.add_argument("--tool")
     query.add_argument("--decision", choices=("allow", "deny", "would_deny", "needs_approval"))
@@ -184,34 +213,107 @@ def audit_main(argv: list[str]) -> int:
         command.add_argument(
             "--path", type=Path, help="audit file (default: <state dir>/audit.jsonl)"
         )
+        command.add_argument(
+            "--policy",
+            type=Path,
+            help="the server's policy: read the audit sink it names (a Redis stream, or its "
+            "audit.path)",
+        )
     return _run(parser, argv, _audit)
 
 
-def _audit(args: argparse.Namespace) -> int:
-    path = args.path or state_dir_default() / "audit.jsonl"
-    if not path.is_file():
-        _err(f"sandgate audit: no audit file at {path}; pass --path or set SANDGATE_HOME")
-        return 1
-    if args.action == "tail":
-        records = query_audit(path, AuditQuery(), last=args.n)
-    else:
-        try:
-            since = parse_time(args.since) if args.since else None
-        except ValueError:
-            _err(f"sandgate audit: --since must be an ISO-8601 time, got {args.since!r}")
-            return 2
-        query = AuditQuery(
-            tool=args.tool,
-            decision=args.decision,
-            event=args.event,
-            grant=args.grant,
-            session=args.session,
-            status=args.status,
-            since=since,
+def _audit_sink(args: argparse.Namespace) -> AuditSink | None:
+    """The sink to read: `--path`, else the one `--policy` names, else the default file."""
+    if args.path is None and args.policy is not None:
+        policy = load_policy(args.policy)
+        return open_audit_sink(
+            policy.audit,
+            state_url=policy.state.url,
+            default_path=state_dir_default() / AUDIT_FILE,
+            write=False,
         )
-        records = query_audit(path, query)
+    path: Path = args.path or state_dir_default() / AUDIT_FILE
+    if not path.is_file():
+        _err(
+            f"sandgate audit: no audit file at {path}; pass --path, --policy (for a Redis "
+            "audit sink) or set SANDGATE_HOME"
+        )
+        return None
+    return AuditLog(path, write=False)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    try:
+        sink = _audit_sink(args)
+    except PolicyError as exc:
+        _err(f"sandgate audit: {exc}")
+        return 1
+    if sink is None:
+        return 1
+    try:
+        return _print_audit(args, sink)
+    except AuditUnavailable as exc:
+        _err(f"sandgate audit: {exc}")
+        return 1
+    finally:
+        sink.close()
+
+
+def _print_audit(args: argparse.Namespace, sink: AuditSink) -> int:
+    if args.action == "tail":
+        return _tail(sink, last=args.n, follow=args.follow, interval_s=args.interval)
+    try:
+        since = parse_time(args.since) if args.since else None
+    except ValueError:
+        _err(f"sandgate audit: --since must be an ISO-8601 time, got {args.since!r}")
+        return 2
+    query = AuditQuery(
+        tool=args.tool,
+        decision=args.decision,
+        event=args.event,
+        grant=args.grant,
+        session=args.session,
+        status=args.status,
+        since=since,
+    )
+    records = query_audit(sink, query)
     for record in records:
-        print(json.dumps(record.to_dict(), ensure_ascii=False, sort_keys=False))
+        _print_record(record)
+    return 0
+
+
+def _print_record(record: AuditRecord, *, flush: bool = False) -> None:
+    print(json.dumps(record.to_dict(), ensure_ascii=False, sort_keys=False), flush=flush)
+
+
+def _tail(sink: AuditSink, *, last: int, follow: bool, interval_s: float) -> int:
+    """Print the `last` records; with `follow`, then each record written after them, read
+    `after` the cursor of the last one seen every `interval_s`, until Ctrl-C."""
+    if not MIN_FOLLOW_INTERVAL_S <= interval_s <= MAX_FOLLOW_INTERVAL_S:
+        _err(
+            f"sandgate audit tail: --interval must be {MIN_FOLLOW_INTERVAL_S} to "
+            f"{MAX_FOLLOW_INTERVAL_S} seconds, got {interval_s}"
+        )
+        return 2
+    kept: collections.deque[AuditEntry] = collections.deque(maxlen=max(last, 0))
+    cursor: str | None = None
+    try:
+        for entry in sink.entries():
+            kept.append(entry)
+            cursor = entry.cursor
+        for entry in kept:
+            _print_record(entry.record, flush=follow)
+        while follow:
+            fresh = False
+            for entry in sink.entries(after=cursor):
+                _print_record(entry.record, flush=True)
+                cursor, fresh = entry.cursor, True
+            if not fresh:
+                time.sleep(interval_s)
+    except KeyboardInterrupt:
+        return 0  # Ctrl-C is how a follow ends
+    except BrokenPipeError:  # the reader went (`... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
@@ -263,11 +365,14 @@ def _approve(args: argparse.Namespace, *, approved: bool) -> int:
             if policy is not None
             else SqliteCounterStore(state_dir / "state.sqlite3")
         )
-        audit_path = (
-            Path(policy.audit.path) if policy and policy.audit.path else (state_dir / "audit.jsonl")
-        )
         try:
-            audit = AuditLog(audit_path)
+            audit = (
+                open_audit_sink(
+                    policy.audit, state_url=policy.state.url, default_path=state_dir / AUDIT_FILE
+                )
+                if policy is not None
+                else AuditLog(state_dir / AUDIT_FILE)
+            )
             try:
                 record = answer_approval(
                     store, audit, args.approval_id, approved, by, time.time(), note=args.reason

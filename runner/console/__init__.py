@@ -1,7 +1,7 @@
 """The operator console at `/console`: approvals, audit trail, live usage and the policy.
 
 Served by `sandgate serve --transport streamable-http` when the policy has `server.console`;
-a client of the service's operator API (`runner/_operator.py`), never a second path to the
+a client of the service's operator API (`runner/operator/`), never a second path to the
 gate or the stores.
 """
 

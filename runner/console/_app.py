@@ -24,9 +24,9 @@ from policies import (
     UnknownApproval,
 )
 
-from .._audit_query import AuditQuery, parse_time
-from .._explain import program_of
-from .._operator import OperatorApi
+from ..operator._api import OperatorApi
+from ..operator._audit_query import AuditQuery, parse_time
+from ..operator._explain import program_of
 from . import _highlight
 from ._auth import (
     COOKIE,

@@ -10,18 +10,16 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from policies import ApprovalRecord, AuditRecord, Policy, UnknownApproval
+from policies import ApprovalRecord, AuditRecord, Gate, Policy, UnknownApproval
 
+from .._admission import Admission
+from .._sessions import Session, Sessions
 from ._audit_query import AuditQuery, query_audit
 from ._explain import Explanation, explain_call
-from ._usage import Series
-from ._waiting import PendingApproval
-
-if TYPE_CHECKING:
-    from ._service import Service
-    from ._sessions import Session
+from ._usage import Series, UsageWindow
+from ._waiting import ApprovalRoom, PendingApproval
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +49,39 @@ class Pools:
     engines: Mapping[str, Mapping[str, int]]
 
 
+class OperatedService(Protocol):
+    """What `OperatorApi` reads and asks of the service it answers for (`runner.Service` is
+    one): the service hands out an `OperatorApi` over itself, and this module never imports
+    the service, so calls walk one way."""
+
+    @property
+    def gate(self) -> Gate: ...
+
+    @property
+    def approvals(self) -> ApprovalRoom: ...
+
+    @property
+    def usage(self) -> UsageWindow: ...
+
+    @property
+    def admission(self) -> Admission: ...
+
+    @property
+    def sessions(self) -> Sessions: ...
+
+    def tool_names(self) -> list[str]:
+        """The tools the server lists (policy-hidden ones removed)."""
+        ...
+
+    def pool_stats(self) -> Mapping[str, Mapping[str, int]]:
+        """Each running engine's pool figures."""
+        ...
+
+    async def end_session(self, grant: str, session_id: str) -> bool:
+        """End a session; False when there was no such session."""
+        ...
+
+
 class OperatorApi:
     """The operator's view of one service.
 
@@ -58,7 +89,7 @@ class OperatorApi:
         service: The service it answers for.
     """
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: OperatedService) -> None:
         self._service = service
 
     async def pending_approvals(self) -> list[PendingApproval]:
@@ -104,23 +135,23 @@ class OperatorApi:
         """The `last` records matching `query`, oldest first.
 
         Raises:
-            AuditUnavailable: The audit file cannot be read.
+            AuditUnavailable: The audit sink cannot be read.
         """
-        path = self._service.gate.audit_path
-        return await asyncio.to_thread(lambda: list(query_audit(path, query, last=last)))
+        sink = self._service.gate.audit
+        return await asyncio.to_thread(lambda: list(query_audit(sink, query, last=last)))
 
     async def audit_lines(self, query: AuditQuery) -> list[bytes]:
         """Every record matching `query`, as JSON lines (an export).
 
         Raises:
-            AuditUnavailable: The audit file cannot be read.
+            AuditUnavailable: The audit sink cannot be read.
         """
-        path = self._service.gate.audit_path
+        sink = self._service.gate.audit
 
         def lines() -> list[bytes]:
             return [
                 json.dumps(r.to_dict(), ensure_ascii=False).encode() + b"\n"
-                for r in query_audit(path, query)
+                for r in query_audit(sink, query)
             ]
 
         return await asyncio.to_thread(lines)

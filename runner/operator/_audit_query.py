@@ -6,9 +6,8 @@ import collections
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from pathlib import Path
 
-from policies import AuditRecord, read_audit
+from policies import AuditRecord, AuditSink
 
 
 def parse_time(text: str) -> datetime:
@@ -67,13 +66,17 @@ class AuditQuery:
 _EXACT = tuple(f.name for f in fields(AuditQuery) if f.name not in ("since", "until"))
 
 
-def query_audit(path: Path, query: AuditQuery, *, last: int | None = None) -> Iterator[AuditRecord]:
-    """The records of `path` matching `query`, in order (only the `last` ones, when given).
+def query_audit(
+    sink: AuditSink, query: AuditQuery, *, last: int | None = None
+) -> Iterator[AuditRecord]:
+    """The records of `sink` (a file or a Redis stream) matching `query`, in order (only the
+    `last` ones, when given).
 
     Raises:
-        AuditUnavailable: The file cannot be opened.
+        AuditUnavailable: The sink cannot be read.
     """
-    found = (r for r in read_audit(path) if query.matches(r))
+    since = query.since.timestamp() if query.since is not None else None
+    found = (e.record for e in sink.entries(since=since) if query.matches(e.record))
     if last is None:
         yield from found
     else:

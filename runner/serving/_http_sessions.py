@@ -1,5 +1,10 @@
 """MCP sessions over streamable HTTP, bound to the grant that opened them.
 
+Two modes (`server.http_sessions`): `memory` (`GrantSessions` over the SDK's own session
+manager, one process, here) and `redis` (`SharedGrantSessions` in `_shared_sessions.py`: the
+SDK runs stateless and the sessions live in Redis, so several front ends serve them). What
+both modes share (the session header, the 429 and JSON-RPC error answers) is here too.
+
 The SDK's session manager refuses a session id presented with another credential (it answers
 404, as for an unknown id) once the request carries an authenticated user: `BearerGrants`
 gives every request one, named for its grant. This module adds what the SDK does not know
@@ -70,7 +75,7 @@ class GrantSessions:
             await self._app(scope, receive, send)
             return
         grant: str = scope[GRANT_SCOPE_KEY]
-        sid = _session_id(scope)
+        sid = session_id_of(scope)
         if sid is None:
             await self._opening(grant, scope, receive, send)
             return
@@ -107,7 +112,7 @@ class GrantSessions:
         """A request without a session id: it may open one, if the grant has room."""
         most, _idle_s = self._limits()
         if scope["method"] == "POST" and self.held(grant) >= most:
-            await _too_many(send, grant, most)
+            await too_many(send, grant, most)
             return
         opened: list[str] = []
         status: list[int] = []
@@ -132,7 +137,8 @@ class GrantSessions:
                 del self._open[sid]
 
 
-def _session_id(scope: Scope) -> str | None:
+def session_id_of(scope: Scope) -> str | None:
+    """The `Mcp-Session-Id` a request carries, if any."""
     for key, value in scope["headers"]:
         if key.lower() == SESSION_HEADER:
             return str(value.decode("latin-1"))
@@ -148,20 +154,28 @@ def _watch(send: Send, status: list[int]) -> Send:
     return watched
 
 
-async def _too_many(send: Send, grant: str, most: int) -> None:
+async def too_many(send: Send, grant: str, most: int) -> None:
+    """429: `grant` holds its share of sessions already."""
     detail = (
         f"the client '{grant}' already holds {most} open MCP sessions, the server's maximum per "
         "client (server.max_sessions_per_grant); close one with an HTTP DELETE of its "
         "Mcp-Session-Id, or reuse an open session"
     )
+    await json_error(send, 429, detail, code=-32000, extra=((b"retry-after", b"5"),))
+
+
+async def json_error(
+    send: Send, status: int, message: str, *, code: int, extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    """An HTTP error answer carrying a JSON-RPC error (`id` null)."""
     body = json.dumps(
-        {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": detail}}
+        {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
     ).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 429,
-            "headers": [(b"content-type", b"application/json"), (b"retry-after", b"5")],
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *extra],
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -21,8 +21,8 @@ from sandboxes import SandboxError
 from .._errors import ArgumentError, NotFound, RunnerError, ServerLimit
 from .._service import AskHuman, Caller, Service
 from ..tools import TOOLS_BY_NAME
+from ._backend import LocalBackend, McpBackend
 from ._cancelled import EarlyCancels
-from ._resources import list_resources, read_resource, resource_templates
 
 logger = logging.getLogger("sandgate.server")
 
@@ -186,16 +186,18 @@ def _approver(
 
 
 def build_server(
-    service: Service,
+    service: Service | McpBackend,
     *,
     lifespan: Callable[[Server[Any]], Any] | None = None,
 ) -> Server[Any]:
-    """The low-level MCP server serving `service`'s tools."""
+    """The low-level MCP server serving `service`'s tools (a `Service` on this machine, or
+    any `McpBackend`: a cluster's front end)."""
+    backend: McpBackend = LocalBackend(service) if isinstance(service, Service) else service
 
     async def on_list_tools(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=service.list_tools(_grant_of(ctx)))
+        return types.ListToolsResult(tools=backend.list_tools(_grant_of(ctx)))
 
     async def on_call_tool(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
@@ -212,7 +214,7 @@ def build_server(
             elicitation=elicitation,
         )
         try:
-            return await service.call_tool(params.name, params.arguments, caller)
+            return await backend.call_tool(params.name, params.arguments, caller)
         except AskHuman as ask:
             return _input_required(ask.need)
 
@@ -222,7 +224,7 @@ def build_server(
         grant = _grant_of(ctx)
         caller = Caller(grant=grant, session=session_id_of(ctx, grant))
         try:
-            found = await list_resources(service.mounts(caller), grant=grant)
+            found = await backend.list_resources(caller)
         except (RunnerError, SandboxError) as exc:
             raise protocol_error(exc) from None
         return types.ListResourcesResult(resources=found)
@@ -233,10 +235,10 @@ def build_server(
         grant = _grant_of(ctx)
         caller = Caller(grant=grant, session=session_id_of(ctx, grant))
         try:
-            mounts = service.mounts(caller)
-        except RunnerError as exc:
+            templates = await backend.resource_templates(caller)
+        except (RunnerError, SandboxError) as exc:
             raise protocol_error(exc) from None
-        return types.ListResourceTemplatesResult(resource_templates=resource_templates(mounts))
+        return types.ListResourceTemplatesResult(resource_templates=templates)
 
     async def on_read_resource(
         ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
@@ -244,12 +246,12 @@ def build_server(
         grant = _grant_of(ctx)
         caller = Caller(grant=grant, session=session_id_of(ctx, grant))
         try:
-            return await read_resource(service.mounts(caller), str(params.uri), grant=grant)
+            return await backend.read_resource(caller, str(params.uri))
         except (RunnerError, SandboxError) as exc:
             raise protocol_error(exc, uri=str(params.uri)) from None
 
     def input_schema(name: str) -> dict[str, Any] | None:
-        if name not in TOOLS_BY_NAME or name not in service.tool_names():
+        if name not in TOOLS_BY_NAME or name not in backend.tool_names():
             return None
         return TOOLS_BY_NAME[name].schema()
 

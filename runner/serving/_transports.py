@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
@@ -15,14 +17,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from policies import Gate
+from policies import Gate, Policy
 
 from .._app import Config, open_service
+from .._errors import SetupError
 from .._metrics import Metrics
+from .._service import Service
 from ..console import PREFIX, Console, is_loopback
 from ._cancelled import SilentCancels
 from ._http_sessions import GrantSessions
 from ._server import GRANT_SCOPE_KEY, build_server, connection_scope
+from ._session_table import RedisSessionTable
+from ._shared_sessions import SharedGrantSessions
 from ._stdio import stdio_streams
 
 logger = logging.getLogger("sandgate.transports")
@@ -125,6 +131,16 @@ async def _no_oauth(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+@asynccontextmanager
+async def _session_table(service: Service) -> AsyncIterator[RedisSessionTable | None]:
+    table = session_table(service.gate.policy)
+    try:
+        yield table
+    finally:
+        if table is not None:
+            await table.aclose()
+
+
 def _metrics_endpoint(metrics: Metrics) -> Any:
     async def endpoint(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -132,9 +148,47 @@ def _metrics_endpoint(metrics: Metrics) -> Any:
     return endpoint
 
 
+def session_table(policy: Policy) -> RedisSessionTable | None:
+    """The Redis table of MCP HTTP sessions when `server.http_sessions` is `redis`, else None.
+
+    Raises:
+        SetupError: `redis` is asked and `state.url` names no Redis.
+    """
+    if policy.server.http_sessions != "redis":
+        return None
+    if not policy.state.url:
+        raise SetupError(
+            "server.http_sessions is 'redis' but state.url is not set; add state.url "
+            "(e.g. redis://host:6379/0), or set server.http_sessions to memory"
+        )
+    return RedisSessionTable(policy.state.url)
+
+
+def with_sessions(
+    app: ASGIApp, service: Service, *, path: str, table: RedisSessionTable | None
+) -> ASGIApp:
+    """`app` (the SDK's streamable HTTP app, stateless with a `table`) behind the session
+    middleware of the mode: `GrantSessions` in memory, `SharedGrantSessions` in Redis."""
+
+    def limits() -> tuple[int, float]:
+        server = service.gate.policy.server
+        return server.max_sessions_per_grant, server.session_idle_s
+
+    if table is None:
+        return GrantSessions(app, end_session=service.end_session, limits=limits)
+    return SharedGrantSessions(
+        app,
+        table=table,
+        end_session=service.end_session,
+        limits=limits,
+        path=path,
+        max_body_bytes=service.gate.policy.server.max_request_bytes,
+    )
+
+
 async def serve_http(config: Config, *, host: str, port: int, path: str = "/mcp") -> None:
     """Serve MCP's streamable HTTP transport on `host:port` at `path`."""
-    async with open_service(config) as service:
+    async with open_service(config) as service, _session_table(service) as table:
         server = build_server(service)
         metrics = Route("/metrics", endpoint=_metrics_endpoint(service.metrics))
         console = Console(
@@ -144,21 +198,16 @@ async def serve_http(config: Config, *, host: str, port: int, path: str = "/mcp"
         )
         limits = service.gate.policy.server
         routes: list[Any] = [metrics, console.mount()]  # the SDK takes any Starlette route
+        shared = limits.http_sessions == "redis"
         app: Any = server.streamable_http_app(
             streamable_http_path=path,
             host=host,
             custom_starlette_routes=routes,
             max_request_body_size=limits.max_request_bytes,
-            session_idle_timeout=limits.session_idle_s,
+            stateless_http=shared,
+            session_idle_timeout=None if shared else limits.session_idle_s,
         )
-        app = GrantSessions(
-            app,
-            end_session=service.end_session,
-            limits=lambda: (
-                service.gate.policy.server.max_sessions_per_grant,
-                service.gate.policy.server.session_idle_s,
-            ),
-        )
+        app = with_sessions(app, service, path=path, table=table)
         app = BearerGrants(
             SilentCancels(app), service.gate, loopback=is_loopback(host), own_auth=(PREFIX,)
         )

@@ -189,6 +189,7 @@ class SessionSnapshots:
                 files=files.files,
                 engines=engines,
                 skipped=files.skipped[:100],
+                session_id=session.id,
             )
             return await asyncio.to_thread(self.store.commit, folder, info)
         except BaseException:

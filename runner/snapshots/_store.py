@@ -1,7 +1,13 @@
 """Where snapshots live: one folder per snapshot under the server's state folder, grouped by
-the grant that owns it, each with a manifest written last (a folder without one is an
-unfinished snapshot, removed when the store opens). Nothing here is kept only in memory, so a
-restarted server finds every snapshot again.
+the grant that owns it, each with a manifest written last, then published by renaming its
+folder to the snapshot's id (atomic: a reader sees a whole snapshot or none). Nothing here is
+kept only in memory, so a restarted server finds every snapshot again.
+
+Several servers may share one store (the nodes of a cluster, over a folder all of them see):
+each builds in a folder named for its host and process (`.incoming-<host>-<pid>-<random>`),
+and an unfinished folder is removed only by its owner, or when the store opens and it is
+provably abandoned (its process, on this host, is gone; or it is older than
+`STALE_INCOMING_S`).
 
     <root>/<grant digest>/<snapshot id>/
         manifest.json        who, when, what (written last)
@@ -18,6 +24,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -32,6 +39,10 @@ logger = logging.getLogger("sandgate.snapshots")
 ID_PATTERN = re.compile(r"^snap-[0-9a-f]{16}$")
 MANIFEST = "manifest.json"
 INCOMING = ".incoming-"
+STALE_INCOMING_S = 86_400.0
+"""An unfinished folder untouched this long is abandoned whoever made it (a snapshot takes
+seconds to minutes)."""
+_HOST = socket.gethostname().replace("-", "_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +61,9 @@ class SnapshotInfo:
         engines: The engines whose interpreter it holds (`wasm`, `container:runsc`, …);
             empty when it holds files only.
         skipped: Workspace entries left out (links, devices, pipes).
+        session_id: The full id of the session it was taken from (`named:NAME`,
+            `http:ID`; "" in snapshots taken before it was kept): how a cluster finds the
+            last snapshot of a session lost with its node.
     """
 
     id: str
@@ -61,11 +75,13 @@ class SnapshotInfo:
     files: int
     engines: tuple[str, ...]
     skipped: tuple[str, ...] = ()
+    session_id: str = ""
 
     def public(self) -> dict[str, object]:
         """What a client is shown (no grant: it is the caller's own)."""
         data = asdict(self)
         data.pop("grant")
+        data.pop("session_id")
         data["engines"] = list(self.engines)
         data["skipped"] = list(self.skipped)
         return data
@@ -105,17 +121,22 @@ class SnapshotStore:
         return self.root / hashlib.sha256(grant.encode()).hexdigest()[:32]
 
     def _remove_unfinished(self) -> None:
+        """Remove unfinished folders nobody will finish (another server sharing the store
+        may be building or deleting one right now: those stay)."""
         for grant_folder in self.root.iterdir():
             if not grant_folder.is_dir():
                 continue
             for folder in grant_folder.iterdir():
-                if folder.name.startswith(INCOMING) or not (folder / MANIFEST).is_file():
+                finished = not folder.name.startswith(INCOMING) and (folder / MANIFEST).is_file()
+                if not finished and _abandoned(folder):
                     logger.info("removing the unfinished snapshot folder %s", folder)
                     remove_tree(folder)
 
     def incoming(self, grant: str) -> Path:
-        """A new, empty folder to build a snapshot of `grant` in (then `commit` or `discard`)."""
-        folder = self._grant_folder(grant) / f"{INCOMING}{secrets.token_hex(8)}"
+        """A new, empty folder to build a snapshot of `grant` in (then `commit` or `discard`),
+        named for this host and process, its owner."""
+        owner = f"{_HOST}-{os.getpid()}-{secrets.token_hex(8)}"
+        folder = self._grant_folder(grant) / f"{INCOMING}{owner}"
         folder.mkdir(parents=True, mode=0o700)
         return folder
 
@@ -178,6 +199,16 @@ class SnapshotStore:
         remove_tree(folder)
         return info
 
+    def last_of(self, grant: str, session_id: str) -> SnapshotInfo | None:
+        """The newest of `grant`'s snapshots taken from the session `session_id`."""
+        named = session_id.removeprefix("named:") if session_id.startswith("named:") else None
+        taken = [
+            i
+            for i in self.list(grant)
+            if i.session_id == session_id or (not i.session_id and named and i.session == named)
+        ]
+        return taken[-1] if taken else None
+
     def usage(self, grant: str) -> tuple[int, int]:
         """How many snapshots `grant` keeps and the bytes they occupy."""
         kept = self.list(grant)
@@ -192,6 +223,27 @@ class SnapshotStore:
             return SnapshotInfo(**data)
         except (OSError, ValueError, TypeError, KeyError):
             return None
+
+
+def _abandoned(folder: Path) -> bool:
+    """Whether no live writer owns the unfinished `folder`: its process, on this host, is
+    gone, or nothing touched it for `STALE_INCOMING_S`."""
+    try:
+        age = time.time() - folder.stat().st_mtime
+    except FileNotFoundError:
+        return False  # its owner finished or removed it meanwhile
+    if age > STALE_INCOMING_S:
+        return True
+    parts = folder.name.removeprefix(INCOMING).split("-")
+    if not folder.name.startswith(INCOMING) or len(parts) != 3 or parts[0] != _HOST:
+        return False  # being deleted, or another host's: only age tells
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
 
 
 def now() -> float:

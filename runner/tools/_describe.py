@@ -6,14 +6,11 @@ network and the error format; with a title, annotations and (for `run_code`) an 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import mcp_types as types
 
 from sandboxes import StateMode
-
-if TYPE_CHECKING:
-    from ._registry import ToolSpec
 
 PYODIDE_DEFAULT_TIMEOUT_S = 5.0
 """`pyodide_execute`'s own default timeout (its `timeout` argument, 5000 ms)."""
@@ -172,15 +169,3 @@ def describe(base: str, terms: RunTerms | None, route: Route) -> str:
     """A tool's description for `route`: its own sentence, then (for a tool that runs code)
     what is true on the route."""
     return base if terms is None else f"{base} {_runs(terms, route)}"
-
-
-def tool_of(spec: ToolSpec, route: Route) -> types.Tool:
-    """The tools/list entry of `spec` on `route`."""
-    return types.Tool(
-        name=spec.name,
-        title=spec.title,
-        description=describe(spec.description, spec.runs, route),
-        input_schema=spec.schema(),
-        output_schema=spec.output_schema,
-        annotations=annotations_of(spec.kind, spec.title, route),
-    )

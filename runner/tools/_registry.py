@@ -32,7 +32,7 @@ from ._arguments import (
     input_schema,
 )
 from ._context import Caller, ToolContext
-from ._describe import RunTerms, ToolKind
+from ._describe import Route, RunTerms, ToolKind, annotations_of, describe
 from ._outcome import Outcome, Ran
 
 ToolSet = Literal["python-code-runner", "mcp-pyodide", "native"]
@@ -91,6 +91,18 @@ class ToolSpec:
             structured=self.structured,
             run_shaped=self.output_schema is _format.RUN_CODE_OUTPUT_SCHEMA,
         )
+
+
+def tool_of(spec: ToolSpec, route: Route) -> types.Tool:
+    """The tools/list entry of `spec` on `route`."""
+    return types.Tool(
+        name=spec.name,
+        title=spec.title,
+        description=describe(spec.description, spec.runs, route),
+        input_schema=spec.schema(),
+        output_schema=spec.output_schema,
+        annotations=annotations_of(spec.kind, spec.title, route),
+    )
 
 
 def _python(family: _format.Family, label: str | None = None) -> Present:

@@ -12,11 +12,9 @@ import pytest
 from starlette.requests import Request
 
 from policies import ConsoleSettings, NeedsApproval, PolicyLoadError, ToolCall, load_policy_text
-from runner._operator import OperatorApi
-from runner._usage import UsageWindow
-from runner._waiting import ApprovalRoom
 from runner.console import PLAIN_HTTP_REFUSED, Console, Logins, operator_of, transport_allowed
 from runner.console._charts import line_chart
+from runner.operator import ApprovalRoom, OperatorApi, UsageWindow
 from tests.clock import FakeClock
 
 

@@ -17,7 +17,7 @@ from policies import (
     special_address,
 )
 from policies._egress import compile_egress
-from runner._cli import main
+from runner.cli import main
 
 ROUTE = "/tools/run_code/quotas/network"
 

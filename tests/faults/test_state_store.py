@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 from typing import cast
@@ -19,9 +16,10 @@ import pytest
 
 from sandboxes import WasmEngine
 from tests.processes import free_port
+from tests.redis_server import redis_server
 from tests.results import text_of
 
-from .conftest import Stack, Tracked, require, stack, wait_until
+from .conftest import Stack, stack, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.wasm, pytest.mark.slow]
 
@@ -86,46 +84,6 @@ async def test_a_removed_sqlite_file_denies_until_it_is_restored(
 # -- Redis ---------------------------------------------------------------------------------------
 
 
-def _start_redis(tracked: Tracked, port: int, folder: Path) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    require(binary is not None, "redis-server is not installed (apt-get install redis-server)")
-    assert binary is not None
-    folder.mkdir(exist_ok=True)
-    process = tracked.process(
-        subprocess.Popen(
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(folder),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        assert process.poll() is None, "redis-server exited at start"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
-                conn.sendall(b"PING\r\n")
-                if conn.recv(16).startswith(b"+PONG"):
-                    return process
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "redis-server did not answer within 20 s"
-        time.sleep(0.05)
-
-
 def _redis_units(port: int) -> int:
     import redis
 
@@ -138,41 +96,41 @@ def _redis_units(port: int) -> int:
 
 @pytest.mark.redis
 async def test_redis_on_a_closed_port_denies_until_it_listens(
-    wasm_engine: WasmEngine, tmp_path: Path, tracked: Tracked
+    wasm_engine: WasmEngine, tmp_path: Path
 ) -> None:
     port = free_port()
     state = f"state: {{backend: redis, url: 'redis://127.0.0.1:{port}/0'}}\n"
-    async with stack(tmp_path, _policy(extra=state), {"wasm": wasm_engine}) as live:
-        before = len(live.records())
-        refused = await live.run("print(1)")
-        record = _denied_by_state(live, refused, before)
-        assert f"127.0.0.1:{port}" in str(record["reason"])
-        _start_redis(tracked, port, tmp_path / "redis")
-        assert not (await live.run("print(2)")).is_error
-        assert _redis_units(port) == 1
+    with redis_server(tmp_path / "redis", port=port, started=False) as server:
+        async with stack(tmp_path, _policy(extra=state), {"wasm": wasm_engine}) as live:
+            before = len(live.records())
+            refused = await live.run("print(1)")
+            record = _denied_by_state(live, refused, before)
+            assert f"127.0.0.1:{port}" in str(record["reason"])
+            server.start()
+            assert not (await live.run("print(2)")).is_error
+            assert _redis_units(port) == 1
 
 
 @pytest.mark.redis
 async def test_redis_killed_mid_life_denies_until_it_is_back(
-    wasm_engine: WasmEngine, tmp_path: Path, tracked: Tracked
+    wasm_engine: WasmEngine, tmp_path: Path
 ) -> None:
     port = free_port()
-    data = tmp_path / "redis"
-    redis_server = _start_redis(tracked, port, data)
     state = f"state: {{backend: redis, url: 'redis://127.0.0.1:{port}/0'}}\n"
-    async with stack(tmp_path, _policy(max_runs=2, extra=state), {"wasm": wasm_engine}) as live:
-        assert not (await live.run("print(1)")).is_error
-        redis_server.send_signal(signal.SIGKILL)
-        redis_server.wait(timeout=20)
-        before = len(live.records())
-        down = await live.run("print(2)")
-        _denied_by_state(live, down, before)
-        _start_redis(tracked, port, data)  # the append-only file brings the count back
-        await wait_until(lambda: _redis_units(port) == 1, "redis to reload its count")
-        assert not (await live.run("print(3)")).is_error
-        over = await live.run("print(4)")
-        assert over.is_error and "/tools/run_code/limits/runs" in text_of(over)
-        assert _redis_units(port) == 2  # the call made while Redis was down counted nothing
+    policy = _policy(max_runs=2, extra=state)
+    with redis_server(tmp_path / "redis", port=port) as server:
+        async with stack(tmp_path, policy, {"wasm": wasm_engine}) as live:
+            assert not (await live.run("print(1)")).is_error
+            server.kill()
+            before = len(live.records())
+            down = await live.run("print(2)")
+            _denied_by_state(live, down, before)
+            server.start()  # the append-only file brings the count back
+            await wait_until(lambda: _redis_units(port) == 1, "redis to reload its count")
+            assert not (await live.run("print(3)")).is_error
+            over = await live.run("print(4)")
+            assert over.is_error and "/tools/run_code/limits/runs" in text_of(over)
+            assert _redis_units(port) == 2  # the call made while Redis was down counted nothing
 
 
 def _policy(*, max_runs: int = 10, extra: str = "") -> str:

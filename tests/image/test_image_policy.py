@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from policies import load_policy
-from runner._cli import _parser
+from runner.cli._main import _parser
 from tests.image.conftest import REPO
 
 IMAGE_ENGINES = REPO / "scripts" / "server-image" / "policy-engines.yaml"

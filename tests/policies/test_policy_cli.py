@@ -17,7 +17,7 @@ from policies import (
     load_policy_text,
     read_audit,
 )
-from runner._policy_cli import approve_main, audit_main, policy_main
+from runner.cli._policy import approve_main, audit_main, policy_main
 
 BROKEN = "version: '1'\ntools:\n  run_code:\n    limits:\n      - {counter: c, windw: minute}\n"
 

@@ -19,8 +19,8 @@ from policies import (
     policy_json_schema,
 )
 from policies._compile import compile_policy
-from runner._cli import main
-from runner._explain import explain_call
+from runner.cli import main
+from runner.operator import explain_call
 from sandboxes import Program, WorkspacePaths
 
 from .conftest import GateFactory

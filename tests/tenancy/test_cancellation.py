@@ -24,6 +24,7 @@ import httpx2 as httpx
 import pytest
 
 from sandboxes import ExecutionPlan, Limits, Program, WasmEngine, WorkspacePaths
+from tests.front_ends import until
 from tests.tenancy._server import (
     TOOLS,
     TenantServer,
@@ -58,16 +59,6 @@ def limited_tools() -> str:
         "  run_python_code:\n    limits:\n"
         f"      - {{counter: executions, window: minute, max: {CANCELS}, scope: grant}}\n"
     )
-
-
-async def until(what: str, check: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
-    """Return once `check()` holds; fail naming `what` after `timeout_s`."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not check():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"{what}: still not so after {timeout_s:g} s") from None
 
 
 def read_audit(state_dir: Path) -> list[dict[str, Any]]:
