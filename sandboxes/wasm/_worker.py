@@ -558,3 +558,7 @@ def main() -> None:
     if failed:
         raise failed[0]
 
+
+# For older callers of `-m sandboxes.wasm._worker`; the engine runs `-m sandboxes.wasm`.
+if __name__ == "__main__":
+    main()
