@@ -104,6 +104,11 @@ class Gate:
         """Where every decision, outcome and approval is written, and read back from."""
         return self._audit
 
+    def _new_decision_id(self) -> str:
+        """A fresh decision id (a subclass may choose it ahead, to record it before the
+        decision is made)."""
+        return os.urandom(16).hex()
+
     def decide(self, call: ToolCall) -> Decision:
         """Decide one call; the decision is audited before this returns.
 
@@ -119,7 +124,7 @@ class Gate:
             compiled,
             tool,
             Subject(call.tool, call.args, call.grant, call.session, roles),
-            os.urandom(16).hex(),
+            self._new_decision_id(),
             sha256_hex(canonical_json(call.args)),
             self._clock(),
         )
@@ -177,7 +182,7 @@ class Gate:
             compiled,
             tool,
             Subject(call.tool, call.args, call.grant, call.session, ()),
-            os.urandom(16).hex(),
+            self._new_decision_id(),
             _args_hash(call.args),
             self._clock(),
         )

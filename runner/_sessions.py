@@ -49,6 +49,19 @@ _HELD: contextvars.ContextVar[list[Session] | None] = contextvars.ContextVar(
 )
 
 
+def too_many_sessions(held: int, cap: int, idle_s: float) -> ServerLimit:
+    """The refusal of a new session to a grant that holds `held` sessions, `cap` at most
+    (`server.max_sessions_per_grant`; a cluster's front ends refuse with it too)."""
+    return ServerLimit(
+        "max_sessions_per_grant",
+        cap,
+        held + 1,
+        f"this client already holds {held} sessions, the server's maximum "
+        f"(server.max_sessions_per_grant = {cap}); reuse a session (or a named run_code "
+        f"session) or wait until one idles out ({idle_s:g} s without a call)",
+    )
+
+
 class Sessions:
     """Creates workspaces on first use and removes them when sessions end or idle out.
 
@@ -128,15 +141,7 @@ class Sessions:
         settings = self._settings()
         mine = sum(1 for s in self._sessions.values() if s.grant == grant)
         if mine >= settings.max_sessions_per_grant:
-            raise ServerLimit(
-                "max_sessions_per_grant",
-                settings.max_sessions_per_grant,
-                mine + 1,
-                f"this client already holds {mine} sessions, the server's maximum "
-                f"(server.max_sessions_per_grant = {settings.max_sessions_per_grant}); reuse a "
-                "session (or a named run_code session) or wait until one idles out "
-                f"({self.idle_s:g} s without a call)",
-            )
+            raise too_many_sessions(mine, settings.max_sessions_per_grant, self.idle_s)
         # Measured by descriptor after every run (allocated blocks: `record_usage`); between
         # runs nothing but the runner's own bounded writes changes a workspace.
         used = sum(s.disk_bytes for s in self._sessions.values())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 import time
@@ -24,13 +25,16 @@ from mcp.shared.exceptions import MCPError
 from policies import AuditSink, AuditUnavailable, CounterStore, Gate, StateUnavailable
 from policies._audit import iso_time
 
+from .._errors import ServerLimit
 from .._service import AskHuman, Caller, listed_tools, served_tool_names
+from ..serving._server import protocol_error
 from ..tools import ToolSet
+from ._caps import forks_over_cap, refusal, sessions_over_cap
 from ._inflight import InflightCalls, Pending
 from ._metrics import ClusterMetrics
 from ._node import Answer, NodeSpec, Recovered, Refusal, SandgateNode
 from ._placement import NodeLoad, choose_node
-from ._routes import ROUTE_SLACK_S, SessionTable
+from ._routes import ROUTE_SLACK_S, AtCap, SessionTable
 
 logger = logging.getLogger("sandgate.cluster")
 
@@ -192,7 +196,13 @@ class ClusterService:
 
     async def _route(self, grant: str, session: str) -> tuple[_Node, str | None]:
         """The node holding the session (placing it if new); and the node it was lost with,
-        when it had to be placed again."""
+        when it had to be placed again.
+
+        Raises:
+            NoNode: no live node can take it.
+            AtCap: it is new and its grant holds `server.max_sessions_per_grant` sessions in
+                the cluster (nothing placed).
+        """
         ttl_s = self._route_ttl_s()
         where = await asyncio.to_thread(self._table.use, grant, session, ttl_s=ttl_s)
         if where is not None and (held := self._by_where(where)) is not None:
@@ -211,7 +221,14 @@ class ClusterService:
             lost = None
             if where is None:
                 now = await asyncio.to_thread(
-                    self._table.place, grant, session, target, ttl_s=ttl_s
+                    functools.partial(
+                        self._table.place,
+                        grant,
+                        session,
+                        target,
+                        ttl_s=ttl_s,
+                        cap=self.gate.policy.server.max_sessions_per_grant,
+                    )
                 )
             else:
                 moved, now = await asyncio.to_thread(
@@ -244,6 +261,14 @@ class ClusterService:
             node, lost = await self._route(caller.grant, session)
         except NoNode:
             return _error(_no_node_text(self.nodes))
+        except AtCap as full:
+            return await self._refuse(
+                name, arguments, caller, sessions_over_cap(self.gate, full.held)
+            )
+        if name == "fork_session":  # the node counts only the sessions it holds itself
+            held = await asyncio.to_thread(self._table.held, caller.grant)
+            if (over := forks_over_cap(self.gate, arguments, held)) is not None:
+                return await self._refuse(name, arguments, caller, over)
         note = None if lost is None else await self._recover(node, caller.grant, session, lost)
         self.metrics.routed.labels(node.node).inc()
         # The back-channel approver stays here: the node says what to ask (as for a client
@@ -272,6 +297,20 @@ class ClusterService:
             return answer.result
         told = types.TextContent(type="text", text=note)
         return answer.result.model_copy(update={"content": [told, *answer.result.content]})
+
+    async def _refuse(
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | None,
+        caller: Caller,
+        limit: ServerLimit,
+    ) -> types.CallToolResult:
+        """Answer a call over a cap the cluster keeps as a single server does (audited)."""
+        call, outcome, result = refusal(
+            self.gate, self._names, self.tool_names(), name, arguments, caller, limit
+        )
+        await asyncio.to_thread(self.gate.refuse, call, rule=outcome.rule, reason=outcome.reason)
+        return result
 
     async def _recover(self, node: _Node, grant: str, session: str, lost: str) -> str:
         """Make a session lost with node `lost` again on `node` from its last snapshot (the
@@ -358,7 +397,7 @@ class ClusterService:
                 self._store.rollback(item.reservation, now=time.time())
             except StateUnavailable as err:
                 logger.warning("cannot roll back reservation %s: %s", item.reservation, err)
-        if not item.decision_id:  # reserved ahead of a decision never made: nothing audited
+        if not item.decision_id:  # recorded by an older node: no id to audit under
             return
         record = {
             "time": iso_time(time.time()),
@@ -383,6 +422,8 @@ class ClusterService:
             node, lost = await self._route(caller.grant, caller.session)
         except NoNode:
             raise MCPError(-32000, _no_node_text(self.nodes)) from None
+        except AtCap as full:
+            raise protocol_error(sessions_over_cap(self.gate, full.held)) from None
         if lost is not None:  # moved here now: restore it before anything reads it
             await self._recover(node, caller.grant, caller.session, lost)
         try:

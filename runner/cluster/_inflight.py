@@ -54,7 +54,7 @@ RESERVING = "r:"
 _CURRENT: contextvars.ContextVar[tuple[InflightCalls, str] | None] = contextvars.ContextVar(
     "sandgate_cluster_call", default=None
 )
-_DECIDING: contextvars.ContextVar[tuple[ToolCall, list[str]] | None] = contextvars.ContextVar(
+_DECIDING: contextvars.ContextVar[tuple[ToolCall, list[str], str] | None] = contextvars.ContextVar(
     "sandgate_cluster_deciding", default=None
 )
 
@@ -64,8 +64,8 @@ class Pending:
     """One allowed decision of a call that was not settled.
 
     Attributes:
-        decision_id: The gate's decision (its audit id); "" for a reservation made before
-            its decision was known (nothing to audit).
+        decision_id: The gate's decision (its audit id, chosen before its reservation is
+            made, so a call lost in between is still audited under it); "" when unknown.
         reservation: The counter reservation to roll back (`None`: nothing counted).
         tool: The tool called.
         grant: Who called.
@@ -100,20 +100,32 @@ class InflightCalls:
         finally:
             _CURRENT.reset(token)
 
-    def record(self, call_id: str, pending: Pending, *, replaces: Sequence[str] = ()) -> None:
-        """Record an unsettled decision (or, with no `decision_id`, a reservation about to be
-        made); `replaces` are the reservations recorded ahead that it now covers."""
+    def record(
+        self,
+        call_id: str,
+        pending: Pending,
+        *,
+        ahead: bool = False,
+        replaces: Sequence[str] = (),
+    ) -> None:
+        """Record an unsettled decision (or, `ahead`, a reservation about to be made for
+        it); `replaces` are the reservations recorded ahead that it now covers."""
         key = PREFIX + call_id
         value = json.dumps(
             {
                 "reservation": pending.reservation,
+                "decision_id": pending.decision_id,
                 "tool": pending.tool,
                 "grant": pending.grant,
                 "session": pending.session,
                 "engine": pending.engine,
             }
         )
-        field = pending.decision_id or RESERVING + str(pending.reservation)
+        field = (
+            RESERVING + str(pending.reservation)
+            if ahead or not pending.decision_id
+            else pending.decision_id
+        )
         pipe = self._redis.pipeline()
         pipe.hset(key, field, value)
         pipe.expire(key, KEEP_S)
@@ -139,11 +151,12 @@ class InflightCalls:
         pipe.delete(key)
         found = cast(dict[str, str], pipe.execute()[0])
         taken: list[Pending] = []
-        for decision_id, raw in found.items():
+        for field, raw in found.items():
             data: dict[str, Any] = json.loads(raw)
+            named = "" if field.startswith(RESERVING) else field
             taken.append(
                 Pending(
-                    decision_id="" if decision_id.startswith(RESERVING) else decision_id,
+                    decision_id=str(data.get("decision_id") or named),
                     reservation=data.get("reservation"),
                     tool=str(data.get("tool")),
                     grant=str(data.get("grant")),
@@ -171,11 +184,11 @@ class RecordedStore:
         if current is None or deciding is None:
             return self._inner.reserve(items, now)
         table, call_id = current
-        call, made = deciding
+        call, made, decision_id = deciding
         reservation = uuid.uuid4().hex
-        ahead = Pending("", reservation, call.tool, call.grant, call.session, None)
+        ahead = Pending(decision_id, reservation, call.tool, call.grant, call.session, None)
         try:
-            table.record(call_id, ahead)
+            table.record(call_id, ahead, ahead=True)
         except redis.RedisError as exc:  # the call still runs; only recovery is lost
             logger.warning("cannot record reservation %s ahead: %s", reservation, exc)
         made.append(reservation)
@@ -229,9 +242,13 @@ class TrackedGate(Gate):
             store = RecordedStore(store)
         super().__init__(policy, store, audit, clock=clock, policy_path=policy_path)
 
+    def _new_decision_id(self) -> str:
+        deciding = _DECIDING.get()
+        return deciding[2] if deciding is not None else super()._new_decision_id()
+
     def decide(self, call: ToolCall) -> Decision:
         made: list[str] = []
-        token = _DECIDING.set((call, made))
+        token = _DECIDING.set((call, made, uuid.uuid4().hex))
         try:
             decision = super().decide(call)
         finally:

@@ -76,6 +76,19 @@ def _name_of(session: Session) -> str:
     return session.id.removeprefix("named:") if session.id.startswith("named:") else ""
 
 
+def too_many_forks(held: int, count: int, cap: int) -> ServerLimit:
+    """The refusal of a fork of `count` sessions to a grant that holds `held`, `cap` at most
+    (`server.max_sessions_per_grant`; a cluster's front ends refuse with it too)."""
+    return ServerLimit(
+        "max_sessions_per_grant",
+        cap,
+        held + count,
+        f"your client holds {held} sessions and may hold {cap} "
+        f"(server.max_sessions_per_grant), so it cannot open {count} more; end sessions you "
+        "no longer use (an HTTP DELETE, or let them idle out) or fork fewer",
+    )
+
+
 class SessionSnapshots:
     """Takes, restores, forks, lists and deletes the snapshots of sessions.
 
@@ -131,17 +144,8 @@ class SessionSnapshots:
                 f"(server.max_forks_per_call), {count} were asked for; fork in several calls",
             )
         held = self._sessions.count(grant)
-        room = settings.max_sessions_per_grant - held
-        if count > room:
-            raise ServerLimit(
-                "max_sessions_per_grant",
-                settings.max_sessions_per_grant,
-                held + count,
-                f"your client holds {held} sessions and may hold "
-                f"{settings.max_sessions_per_grant} (server.max_sessions_per_grant), so it "
-                f"cannot open {count} more; end sessions you no longer use (an HTTP DELETE, or "
-                "let them idle out) or fork fewer",
-            )
+        if count > settings.max_sessions_per_grant - held:
+            raise too_many_forks(held, count, settings.max_sessions_per_grant)
         needed = count * info.bytes
         used = self._sessions.disk_bytes()
         if used + needed > settings.max_workspace_bytes_total:

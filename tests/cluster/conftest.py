@@ -20,7 +20,10 @@ from tests.front_ends import grants_yaml, mcp_client, serving_on_ray
 from tests.redis_server import redis_url  # noqa: F401  (the fixture)
 from tests.tenancy._server import START_TIMEOUT_S
 
-GRANTS = ("alice", "bob", "carol", "dave")
+GRANTS = ("alice", "bob", "carol", "dave", "erin")
+SESSIONS_MAX = 16
+"""`server.max_sessions_per_grant`: above what any other test keeps of one grant (alice, about
+12), so only the cap test (erin) reaches it."""
 COUNTED_MAX = 10
 """`run_python_code` calls one grant may make an hour (the exact-counters test)."""
 RUNS_MAX = 1000
@@ -28,9 +31,10 @@ RUNS_MAX = 1000
 
 
 def cluster_policy(redis: str, stream: str) -> str:
-    """Four grants, `run_code` (persistent), the snapshot tools, a rate-limited
-    `run_python_code` and `save_to_file_and_run` (a client's human approves each call), on
-    wasm, with counters, approvals, MCP sessions and the audit in `redis`."""
+    """Five grants (`SESSIONS_MAX` sessions each), `run_code` (persistent), the snapshot
+    tools, a rate-limited `run_python_code` and `save_to_file_and_run` (a client's human
+    approves each call), on wasm, with counters, approvals, MCP sessions and the audit in
+    `redis`."""
     return (
         "version: '1'\ndefault: deny\n"
         f"{grants_yaml(GRANTS)}"
@@ -38,7 +42,7 @@ def cluster_policy(redis: str, stream: str) -> str:
         "quotas:\n  timeout_s: 60\n  memory_mb: 256\n"
         f"state:\n  backend: redis\n  url: '{redis}'\n"
         f"audit:\n  sink: redis\n  stream: '{stream}'\n"
-        "server:\n  http_sessions: redis\n"
+        f"server:\n  http_sessions: redis\n  max_sessions_per_grant: {SESSIONS_MAX}\n"
         "approvals:\n  by: client\n"
         "tools:\n"
         "  run_code:\n    limits:\n"

@@ -3,7 +3,8 @@
 Sessions are routed to the node holding them from either front end, grants stay apart across
 nodes, counters are exact across front ends, a node lost mid-load loses its in-flight calls
 (infra errors, counters rolled back, nothing run twice) and its sessions say so, and a front
-end killed mid-call leaves its session to the other front end.
+end killed mid-call leaves its session to the other front end. A grant's session cap holds
+across the whole cluster, not per node.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from policies import AuditRecord, CounterSpec, RedisCounterStore, load_policy, open_audit_sink
 from runner.cluster._inflight import PREFIX as INFLIGHT_PREFIX
 from runner.cluster._routes import SessionTable
-from tests.cluster.conftest import COUNTED_MAX, RUNS_MAX, Deployment, text_of
+from tests.cluster.conftest import COUNTED_MAX, RUNS_MAX, SESSIONS_MAX, Deployment, text_of
 from tests.front_ends import WAIT_S, bearer, mcp_client, until
 from tests.tenancy._server import CALL_TIMEOUT_S, RawSession
 
@@ -229,6 +230,54 @@ async def test_one_scrape_of_a_front_end_shows_the_cluster(deployment: Deploymen
     assert families["sandgate_cluster_nodes"].samples[0].value == 2
     nodes = {s.labels["node"] for s in families["sandgate_calls"].samples}
     assert nodes == set(deployment.node_names), "every node's own metrics, labelled"
+
+
+async def test_a_grant_holds_at_most_its_cap_of_sessions_in_the_whole_cluster(
+    deployment: Deployment,
+) -> None:
+    headers = bearer("erin")
+    async with (
+        deployment.front_ends[0].client("erin") as one,
+        deployment.front_ends[1].client("erin") as other,
+        httpx.AsyncClient(timeout=CALL_TIMEOUT_S) as http,
+    ):
+        own = RawSession(http, deployment.front_ends[0].url, headers)
+        sid = await own.initialize()
+        status, ran = await own.call_tool("run_code", {"code": "pass"})  # its MCP session's own
+        assert status == 200 and not wrote_error(ran), ran
+        before = runs_used(deployment, "erin")
+        names = [f"capped-{n}" for n in range(SESSIONS_MAX)]  # one more than erin has room for
+        results = await asyncio.gather(  # at once, through both front ends
+            *(
+                (one, other)[n % 2].call_tool("run_code", {"session": name, "code": "pass"})
+                for n, name in enumerate(names)
+            )
+        )
+        opened = [name for name, r in zip(names, results, strict=True) if not r.is_error]
+        refused = [r for r in results if r.is_error]
+        assert len(opened) == SESSIONS_MAX - 1 and len(refused) == 1, [text_of(r) for r in refused]
+        assert {node_of(deployment, "erin", f"named:{n}") for n in opened} == {"head", "second"}
+        assert refused[0].structured_content is not None
+        assert refused[0].structured_content["status"] == "invalid"
+        assert refused[0].structured_content["rule"] == "/server/max_sessions_per_grant"
+        assert f"server.max_sessions_per_grant = {SESSIONS_MAX}" in text_of(refused[0])
+        (left_out,) = set(names) - set(opened)
+        assert route_of(deployment, "erin", f"named:{left_out}") is None, "nothing placed"
+        assert runs_used(deployment, "erin") == before + len(opened), "nothing counted"
+        denied = [
+            r
+            for r in audit(deployment)
+            if r.grant == "erin" and r.rule == "/server/max_sessions_per_grant"
+        ]
+        assert [r.decision for r in denied] == ["deny"], "audited once, as a refusal"
+
+        beside = await run_code(deployment, 1, "bob", session="beside-erin", code="print(2)")
+        assert not beside.is_error, text_of(beside)
+
+        assert await own.delete() == 200  # ending a session frees its place at once
+        again = await one.call_tool("run_code", {"session": left_out, "code": "print(3)"})
+        assert not again.is_error, text_of(again)
+    assert route_of(deployment, "erin", f"http:{sid}") is None
 
 
 def inflight_sessions(deployment: Deployment) -> set[str]:

@@ -7,11 +7,12 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from policies import Allowed, AuditLog, CounterSpec, RedisCounterStore, ToolCall, load_policy_text
-from runner.cluster._inflight import InflightCalls, TrackedGate
+from runner.cluster._inflight import InflightCalls, Pending, TrackedGate
 from tests.redis_server import redis_url  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.redis
@@ -80,7 +81,7 @@ def test_a_node_dying_right_after_reserving_leaves_the_reservation_to_roll_back(
         gate.decide(a_call(grant))
     assert runs_used(store, grant) == 1, "the reservation was made"
     [left] = inflight.take(call_id)
-    assert (left.decision_id, left.grant, left.tool) == ("", grant, "run_code")
+    assert (len(left.decision_id), left.grant, left.tool) == (32, grant, "run_code")
     assert left.reservation is not None
     store.rollback(left.reservation)
     assert runs_used(store, grant) == 0
@@ -102,6 +103,27 @@ def test_an_allowed_call_is_recorded_under_its_decision_until_settled(
         gate.finish(allowed, outcome="completed")
     assert inflight.take(call_id) == []
     assert runs_used(store, grant) == 1
+
+
+def test_the_decision_id_is_recorded_with_the_reservation_before_it_is_made(
+    gate: TrackedGate, store: DyingStore, inflight: InflightCalls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node lost between reserving and recording its decision still leaves the decision's
+    id, so the front end audits that decision's outcome."""
+    seen: list[tuple[bool, str]] = []
+    real = inflight.record
+
+    def spy(call_id: str, pending: Pending, **kw: Any) -> None:
+        seen.append((bool(kw.get("ahead")), pending.decision_id))
+        real(call_id, pending, **kw)
+
+    monkeypatch.setattr(inflight, "record", spy)
+    call_id = uuid.uuid4().hex
+    with inflight.tracking(call_id):
+        allowed = gate.decide(a_call(f"g-{uuid.uuid4().hex[:8]}"))
+    assert isinstance(allowed, Allowed)
+    assert seen == [(True, allowed.decision_id), (False, allowed.decision_id)]
+    gate.finish(allowed, outcome="completed")
 
 
 def test_a_refused_call_leaves_nothing_in_flight(

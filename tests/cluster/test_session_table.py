@@ -1,15 +1,17 @@
 """The Redis session table: an entry lives as long as its session (kept alive by use, gone
-when the session ends or idles out) and the per-node counts placement reads follow it."""
+when the session ends or idles out), the per-node counts placement reads follow it, and a
+grant's sessions in the whole cluster stay within its cap."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from runner.cluster._routes import SessionTable
+from runner.cluster._routes import AtCap, SessionTable
 from tests.redis_server import redis_url  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.redis
@@ -101,3 +103,61 @@ async def test_the_entry_itself_expires_with_its_session(table: SessionTable, al
         while table.node_of(alice, "brief") is not None:
             await asyncio.sleep(0.05)
     assert table.use(alice, "brief", ttl_s=TTL_S) is None, "an expired entry is not revived"
+
+
+def test_a_grant_holds_at_most_its_cap_of_sessions_across_every_node(
+    table: SessionTable, alice: str
+) -> None:
+    first, second = a_node(), a_node()
+    for session, node in (("s1", first), ("s2", second), ("s3", first)):
+        assert table.place(alice, session, node, ttl_s=TTL_S, cap=3) == node
+    with pytest.raises(AtCap) as refused:
+        table.place(alice, "s4", second, ttl_s=TTL_S, cap=3)
+    assert refused.value.held == 3
+    assert table.node_of(alice, "s4") is None, "a refused session is not placed"
+    assert table.placed(second) == {alice: 1}, "nor counted on its node"
+    assert table.place(alice, "s2", first, ttl_s=TTL_S, cap=3) == second, "placed ones still are"
+    bob = f"bob-{uuid.uuid4().hex[:8]}"
+    assert table.place(bob, "s1", second, ttl_s=TTL_S, cap=3) == second
+    assert table.held(alice) == 3
+    table.forget(alice, "s1")
+    assert table.held(alice) == 2
+    assert table.place(alice, "s4", second, ttl_s=TTL_S, cap=3) == second
+
+
+def test_idled_out_and_moved_sessions_count_once_against_the_cap(
+    table: SessionTable, clock: Clock, alice: str
+) -> None:
+    dead, live = a_node(), a_node()
+    table.place(alice, "kept", dead, ttl_s=TTL_S, cap=2)
+    table.place(alice, "idle", live, ttl_s=TTL_S, cap=2)
+    assert table.move(alice, "kept", lost=dead, to=live, ttl_s=TTL_S) == (True, live)
+    assert table.held(alice) == 2, "a moved session is the same session"
+    clock.now += TTL_S - 10
+    table.use(alice, "kept", ttl_s=TTL_S)
+    clock.now += 20
+    assert table.held(alice) == 1, "the unused one idled out"
+    assert table.place(alice, "new", live, ttl_s=TTL_S, cap=2) == live
+
+
+def test_front_ends_placing_at_once_never_pass_the_cap_together(
+    redis_url: str,  # noqa: F811
+    alice: str,
+) -> None:
+    tables = [SessionTable(redis_url) for _ in range(2)]
+    try:
+
+        def place(i: int) -> bool:
+            try:
+                tables[i % 2].place(alice, f"s{i}", f"node-{i % 2}@a", ttl_s=TTL_S, cap=3)
+            except AtCap:
+                return False
+            return True
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            placed = list(pool.map(place, range(16)))
+        assert placed.count(True) == 3
+        assert tables[0].held(alice) == 3
+    finally:
+        for made in tables:
+            made.close()
