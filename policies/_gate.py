@@ -342,27 +342,62 @@ class Gate:
             except StateUnavailable as exc:
                 logger.warning("cannot charge %s egress bytes: %s", egress_bytes, exc)
         call, plan = allowed.call, allowed.plan
-        record = {
-            "time": iso_time(self._clock()),
-            "id": allowed.decision_id,
-            "event": "outcome",
-            "decision": "allow",
-            "rule": allowed.rule,
-            "tool": call.tool if call else None,
-            "grant": call.grant if call else None,
-            "session": call.session if call else None,
-            "engine": _engine_name(plan.engine, plan.profile) if plan else None,
-            "usage": dict(usage) if usage is not None else None,
-            "status": status,
-            "outcome": outcome,
-            "error": error,
-            "mode": allowed.mode,
-            "approval_id": allowed.approval_id,
-        }
+        self._audit_outcome(
+            {
+                "id": allowed.decision_id,
+                "rule": allowed.rule,
+                "tool": call.tool if call else None,
+                "grant": call.grant if call else None,
+                "session": call.session if call else None,
+                "engine": _engine_name(plan.engine, plan.profile) if plan else None,
+                "usage": dict(usage) if usage is not None else None,
+                "status": status,
+                "outcome": outcome,
+                "error": error,
+                "mode": allowed.mode,
+                "approval_id": allowed.approval_id,
+            }
+        )
+
+    def abandon(
+        self,
+        decision_id: str,
+        reservation: str | None,
+        call: ToolCall,
+        *,
+        engine: str | None,
+        error: str,
+    ) -> None:
+        """Settle an allowed call whose runner was lost before it could `finish` (its node
+        died), from what was recorded of it: roll back what it reserved and audit an
+        `infra_error` outcome under its decision (nothing to audit without its id). Store and
+        audit failures are logged."""
+        if reservation is not None:
+            self._settle(reservation, "infra_error")
+        if not decision_id:
+            return
+        self._audit_outcome(
+            {
+                "id": decision_id,
+                "tool": call.tool,
+                "grant": call.grant,
+                "session": call.session,
+                "engine": engine,
+                "status": "infra_error",
+                "outcome": "infra_error",
+                "error": error,
+            }
+        )
+
+    def _audit_outcome(self, fields: Mapping[str, Any]) -> None:
+        """Audit an allowed call's `outcome` record (`None` fields left out); failures are
+        logged."""
+        record = {"time": iso_time(self._clock()), "event": "outcome", "decision": "allow"}
+        record.update({k: v for k, v in fields.items() if v is not None})
         try:
-            self._audit.append_fields({k: v for k, v in record.items() if v is not None})
+            self._audit.append_fields(record)
         except AuditUnavailable as exc:
-            logger.error("cannot audit the outcome of %s: %s", allowed.decision_id, exc)
+            logger.error("cannot audit the outcome of %s: %s", fields.get("id"), exc)
 
     def record_egress(self, allowed: Allowed, connections: Iterable[EgressConnection]) -> None:
         """Audit each connection an allowed run asked the egress proxy for (one `egress`

@@ -13,7 +13,6 @@ import contextlib
 import functools
 import importlib
 import logging
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -22,7 +21,7 @@ from typing import Any
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from policies import AuditSink, AuditUnavailable, CounterStore, Gate, StateUnavailable
+from policies import Gate, ToolCall
 from policies._audit import iso_time
 
 from .._errors import ServerLimit
@@ -69,10 +68,8 @@ class ClusterService:
 
     Args:
         ray: The `ray` module, already connected (`ray.init`).
-        gate: The front end's own gate over the same policy (tokens, tools/list); it decides
-            no call (the nodes do).
-        store: The policy's Redis counter store (to roll back calls lost with their node).
-        audit: The policy's audit sink (the `infra_error` outcomes of lost calls).
+        gate: The front end's own gate over the same policy and stores (tokens, tools/list,
+            and settling calls lost with their node); it decides no call (the nodes do).
         spec: How each node opens its service.
         tool_sets: Which tool sets are served.
         say: Gets a line for each event worth telling (a node joined or was lost).
@@ -83,16 +80,12 @@ class ClusterService:
         *,
         ray: Any,
         gate: Gate,
-        store: CounterStore,
-        audit: AuditSink,
         spec: NodeSpec,
         tool_sets: tuple[ToolSet, ...],
         say: Callable[[str], None],
     ) -> None:
         self._ray = ray
         self.gate = gate
-        self._store = store
-        self._audit = audit
         self._spec = spec
         self._names = served_tool_names(tool_sets)
         self._say = say
@@ -392,30 +385,9 @@ class ClusterService:
         )
 
     def _undo(self, item: Pending, node: _Node, exc: BaseException) -> None:
-        if item.reservation is not None:
-            try:
-                self._store.rollback(item.reservation, now=time.time())
-            except StateUnavailable as err:
-                logger.warning("cannot roll back reservation %s: %s", item.reservation, err)
-        if not item.decision_id:  # recorded by an older node: no id to audit under
-            return
-        record = {
-            "time": iso_time(time.time()),
-            "id": item.decision_id,
-            "event": "outcome",
-            "decision": "allow",
-            "tool": item.tool,
-            "grant": item.grant,
-            "session": item.session,
-            "engine": item.engine,
-            "status": "infra_error",
-            "outcome": "infra_error",
-            "error": f"Ray node {node.node} lost ({type(exc).__name__}); not run again",
-        }
-        try:
-            self._audit.append_fields({k: v for k, v in record.items() if v is not None})
-        except AuditUnavailable as err:
-            logger.error("cannot audit the lost call %s: %s", item.decision_id, err)
+        error = f"Ray node {node.node} lost ({type(exc).__name__}); not run again"
+        call = ToolCall(tool=item.tool, args={}, grant=item.grant, session=item.session)
+        self.gate.abandon(item.decision_id, item.reservation, call, engine=item.engine, error=error)
 
     async def _on_node(self, caller: Caller, method: str, *args: Any) -> Any:
         try:

@@ -179,8 +179,6 @@ async def serve_cluster(
     cluster = ClusterService(
         ray=ray,
         gate=gate,
-        store=store,
-        audit=audit,
         spec=spec,
         tool_sets=config.tool_sets,
         say=config.progress,

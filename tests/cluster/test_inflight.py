@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from policies import Allowed, AuditLog, CounterSpec, RedisCounterStore, ToolCall, load_policy_text
+from policies import (
+    Allowed,
+    AuditLog,
+    CounterSpec,
+    RedisCounterStore,
+    ToolCall,
+    load_policy_text,
+    read_audit,
+)
 from runner.cluster._inflight import InflightCalls, Pending, TrackedGate
 from tests.redis_server import redis_url  # noqa: F401  (the fixture)
 
@@ -124,6 +132,28 @@ def test_the_decision_id_is_recorded_with_the_reservation_before_it_is_made(
     assert isinstance(allowed, Allowed)
     assert seen == [(True, allowed.decision_id), (False, allowed.decision_id)]
     gate.finish(allowed, outcome="completed")
+
+
+def test_a_lost_call_taken_from_the_table_is_rolled_back_and_audited_once(
+    gate: TrackedGate, store: DyingStore, inflight: InflightCalls, tmp_path: Path
+) -> None:
+    """What a front end does with a lost node's call: `Gate.abandon` from the record."""
+    grant, call_id = f"g-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with inflight.tracking(call_id):
+        allowed = gate.decide(a_call(grant))
+    assert isinstance(allowed, Allowed) and runs_used(store, grant) == 1
+    [lost] = inflight.take(call_id)
+    gone = ToolCall(tool=lost.tool, args={}, grant=lost.grant, session=lost.session)
+    gate.abandon(lost.decision_id, lost.reservation, gone, engine=lost.engine, error="node lost")
+    assert runs_used(store, grant) == 0
+    outcomes = [
+        r
+        for r in read_audit(tmp_path / "audit.jsonl")
+        if r.id == allowed.decision_id and r.event == "outcome"
+    ]
+    assert [(r.outcome, r.status, r.grant, r.error) for r in outcomes] == [
+        ("infra_error", "infra_error", grant, "node lost")
+    ]
 
 
 def test_a_refused_call_leaves_nothing_in_flight(
