@@ -72,14 +72,6 @@ async def engine(
         yield made
 
 
-@pytest.fixture
-def workspace(tmp_path: Path) -> WorkspacePaths:
-    files, site = tmp_path / "ws" / "files", tmp_path / "ws" / "site"
-    files.mkdir(parents=True, mode=0o700)
-    site.mkdir(mode=0o700)
-    return WorkspacePaths(files, site)
-
-
 @dataclass
 class Runner:
     engine: ContainerEngine
