@@ -392,7 +392,12 @@ class Gate:
     def _audit_outcome(self, fields: Mapping[str, Any]) -> None:
         """Audit an allowed call's `outcome` record (`None` fields left out); failures are
         logged."""
-        record = {"time": iso_time(self._clock()), "event": "outcome", "decision": "allow"}
+        record = {
+            "time": iso_time(self._clock()),
+            "id": fields["id"],
+            "event": "outcome",
+            "decision": "allow",
+        }
         record.update({k: v for k, v in fields.items() if v is not None})
         try:
             self._audit.append_fields(record)
