@@ -16,6 +16,12 @@ STOP_TIMEOUT_S = 20.0
 REPO = Path(__file__).resolve().parents[1]
 
 
+def tree_python(tree: Path) -> str:
+    """The source tree's own virtualenv interpreter (its own dependencies), else this one."""
+    own = tree / ".venv" / "bin" / "python"
+    return str(own) if tree != REPO and own.exists() else sys.executable
+
+
 def free_port() -> int:
     """A loopback TCP port nothing listens on right now."""
     with socket.socket() as sock:
@@ -31,13 +37,15 @@ def start_server(
     state_dir: str | Path,
     extra: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    tree: Path = REPO,
 ) -> subprocess.Popen[bytes]:
-    """A server on `HOST:port` with `policy` (and `env` over this process's environment),
-    once it listens (exits the benchmark if it does not within `START_TIMEOUT_S`)."""
-    argv = [sys.executable, "-m", "runner", "serve", "--transport", "streamable-http"]
+    """A server of the source `tree` on `HOST:port` with `policy` (and `env` over this
+    process's environment), once it listens (exits the benchmark if it does not within
+    `START_TIMEOUT_S`)."""
+    argv = [tree_python(tree), "-m", "runner", "serve", "--transport", "streamable-http"]
     argv += ["--host", HOST, "--port", str(port), "--policy", str(policy)]
     argv += ["--state-dir", str(state_dir), *extra]
-    environment = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
+    environment = {**os.environ, **(env or {}), "PYTHONPATH": str(tree)}
     process = subprocess.Popen(argv, env=environment, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:

@@ -9,7 +9,8 @@ The same against a server started with `--no-prepared-guests` (the wasm engine a
 before guests were prepared ahead). In the same run, the upstream-style baseline does the same
 workload with the same concurrency: an in-process asyncio harness that runs `python3 -c CODE`
 in a subprocess per call (no sandbox, no policy, no MCP). Prints calls/s, p50/p95/p99 latency,
-errors, and sandgate/baseline ratios.
+errors, sandgate/baseline ratios, and each server's CPU per call split into its own process,
+its engine workers and this (client) process.
 Loopback only; every loop is bounded by the call count and every wait by a timeout.
 """
 
@@ -30,6 +31,7 @@ from pathlib import Path
 import httpx2 as httpx
 import mcp_types as types
 from _http_server import HOST, REPO, free_port, start_server, stop_server
+from _proc import CpuSplit
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -69,8 +71,8 @@ class Figures:
         )
 
 
-def _policy() -> Path:
-    return REPO / "policies" / "eval-harness.yaml"
+def _policy(tree: Path) -> Path:
+    return tree / "policies" / "eval-harness.yaml"
 
 
 Call = Callable[[], Awaitable[bool]]
@@ -134,10 +136,13 @@ async def hello_callers(
         yield [caller(c) for c in sessions]
 
 
-async def _sandgate(url: str, clients: int, calls: int, name: str) -> Figures:
+async def _sandgate(url: str, clients: int, calls: int, name: str, cpu: CpuSplit) -> Figures:
     async with hello_callers(url, clients) as callers:
         await drive("warm-up", clients * WARM_CALLS_PER_CLIENT, callers)
-        return await drive(name, calls, callers)
+        cpu.start()
+        figures = await drive(name, calls, callers)
+        cpu.stop()
+        return figures
 
 
 def _python3() -> str:
@@ -170,6 +175,12 @@ def main() -> None:
         "--workers", type=int, default=None, help="server WASM workers (default: its own)"
     )
     parser.add_argument(
+        "--tree",
+        type=lambda p: Path(p).resolve(),
+        default=REPO,
+        help="source tree the server runs (its own .venv's python when it has one)",
+    )
+    parser.add_argument(
         "--python", default=_python3(), help="interpreter the baseline runs (default: this one's)"
     )
     args = parser.parse_args()
@@ -177,15 +188,19 @@ def main() -> None:
         raise SystemExit("--clients and --calls: expected whole numbers above 0")
     load_before = os.getloadavg()[0]
     runs: list[Figures] = []
+    splits: list[CpuSplit] = []
     for prepared, name in ((True, "sandgate (http, wasm)"), (False, "  --no-prepared-guests")):
         port = free_port()
         extra: tuple[str, ...] = ("--workers", str(args.workers)) if args.workers else ()
         extra += () if prepared else ("--no-prepared-guests",)
         with tempfile.TemporaryDirectory(prefix="sg-load-") as state:
-            server = start_server(port, policy=_policy(), state_dir=state, extra=extra)
+            server = start_server(
+                port, policy=_policy(args.tree), state_dir=state, extra=extra, tree=args.tree
+            )
             try:
                 url = f"http://{HOST}:{port}/mcp"
-                runs.append(asyncio.run(_sandgate(url, args.clients, args.calls, name)))
+                splits.append(CpuSplit(server.pid))
+                runs.append(asyncio.run(_sandgate(url, args.clients, args.calls, name, splits[-1])))
             finally:
                 stop_server(server)
     sandgate = runs[0]
@@ -193,7 +208,7 @@ def main() -> None:
     print(
         f"{args.clients} clients, {args.calls} calls of run_python_code({CODE!r}); "
         f"{os.cpu_count()} cores; server WASM workers: {args.workers or 'its default'}; "
-        f"baseline: {args.python} -c; "
+        f"baseline: {args.python} -c; server tree: {args.tree}; "
         f"load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f}"
     )
     print(
@@ -203,6 +218,8 @@ def main() -> None:
     for run in runs:
         print(run.row())
     print(baseline.row())
+    for run, split in zip(runs, splits, strict=True):
+        print(f"{run.name:<22} {split.per_call_ms(run.calls)}")
     print(
         f"sandgate/baseline: throughput x{sandgate.rate / baseline.rate:.2f}, "
         f"p50 x{sandgate.percentile_ms(0.5) / baseline.percentile_ms(0.5):.2f}, "

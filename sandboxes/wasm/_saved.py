@@ -205,6 +205,34 @@ def save(session: Any, folder: Path, *, harness: str, memory_cap: int | None, gr
             module knows.
     """
     inside = _internals(session)
+    runs, initial_pages = resting_runs(inside)
+    written, checksum = _write_runs(inside.view(), runs, folder)
+    manifest = {
+        "kind": KIND,
+        "format": FORMAT,
+        "fingerprint": fingerprint(harness),
+        "memory_cap": memory_cap,
+        "grants": grants,
+        "initial_pages": initial_pages,
+        "pages": inside.memory.size(inside.store),
+        "runs": runs,
+        "data_bytes": written,
+        "crc32": checksum,
+    }
+    part = folder / (MANIFEST + ".part")
+    part.write_text(json.dumps(manifest), encoding="utf-8")
+    os.replace(part, folder / MANIFEST)  # last: a folder without it is refused
+    return written
+
+
+def resting_runs(inside: _Internals) -> tuple[list[list[int]], int]:
+    """The runs `[offset, length]` of the resting guest's memory pages that differ from a fresh
+    instance's, and a fresh instance's memory size (wasm pages).
+
+    Raises:
+        SaveRefused: the guest is running, has ended, holds files open, or is not one this
+            module knows.
+    """
     state = inside.state
     if state.ended is not None or state.phase.name != "OPEN":
         raise SaveRefused(f"it is not at rest between turns ({state.phase.name}, {state.ended})")
@@ -234,23 +262,7 @@ def save(session: Any, folder: Path, *, harness: str, memory_cap: int | None, gr
         runs = _differing(inside, initial)
     finally:
         pristine.close()
-    written, checksum = _write_runs(inside.view(), runs, folder)
-    manifest = {
-        "kind": KIND,
-        "format": FORMAT,
-        "fingerprint": fingerprint(harness),
-        "memory_cap": memory_cap,
-        "grants": grants,
-        "initial_pages": initial_pages,
-        "pages": inside.memory.size(inside.store),
-        "runs": runs,
-        "data_bytes": written,
-        "crc32": checksum,
-    }
-    part = folder / (MANIFEST + ".part")
-    part.write_text(json.dumps(manifest), encoding="utf-8")
-    os.replace(part, folder / MANIFEST)  # last: a folder without it is refused
-    return written
+    return runs, initial_pages
 
 
 def _differing(guest: _Internals, initial: _Internals) -> list[list[int]]:

