@@ -7,7 +7,10 @@ started for the call; FINAL is "1" to report the final expression's value, else 
 when the run may reach the network through the host), or as the first turn of a guest prepared
 ahead of time, whose second turn calls `_main(KIND, SOURCE, VARIABLE, FINAL, egress=...)`.
 Either way it sends its report through the runtime's
-host door (`_host.call`). The guest is CPython 3.15, whose annotations are evaluated lazily.
+host door (`_host.call`). The guest is CPython 3.15, whose annotations are evaluated lazily:
+each annotated function carries an `__annotate__` code object that every guest unmarshals and
+makes with the harness (10 of its code objects, ~75K of the ~1.17M instructions loading it
+cost). So the harness's functions are typed by type comments, which cost the guest nothing.
 """
 
 import json
@@ -17,17 +20,17 @@ import sys
 import _host
 
 TYPE_CHECKING = False  # `typing` costs the guest an import; this is its cheap stand-in
-if TYPE_CHECKING:
-    from typing import Any
+if TYPE_CHECKING:  # sandgate_program's names, defined ahead of this text in the guest
+    from collections.abc import Callable
+    from typing import Any, cast
 
     WORKSPACE = "/workspace"
+    run_program = cast("Callable[..., dict[str, Any]]", None)
+    refuse_network = cast("Callable[[], None]", None)
+    watch_image_writes = cast("Callable[[], None]", None)
 
-    def run_program(*args: Any) -> dict[str, Any]: ...  # from sandgate_program, ahead of this
-    def refuse_network() -> None: ...
-    def watch_image_writes() -> None: ...
 
-
-def _is_harness_file(name: str) -> bool:
+def _is_harness_file(name):  # type: (str) -> bool
     """Whether a frame belongs to the harness: `-c` text is `<string>`, a turn `<turn N>`."""
     return name == "<string>" or name.startswith("<turn ")
 
@@ -37,15 +40,15 @@ _SESSION_MAIN = None
 
 
 def _main(
-    kind: str,
-    source: str,
-    variable: str,
-    final: bool,
-    exit: bool = True,
-    persistent: bool = False,
-    stdin: str | None = None,
-    egress: bool = False,
-) -> None:
+    kind,  # type: str
+    source,  # type: str
+    variable,  # type: str
+    final,  # type: bool
+    exit=True,  # type: bool
+    persistent=False,  # type: bool
+    stdin=None,  # type: str | None
+    egress=False,  # type: bool
+):  # type: (...) -> None
     """Run the program and report (`final`: the value of the code's final expression too).
     `exit=False` (a prepared guest's turn) returns instead of ending the interpreter: the host
     closes the guest once it has answered. `persistent` (a session's guest kept between runs,
@@ -77,16 +80,21 @@ def _main(
         os._exit(report["exit_code"] & 0xFF if report["exit_code"] else 0)
 
 
-def _ready() -> None:
+def _ready():  # type: () -> None
     """A prepared guest's set-up ahead of its call (`_prepared`): what `run_program` does first
     in every interpreter, all of it idempotent, so the call's own turn skips it (~1 ms): the
-    network refusal, the image-write watch, the working folder."""
+    network refusal, the image-write watch, the working folder. `_socket` is imported here,
+    where a started guest's run only patches it when code imports it (`refuse_network`): a
+    prepared guest holds it patched already (in its image, for the worker's later guests), so a
+    call that reaches for the network does not pay that import."""
+    if "_socket" in sys.builtin_module_names:  # a guest without it has no sockets at all
+        import _socket  # noqa: F401
     refuse_network()
     watch_image_writes()
     os.chdir(WORKSPACE)
 
 
-def _egress_on() -> None:
+def _egress_on():  # type: () -> None
     """Send this interpreter's HTTP requests through the host's relay, whose client
     (`sandboxes/guest/sandgate_relay.py`) the host sends the first time."""
     relay = sys.modules.get("_sandgate_relay")

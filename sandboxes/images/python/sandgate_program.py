@@ -184,6 +184,8 @@ def save_open_figures():
 _IMAGES_WRITTEN = []
 """The image files the program opened for writing during the current run."""
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_WRITE_MODES = frozenset("wax+")
+"""An `open` mode with any of these characters writes."""
 
 
 def watch_image_writes():
@@ -206,7 +208,7 @@ def watch_image_writes():
             path = os.fsdecode(path)
         if not isinstance(path, str) or not path.lower().endswith(IMAGE_SUFFIXES):
             return
-        writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+        writes = (isinstance(mode, str) and not _WRITE_MODES.isdisjoint(mode)) or (
             isinstance(flags, int) and flags & _WRITE_FLAGS
         )
         if writes:
@@ -220,24 +222,69 @@ def refuse_network():
     """Make every network attempt raise one clear error (`NO_NETWORK`) instead of whatever the
     platform says (a resolver failure, a missing `_socket.getaddrinfo` on WASI): name lookups
     and connections to other hosts raise it; loopback stays as the platform has it. Patched in
-    `_socket` (cheap, no `import socket`), so the `socket` module made from it later inherits
-    the refusal; a `socket` module already imported is patched too. Idempotent."""
-    try:
-        import _socket
-    except ImportError:  # no sockets at all: nothing can reach the network
-        return
+    `_socket` (no `import socket`), so the `socket` module made from it inherits the refusal; a
+    `socket` module already imported is patched too. A `_socket` not imported yet is not
+    imported here (that costs a wasm guest ~1.1M instructions, a third of its harness's work
+    for a call): `REFUSE_WHEN_IMPORTED`, first on `sys.meta_path`, patches it as it is
+    imported, before any code can use it. Idempotent."""
+    _socket = sys.modules.get("_socket")
+    if _socket is not None:
+        _refuse(_socket, sys.modules.get("socket"))
+    elif REFUSE_WHEN_IMPORTED not in sys.meta_path:
+        sys.meta_path.insert(0, REFUSE_WHEN_IMPORTED)
+
+
+def _find_socket_spec(name, path=None, target=None):
+    """`REFUSE_WHEN_IMPORTED.find_spec`: `_socket`'s spec as the finders after it give it, to
+    be loaded by `REFUSE_WHEN_IMPORTED` with the loader they named; None for any other name."""
+    if name != "_socket":
+        return None
+    for finder in sys.meta_path:
+        find = None if finder is REFUSE_WHEN_IMPORTED else getattr(finder, "find_spec", None)
+        spec = None if find is None else find(name, path, target)
+        if spec is not None:
+            if spec.loader is not None:
+                REFUSE_WHEN_IMPORTED.loader, spec.loader = spec.loader, REFUSE_WHEN_IMPORTED
+            return spec
+    return None
+
+
+def _create_socket_module(spec):
+    return REFUSE_WHEN_IMPORTED.loader.create_module(spec)
+
+
+def _exec_socket_module(module):
+    """Load `_socket` with its own loader (which it keeps as `__loader__` and
+    `__spec__.loader`), then patch it (`socket` imports `_socket` first: it is made from it)."""
+    module.__loader__ = module.__spec__.loader = loader = REFUSE_WHEN_IMPORTED.loader
+    loader.exec_module(module)
+    _refuse(module, None)
+
+
+REFUSE_WHEN_IMPORTED = type(sys)("sandgate_refuse_when_imported")
+"""The import finder, and loader, that patches `_socket` (`_refuse`) as it is imported; any
+other module it leaves to the finders after it (one call per import of a module not imported
+yet). It stays in place, so a `_socket` imported again (removed from `sys.modules`) is patched
+too. A namespace of functions, not a class: making a class costs a wasm guest ~120K
+instructions, in every interpreter that loads this text."""
+REFUSE_WHEN_IMPORTED.find_spec = _find_socket_spec
+REFUSE_WHEN_IMPORTED.create_module = _create_socket_module
+REFUSE_WHEN_IMPORTED.exec_module = _exec_socket_module
+REFUSE_WHEN_IMPORTED.loader = None  # the loader `_socket` was last found with
+
+
+def _refuse(_socket, socket):
+    """Patch `_socket`, and the `socket` module made from it if there is one, to refuse."""
     if getattr(_socket, "sandgate_refuses", False):
         return
     _socket.sandgate_refuses = True
-    modules = [_socket]
-    if "socket" in sys.modules:
-        modules.append(sys.modules["socket"])
+    modules = [_socket] if socket is None else [_socket, socket]
     for module in modules:
         for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr"):
             setattr(module, name, _refusing_lookup(getattr(module, name, None), _socket))
     _socket.socket = _socket.SocketType = _refusing_socket(_socket.socket, _socket)
-    if len(modules) > 1:
-        cls = modules[1].socket
+    if socket is not None:
+        cls = socket.socket
         base = _socket.socket
         for name in ("connect", "connect_ex", "sendto"):
             setattr(cls, name, getattr(base, name))
