@@ -135,6 +135,17 @@ async def test_files_written_and_images_come_back(engine: WasmEngine, tmp_path: 
     assert result.images[0].data.startswith(b"\x89PNG")
 
 
+async def test_a_program_that_reads_an_image_still_gets_its_figure_saved(
+    engine: WasmEngine, tmp_path: Path
+) -> None:
+    code = "open('logo.png', 'rb').read()\nimport matplotlib.pyplot as plt\nplt.plot([1, 2])\n"
+    plan = _plan(tmp_path, code, wall_timeout_s=60)
+    (tmp_path / "files" / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    result = await engine.run(plan)
+    assert result.status == "ok", result.stderr
+    assert [img.path for img in result.images] == ["figure_1.png"]
+
+
 async def test_a_link_out_of_the_workspace_is_not_followed_by_the_host(
     engine: WasmEngine, tmp_path: Path
 ) -> None:

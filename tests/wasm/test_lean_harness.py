@@ -110,12 +110,18 @@ for name, mode in [
     sys.audit("open", name, mode, 0)  # as `open` says it (flags 0: the mode decides)
 sys.audit("open", b"h.png", None, os.O_WRONLY | os.O_CREAT)  # as `os.open` says it
 sys.audit("open", "i.png", None, 0)
+with open("/workspace/j.png", "wb"):  # a real write: counted
+    pass
+open("/workspace/j.png", "rb").close()  # real reads, with WASI's own flags: not counted
+os.close(os.open("/workspace/j.png", os.O_RDONLY))
 seen["written"] = sorted(_IMAGES_WRITTEN)
 """
 
 
 @pytest.mark.parametrize("watch", [True, False], ids=["watching", "switched off"])
-def test_the_image_write_watch_sees_every_writing_mode(tmp_path: Path, watch: bool) -> None:
+def test_the_image_write_watch_sees_every_writing_mode_and_no_read(
+    tmp_path: Path, watch: bool
+) -> None:
     seen = guest(tmp_path, WRITES.replace("WATCH", repr(watch)))
-    written = ["a.png", "b.JPG", "c.gif", "d.svg", "e.webp", "h.png"]
+    written = ["/workspace/j.png", "a.png", "b.JPG", "c.gif", "d.svg", "e.webp", "h.png"]
     assert seen == {"written": written if watch else [], "reported": []}

@@ -183,7 +183,11 @@ def save_open_figures():
 
 _IMAGES_WRITTEN = []
 """The image files the program opened for writing during the current run."""
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_WRITE_ACCESS = (os.O_WRONLY, os.O_RDWR)
+"""The access modes (`flags & O_ACCMODE`) that write. Not a bit test: WASI's `O_RDWR` is
+`O_RDONLY | O_WRONLY`, so a read-only open has a bit of `O_RDWR` set."""
+_WRITE_FLAGS = os.O_CREAT | os.O_TRUNC | os.O_APPEND
+"""Flags that change a file whatever the access mode."""
 _WRITE_MODES = frozenset("wax+")
 """An `open` mode with any of these characters writes."""
 
@@ -209,7 +213,8 @@ def watch_image_writes():
         if not isinstance(path, str) or not path.lower().endswith(IMAGE_SUFFIXES):
             return
         writes = (isinstance(mode, str) and not _WRITE_MODES.isdisjoint(mode)) or (
-            isinstance(flags, int) and flags & _WRITE_FLAGS
+            isinstance(flags, int)
+            and (flags & os.O_ACCMODE in _WRITE_ACCESS or flags & _WRITE_FLAGS)
         )
         if writes:
             _IMAGES_WRITTEN.append(path)
