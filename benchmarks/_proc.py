@@ -3,12 +3,18 @@ benchmarks that split a server's own CPU from its engine workers' and the client
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
 from pathlib import Path
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+QUIET_EVERY_S = 0.25
+QUIET_CPU_S = 0.02
+"""A server has finished starting once its descendants spend less than this much CPU in a
+`QUIET_EVERY_S` window while no call runs."""
+QUIET_WAIT_S = 30.0
 
 
 def _stat(pid: int) -> list[str]:
@@ -69,3 +75,19 @@ class CpuSplit:
             f"workers CPU {self.workers_s / calls * 1000:5.2f} ms/call  "
             f"client CPU {self.client_s / calls * 1000:5.2f} ms/call"
         )
+
+
+async def settled(pid: int) -> float:
+    """Wait until `pid`'s descendants are quiet (`QUIET_CPU_S` per `QUIET_EVERY_S`), at most
+    `QUIET_WAIT_S`; the seconds waited. A server answers calls once its first wasm worker is
+    ready; its other workers, and the process it keeps warm for persistent sessions, start
+    after that, in the background: measured from the end of the warm-up calls, their start-up
+    (~0.5 s of CPU each) was counted as calls' CPU, ~4 ms of the workers' CPU per call in a
+    400-call run of `load_http.py --clients 8`."""
+    began = time.monotonic()
+    while time.monotonic() - began < QUIET_WAIT_S:
+        before = descendants_cpu_s(pid)
+        await asyncio.sleep(QUIET_EVERY_S)
+        if descendants_cpu_s(pid) - before < QUIET_CPU_S:
+            break
+    return time.monotonic() - began

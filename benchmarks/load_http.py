@@ -4,7 +4,8 @@ Run on demand (not a test): `python benchmarks/load_http.py [--clients 8] [--cal
 
 Starts `sandgate serve --transport streamable-http` on a free loopback port with the shipped
 `eval-harness.yaml` policy, warms it, then N MCP clients (the SDK `Client` over
-`streamable_http_client`) share a fixed number of `run_python_code("print('hello')")` calls.
+`streamable_http_client`) share a fixed number of `run_python_code("print('hello')")` calls,
+timed once the server's engine has finished starting (`_proc.settled`).
 The same against a server started with `--no-prepared-guests` (the wasm engine as it was
 before guests were prepared ahead). In the same run, the upstream-style baseline does the same
 workload with the same concurrency: an in-process asyncio harness that runs `python3 -c CODE`
@@ -31,7 +32,7 @@ from pathlib import Path
 import httpx2 as httpx
 import mcp_types as types
 from _http_server import HOST, REPO, free_port, start_server, stop_server
-from _proc import CpuSplit
+from _proc import CpuSplit, settled
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -139,6 +140,8 @@ async def hello_callers(
 async def _sandgate(url: str, clients: int, calls: int, name: str, cpu: CpuSplit) -> Figures:
     async with hello_callers(url, clients) as callers:
         await drive("warm-up", clients * WARM_CALLS_PER_CLIENT, callers)
+        waited = await settled(cpu.pid)  # the engine's start-up is no call's CPU
+        print(f"{name.strip()}: the engine settled in {waited:.1f} s after the warm-up")
         cpu.start()
         figures = await drive(name, calls, callers)
         cpu.stop()

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import mcp_types as types
 from _figures import percentile, sandgate_command
+from _proc import settled
 from mcp import Client, StdioServerParameters
 
 DEFAULT_PAUSE_MS = 100.0
@@ -39,7 +40,9 @@ seconds; at a 20 ms pace on 2 cores, preparing the next guests competes with the
 CALL = {"code": "out = 'hello'", "variable_to_return": "out"}
 NATIVE_CODE = "out = 'hello'; print(out)"
 WARM_CALLS = 5
-"""Calls before timing: the pool is ready and every worker has served once."""
+"""Calls before timing, then a wait until the server's processes are quiet (`_proc.settled`:
+its other workers and its persistent-session process finish starting); every worker then
+takes its turn."""
 UPSTREAM = ("mcp-run-python-code==0.0.2", "mcp<2")
 UPSTREAM_VENV = Path.home() / ".cache" / "sandgate-bench" / "mcp-run-python-code-0.0.2"
 INSTALL_TIMEOUT_S = 600.0
@@ -54,6 +57,7 @@ async def _mcp_times(params: StdioServerParameters, calls: int, pauses: dict[str
     async with Client(params, read_timeout_seconds=300) as client:
         for _ in range(WARM_CALLS):
             await client.call_tool("run_python_code", CALL)
+        await settled(os.getpid())  # the server's engine has finished starting
         for pace, pause_s in pauses.items():
             times = paces[pace] = []
             for _ in range(calls):
