@@ -1,15 +1,14 @@
-"""CPU seconds of a process and of its descendants, read from `/proc` (Linux), for the
-benchmarks that split a server's own CPU from its engine workers' and the client's."""
+"""CPU seconds of a process and of its descendants (psutil), for the benchmarks that split a
+server's own CPU from its engine workers' and the client's."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
-from pathlib import Path
 
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+import psutil
+
 QUIET_EVERY_S = 0.25
 QUIET_CPU_S = 0.02
 """A server has finished starting once its descendants spend less than this much CPU in a
@@ -17,37 +16,23 @@ QUIET_CPU_S = 0.02
 QUIET_WAIT_S = 30.0
 
 
-def _stat(pid: int) -> list[str]:
-    """`/proc/PID/stat`'s fields after the command name (state is [0], ppid [1])."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of `pid`, every thread of it, none of its children."""
-    fields = _stat(pid)
-    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def descendants_cpu_s(pid: int) -> float:
     """CPU seconds of `pid`'s live descendants (its engine workers) and of the children it has
     reaped (a worker replaced during the run)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                parents[int(entry.name)] = int(_stat(int(entry.name))[1])
-    ticks = sum(int(f) for f in _stat(pid)[13:15])  # cutime, cstime
-    family = {pid}
-    grew = True
-    while grew:
-        grew = False
-        for child, parent in parents.items():
-            if parent in family and child not in family:
-                family.add(child)
-                grew = True
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    ticks += sum(int(f) for f in _stat(child)[11:13])
-    return ticks / TICKS_PER_S
+    process = psutil.Process(pid)
+    times = process.cpu_times()
+    total = times.children_user + times.children_system
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # gone since it was listed
+            own = child.cpu_times()
+            total += own.user + own.system
+    return float(total)
 
 
 class CpuSplit:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import psutil
 from _http_server import HOST, free_port, start_server, stop_server
+from _proc import descendants_cpu_s, process_cpu_s
 from load_http import Figures, drive, hello_callers
 
 RAY_IP = "127.0.0.2"
@@ -78,10 +79,9 @@ def serve(
     )
 
 
-def _cpu_s(process: psutil.Process) -> float:
-    """User + system seconds of `process` and its children so far."""
-    children = process.children(recursive=True)
-    return float(sum(process.cpu_times()[:2]) + sum(sum(c.cpu_times()[:2]) for c in children))
+def _cpu_s(pid: int) -> float:
+    """User + system seconds of `pid` and its descendants so far."""
+    return process_cpu_s(pid) + descendants_cpu_s(pid)
 
 
 async def measure(name: str, url: str, pid: int, clients: int, calls: int) -> Measured:
@@ -89,10 +89,9 @@ async def measure(name: str, url: str, pid: int, clients: int, calls: int) -> Me
     the CPU the process `pid` spends on them."""
     async with hello_callers(url, clients, legacy=True) as callers:
         await drive("warm-up", clients * WARM_CALLS_PER_CLIENT, callers)
-        front = psutil.Process(pid)
-        cpu0 = _cpu_s(front)
+        cpu0 = _cpu_s(pid)
         figures = await drive(name, calls, callers)
-        return Measured(figures, _cpu_s(front) - cpu0)
+        return Measured(figures, _cpu_s(pid) - cpu0)
 
 
 def ray_start(ray: str, argv: list[str], env: dict[str, str]) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import mcp_types as types
 from _figures import percentile, sandgate_command
-from _proc import settled
+from _proc import process_cpu_s, settled
 from mcp import Client, StdioServerParameters
 
 DEFAULT_PAUSE_MS = 100.0
@@ -121,9 +121,7 @@ def _engine_cpu(tree: str, calls: int) -> dict[str, tuple[float, float]]:
             return answer
 
         def cpu_s() -> float:
-            with open(f"/proc/{worker.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            return process_cpu_s(worker.pid)
 
         try:
             warmed = ask({"op": "warm", "slots_dir": str(Path(scratch, "slots"))})
