@@ -15,7 +15,7 @@ p95), then N calls shared by `--clients` streamable-HTTP clients (calls/s, p50),
 With `--service`, first each tree's `Service.call_tool` alone (`_service_cpu.py`: the runner
 and the gate with a fake engine, no MCP, no worker); with `--bare`, the MCP SDK alone
 (`_bare_server.py`: a tool that answers at once), the floor under any server on the SDK.
-Around each timed part the CPU (user + system, `/proc`) of the server process (its threads
+Around each timed part the CPU (user + system, psutil) of the server process (its threads
 included) is read, of its engine worker processes (its descendants) and of this process (the
 clients), each divided by the calls. With `--py-spy DIR`, py-spy (if on PATH) samples the
 server (the thread holding the GIL, without pausing it) during the timed part and leaves raw
@@ -40,6 +40,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 import mcp_types as types
+import psutil
 from _figures import percentile
 from _http_server import HOST, START_TIMEOUT_S, free_port, stop_server, tree_python
 from _proc import CpuSplit
@@ -76,13 +77,9 @@ class Figures:
 def _server_pid(state_dir: str) -> int:
     """The server process whose command line names `state_dir` (made by this run; its
     workers' do not)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if state_dir.encode() in argv:
-                return int(entry.name)
+    for process in psutil.process_iter(["cmdline"]):
+        if state_dir in (process.info["cmdline"] or ()):
+            return int(process.pid)
     raise SystemExit(f"no server process found for {state_dir}")
 
 
