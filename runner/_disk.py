@@ -45,8 +45,17 @@ async def settle_workspace(
     """`result`, or — when the run left the workspace over its budget — `result` as `killed`
     by the workspace limit, after emptying the workspace and calling `end_session` (which
     ends the engine's state of the session: a Pyodide interpreter holds its own copy of the
-    files), the text says so. `record` is told what the workspace occupies after all that."""
+    files), the text says so. `record` is told what the workspace occupies after all that.
+
+    The engine's own walk after the run (`result.workspace_usage`) stands for the runner's
+    when it finds the workspace within its budget (no second walk, no thread); any other
+    case is walked here, as an engine that did not walk it is."""
     limits, files = plan.limits, plan.workspace.files
+    held = result.workspace_usage
+    if held is not None and not held.over(limits) and not stopped_for_workspace(result.limit):
+        if record is not None:
+            record(held)
+        return result
     try:
         usage: DiskUsage = await io.call(
             plan.grant, lambda: disk_usage(files, stop_after_files=limits.workspace_files)

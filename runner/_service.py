@@ -547,6 +547,7 @@ class Service:
         server = self.gate.policy.server
         if fits_whole(result, server.result_text_bytes):  # nothing to cut, save or scale
             return result, Shown()
+        result = replace(result, workspace_usage=None)  # saving streams changes what it holds
         try:
             return await HOST_IO.call(
                 plan.grant,

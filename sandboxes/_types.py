@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from ._files import DiskUsage
 
 Status = Literal["ok", "error", "timeout", "memory", "output_limit", "killed", "denied"]
 """How a run ended. Everything but `ok` and `error` names the limit (or event) that stopped it."""
@@ -285,6 +288,9 @@ class RunResult:
         usage: What the run used.
         state: How the run found its session's state (`StateOutcome`).
         state_note: Why the session's previous interpreter was lost (`state` "lost").
+        workspace_usage: What the workspace held when the engine walked it after the run
+            (its whole usage, never cut short), so the runner's budget check need not walk it
+            again; `None` when the engine did not walk it whole after the run.
     """
 
     status: Status
@@ -301,3 +307,4 @@ class RunResult:
     files_written: tuple[str, ...] = field(default=())
     state: StateOutcome = "fresh"
     state_note: str | None = None
+    workspace_usage: DiskUsage | None = None

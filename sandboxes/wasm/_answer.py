@@ -8,7 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._files import Scan, Snapshot, changed, drop_foreign_links, has_entries, images_among, scan
+from .._files import (
+    DiskUsage,
+    Scan,
+    Snapshot,
+    changed,
+    drop_foreign_links,
+    has_entries,
+    images_among,
+    scan,
+)
 from .._judge import Evidence, MemorySign, judge
 from .._lending import MountsBefore, mount_budgets, mount_changes
 from .._relay import egress_fields
@@ -75,7 +84,7 @@ async def settle(
     """The `RunResult` of a worker's answer: what the run wrote (workspace, then read-write
     mounts), its images, and the verdict on how it ended."""
     limits = plan.limits
-    written, images, over = await asyncio.to_thread(
+    written, images, over, held = await asyncio.to_thread(
         _after_run, plan.workspace.files, before.files, limits.workspace_bytes
     )
     if mounted is not None:  # guest paths /mnt/NAME/…, after the workspace's
@@ -86,7 +95,7 @@ async def settle(
         over = over if over is not None else done.over
     if answer.get("workspace_over") is None:  # a run shorter than the watchdog's first look
         answer["workspace_over"] = over
-    return _result(answer, plan, written, images)
+    return _result(answer, plan, written, images, held)
 
 
 def backstop_result(limits: Limits, began: float) -> RunResult:
@@ -107,10 +116,11 @@ def backstop_result(limits: Limits, began: float) -> RunResult:
 
 def _after_run(
     files: Path, before: Snapshot, budget: int | None
-) -> tuple[tuple[str, ...], tuple[Image, ...], int | None]:
-    """The files the run wrote, the images among them, and what the workspace holds when that
-    is past its budget (one walk for all three). The worker's watchdog stops a run that
-    outgrows its budget; this catches the run that ended before the watchdog's first look."""
+) -> tuple[tuple[str, ...], tuple[Image, ...], int | None, DiskUsage]:
+    """The files the run wrote, the images among them, what the workspace holds when that is
+    past its budget, and what it holds (one walk for all four; the runner's budget check takes
+    the last instead of walking again). The worker's watchdog stops a run that outgrows its
+    budget; this catches the run that ended before the watchdog's first look."""
     found = scan(files)  # by descriptor: the files, and what they occupy on disk
     after = found.files
     written = changed(before, after)
@@ -118,7 +128,7 @@ def _after_run(
     if budget is not None:
         held = found.usage.bytes
         over = held if held > budget or not found.usage.complete else None
-    return written, tuple(images_among(files, written)), over
+    return written, tuple(images_among(files, written)), over, found.usage
 
 
 def _evidence(answer: dict[str, Any]) -> Evidence:
@@ -147,7 +157,11 @@ def _evidence(answer: dict[str, Any]) -> Evidence:
 
 
 def _result(
-    answer: dict[str, Any], plan: ExecutionPlan, written: tuple[str, ...], images: Any
+    answer: dict[str, Any],
+    plan: ExecutionPlan,
+    written: tuple[str, ...],
+    images: Any,
+    held: DiskUsage,
 ) -> RunResult:
     verdict = judge(_evidence(answer), plan.limits)
     report = answer.get("report") or {}
@@ -171,4 +185,5 @@ def _result(
             fuel=answer.get("fuel_used"),
             output_bytes=len(stdout.encode()) + len(stderr.encode()),
         ),
+        workspace_usage=held,
     )

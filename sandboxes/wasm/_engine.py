@@ -318,8 +318,9 @@ class WasmEngine(EngineLifecycle):
         """
         self._refuse_if_closed()
         self.capabilities.check(self.name, plan)
-        await self.wait_ready()
-        self._refuse_if_closed()
+        if not self.ready:  # started and not failed: nothing to wait for
+            await self.wait_ready()
+            self._refuse_if_closed()
         if plan.state == "persistent":
             return await self._persistent.run(plan)
         files = plan.workspace.files

@@ -17,6 +17,8 @@ from .._errors import EngineCrashed
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 _MAX_ANSWER_BYTES = 256 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
+_STAT_BYTES = 4096
+"""Enough of /proc/PID/stat for its state field (the line is far shorter)."""
 
 
 def _load_prctl() -> Any:
@@ -96,13 +98,18 @@ class Worker:
         at once, before a call is sent to it (Linux; elsewhere the same as `alive`)."""
         if not self.alive:
             return False
-        try:
-            with open(f"/proc/{self.pid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
+        try:  # os.open and os.read: no buffered file object built for each call
+            fd = os.open(f"/proc/{self.pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:  # gone from /proc (or no /proc here: trust the return code)
             return not os.path.isdir("/proc/self")
+        except OSError:
+            return True
+        try:
+            state = os.read(fd, _STAT_BYTES).rsplit(b")", 1)[1].split()[0]
         except (OSError, IndexError):
             return True
+        finally:
+            os.close(fd)
         return state not in (b"Z", b"X")
 
     async def request(self, payload: dict[str, Any], *, timeout_s: float | None) -> dict[str, Any]:

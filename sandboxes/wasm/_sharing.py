@@ -19,19 +19,21 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._cancel import shielded
-
 
 @dataclass(slots=True)
 class _Use:
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    waiting: list[asyncio.Future[None]] = field(default_factory=list)
+    """Calls waiting for the files to come back, each woken (all at once) when a call leaves."""
     sharing: int = 0
     moving: bool = False
     entered: int = 0
 
 
 class SessionUses:
-    """The calls in flight per session folder (one event loop's)."""
+    """The calls in flight per session folder (one event loop's).
+
+    Leaving is synchronous (no await), so a cancelled call always gives the session back, at
+    once and without a task of its own to finish it."""
 
     def __init__(self) -> None:
         self._uses: dict[Path, _Use] = {}
@@ -43,18 +45,24 @@ class SessionUses:
         use.entered += 1
         moving = counted = False
         try:
-            async with use.changed:
-                await use.changed.wait_for(lambda: not use.moving)
-                moving = wants_to_move and use.sharing == 0
-                if moving:
-                    use.moving = True
-                else:
-                    use.sharing += 1
-                counted = True
+            while use.moving:
+                woken = asyncio.get_running_loop().create_future()
+                use.waiting.append(woken)
+                try:
+                    await woken
+                finally:
+                    with contextlib.suppress(ValueError):
+                        use.waiting.remove(woken)
+            moving = wants_to_move and use.sharing == 0
+            if moving:
+                use.moving = True
+            else:
+                use.sharing += 1
+            counted = True
             yield moving
         finally:
             if counted:  # even when the call is cancelled: else the session waits forever
-                await shielded(_leave(use, moving))
+                _leave(use, moving)
             use.entered -= 1
             if use.entered == 0:
                 del self._uses[files]
@@ -65,10 +73,11 @@ class SessionUses:
         return 0 if use is None else use.entered
 
 
-async def _leave(use: _Use, moving: bool) -> None:
-    async with use.changed:
-        if moving:
-            use.moving = False
-        else:
-            use.sharing -= 1
-        use.changed.notify_all()
+def _leave(use: _Use, moving: bool) -> None:
+    if moving:
+        use.moving = False
+    else:
+        use.sharing -= 1
+    for woken in use.waiting:
+        if not woken.done():
+            woken.set_result(None)
