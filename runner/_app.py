@@ -58,6 +58,8 @@ class Config:
         state_dir: Counters, audit trail and workspaces live here.
         workers: WASM worker processes (guests that run at once).
         prepared_guests: Each WASM worker keeps a guest prepared ahead of the next call.
+        embedded_guests: WASM calls run in fresh guests of sandgate's own embedding, opened
+            from each worker's image of a guest with its harness loaded.
         tool_sets: Which tool sets to serve.
         mounts: Operator folders from `--mount` (code on every engine sees them at
             `/mnt/NAME`, the Mcp Pyodide mount tools list and read them); the policy's
@@ -74,6 +76,7 @@ class Config:
     state_dir: Path = field(default_factory=state_dir_default)
     workers: int = DEFAULT_WORKERS
     prepared_guests: bool = True
+    embedded_guests: bool = True
     tool_sets: tuple[ToolSet, ...] = ALL_TOOL_SETS
     mounts: tuple[MountPoint, ...] = ()
     idle_s: float | None = None
@@ -133,6 +136,7 @@ async def open_service(
             state_dir=config.state_dir,
             progress=config.progress,
             prepared_guests=config.prepared_guests,
+            embedded_guests=config.embedded_guests,
             require=engine_requirements(policy),
         ),
         ready=engines,

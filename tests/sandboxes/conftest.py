@@ -85,7 +85,7 @@ async def target(
     if name == "wasm":
         yield Target(name, wasm_engine, "wasm")
     elif name == "wasm-started":
-        async with WasmEngine(workers=1, prepare_guests=False) as started:
+        async with WasmEngine(workers=1, prepare_guests=False, embedded_guests=False) as started:
             await started.wait_ready()
             yield Target(name, started, "wasm")
     elif name == "pyodide":

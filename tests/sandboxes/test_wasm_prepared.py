@@ -51,7 +51,7 @@ def _plan(
 @pytest.fixture
 async def engine(tmp_path: Path, anyio_backend: str) -> AsyncIterator[WasmEngine]:
     """One worker of the test's own, its slot beside the workspaces."""
-    async with WasmEngine(workers=1, slots_dir=tmp_path / "slots") as engine:
+    async with WasmEngine(embedded_guests=False, workers=1, slots_dir=tmp_path / "slots") as engine:
         await engine.wait_ready()
         yield engine
 
@@ -92,7 +92,7 @@ async def test_a_prepared_guest_serves_the_next_call_with_the_sessions_files(
 
 async def test_a_closed_engine_leaves_no_slot_behind(tmp_path: Path, anyio_backend: str) -> None:
     workspace = _workspace(tmp_path / "s")
-    async with WasmEngine(workers=2, slots_dir=tmp_path / "slots") as engine:
+    async with WasmEngine(embedded_guests=False, workers=2, slots_dir=tmp_path / "slots") as engine:
         await engine.wait_ready()
         await _all_workers_up(engine, 2)
         await _until_prepared(engine, workspace)
@@ -170,7 +170,7 @@ async def test_slots_on_another_file_system_fall_back_to_started_guests(
     slots = shm / f"sandgate-test-slots-{os.getpid()}"
     empty, holding = _workspace(tmp_path / "empty"), _workspace(tmp_path / "holding")
     (holding.files / "kept.txt").write_text("kept")
-    async with WasmEngine(workers=1, slots_dir=slots) as engine:
+    async with WasmEngine(embedded_guests=False, workers=1, slots_dir=slots) as engine:
         await engine.wait_ready()
         for n in range(3):
             read = await engine.run(_plan(holding, "print(open('kept.txt').read())"))
@@ -235,7 +235,7 @@ async def test_files_stranded_by_a_dead_server_go_home_at_the_next_start(
     (workspace.files / "a.txt").write_text("a")
     stranded.move_in(workspace.files)
     assert not (workspace.files / "a.txt").exists()
-    async with WasmEngine(workers=1, slots_dir=tmp_path / "slots") as engine:
+    async with WasmEngine(embedded_guests=False, workers=1, slots_dir=tmp_path / "slots") as engine:
         await engine.wait_ready()
         assert (workspace.files / "a.txt").read_text() == "a"
         assert not stranded.root.exists()
@@ -246,7 +246,7 @@ async def test_calls_of_one_session_with_an_empty_folder_run_at_once(
 ) -> None:
     """Clients of one grant share its session over HTTP: nothing to move, nobody waits."""
     workspace = _workspace(tmp_path / "shared")
-    async with WasmEngine(workers=3, slots_dir=tmp_path / "slots") as engine:
+    async with WasmEngine(embedded_guests=False, workers=3, slots_dir=tmp_path / "slots") as engine:
         await engine.wait_ready()
         await _all_workers_up(engine, 3)
         began = time.monotonic()
@@ -268,7 +268,7 @@ async def test_a_call_never_finds_its_sessions_files_away_in_another_calls_slot(
     workspace = _workspace(tmp_path / "s")
     (workspace.files / "data.txt").write_text("shared")
     code = "import time; time.sleep({}); print(open('data.txt').read())"
-    async with WasmEngine(workers=2, slots_dir=tmp_path / "slots") as engine:
+    async with WasmEngine(embedded_guests=False, workers=2, slots_dir=tmp_path / "slots") as engine:
         await engine.wait_ready()
         await _all_workers_up(engine, 2)
         for _ in range(2):  # both workers prepared

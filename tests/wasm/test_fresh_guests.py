@@ -1,6 +1,7 @@
-"""Every wasm call runs in a guest no other call touched, however it started: a guest prepared
-ahead (its harness loaded from the code the worker's first guest compiled) or one started for
-the call; and the per-call limits hold in a prepared guest."""
+"""Every wasm call runs in a guest no other call touched, however it started: a fresh guest of
+sandgate's own embedding opened from the worker's image (`_imaged`), a guest prepared ahead (its
+harness loaded from the code the worker's first guest compiled) or one started for the call;
+and the per-call limits hold in an imaged guest and in a prepared one."""
 
 from __future__ import annotations
 
@@ -64,6 +65,26 @@ async def engine(
         yield made
 
 
+@pytest.fixture(scope="module")
+async def prepared_engine(
+    anyio_backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[WasmEngine]:
+    """One worker without embedded guests: a call that fits is served by the guest prepared
+    after the call before it."""
+    slots = tmp_path_factory.mktemp("prepared-slots")
+    async with WasmEngine(workers=1, slots_dir=slots, embedded_guests=False) as made:
+        await made.wait_ready()
+        yield made
+
+
+@pytest.fixture(params=["imaged", "prepared"])
+def path_engine(
+    request: pytest.FixtureRequest, engine: WasmEngine, prepared_engine: WasmEngine
+) -> tuple[WasmEngine, str]:
+    """Each engine whose fast path serves a call that fits, with that path's name."""
+    return (engine, "imaged") if request.param == "imaged" else (prepared_engine, "prepared")
+
+
 def _workspace(root: Path) -> WorkspacePaths:
     files, site = root / "files", root / "site"
     files.mkdir(parents=True, exist_ok=True)
@@ -80,7 +101,7 @@ async def _run(
     session: str = "fresh",
     **limits: object,
 ) -> tuple[RunResult, str]:
-    """The call's result and how its guest started: "prepared" or "started"."""
+    """The call's result and how its guest started: "imaged", "prepared" or "started"."""
     before = engine.pool_stats()
     plan = ExecutionPlan(
         decision_id="fresh",
@@ -92,14 +113,16 @@ async def _run(
     )
     result = await engine.run(plan)
     after = engine.pool_stats()
-    prepared = after["served_prepared"] - before["served_prepared"]
-    started = after["served_started"] - before["served_started"]
-    assert (prepared, started) in ((1, 0), (0, 1)), (before, after)
-    return result, "prepared" if prepared else "started"
+    counts = {
+        how: after[f"served_{how}"] - before[f"served_{how}"]
+        for how in ("imaged", "prepared", "started")
+    }
+    assert sorted(counts.values()) == [0, 0, 1], (before, after)
+    return result, next(how for how, count in counts.items() if count)
 
 
 @pytest.mark.parametrize(
-    ("stdin", "path"), [(b"", "prepared"), (b"input", "started")], ids=["prepared", "started"]
+    ("stdin", "path"), [(b"", "imaged"), (b"input", "started")], ids=["imaged", "started"]
 )
 async def test_a_guest_sees_nothing_the_call_before_it_left(
     engine: WasmEngine, tmp_path: Path, stdin: bytes, path: str
@@ -108,19 +131,19 @@ async def test_a_guest_sees_nothing_the_call_before_it_left(
     assert left.status == "ok", left.stderr
     assert (tmp_path / "a" / "files" / "left.txt").read_text() == "A"
     looked, how = await _run(engine, _workspace(tmp_path / "b"), LOOK, stdin=stdin, session="b")
-    assert how == path  # stdin is not served by a prepared guest
+    assert how == path  # stdin is not served by an imaged guest
     assert looked.status == "ok", looked.stderr
     assert json.loads(looked.stdout) == NOTHING_SEEN
 
 
 @pytest.mark.parametrize(
-    ("stdin", "path"), [(b"", "prepared"), (b"input", "started")], ids=["prepared", "started"]
+    ("stdin", "path"), [(b"", "imaged"), (b"input", "started")], ids=["imaged", "started"]
 )
 async def test_a_traceback_shows_the_users_frames_and_none_of_the_harness(
     engine: WasmEngine, tmp_path: Path, stdin: bytes, path: str
 ) -> None:
     workspace = _workspace(tmp_path)
-    await _run(engine, workspace, "pass")  # the next guest is prepared
+    await _run(engine, workspace, "pass")  # the worker's image is taken
     code = "def divide():\n    return 1 / 0\n\ndivide()\n"
     result, how = await _run(engine, workspace, code, stdin=stdin)
     assert how == path
@@ -129,34 +152,39 @@ async def test_a_traceback_shows_the_users_frames_and_none_of_the_harness(
     assert frames == ['  File "<code>", line 4, in <module>', '  File "<code>", line 2, in divide']
 
 
-async def test_a_prepared_guest_stops_at_the_calls_deadline(
-    engine: WasmEngine, tmp_path: Path
+async def test_a_fast_guest_stops_at_the_calls_deadline(
+    path_engine: tuple[WasmEngine, str], tmp_path: Path
 ) -> None:
+    engine, path = path_engine
     workspace = _workspace(tmp_path)
     await _run(engine, workspace, "pass")
     result, how = await _run(engine, workspace, "while True: pass", wall_timeout_s=1)
-    assert how == "prepared"
+    assert how == path
     assert result.status == "timeout" and result.limit is not None and "1 s" in result.limit
 
 
-async def test_a_prepared_guest_stops_at_its_memory_cap(engine: WasmEngine, tmp_path: Path) -> None:
+async def test_a_fast_guest_stops_at_its_memory_cap(
+    path_engine: tuple[WasmEngine, str], tmp_path: Path
+) -> None:
+    engine, path = path_engine
     workspace = _workspace(tmp_path)
     cap = 192 << 20
-    await _run(engine, workspace, "pass", memory_bytes=cap)  # prepares a guest with this cap
+    await _run(engine, workspace, "pass", memory_bytes=cap)  # a guest (or image) with this cap
     code = "blocks = [bytearray(32 << 20) for _ in range(16)]"
     result, how = await _run(engine, workspace, code, memory_bytes=cap)
-    assert how == "prepared"
+    assert how == path
     assert result.status == "memory" and result.limit is not None
 
 
-async def test_a_prepared_guest_keeps_the_calls_output_cap(
-    engine: WasmEngine, tmp_path: Path
+async def test_a_fast_guest_keeps_the_calls_output_cap(
+    path_engine: tuple[WasmEngine, str], tmp_path: Path
 ) -> None:
+    engine, path = path_engine
     workspace = _workspace(tmp_path)
     await _run(engine, workspace, "pass")
     code = "import sys\nfor _ in range(8):\n    sys.stdout.write('x' * (1 << 20))"
     result, how = await _run(engine, workspace, code, output_bytes=1 << 20)
-    assert how == "prepared"
+    assert how == path
     assert result.status == "output_limit" and "stdout" in result.truncated
     assert len(result.stdout) <= 1 << 20
 

