@@ -46,7 +46,8 @@ def start_server(
     argv += ["--host", HOST, "--port", str(port), "--policy", str(policy)]
     argv += ["--state-dir", str(state_dir), *extra]
     environment = {**os.environ, **(env or {}), "PYTHONPATH": str(tree)}
-    process = subprocess.Popen(argv, env=environment, stdout=subprocess.DEVNULL)
+    # `-m` puts the working folder first on the path: the tree's own, so its code is what runs.
+    process = subprocess.Popen(argv, env=environment, cwd=tree, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:

