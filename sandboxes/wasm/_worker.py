@@ -13,6 +13,7 @@ session's guest (`_resident`), and also answers `save` (write it into a folder) 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -76,22 +77,42 @@ _WATCHDOG = Watchdog()
 """Measures the workspace while a guest runs (WASI has no file-size quota): one thread."""
 
 
+_PROC_HELD: dict[str, int] = {}
+"""Descriptors on this worker's own /proc files, opened once (`_proc`): reading one again from
+its start gives the kernel's figures of now, without an open, a close and Python's file object
+per call."""
+
+
+def _proc(name: str, flags: int) -> int | None:
+    """A descriptor on `/proc/self/NAME`, opened on first use and kept (None: not here)."""
+    fd = _PROC_HELD.get(name)
+    if fd is None:
+        try:
+            fd = _PROC_HELD[name] = os.open(f"/proc/self/{name}", flags | os.O_CLOEXEC)
+        except OSError:
+            return None
+    return fd
+
+
 def _reset_peak_rss() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
+    fd = _proc("clear_refs", os.O_WRONLY)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(fd, b"5")
 
 
 def _rss_bytes(field: str) -> int | None:
+    fd = _proc("status", os.O_RDONLY)
+    if fd is None:
+        return None
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
+        status = os.pread(fd, 1 << 16, 0)
     except OSError:
         return None
+    key = field.encode("ascii") + b":"
+    for line in status.splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
     return None
 
 

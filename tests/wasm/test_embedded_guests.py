@@ -206,6 +206,15 @@ def test_a_call_runs_in_its_own_guest_from_the_image_with_its_files_in_place(
     assert (worker.files / "out.txt").read_text() == "hi"
 
 
+def test_a_call_from_the_image_runs_in_the_workspace(worker: _Worker) -> None:
+    """The guest is at rest in /workspace after `_ready` (the program runner then asks its
+    host nothing to go there again): relative paths are the call's own files."""
+    done = worker.run("import os\nprint(os.getcwd())\nopen('rel.txt', 'w').write('r')")
+    assert done["ok"] and done["embedded"] and done["exit_code"] == 0, done
+    assert done["stdout"] == "/workspace\n"
+    assert (worker.files / "rel.txt").read_text() == "r"
+
+
 def test_the_image_is_not_used_by_another_build_or_grants(worker: _Worker) -> None:
     """An image answers only for the build it was taken in (harness text and how it loads),
     and is written only into a guest with its own grants."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sandboxes._files import DiskUsage, disk_usage
-from sandboxes.wasm._watchdog import Watchdog
+from sandboxes.wasm._watchdog import Watchdog, Watched
 
 WAIT_S = 10.0
 """The longest any wait here lasts (the watchdog measures every 20 ms)."""
@@ -77,8 +77,35 @@ def test_no_folders_starts_no_thread(tmp_path: Path) -> None:
 
 def test_one_call_at_a_time(tmp_path: Path) -> None:
     dog = Watchdog()
-    watched = [(str(tmp_path), 1 << 30, None)]
+    watched: list[Watched] = [(str(tmp_path), 1 << 30, None)]
     with dog.watching(watched, threading.Event()):
         second = dog.watching(watched, threading.Event())
         with pytest.raises(RuntimeError, match="one at a time"):
             second.__enter__()
+
+
+def test_a_call_wakes_the_thread_only_when_it_would_sleep_past_the_first_measure(
+    tmp_path: Path,
+) -> None:
+    """Back to back, a call put in place while the thread waits for an earlier call's first
+    measure (which comes before the new call's) costs no wake; a call after the thread went to
+    wait for nothing wakes it once."""
+    dog = Watchdog()
+    watched: list[Watched] = [(str(tmp_path), 1 << 30, None)]
+
+    def waits_for_the_call() -> bool:
+        with dog._lock:
+            return dog._lock.wait_for(
+                lambda: dog._job is not None and dog._wakes_at == dog._job.due, WAIT_S
+            )
+
+    with dog.watching(watched, threading.Event()):  # starts the thread: no wake
+        assert waits_for_the_call()
+    with dog.watching(watched, threading.Event()):
+        assert waits_for_the_call(), "the thread finds the next call by itself"
+    assert dog.wakes == 0
+    with dog._lock:
+        assert dog._lock.wait_for(lambda: dog._wakes_at == float("inf"), WAIT_S)
+    with dog.watching(watched, threading.Event()):
+        assert waits_for_the_call()
+    assert dog.wakes == 1

@@ -48,7 +48,11 @@ def run_program(
         `figures_error`.
     """
     me = os.getpid()
-    os.chdir(WORKSPACE)
+    if sys.platform != "wasi" or os.getcwd() != WORKSPACE:
+        # A WASI guest's working folder is a name its libc keeps (`getcwd` asks no host), and
+        # /workspace is a preopen: a guest already there (opened at rest after `_ready`) would
+        # only pay two host file calls, each handed to a wasmtime thread, to be told so again.
+        os.chdir(WORKSPACE)
     refuse_network()
     watch_image_writes()
     fresh = namespace is None
