@@ -146,7 +146,12 @@ def _worker_cpu(
 
         try:
             warmed = ask(
-                {"op": "warm", "slots_dir": str(Path(scratch, "slots")), "embedded": embedded}
+                {
+                    "op": "warm",
+                    "slots_dir": str(Path(scratch, "slots")),
+                    "embedded": embedded,
+                    "derive_after": 1,
+                }
             )
             assert warmed["ok"], warmed
             if embedded and not warmed.get("embedded"):

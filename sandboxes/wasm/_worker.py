@@ -30,7 +30,7 @@ from .._relay import frame as relay_frame
 from . import _direct, _embedded, _once
 from ._embedded import EmbeddedGuest
 from ._image import GuestImage, stamp
-from ._imaged import ImagedGuests, serves
+from ._imaged import DERIVE_AFTER_CALLS, ImagedGuests, serves
 from ._prepared import (
     MPL_GUEST,
     PreparedGuest,
@@ -313,6 +313,7 @@ class _Host:
         if self.prepared is not None:
             self.prepared.close()
             self.prepared = None
+        self.imaged = None  # a derived module still being built is dropped: it has no name yet
         if self.slot is not None:
             self.slot.remove()
 
@@ -566,7 +567,8 @@ def _warm(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
         host.slot = Slot.create(Path(slots), f"worker-{os.getpid()}")
     if host.slot is not None and request.get("embedded", True) and _embedded.available():
         try:
-            host.imaged = ImagedGuests(_embedded.Embedding(), host.slot)
+            derive_after = int(request.get("derive_after", DERIVE_AFTER_CALLS))
+            host.imaged = ImagedGuests(_embedded.Embedding(), host.slot, derive_after)
         except Exception as exc:  # the other paths serve every call
             print(f"wasm worker: no embedded guests: {exc}", file=sys.stderr)
     return {

