@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _derived_file as _file
-from . import _written_for
+from . import _saved, _written_for
 from ._derived_file import DERIVED_PREFIX, DerivedRefused
 from ._image import GuestImage
 
@@ -284,30 +284,18 @@ def _wasmtime_version() -> str:
 def _grow_and_write(
     store: Any, memory: Any, initial: int, grow: int, runs: tuple[Run, ...]
 ) -> None:
-    """Grow `memory`, of a fresh instance, by `grow` wasm pages, and write `runs` into it.
+    """Grow `memory`, of a fresh instance, by `grow` wasm pages, and write `runs` into it
+    (`_saved.grow_fresh` and `_saved.write_runs`, as an image is written into any guest).
 
     Raises:
-        DerivedRefused: it is not of `initial` pages, cannot grow, or a run falls past it.
+        DerivedRefused: it is not of `initial` pages (`ready` is called once, right after
+            instantiation), cannot grow, or a run falls past it.
     """
-    found = memory.size(store)
-    if found != initial:
-        raise DerivedRefused(
-            f"the instance's memory is {found} wasm pages, a fresh one's {initial}: ready() is "
-            "called once, right after instantiation"
-        )
-    if grow:
-        import wasmtime
-
-        try:
-            memory.grow(store, grow)
-        except wasmtime.WasmtimeError as exc:
-            raise DerivedRefused(f"memory did not grow by {grow} wasm pages: {exc}") from None
-    base = ctypes.addressof(memory.data_ptr(store).contents)
-    limit = memory.data_len(store)
-    for at, data in runs:
-        if at + len(data) > limit:
-            raise DerivedRefused(f"a run at {at} ends past the memory ({limit} bytes)")
-        ctypes.memmove(base + at, data, len(data))
+    try:
+        _saved.grow_fresh(store, memory, initial, initial + grow)
+        _saved.write_runs(store, memory, runs)
+    except _saved.GuestNotFresh as exc:
+        raise DerivedRefused(exc.reason) from None
 
 
 def _split(runs: tuple[Run, ...], first: int, after: int) -> tuple[list[Run], tuple[Run, ...]]:
@@ -409,10 +397,8 @@ class _Fresh:
         return pages[0], pages[-1] + PAGE_BYTES
 
 
-_ZERO_PAGE = (ctypes.c_ubyte * PAGE_BYTES)()
-_memcmp = ctypes.CDLL(None).memcmp
-_memcmp.restype = ctypes.c_int
-_memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+_ZERO_PAGE = (ctypes.c_ubyte * PAGE_BYTES)()  # the host's page, which the file's block is in
+_memcmp = _saved._memcmp
 
 _lock = threading.Lock()
 _verified: dict[str, tuple[tuple[int, ...], DerivedModule]] = {}

@@ -27,7 +27,6 @@ before images (it comes from the artifact's data).
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +49,21 @@ class ImageRefused(SandboxError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"the guest image was not used: {reason}")
         self.reason = reason
+
+
+MAX_IMAGES = 4
+"""Images a worker keeps, one per shape (~1.1 MiB each); a fifth shape's replaces the oldest."""
+
+
+def keep(images: dict[Shape, GuestImage], image: GuestImage) -> Shape | None:
+    """Put `image` in `images` under its shape, replacing the oldest shape's when `MAX_IMAGES`
+    are there; the shape replaced, if one was."""
+    dropped = None
+    if len(images) >= MAX_IMAGES and image.shape not in images:
+        dropped = next(iter(images))
+        del images[dropped]
+    images[image.shape] = image
+    return dropped
 
 
 def stamp(harness: str, loaded: str) -> str:
@@ -144,23 +158,11 @@ class GuestImage:
             raise ImageRefused(f"the guest's grants are {grants}, the image's {self.grants}")
         if guest.turns:
             raise ImageRefused("the guest to write into has already run")
-        now = guest.pages()
-        if now != self.initial_pages:
-            raise ImageRefused(f"a fresh guest has {now} pages, the image {self.initial_pages}")
-        if self.pages > now:
-            import wasmtime
-
-            try:
-                guest.grow(self.pages - now)
-            except wasmtime.WasmtimeError as exc:  # past the store's memory cap
-                raise ImageRefused(f"the image does not fit the guest: {exc}") from None
-        self._write(guest.address(), guest.memory.data_len(guest.store))
-
-    def _write(self, base: int, limit: int) -> None:
-        for at, data in self.runs:
-            if at + len(data) > limit:
-                raise ImageRefused(f"a run at {at} ends past the guest's memory ({limit} bytes)")
-            ctypes.memmove(base + at, data, len(data))
+        try:
+            _saved.grow_fresh(guest.store, guest.memory, self.initial_pages, self.pages)
+            _saved.write_runs(guest.store, guest.memory, self.runs)
+        except _saved.GuestNotFresh as exc:
+            raise ImageRefused(exc.reason) from None
 
     @property
     def size(self) -> int:
@@ -185,6 +187,6 @@ class GuestImage:
             raise ImageRefused(f"the guest's grants are {grants}, the image's {self.grants}")
         try:
             inside = _saved.grown_fresh(session, self.initial_pages, self.pages)
+            _saved.write_runs(inside.store, inside.memory, self.runs)
         except _saved.GuestNotFresh as exc:
             raise ImageRefused(exc.reason) from None
-        self._write(inside.address(), inside.memory.data_len(inside.store))

@@ -29,7 +29,7 @@ from typing import Any
 from .._files import has_entries
 from ._derived import DerivedModule, DerivedRefused, base_path, prune
 from ._embedded import EmbeddedGuest, Embedding, Grant, TurnResult
-from ._image import GuestImage, ImageRefused
+from ._image import GuestImage, ImageRefused, keep
 from ._prepared import (
     MOUNTS_GUEST,
     MPL_GUEST,
@@ -47,8 +47,6 @@ DERIVE_AFTER_CALLS = 20
 """Calls of a shape a worker serves before it loads or builds the image's derived module (a
 file about the size of the base `.cwasm`): a worker that serves a handful of calls and ends
 (tests, short jobs) never writes one."""
-MAX_IMAGES = 4
-"""Images a worker keeps, one per shape (~1.1 MiB each); a fifth shape's replaces the oldest."""
 
 
 def serves(request: dict[str, Any]) -> bool:
@@ -128,11 +126,9 @@ class ImagedGuests:
         finally:
             guest.close()
         with self._lock:
-            if len(self.images) >= MAX_IMAGES and shape not in self.images:
-                oldest = next(iter(self.images))
-                del self.images[oldest]
-                self.derived.pop(oldest, None)
-            self.images[shape] = image
+            dropped = keep(self.images, image)
+            if dropped is not None:
+                self.derived.pop(dropped, None)
             self.derived.pop(shape, None)
             self.served[shape] = 0
         return image

