@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import SandboxError
+from ._embedded import PROC_FD
 
 PAGE_BYTES = mmap.PAGESIZE
 """The host page: the unit wasmtime maps a memory image in, and aligns it to in the file."""
-PROC_FD = "/proc/self/fd"
 COPY_CHUNK_BYTES = 1 << 26
 
 

