@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -281,6 +282,21 @@ class Docker:
             if running
             else _seconds_between(state.get("StartedAt"), state.get("FinishedAt")),
         )
+
+    def oom_reported(self, cid: str, *, since: float) -> bool:
+        """Whether the daemon logged an `oom` event for the container since `since` (Unix
+        seconds). The event is the daemon's record of the kernel's OOM kill; its `OOMKilled`
+        flag can miss it (dockerd 20.10 logged the event and still showed the flag false when
+        the OOM and the exit arrived together, seen for gVisor under load)."""
+        filters = {"container": [cid], "event": ["oom"]}
+        with translate(f"read the events of container {cid[:12]}", where=self.where):
+            stream = self._api.events(
+                since=int(since) - 1, until=int(time.time()) + 1, filters=filters, decode=True
+            )
+            try:
+                return any(event.get("Action") == "oom" for event in stream)
+            finally:
+                stream.close()
 
     def remove(self, cid: str) -> None:
         """Remove the container, killing it first; one already gone is fine."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import threading
 import time
@@ -25,11 +26,11 @@ RESTORED_INTO = "sandgate-container"
 """A file naming the container, added to each restored copy of a checkpoint."""
 STOP_TIMEOUT_S = 20.0
 OOM_SETTLE_S = 3.0
-"""How long the state of a container that died of SIGKILL is re-read for the daemon's OOM
-flag: the runtime may report the OOM kill after the exit (gVisor's shim polls the cgroup), and
-a state read in between says `killed` where the memory limit stopped the run. 1 s was seen to
-fall short under load (a persistent gVisor session's memory stop reported `killed`, twice in
-full runs on 2 busy cores); only a container that died by itself of SIGKILL waits."""
+"""How long a container that died by itself of SIGKILL is re-read for an OOM kill: the
+runtime may report the kill after the exit (gVisor's shim polls the cgroup). Each read looks at
+both the daemon's `OOMKilled` flag and its `oom` events (`Docker.oom_reported`): under load,
+dockerd 20.10 was seen to log the event with the exit and never set the flag, so a persistent
+gVisor session's memory stop read `killed` however long the flag was waited for."""
 OOM_POLL_S = 0.05
 _KILLED_EXITS = (137, 128)
 """Exit statuses of a container whose process was SIGKILLed (128: gVisor's shim, when the
@@ -62,6 +63,8 @@ class Sandbox:
         self.id = cid
         self._attached = attached
         self.ready_at = time.monotonic()
+        self.started_at = time.time()
+        """Unix time its start returned (the earliest its events can be asked for)."""
 
     @classmethod
     async def launch(cls, docker: Docker, spec: ContainerSpec) -> Sandbox:
@@ -224,15 +227,14 @@ class Sandbox:
         return await asyncio.to_thread(self.docker.state, self.id)
 
     async def _oom_settled(self, state: ContainerState) -> ContainerState:
-        """`state`, re-read for up to `OOM_SETTLE_S` while it shows a SIGKILL without the OOM
-        flag, which the daemon may set a moment after the exit."""
+        """`state`, with `oom_killed` set once the daemon shows an OOM kill (its flag or its
+        `oom` event), re-read for up to `OOM_SETTLE_S` while it shows a SIGKILL without one."""
         deadline = time.monotonic() + OOM_SETTLE_S
-        while (
-            not state.running
-            and not state.oom_killed
-            and state.exit_code in _KILLED_EXITS
-            and time.monotonic() < deadline
-        ):
+        while not state.running and not state.oom_killed and state.exit_code in _KILLED_EXITS:
+            if await asyncio.to_thread(self.docker.oom_reported, self.id, since=self.started_at):
+                return dataclasses.replace(state, oom_killed=True)
+            if time.monotonic() >= deadline:
+                break
             await asyncio.sleep(OOM_POLL_S)
             state = await asyncio.to_thread(self.docker.state, self.id)
         return state

@@ -4,14 +4,16 @@ is recognised and the run moves to a fresh container."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from sandboxes import WorkspacePaths
 from sandboxes.container import ContainerEngine, Runtime
-from sandboxes.container._docker import ContainerState
+from sandboxes.container._docker import ContainerState, Docker
 from sandboxes.container._sandbox import Sandbox, _exited_before_request
 from tests.container.conftest import RUNTIMES, Tracker, make_plan
 
@@ -86,29 +88,91 @@ def test_only_a_container_that_lived_less_than_it_waited_missed_the_code(
 
 class _LateOomFlag:
     """A daemon that reports a SIGKILLed container's OOM flag only from its `n`th read on, as
-    dockerd does when the runtime's OOM event arrives after the exit."""
+    dockerd does when the runtime's OOM event arrives after the exit; with `event`, it logs the
+    `oom` event but never sets the flag, as dockerd 20.10 did under load."""
 
-    def __init__(self, n: int, exit_code: int = 137) -> None:
-        self.reads, self.n, self.exit_code = 0, n, exit_code
+    def __init__(self, n: int, exit_code: int = 137, *, event: bool = False) -> None:
+        self.reads, self.n, self.exit_code, self.event = 0, n, exit_code, event
 
     def state(self, cid: str) -> ContainerState:
         self.reads += 1
         return ContainerState(False, self.exit_code, self.reads >= self.n, "")
 
+    def oom_reported(self, cid: str, *, since: float) -> bool:
+        return self.event
+
+
+def _sandbox_on(daemon: _LateOomFlag) -> Sandbox:
+    sandbox = Sandbox.__new__(Sandbox)
+    sandbox.docker, sandbox.id, sandbox.started_at = daemon, "c1", 0.0  # type: ignore[assignment]
+    return sandbox
+
 
 async def test_an_oom_flag_set_after_the_exit_is_still_seen() -> None:
     daemon = _LateOomFlag(3)
-    sandbox = Sandbox.__new__(Sandbox)
-    sandbox.docker, sandbox.id = daemon, "c1"  # type: ignore[assignment]
     first = ContainerState(False, 137, False, "")
-    assert (await sandbox._oom_settled(first)).oom_killed
+    assert (await _sandbox_on(daemon)._oom_settled(first)).oom_killed
     assert daemon.reads == 3
 
 
-async def test_a_plain_exit_is_not_waited_on_for_an_oom_flag() -> None:
-    daemon = _LateOomFlag(1, exit_code=1)
-    sandbox = Sandbox.__new__(Sandbox)
-    sandbox.docker, sandbox.id = daemon, "c1"  # type: ignore[assignment]
-    first = ContainerState(False, 1, False, "")
-    assert await sandbox._oom_settled(first) == first
+async def test_an_oom_event_counts_when_the_flag_never_comes() -> None:
+    daemon = _LateOomFlag(10**6, event=True)
+    first = ContainerState(False, 137, False, "")
+    assert (await _sandbox_on(daemon)._oom_settled(first)).oom_killed
     assert daemon.reads == 0
+
+
+async def test_a_plain_exit_is_not_waited_on_for_an_oom_flag() -> None:
+    daemon = _LateOomFlag(1, exit_code=1, event=True)
+    first = ContainerState(False, 1, False, "")
+    assert await _sandbox_on(daemon)._oom_settled(first) == first
+    assert daemon.reads == 0
+
+
+def _without_oom_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's `OOMKilled` flag is never set, as dockerd 20.10 left it under load."""
+    real = Docker.state
+    monkeypatch.setattr(
+        Docker, "state", lambda self, cid: replace(real(self, cid), oom_killed=False)
+    )
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_a_memory_stop_is_named_from_the_daemons_oom_event_when_its_flag_is_missing(
+    runtime: Runtime,
+    tracker: Tracker,
+    tmp_path: Path,
+    workspace: WorkspacePaths,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _without_oom_flag(monkeypatch)
+    engine = tracker.track(
+        ContainerEngine(runtime=runtime, pool_size=0, pool_dir=tmp_path / "pool")
+    )
+    grow = "held = []\nwhile True:\n    held.append(bytearray(16 * 2**20))"
+    async with engine:
+        result = await engine.run(make_plan(workspace, grow, memory_bytes=128 * 2**20))
+    assert result.status == "memory"
+    assert (result.limit or "").startswith("memory")
+    assert tracker.leftovers(engine.instance) == []
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_a_container_killed_from_outside_mid_run_is_not_called_a_memory_stop(
+    runtime: Runtime, tracker: Tracker, tmp_path: Path, workspace: WorkspacePaths
+) -> None:
+    engine = tracker.track(
+        ContainerEngine(runtime=runtime, pool_size=1, pool_dir=tmp_path / "pool")
+    )
+    async with engine:
+        assert await engine.wait_warm(WAIT_S)
+        running = _idle_container(tracker, engine)
+        plan = make_plan(workspace, "import time\ntime.sleep(60)")
+        run = asyncio.ensure_future(engine.run(plan))
+        while engine.container_for(plan.decision_id) != running:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # the request has reached the container's server
+        await asyncio.to_thread(_docker_kill, running)
+        result = await run
+    assert result.status != "memory" and result.limit is None
+    assert tracker.leftovers(engine.instance) == []
