@@ -587,8 +587,8 @@ def _serve_persistent(pid, selector, accepted, pending, waiting, forward_to):
                     run.forward(tag, chunk)
             _kill_others(pid)
             report = json.loads(line)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)  # before the report: the host may answer at once
+            if status is None:  # stopped before the report: the host may answer at once
+                status, usage = _stop(pid)
             selector.register(waiting, selectors.EVENT_READ, b"I")
             _send(b"R", json.dumps(run.answer(report)).encode("utf-8"))
             run = None
@@ -634,6 +634,23 @@ def _serve_persistent(pid, selector, accepted, pending, waiting, forward_to):
     with contextlib.suppress(ValueError):
         last = json.loads(pending) if pending else None
     return run.answer(last, status, usage)
+
+
+def _stop(pid):
+    """Stop the child and wait until every one of its threads has stopped: `kill` returns
+    before a thread running on another CPU has taken the stop, and a write it was making would
+    land after the host had the report. Returns (None, None), or the status and usage of a
+    child that died instead (it is reaped here)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        _, status, usage = os.wait4(pid, os.WUNTRACED)
+    except ChildProcessError:
+        return None, None
+    if os.WIFSTOPPED(status):
+        return None, None
+    _kill_leftovers()
+    return status, usage
 
 
 def main():
