@@ -33,6 +33,14 @@ FORCE=no
 LABEL_INPUTS=sandgate.inputs
 
 say() { echo "==> server-image: $*" >&2; }
+# One build at a time per cache: a second call waits for the first (scripts/test.sh starts one
+# in the background while the image suite may start its own), then finds the image current.
+mkdir -p "$CACHE/server-image"
+exec 9>"$CACHE/server-image/.lock"
+if ! flock -n 9; then
+  say "another build of this cache is running; waiting for it"
+  flock 9
+fi
 [ -x "$PY" ] || { echo "server-image: no Python at $PY; set SANDGATE_PYTHON or run scripts/test.sh" >&2; exit 1; }
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" SANDGATE_CACHE="$CACHE"
 
