@@ -299,6 +299,7 @@ def _kill_leftovers():
         return
     with contextlib.suppress(OSError):
         os.kill(-1, signal.SIGKILL)
+    _until_dead(_others(()))
 
 
 def _serve():
@@ -509,10 +510,44 @@ def _kill_others(keep):
     the child (`keep`), as `_kill_leftovers` does after a fresh run (only as PID 1)."""
     if os.getpid() != 1:
         return
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) not in (1, keep):
-            with contextlib.suppress(OSError):
-                os.kill(int(name), signal.SIGKILL)
+    others = _others((keep,))
+    for pid in others:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    _until_dead(others)
+
+
+KILLED_WAIT_S = 5.0
+"""How long the server waits for killed processes to be dead (a write a process was making
+when it was killed still completes): the host gives the session's files back on the answer."""
+
+
+def _others(keep):
+    """The processes of this PID namespace but the server (PID 1) and `keep`."""
+    return [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in (1, *keep)]
+
+
+def _until_dead(pids):
+    """Wait (at most `KILLED_WAIT_S`) until each of the SIGKILLed `pids` is gone or a zombie,
+    reaping those that are the server's children: a killed process has made its last write."""
+    deadline = time.monotonic() + KILLED_WAIT_S
+    left = list(pids)
+    while left and time.monotonic() < deadline:
+        still = []
+        for pid in left:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as stat:
+                    state = stat.read().rsplit(b")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue  # gone
+            if state == b"Z":
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)
+                continue
+            still.append(pid)
+        left = still
+        if left:
+            time.sleep(0.005)
 
 
 def _drain(fd):
