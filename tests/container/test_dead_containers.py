@@ -5,7 +5,10 @@ is recognised and the run moves to a fresh container."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
+import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,16 +37,22 @@ def _docker_kill(cid: str) -> None:
         assert done.returncode == 0, done.stderr
 
 
+@contextlib.asynccontextmanager
+async def _one_warm_container(
+    runtime: Runtime, tracker: Tracker, pool_dir: Path
+) -> AsyncIterator[tuple[ContainerEngine, str]]:
+    """An engine with a pool of one container, once it is warm, and that container's id."""
+    engine = tracker.track(ContainerEngine(runtime=runtime, pool_size=1, pool_dir=pool_dir))
+    async with engine:
+        assert await engine.wait_warm(WAIT_S)
+        yield engine, _idle_container(tracker, engine)
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
 async def test_an_idle_container_killed_from_outside_is_not_handed_to_the_next_run(
     runtime: Runtime, tracker: Tracker, tmp_path: Path, workspace: WorkspacePaths
 ) -> None:
-    engine = tracker.track(
-        ContainerEngine(runtime=runtime, pool_size=1, pool_dir=tmp_path / "pool")
-    )
-    async with engine:
-        assert await engine.wait_warm(WAIT_S)
-        killed = _idle_container(tracker, engine)
+    async with _one_warm_container(runtime, tracker, tmp_path / "pool") as (engine, killed):
         _docker_kill(killed)
         plan = make_plan(workspace, "print('after')")
         result = await engine.run(plan)
@@ -60,10 +69,7 @@ async def test_a_run_handed_a_dead_container_moves_to_a_fresh_one(
     """As when the container dies between being taken and being sent the code: the pool's
     liveness check is made to miss, so the exchange itself has to notice."""
     (workspace.files / "keep.txt").write_text("mine")
-    engine = tracker.track(ContainerEngine(pool_size=1, pool_dir=tmp_path / "pool"))
-    async with engine:
-        assert await engine.wait_warm(WAIT_S)
-        killed = _idle_container(tracker, engine)
+    async with _one_warm_container("runc", tracker, tmp_path / "pool") as (engine, killed):
         _docker_kill(killed)
         monkeypatch.setattr(Sandbox, "alive", lambda self: True)
         plan = make_plan(workspace, "print(open('keep.txt').read())")
@@ -161,17 +167,13 @@ async def test_a_memory_stop_is_named_from_the_daemons_oom_event_when_its_flag_i
 async def test_a_container_killed_from_outside_mid_run_is_not_called_a_memory_stop(
     runtime: Runtime, tracker: Tracker, tmp_path: Path, workspace: WorkspacePaths
 ) -> None:
-    engine = tracker.track(
-        ContainerEngine(runtime=runtime, pool_size=1, pool_dir=tmp_path / "pool")
-    )
-    async with engine:
-        assert await engine.wait_warm(WAIT_S)
-        running = _idle_container(tracker, engine)
-        plan = make_plan(workspace, "import time\ntime.sleep(60)")
-        run = asyncio.ensure_future(engine.run(plan))
-        while engine.container_for(plan.decision_id) != running:
+    async with _one_warm_container(runtime, tracker, tmp_path / "pool") as (engine, running):
+        code = "import time\nopen('up', 'w').close()\ntime.sleep(60)"
+        run = asyncio.ensure_future(engine.run(make_plan(workspace, code)))
+        deadline = time.monotonic() + WAIT_S
+        while not any((tmp_path / "pool").rglob("up")):  # in the slot lent to the container
+            assert not run.done() and time.monotonic() < deadline, "the code never started"
             await asyncio.sleep(0.05)
-        await asyncio.sleep(1.0)  # the request has reached the container's server
         await asyncio.to_thread(_docker_kill, running)
         result = await run
     assert result.status != "memory" and result.limit is None
