@@ -402,6 +402,7 @@ def handle(line: str, door: Any = None) -> Any:
     report["value_found"] = False
     namespace = _main.__dict__
     try:
+        os.chdir(WORKSPACE)  # each run starts in the workspace, wherever the last one left
         body, last = _compile(request)
     except BaseException as exc:
         _fail(report, exc, frames=False)

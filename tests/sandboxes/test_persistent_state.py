@@ -132,16 +132,8 @@ async def test_imports_are_kept_between_runs(open_session: OpenSession) -> None:
     assert _value(await session.run("json.dumps([1])")) == ("ok", "'[1]'", "kept")
 
 
-async def test_each_run_starts_in_the_workspace(
-    open_session: OpenSession, target: Target, request: pytest.FixtureRequest
-) -> None:
+async def test_each_run_starts_in_the_workspace(open_session: OpenSession) -> None:
     """A run that left the workspace folder does not leave the next run there."""
-    if target.kind == "pyodide":  # found while checking the wasm harness; not changed there
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True, reason="a Pyodide session's next run stays where the last left"
-            )
-        )
     session = open_session()
     first = await session.run("import os\nos.mkdir('sub')\nos.chdir('sub')\nos.getcwd()")
     assert first.status == "ok" and (first.value or "").endswith("/workspace/sub'"), first
