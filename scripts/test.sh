@@ -7,29 +7,9 @@ cd "$(dirname "$0")/.."
 VENV="${SANDGATE_VENV:-.venv}"
 SYSTEM_PACKAGES=(redis-server docker.io docker-compose runsc debootstrap chromium chromium-driver)
 
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  missing=()
-  for pkg in "${SYSTEM_PACKAGES[@]}"; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "==> installing system packages: ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  fi
-fi
-
-if [ ! -x "$VENV/bin/python" ]; then
-  echo "==> creating $VENV"
-  python3 -m venv "$VENV"
-fi
-echo "==> installing sandgate and its test dependencies"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e '.[dev]'
-
-# The preparations below are independent of each other: they run at the same time (the wasm
-# compile is CPU-bound, the others mostly wait on downloads), each logging to its own file; a
-# failed one prints its log and stops the run.
+# Preparations that do not depend on each other run at the same time (the wasm compile is
+# CPU-bound, the others mostly wait on downloads), each logging to its own file; a failed one
+# prints its log and stops the run.
 LOGS="$(mktemp -d "${TMPDIR:-/tmp}/sandgate-setup.XXXXXX")"
 declare -A STEPS=()
 step() {  # step NAME DESCRIPTION COMMAND...: start COMMAND in the background
@@ -60,13 +40,39 @@ finish() {  # finish NAME...: wait for the steps; stop on the first that failed
   [ "$failed" = 0 ] || { echo "test.sh: a preparation failed (its log is above); fix it and run again" >&2; exit 1; }
 }
 
+install_system_packages() {
+  local missing=() pkg
+  for pkg in "${SYSTEM_PACKAGES[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing system packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+ROOT_WITH_APT=no
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  ROOT_WITH_APT=yes  # the system packages install while pip fills the venv
+  step apt "installing the system packages (${SYSTEM_PACKAGES[*]}) when missing" \
+    install_system_packages
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating $VENV"
+  python3 -m venv "$VENV"
+fi
+echo "==> installing sandgate and its test dependencies"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e '.[dev]'
+[ "$ROOT_WITH_APT" = no ] || finish apt
+
 step wasm "preparing the wasm engine (the first time compiles CPython-WASI, ~90 s)" \
   "$VENV/bin/sandgate" setup wasm
 step egress "preparing the egress proxy (mitmproxy in a venv of its own: ~/.cache/sandgate/egress-venv)" \
   "$VENV/bin/sandgate" setup egress
-ROOT_WITH_APT=no
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  ROOT_WITH_APT=yes
+if [ "$ROOT_WITH_APT" = yes ]; then
   step container "preparing the container engine (dockerd + gVisor, sandbox image built offline)" \
     env SANDGATE_PYTHON="$VENV/bin/python" bash scripts/docker-setup.sh
 else
