@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import mcp_types as types
-from _figures import percentile, sandgate_command
+from _figures import percentile, stdio_server
 from mcp import Client, StdioServerParameters
 
 BASELINE_GAP_MS = 2000.0
@@ -36,16 +36,8 @@ POLICY = (
 def _server(folder: Path, tree: str | None) -> StdioServerParameters:
     policy = folder / "policy.yaml"
     policy.write_text(POLICY)
-    env = dict(os.environ)
-    if tree is not None:
-        env["PYTHONPATH"] = tree
-    # Workers run `-m sandboxes.wasm`, which puts the working folder first: the tree's own.
-    return StdioServerParameters(
-        command=sandgate_command(),
-        args=["serve", "--state-dir", str(folder / "state"), "--policy", str(policy)],
-        env=env,
-        cwd=tree or str(Path(__file__).resolve().parents[1]),
-    )
+    args = ["serve", "--state-dir", str(folder / "state"), "--policy", str(policy)]
+    return stdio_server(args, tree)
 
 
 async def _first_calls(tree: str | None, sessions: int, gap_s: float) -> list[float]:

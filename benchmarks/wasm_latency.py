@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import mcp_types as types
-from _figures import percentile, sandgate_command
+from _figures import percentile, stdio_server
 from _proc import process_cpu_s, settled
 from mcp import Client, StdioServerParameters
 
@@ -78,20 +78,8 @@ async def _mcp_times(params: StdioServerParameters, calls: int, pauses: dict[str
 def _sandgate(
     state_dir: str, *, flags: tuple[str, ...] = (), tree: str | None = None
 ) -> StdioServerParameters:
-    """`sandgate serve` on stdio with `flags`; `tree`: another checkout's packages first on
-    the path (a baseline, in the same run)."""
-    args = ["serve", "--state-dir", state_dir, "--policy", _policy(), *flags]
-    env = dict(os.environ)
-    if tree is not None:
-        env["PYTHONPATH"] = tree
-    # The server's workers run `-m sandboxes.wasm`, which puts the working folder first on the
-    # path: the tree's own, so a baseline's workers run the baseline's code.
-    return StdioServerParameters(
-        command=sandgate_command(),
-        args=args,
-        env=env,
-        cwd=tree or str(Path(__file__).resolve().parents[1]),
-    )
+    """`sandgate serve` on stdio with `flags`; `tree`: another checkout's (a baseline)."""
+    return stdio_server(["serve", "--state-dir", state_dir, "--policy", _policy(), *flags], tree)
 
 
 def _engine_cpu(tree: str, calls: int) -> dict[str, tuple[float, float]]:
