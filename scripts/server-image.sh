@@ -13,8 +13,9 @@
 #   SANDGATE_SERVER_IMAGE  tag to build (default: sandgate:latest)
 #   SANDGATE_REDIS_IMAGE   the Redis image built beside it for compose.yaml (default:
 #                          sandgate-redis:bookworm; Debian's redis packages on the base)
-#   BASE                   base image with Python 3.11 (default: sandgate-rootfs:bookworm, made
-#                          offline when missing; python:3.11-slim works where a registry does)
+#   BASE                   base image with Python 3.11 (default: the sandbox image's base,
+#                          `python -m sandboxes.container base-image`, imported offline when
+#                          missing; python:3.11-slim works where a registry does)
 #   SANDGATE_PYTHON        Python with pip and the project's build deps (default: .venv/bin/python)
 #   SANDGATE_CACHE         sandgate's cache folder (default: ~/.cache/sandgate); the build
 #                          context is assembled in $SANDGATE_CACHE/server-image/context
@@ -27,7 +28,7 @@ REDIS_TAG="${SANDGATE_REDIS_IMAGE:-sandgate-redis:bookworm}"
 REDIS_PACKAGES=(redis-server redis-tools libjemalloc2 liblzf1 libatomic1)
 CACHE="${SANDGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sandgate}"
 PY="${SANDGATE_PYTHON:-$repo/.venv/bin/python}"
-BASE_IMAGE="${BASE:-sandgate-rootfs:bookworm}"
+BASE_IMAGE="${BASE:-}"
 FORCE=no
 [ "${1:-}" = "--force" ] && FORCE=yes
 LABEL_INPUTS=sandgate.inputs
@@ -45,14 +46,12 @@ fi
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" SANDGATE_CACHE="$CACHE"
 
 # 1. The base: the sandbox image's debootstrap root filesystem, imported when missing.
-if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-  if [ "$BASE_IMAGE" = sandgate-rootfs:bookworm ]; then
-    say "importing the base $BASE_IMAGE (debootstrap once, cached in $CACHE/images)"
-    "$PY" -m sandboxes.container build-image --if-missing >&2
-  else
-    say "pulling $BASE_IMAGE"
-    docker pull "$BASE_IMAGE" >&2
-  fi
+if [ -z "$BASE_IMAGE" ]; then
+  say "the base: the sandbox image's root filesystem (debootstrap once, cached in $CACHE/images)"
+  BASE_IMAGE="$("$PY" -m sandboxes.container base-image)"
+elif ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+  say "pulling $BASE_IMAGE"
+  docker pull "$BASE_IMAGE" >&2
 fi
 base_id="$(docker image inspect --format '{{.Id}}' "$BASE_IMAGE")"
 

@@ -1,4 +1,5 @@
-"""Command line of the container engine: `python -m sandboxes.container build-image|check`."""
+"""Command line of the container engine: `python -m sandboxes.container
+build-image|base-image|check`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 
 from .._errors import SandboxError
 from ._docker import Docker
-from ._image import build_image_offline, image_is_current
+from ._image import build_image_offline, ensure_base_image, image_is_current
 from ._spec import DEFAULT_IMAGE
 
 
@@ -27,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
         "--if-missing", action="store_true", help="do nothing when the image is current"
     )
     build.add_argument("--force", action="store_true", help="rebuild everything")
+    base = commands.add_parser(
+        "base-image",
+        help="import the base image when missing (debootstrap once) and print its tag",
+    )
+    base.add_argument("--docker-host", default=None, help="daemon address (default: local)")
     check = commands.add_parser("check", help="start the engine once and run print('hello')")
     check.add_argument("--tag", default=DEFAULT_IMAGE, help="image tag (%(default)s)")
     check.add_argument("--runtime", choices=("runc", "runsc"), default="runc")
@@ -70,6 +76,10 @@ def cli_logic(argv: Sequence[str]) -> int:
     try:
         if args.command == "check":
             return asyncio.run(_check(args.tag, args.runtime))
+        if args.command == "base-image":
+            progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+            print(ensure_base_image(progress=progress, docker_host=args.docker_host))
+            return 0
         if args.if_missing and not args.force:
             docker = Docker.connect(args.docker_host)
             try:

@@ -131,7 +131,7 @@ def build_image_offline(
     force: bool = False,
 ) -> str:
     """Build the sandbox image with no registry: a debootstrap root filesystem (cached as a
-    tarball), `docker import`ed as `sandgate-rootfs:bookworm`, then the repository's Dockerfile
+    tarball), `docker import`ed as `BASE_IMAGE`, then the repository's Dockerfile
     built on top of it (`--build-arg BASE=...`, no network).
 
     Args:
@@ -154,11 +154,7 @@ def build_image_offline(
         if not force and image_is_current(docker, tag):
             say(f"image: {tag} is current")
             return tag
-        if force or docker.image_labels(BASE_IMAGE) is None:
-            tarball = rootfs_tarball(cache_dir or default_cache_dir(), mirror=mirror, progress=say)
-            say(f"image: docker import {tarball.name} as {BASE_IMAGE}")
-            repository, _, base_tag = BASE_IMAGE.partition(":")
-            docker.import_image(tarball, repository=repository, tag=base_tag)
+        _import_base(docker, say, cache_dir=cache_dir, mirror=mirror, force=force)
         say(f"image: building {tag} from {IMAGE_CONTEXT} on {BASE_IMAGE}")
         previous = docker.image_id(tag)
         with tempfile.TemporaryDirectory(prefix="sandgate-image-") as context:
@@ -178,3 +174,37 @@ def build_image_offline(
         return tag
     finally:
         docker.close()
+
+
+def ensure_base_image(
+    *,
+    progress: Progress | None = None,
+    docker_host: str | None = None,
+    cache_dir: Path | None = None,
+    mirror: str = DEFAULT_MIRROR,
+) -> str:
+    """The base every sandgate image builds on (`BASE_IMAGE`, the debootstrap root
+    filesystem), imported when the daemon lacks it (debootstrap runs once; its tarball is
+    cached). Returns its tag. The server image's build (`scripts/server-image.sh`) asks for
+    it here, so both images name one base.
+
+    Raises:
+        EngineUnavailable: no daemon, no root/debootstrap, or a step failed.
+    """
+    say = progress or (lambda line: logger.info("%s", line))
+    docker = Docker.connect(docker_host)
+    try:
+        _import_base(docker, say, cache_dir=cache_dir, mirror=mirror, force=False)
+        return BASE_IMAGE
+    finally:
+        docker.close()
+
+
+def _import_base(
+    docker: Docker, say: Progress, *, cache_dir: Path | None, mirror: str, force: bool
+) -> None:
+    if force or docker.image_labels(BASE_IMAGE) is None:
+        tarball = rootfs_tarball(cache_dir or default_cache_dir(), mirror=mirror, progress=say)
+        say(f"image: docker import {tarball.name} as {BASE_IMAGE}")
+        repository, _, base_tag = BASE_IMAGE.partition(":")
+        docker.import_image(tarball, repository=repository, tag=base_tag)

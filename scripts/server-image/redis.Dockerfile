@@ -2,7 +2,7 @@
 # by scripts/server-image.sh: Debian's own redis packages (downloaded on the host with
 # `apt-get download`, the same bookworm release as the base, unpacked there with dpkg-deb) copied
 # onto the base image.
-ARG BASE=sandgate-rootfs:bookworm
+ARG BASE=sandgate-rootfs:bookworm-pip
 FROM ${BASE}
 COPY root /
 RUN mkdir -p /data && chown 65534:65534 /data && redis-server --version
