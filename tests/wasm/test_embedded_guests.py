@@ -168,8 +168,9 @@ class _Worker:
         assert warmed["ok"], warmed["stderr"]
         self.embedded = bool(warmed["embedded"])
 
-    def run(self, source: str, **overrides: Any) -> dict[str, Any]:
-        request = code_request(self.files, self.site, source, **overrides)
+    def run(self, source: str, *, files: str | None = None, **overrides: Any) -> dict[str, Any]:
+        """Run `source` in this worker's workspace, or in `files`."""
+        request = code_request(Path(files or self.files), self.site, source, **overrides)
         answer = _worker._run(self.host, request)
         self.host.finish(request)
         self.host.settle()
@@ -253,3 +254,72 @@ def test_on_another_wasi_python_the_worker_has_no_embedded_guests(
             assert done["ok"] and not done.get("embedded") and done["stdout"] == "1\n", done
     finally:
         made.close()
+
+
+def _ahead(worker: _Worker, source: str, **overrides: Any) -> dict[str, Any]:
+    """A call made while the engine is not saturated: the worker opens the next guest ahead."""
+    return worker.run(source, prepare_next=True, **overrides)
+
+
+def test_the_next_call_of_a_session_finds_its_guest_opened_ahead_and_untouched(
+    worker: _Worker,
+) -> None:
+    _ahead(worker, "left = 'by the last call'")
+    waiting = worker.host.ahead
+    assert waiting is not None and waiting.guest.turns == 0, "opened, no code run in it"
+    done = _ahead(worker, "print(globals().get('left'))\nopen('ahead.txt', 'w').write('a')")
+    assert done["ok"] and done["embedded"] and done["ahead"], done
+    assert done["stdout"] == "None\n" and done["exit_code"] == 0
+    assert (worker.files / "ahead.txt").read_text() == "a"
+
+
+def test_without_prepare_next_no_guest_is_opened_ahead(worker: _Worker) -> None:
+    worker.run("pass")  # calls queue: the engine says not to prepare
+    assert worker.host.ahead is None
+
+
+def test_a_call_of_another_workspace_never_runs_in_the_guest_opened_for_the_last(
+    worker: _Worker, tmp_path: Path
+) -> None:
+    other = tmp_path / "other-session"
+    other.mkdir()
+    (other / "theirs.txt").write_text("b")
+    _ahead(worker, "pass")
+    assert worker.host.ahead is not None
+    done = _ahead(worker, "import os\nprint(sorted(os.listdir('.')))", files=str(other))
+    assert done["ok"] and done["embedded"] and not done["ahead"], done
+    assert done["stdout"] == "['theirs.txt']\n"
+
+
+def test_a_workspace_replaced_at_its_path_is_not_served_by_the_guest_granted_the_old_one(
+    worker: _Worker, tmp_path: Path
+) -> None:
+    files = tmp_path / "session"
+    files.mkdir()
+    (files / "old.txt").write_text("old")
+    _ahead(worker, "pass", files=str(files))
+    assert worker.host.ahead is not None
+    files.rename(tmp_path / "gone")
+    files.mkdir()
+    (files / "new.txt").write_text("new")
+    done = _ahead(worker, "import os\nprint(sorted(os.listdir('.')))", files=str(files))
+    assert done["ok"] and not done["ahead"] and done["stdout"] == "['new.txt']\n", done
+
+
+def test_a_mount_replaced_at_its_path_is_not_served_by_the_guest_granted_the_old_one(
+    worker: _Worker, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "v1.txt").write_text("1")
+    mounts = [["data", str(data), True]]
+    _ahead(worker, "pass", mounts=mounts)  # the shape's first call: its image is taken
+    _ahead(worker, "pass", mounts=mounts)  # from its image; the next is opened ahead
+    same = _ahead(worker, "import os\nprint(os.listdir('/mnt/data'))", mounts=mounts)
+    assert same["ahead"] and same["stdout"] == "['v1.txt']\n", same
+    assert worker.host.ahead is not None
+    data.rename(tmp_path / "old-data")
+    data.mkdir()
+    (data / "v2.txt").write_text("2")
+    done = _ahead(worker, "import os\nprint(os.listdir('/mnt/data'))", mounts=mounts)
+    assert done["ok"] and not done["ahead"] and done["stdout"] == "['v2.txt']\n", done
