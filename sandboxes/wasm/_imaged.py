@@ -38,6 +38,7 @@ from typing import Any
 from .._lending import folder_identity
 from ._derived import DerivedModule, DerivedRefused, base_path, prune
 from ._embedded import EmbeddedGuest, Embedding, TurnResult
+from ._hot import HotPages, written_pages
 from ._image import GuestImage, ImageRefused, keep
 from ._prepared import (
     RESEED,
@@ -110,6 +111,9 @@ class ImagedGuests:
         self.derived: dict[Shape, DerivedModule] = {}
         """The derived module of each shape's image (`_derived`): its guests open with the image
         in place, copy-on-write. A shape without one writes the image into each guest."""
+        self.hot: dict[tuple[Shape, bool], HotPages | None] = {}
+        """The pages a guest of a shape (from its derived module or not) has made writable as
+        it opens (`_hot`), learned once by `calibrate`; None: they could not be."""
         self._lock = threading.Lock()
         self._deriving: threading.Thread | None = None
 
@@ -160,6 +164,38 @@ class ImagedGuests:
             self.derived.pop(shape, None)
             self.served[shape] = 0
         return image
+
+    def calibrated(self, shape: Shape) -> bool:
+        """Whether the pages its guests make writable as they open are known for `shape`'s
+        guests as they open now (from its derived module, once there is one)."""
+        with self._lock:
+            return (shape, shape in self.derived) in self.hot
+
+    def calibrate(self, shape: Shape, build: str) -> None:
+        """Learn which pages a call's turn writes in a guest of `shape` (`_hot`): a guest the
+        worker opens for itself, granted its own empty folders, runs `pass` through the harness
+        call every call makes, its report kept from every call's door."""
+        image = self.image(shape, build)
+        if image is None:
+            return
+        grants, env = self.grants(shape, str(self.slot.workspace))
+        guest = self._from_image(image, grants, env, lambda _frame: b"ok")
+        try:
+            size = guest.memory.data_len(guest.store)
+            before = written_pages(guest.address(), size)
+            done = guest.turn(
+                RESEED + main_call("code", "pass", "", False),
+                deadline_s=CAPTURE_DEADLINE_S,
+                output_bytes=64 * 1024,
+                cancel=threading.Event(),
+            )
+            after = written_pages(guest.address(), size)
+            ok = done.exit_code == 0 and before is not None and after is not None
+            hot = HotPages.learn(before, after, size) if before and after and ok else None
+        finally:
+            guest.close()
+        with self._lock:
+            self.hot[(shape, guest.derived)] = hot
 
     def _count(self, image: GuestImage) -> None:
         """Count a call of `image`'s shape; at `derive_after`, start loading or building its
@@ -271,7 +307,7 @@ class ImagedGuests:
             guest = self._open(image.shape, grants, env, door, derived.module)
             try:
                 derived.ready(guest.store, guest.instance)
-                return guest
+                return self._populated(guest, image.shape)
             except DerivedRefused as exc:
                 guest.close()
                 print(f"wasm worker: {exc}", file=sys.stderr)
@@ -281,6 +317,14 @@ class ImagedGuests:
         except BaseException:
             guest.close()
             raise
+        return self._populated(guest, image.shape)
+
+    def _populated(self, guest: EmbeddedGuest, shape: Shape) -> EmbeddedGuest:
+        """`guest`, the pages its call will write made writable (`_hot`), where known."""
+        with self._lock:
+            hot = self.hot.get((shape, guest.derived))
+        if hot is not None:
+            hot.populate(guest.address(), guest.memory.data_len(guest.store))
         return guest
 
     def _open(

