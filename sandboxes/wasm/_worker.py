@@ -160,6 +160,8 @@ class _Host:
         self.images: dict[Shape, GuestImage] = {}
         """The image each next guest of a shape opens from (`_image`), taken from this
         worker's first guest of that shape after its first turn, before any call ran in it."""
+        self.last_files: str | None = None
+        """The workspace of the last call that fit an embedded guest."""
         self.ahead: AheadGuest | None = None
         """The next call's embedded guest, opened after the last answer (`_imaged`)."""
         self.imaged: ImagedGuests | None = None
@@ -263,7 +265,11 @@ class _Host:
             # next one is opened now, granted this call's folders (`_imaged.AheadGuest`).
             fits = "files" in request and serves(request)
             capture = fits and imaged.image(shape, self.build()) is None
-            ahead = wanted and fits and not capture
+            # Only for a session that called this worker twice in a row: where calls of many
+            # sessions interleave, a guest opened for the last one would mostly be closed unused.
+            files = request.get("files")
+            ahead = wanted and fits and not capture and files == self.last_files
+            self.last_files = files
             calibrate = fits and not imaged.calibrated(shape)
             wanted = False
         if used is None and not wanted and not capture and not ahead and not calibrate:

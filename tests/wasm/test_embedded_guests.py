@@ -251,13 +251,26 @@ def test_without_prepare_next_no_guest_is_opened_ahead(worker: InProcessWorker) 
     assert worker.host.ahead is None
 
 
+def test_calls_of_sessions_that_alternate_at_the_worker_open_no_guest_ahead(
+    worker: InProcessWorker, tmp_path: Path
+) -> None:
+    sessions = [tmp_path / "a", tmp_path / "b"]
+    for folder in sessions:
+        folder.mkdir()
+    for n in range(4):
+        done = _ahead(worker, "pass", files=str(sessions[n % 2]))
+        assert done["ok"] and not done["ahead"], done
+        assert worker.host.ahead is None
+
+
 def test_a_call_of_another_workspace_never_runs_in_the_guest_opened_for_the_last(
     worker: InProcessWorker, tmp_path: Path
 ) -> None:
     other = tmp_path / "other-session"
     other.mkdir()
     (other / "theirs.txt").write_text("b")
-    _ahead(worker, "pass")
+    for _ in range(2):
+        _ahead(worker, "pass")
     assert worker.host.ahead is not None
     done = _ahead(worker, "import os\nprint(sorted(os.listdir('.')))", files=str(other))
     assert done["ok"] and done["embedded"] and not done["ahead"], done
@@ -270,7 +283,8 @@ def test_a_workspace_replaced_at_its_path_is_not_served_by_the_guest_granted_the
     files = tmp_path / "session"
     files.mkdir()
     (files / "old.txt").write_text("old")
-    _ahead(worker, "pass", files=str(files))
+    for _ in range(2):  # a session's second call in a row at the worker: the next is opened
+        _ahead(worker, "pass", files=str(files))
     assert worker.host.ahead is not None
     files.rename(tmp_path / "gone")
     files.mkdir()
