@@ -40,6 +40,8 @@ DEFAULT_PAUSE_MS = 100.0
 seconds; at a 20 ms pace on 2 cores, preparing the next guests competes with the calls."""
 CALL = {"code": "out = 'hello'", "variable_to_return": "out"}
 NATIVE_CODE = "out = 'hello'; print(out)"
+IN_TURN = 3
+"""Workers taking calls in turn at the engine level: as many as the server starts on 2 cores."""
 DERIVED_WAIT_S = 120.0
 """How long the engine-level figures wait for a worker's derived module (`_derived`)."""
 WARM_CALLS = 5
@@ -86,8 +88,10 @@ def _engine_cpu(tree: str, calls: int) -> dict[str, tuple[float, float]]:
     """Engine level, without MCP: wasm worker processes of `tree` (a checkout's root), `calls`
     calls back to back: in one worker, each in an embedded guest opened from its image (where
     the tree has them); in another without them, each in a guest started for it, then each in a
-    prepared guest (waiting for its preparation). Per path: (the worker's CPU per call, the
-    round trip's p50), in ms."""
+    prepared guest (waiting for its preparation); then `IN_TURN` workers taking the calls in
+    turn, as the engine hands them out, each told to prepare its next guest (`imaged, 3 in
+    turn`: the next guest opened ahead where the tree does). Per path: (the workers' CPU per
+    call, the round trip's p50), in ms."""
 
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -99,41 +103,102 @@ def _engine_cpu(tree: str, calls: int) -> dict[str, tuple[float, float]]:
     found: dict[str, tuple[float, float]] = {}
     for embedded in (True, False):
         found.update(_worker_cpu(env, calls, embedded=embedded))
+    found[f"imaged, {IN_TURN} in turn"] = _in_turn(env, calls)
     return found
 
 
-def _worker_cpu(
-    env: dict[str, str], calls: int, *, embedded: bool
-) -> dict[str, tuple[float, float]]:
-    """`_engine_cpu`'s figures from one worker, warmed with or without embedded guests."""
-    import json
+class _WorkerProcess:
+    """One `python -m sandboxes.wasm` of a tree, asked over its JSON lines."""
 
-    found: dict[str, tuple[float, float]] = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        files, site = Path(scratch, "files"), Path(scratch, "site")
-        files.mkdir()
-        site.mkdir()
-        worker = subprocess.Popen(
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
             [sys.executable, "-m", "sandboxes.wasm"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
             cwd=env["PYTHONPATH"],  # `-m` puts the working folder first: the tree's code runs
         )
-        assert worker.stdin is not None and worker.stdout is not None
-        stdin, stdout = worker.stdin, worker.stdout
 
-        def ask(request: dict[str, object]) -> dict[str, object]:
-            stdin.write(json.dumps(request).encode() + b"\n")
-            stdin.flush()
-            answer: dict[str, object] = json.loads(stdout.readline())
-            return answer
+    def ask(self, request: dict[str, object]) -> dict[str, object]:
+        import json
 
-        def cpu_s() -> float:
-            return process_cpu_s(worker.pid)
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        stdin.write(json.dumps(request).encode() + b"\n")
+        stdin.flush()
+        answer: dict[str, object] = json.loads(stdout.readline())
+        return answer
 
+    def cpu_s(self) -> float:
+        return process_cpu_s(self.process.pid)
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(60)
+
+
+def _call_request(files: Path, site: Path, *, prepare_next: bool) -> dict[str, object]:
+    return {
+        "kind": "code",
+        "source": CALL["code"],
+        "variable": CALL["variable_to_return"],
+        "final_expression": False,
+        "stdin": "",
+        "files": str(files),
+        "site": str(site),
+        "deadline_s": 30.0,
+        "memory_bytes": 512 << 20,
+        "output_bytes": 1 << 20,
+        "fuel": None,
+        "may_move": True,
+        "mounts": [],
+        "prepare_next": prepare_next,
+    }
+
+
+def _in_turn(env: dict[str, str], calls: int) -> tuple[float, float]:
+    """`_engine_cpu`'s figures from `IN_TURN` workers with embedded guests taking `calls`
+    calls of one session in turn, each from its derived module."""
+    with tempfile.TemporaryDirectory() as scratch:
+        files, site = Path(scratch, "files"), Path(scratch, "site")
+        files.mkdir()
+        site.mkdir()
+        workers = [_WorkerProcess(env) for _ in range(IN_TURN)]
         try:
-            warmed = ask(
+            call = _call_request(files, site, prepare_next=True)
+            for worker in workers:
+                warm = {"op": "warm", "slots_dir": str(Path(scratch, "slots")), "derive_after": 1}
+                assert worker.ask({**warm, "embedded": True})["ok"]
+                deadline = time.monotonic() + DERIVED_WAIT_S
+                while not worker.ask(call).get("derived") and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            times = []
+            cpu_before = sum(w.cpu_s() for w in workers)
+            for n in range(calls):
+                began = time.perf_counter()
+                answer = workers[n % IN_TURN].ask(call)
+                times.append(time.perf_counter() - began)
+                assert answer["ok"] and answer["report"]["value"] == "hello", answer  # type: ignore[index]
+            per_call = (sum(w.cpu_s() for w in workers) - cpu_before) / calls * 1000
+        finally:
+            for worker in workers:
+                worker.close()
+    return per_call, _ms(times, 0.5)
+
+
+def _worker_cpu(
+    env: dict[str, str], calls: int, *, embedded: bool
+) -> dict[str, tuple[float, float]]:
+    """`_engine_cpu`'s figures from one worker, warmed with or without embedded guests."""
+    found: dict[str, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        files, site = Path(scratch, "files"), Path(scratch, "site")
+        files.mkdir()
+        site.mkdir()
+        worker = _WorkerProcess(env)
+        try:
+            warmed = worker.ask(
                 {
                     "op": "warm",
                     "slots_dir": str(Path(scratch, "slots")),
@@ -144,44 +209,28 @@ def _worker_cpu(
             assert warmed["ok"], warmed
             if embedded and not warmed.get("embedded"):
                 return found  # a tree without embedded guests
-            request = {
-                "kind": "code",
-                "source": CALL["code"],
-                "variable": CALL["variable_to_return"],
-                "final_expression": False,
-                "stdin": "",
-                "files": str(files),
-                "site": str(site),
-                "deadline_s": 30.0,
-                "memory_bytes": 512 << 20,
-                "output_bytes": 1 << 20,
-                "fuel": None,
-                "may_move": True,
-                "mounts": [],
-            }
             paths = (("imaged", False),) if embedded else (("started", False), ("prepared", True))
             for path, prepare in paths:
-                call = {**request, "prepare_next": prepare}
+                call = _call_request(files, site, prepare_next=prepare)
                 for _ in range(WARM_CALLS):
-                    ask(call)
+                    worker.ask(call)
                 if path == "imaged":  # the derived module is built in the background
                     deadline = time.monotonic() + DERIVED_WAIT_S
-                    while not ask(call).get("derived") and time.monotonic() < deadline:
+                    while not worker.ask(call).get("derived") and time.monotonic() < deadline:
                         time.sleep(0.2)
                 times = []
-                cpu_before = cpu_s()
+                cpu_before = worker.cpu_s()
                 for _ in range(calls):
                     began = time.perf_counter()
-                    answer = ask(call)
+                    answer = worker.ask(call)
                     times.append(time.perf_counter() - began)
                     assert answer["ok"] and answer["prepared"] is prepare, answer
                     assert bool(answer.get("embedded")) is (path == "imaged"), answer
-                ask({**request, "prepare_next": False})  # waits for the last preparation
-                per_call = (cpu_s() - cpu_before) / (calls + 1) * 1000
+                worker.ask({**call, "prepare_next": False})  # waits for the last preparation
+                per_call = (worker.cpu_s() - cpu_before) / (calls + 1) * 1000
                 found[path] = (per_call, _ms(times, 0.5))
         finally:
-            stdin.close()
-            worker.wait(60)
+            worker.close()
     return found
 
 
@@ -291,10 +340,10 @@ def main() -> None:
             f"| {label.strip()} | p50 {_ms(paces[spaced], 0.5):.1f} ms | "
             f"p50 {_ms(paces[back], 0.5):.1f} ms, p95 {_ms(paces[back], 0.95):.1f} ms |"
         )
-    print("\nengine level, one worker, calls back to back (worker CPU per call, round trip p50):")
+    print("\nengine level, calls back to back (workers' CPU per call, round trip p50):")
     for name, paths in engine:
         for path, (cpu_ms, p50_ms) in paths.items():
-            print(f"  {name:<14} {path:<9} CPU {cpu_ms:6.2f} ms/call, p50 {p50_ms:6.2f} ms")
+            print(f"  {name:<14} {path:<18} CPU {cpu_ms:6.2f} ms/call, p50 {p50_ms:6.2f} ms")
     if not args.no_upstream:
         goal = 2 * _ms(rows[0][1][back], 0.5)
         got = _ms(rows[1][1][back], 0.5)

@@ -234,6 +234,26 @@ def _ahead(worker: InProcessWorker, source: str, **overrides: Any) -> dict[str, 
     return worker.run(source, prepare_next=True, **overrides)
 
 
+def _opened_ahead_for(worker: InProcessWorker, files: Path | None = None) -> None:
+    """Two calls of one session in a row: the worker opens the next guest for that session."""
+    for _ in range(2):
+        _ahead(worker, "pass", files=None if files is None else str(files))
+    assert worker.host.ahead is not None
+
+
+def _folder_with(folder: Path, file: str) -> Path:
+    """`folder`, made (again, when something was there: moved aside), holding `file` alone."""
+    if folder.exists():
+        folder.rename(folder.with_name(folder.name + "-moved-aside"))
+    folder.mkdir()
+    (folder / file).write_text(file)
+    return folder
+
+
+def _listing(worker: InProcessWorker, files: Path) -> dict[str, Any]:
+    return _ahead(worker, "import os\nprint(sorted(os.listdir('.')))", files=str(files))
+
+
 def test_the_next_call_of_a_session_finds_its_guest_opened_ahead_and_untouched(
     worker: InProcessWorker,
 ) -> None:
@@ -266,13 +286,8 @@ def test_calls_of_sessions_that_alternate_at_the_worker_open_no_guest_ahead(
 def test_a_call_of_another_workspace_never_runs_in_the_guest_opened_for_the_last(
     worker: InProcessWorker, tmp_path: Path
 ) -> None:
-    other = tmp_path / "other-session"
-    other.mkdir()
-    (other / "theirs.txt").write_text("b")
-    for _ in range(2):
-        _ahead(worker, "pass")
-    assert worker.host.ahead is not None
-    done = _ahead(worker, "import os\nprint(sorted(os.listdir('.')))", files=str(other))
+    _opened_ahead_for(worker)
+    done = _listing(worker, _folder_with(tmp_path / "other-session", "theirs.txt"))
     assert done["ok"] and done["embedded"] and not done["ahead"], done
     assert done["stdout"] == "['theirs.txt']\n"
 
@@ -280,33 +295,22 @@ def test_a_call_of_another_workspace_never_runs_in_the_guest_opened_for_the_last
 def test_a_workspace_replaced_at_its_path_is_not_served_by_the_guest_granted_the_old_one(
     worker: InProcessWorker, tmp_path: Path
 ) -> None:
-    files = tmp_path / "session"
-    files.mkdir()
-    (files / "old.txt").write_text("old")
-    for _ in range(2):  # a session's second call in a row at the worker: the next is opened
-        _ahead(worker, "pass", files=str(files))
-    assert worker.host.ahead is not None
-    files.rename(tmp_path / "gone")
-    files.mkdir()
-    (files / "new.txt").write_text("new")
-    done = _ahead(worker, "import os\nprint(sorted(os.listdir('.')))", files=str(files))
+    files = _folder_with(tmp_path / "session", "old.txt")
+    _opened_ahead_for(worker, files)
+    done = _listing(worker, _folder_with(files, "new.txt"))
     assert done["ok"] and not done["ahead"] and done["stdout"] == "['new.txt']\n", done
 
 
 def test_a_mount_replaced_at_its_path_is_not_served_by_the_guest_granted_the_old_one(
     worker: InProcessWorker, tmp_path: Path
 ) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "v1.txt").write_text("1")
+    data = _folder_with(tmp_path / "data", "v1.txt")
     mounts = [["data", str(data), True]]
     _ahead(worker, "pass", mounts=mounts)  # the shape's first call: its image is taken
     _ahead(worker, "pass", mounts=mounts)  # from its image; the next is opened ahead
     same = _ahead(worker, "import os\nprint(os.listdir('/mnt/data'))", mounts=mounts)
     assert same["ahead"] and same["stdout"] == "['v1.txt']\n", same
     assert worker.host.ahead is not None
-    data.rename(tmp_path / "old-data")
-    data.mkdir()
-    (data / "v2.txt").write_text("2")
+    _folder_with(data, "v2.txt")
     done = _ahead(worker, "import os\nprint(os.listdir('/mnt/data'))", mounts=mounts)
     assert done["ok"] and not done["ahead"] and done["stdout"] == "['v2.txt']\n", done
