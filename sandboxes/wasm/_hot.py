@@ -20,7 +20,7 @@ import array
 import contextlib
 import ctypes
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -36,7 +36,7 @@ Runs = tuple[tuple[int, int], ...]
 """Page runs, (first page, pages), as offsets from the start of the guest's memory."""
 
 
-def _madvise() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+def _madvise() -> Callable[[int, int, int], int] | None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         advise = libc.madvise

@@ -190,8 +190,9 @@ class ImagedGuests:
                 cancel=threading.Event(),
             )
             after = written_pages(guest.address(), size)
-            ok = done.exit_code == 0 and before is not None and after is not None
-            hot = HotPages.learn(before, after, size) if before and after and ok else None
+            hot = None
+            if done.exit_code == 0 and before is not None and after is not None:
+                hot = HotPages.learn(before, after, size)
         finally:
             guest.close()
         with self._lock:

@@ -292,10 +292,10 @@ class _Host:
     def calibrate(self, imaged: ImagedGuests, shape: Shape) -> None:
         """Learn the pages a guest of `shape` writes in every call, once per shape and module
         (`_hot`; best effort: without them, a call's turn faults them in)."""
-        if imaged.calibrated(shape) or imaged.image(shape, self.build()) is None:
+        if imaged.calibrated(shape):
             return
         try:
-            imaged.calibrate(shape, self.build())
+            imaged.calibrate(shape, self.build())  # nothing without an image of `shape`
         except Exception as exc:
             print(f"wasm worker: could not learn a guest's written pages: {exc}", file=sys.stderr)
 
@@ -309,6 +309,17 @@ class _Host:
             self.ahead = imaged.open_ahead(request, image, self.door)
         except Exception as exc:  # a guest failing to open only costs the fast path
             print(f"wasm worker: could not open a guest ahead: {exc}", file=sys.stderr)
+
+    def take_ahead(self, request: dict[str, Any], image: GuestImage | None) -> AheadGuest | None:
+        """The guest opened ahead, if it may serve `request`'s call from `image`
+        (`AheadGuest.serves`); one that may not (opened for another session's folders, or
+        another shape) is closed."""
+        ahead = self.ahead
+        if ahead is not None and image is not None and ahead.serves(request, image):
+            self.ahead = None
+            return ahead
+        self.drop_ahead()
+        return None
 
     def drop_ahead(self) -> None:
         """Close the guest opened ahead, if any."""
@@ -344,10 +355,7 @@ def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
     host.settle()  # the background thread may be taking the image this call needs
     imaged = host.imaged_for(request)
     image = None if imaged is None else imaged.image(Shape.of(request), host.build())
-    ahead, host.ahead = host.ahead, None
-    if ahead is not None and (image is None or not ahead.serves(request, image)):
-        ahead.guest.close()  # opened for another session's folders, or another shape
-        ahead = None
+    ahead = host.take_ahead(request, image)
     if imaged is not None and image is not None:
         opened: list[EmbeddedGuest] = []
         answer = _measured(
