@@ -151,6 +151,12 @@ class AuditSink(Protocol):
         """Durability the sink could not confirm (e.g. Redis without AOF), found at open."""
         ...
 
+    @property
+    def appends_locally(self) -> bool:
+        """True when an append is one write to a local file and nothing more (no fsync, no
+        network): the server may append on its event loop."""
+        ...
+
     def append(self, record: AuditRecord) -> None:
         """Write one record; return once the sink acknowledged it.
 
@@ -241,6 +247,11 @@ class AuditLog:
     def warnings(self) -> tuple[str, ...]:
         """None: the file's guarantees are the OS's."""
         return ()
+
+    @property
+    def appends_locally(self) -> bool:
+        """True unless each record is fsync'd (`fsync`): then an append waits on the disk."""
+        return not self.fsync
 
     def entries(
         self, *, after: str | None = None, since: float | None = None

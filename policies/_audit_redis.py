@@ -83,6 +83,11 @@ class RedisAuditSink:
         """What the server's configuration does not guarantee (found at open)."""
         return self._warnings
 
+    @property
+    def appends_locally(self) -> bool:
+        """False: every append is a round trip to Redis."""
+        return False
+
     @contextmanager
     def _translate(self) -> Iterator[None]:
         """The one place Redis errors become `AuditUnavailable`."""

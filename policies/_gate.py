@@ -359,6 +359,20 @@ class Gate:
             }
         )
 
+    def finish_waits(self, allowed: Allowed, *, outcome: Outcome, egress_bytes: int = 0) -> bool:
+        """Whether `finish` may wait on I/O: a rollback (a write, behind the store's lock), a
+        commit or an audit record that goes to Redis, an egress charge, an fsync'd record.
+        A server runs such a finish off its event loop, so one call's settling never stalls
+        another's; the rest (a commit in memory, one unsynced line of the audit file) it
+        runs in place."""
+        if allowed.reservation is not None and (
+            outcome not in COUNTED or not self._store.commits_locally
+        ):
+            return True
+        if allowed.egress is not None and egress_bytes > 0:
+            return True
+        return not self._audit.appends_locally
+
     def abandon(
         self,
         decision_id: str,

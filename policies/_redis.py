@@ -100,6 +100,7 @@ class RedisCounterStore:
     """
 
     backend = "redis"
+    commits_locally = False
 
     def __init__(self, url: str, *, prefix: str = "sandgate:", timeout_s: float = 2.0) -> None:
         self.url = url

@@ -38,13 +38,13 @@ class SqliteCounterStore:
     reservation is atomic; other processes wait up to `busy_timeout_s` for it. A counter is
     one row per call with a running total (see `_counter_log`), so a reservation is one small
     transaction and a window is counted in two index lookups however full it is. Which
-    reservations are still open is kept in memory: `commit` costs no write, and only the store
-    that made a reservation can roll it back (one left open by a process that died simply
-    counts, as a stale reservation does).
+    reservations are still open is kept in memory: `commit` costs no write and waits on no lock
+    (`commits_locally`), and only the store that made a reservation can roll it back (one left
+    open by a process that died simply counts, as a stale reservation does).
 
-    The file is checked before each use: removed, the store is unavailable (fail closed; it is
-    never silently recreated empty, which would reset every limit while other processes still
-    count in the old file); replaced (a backup restored), it is reopened.
+    The file is checked before each read or write: removed, the store is unavailable (fail
+    closed; it is never silently recreated empty, which would reset every limit while other
+    processes still count in the old file); replaced (a backup restored), it is reopened.
 
     Args:
         path: The database file (created with mode 0600, parent folders with 0700).
@@ -56,10 +56,12 @@ class SqliteCounterStore:
     """
 
     backend = "sqlite"
+    commits_locally = True
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._open_lock = threading.Lock()  # `_open` alone: a commit never waits on SQLite
         self._calls = 0
         self._open: OrderedDict[str, tuple[float, tuple[tuple[str, float], ...]]] = OrderedDict()
         self._busy_timeout_s = busy_timeout_s
@@ -179,24 +181,25 @@ class SqliteCounterStore:
         made: tuple[tuple[str, float], ...],
     ) -> None:
         """Remember an open reservation; now and then prune what every window has passed."""
-        self._open[reservation] = (now, made)
-        while self._open and next(iter(self._open.values()))[0] < now - STALE_RESERVATION_S:
-            self._open.popitem(last=False)  # stale: counts as committed
+        with self._open_lock:
+            self._open[reservation] = (now, made)
+            while self._open and next(iter(self._open.values()))[0] < now - STALE_RESERVATION_S:
+                self._open.popitem(last=False)  # stale: counts as committed
         self._calls += 1
         if self._calls % _PRUNE_EVERY == 0:
             log.prune(conn, now)
             conn.execute("DELETE FROM approvals WHERE expires_at < ?", (now - _KEEP_APPROVALS_S,))
 
     def commit(self, reservation_id: str, *, now: float | None = None) -> None:
-        """Make a reservation final (nothing to write: its rows already count)."""
-        with self._lock, self._translate():
-            self._connection()
+        """Make a reservation final: nothing to write (its rows already count), so nothing
+        waits on the database, its lock or the threads using it (`commits_locally`)."""
+        with self._open_lock:
             self._open.pop(reservation_id, None)
 
     def rollback(self, reservation_id: str, *, now: float | None = None) -> None:
         """Undo a reservation this store made, unless it is committed or stale."""
         now = time.time() if now is None else now
-        with self._lock:
+        with self._open_lock:
             made = self._open.pop(reservation_id, None)
         if made is None or made[0] < now - STALE_RESERVATION_S:
             return

@@ -85,6 +85,10 @@ class CounterStore(Protocol):
     """
 
     backend: str
+    commits_locally: bool
+    """True when `commit` only forgets the reservation in this process's memory: it never
+    waits on the backend (a lock another process holds, the network), so the server may
+    commit on its event loop. A rollback always writes."""
 
     def reserve(self, items: Sequence[CounterSpec], now: float) -> str | None:
         """Reserve every item, or none: a reservation id when all fit under their `max` in

@@ -37,6 +37,7 @@ from sandboxes import (
     Program,
     RunResult,
     SandboxError,
+    shielded,
 )
 from sandboxes import session_key as key_of
 
@@ -109,6 +110,7 @@ class _Ticket:
         self._decision = decision
         self._refused = refused
         self.settled = refused is not None
+        self._finishing: asyncio.Future[None] | None = None
 
     @property
     def refused(self) -> Refused | None:
@@ -141,7 +143,13 @@ class _Ticket:
         details: dict[str, Any] = {"status": status, "usage": usage, "error": error}
         if egress_bytes:
             details["egress_bytes"] = egress_bytes
-        self._service.finish(self._decision, outcome, **details)
+        self._finishing = self._service.finish(self._decision, outcome, **details)
+
+    async def finished(self) -> None:
+        """Wait until the settling is recorded, when it runs off the event loop (`finish`);
+        to its end even when the call is cancelled meanwhile (then re-raised)."""
+        if self._finishing is not None:
+            await shielded(self._finishing)
 
 
 class Service:
@@ -436,14 +444,21 @@ class Service:
             # The client cancelled (or gave up on) the call: the engine has stopped the run
             # and restored its sandbox. No answer goes out for a cancelled request.
             ticket.settle("cancelled", outcome="cancelled")
+            await ticket.finished()
             raise
         except RunnerError as exc:
             ticket.settle("refused", outcome="refused", error=str(exc))
+            await ticket.finished()
+            raise
+        except GeneratorExit:  # closed without running its block to an end: nothing awaits
+            ticket.settle("infra_error", outcome="infra_error", error="GeneratorExit")
             raise
         except BaseException as exc:
             ticket.settle("infra_error", outcome="infra_error", error=_named(exc))
+            await ticket.finished()
             raise
         ticket.settle("ok")
+        await ticket.finished()  # the answer goes out once its outcome is recorded
 
     async def run_program(
         self,
@@ -574,8 +589,23 @@ class Service:
             )
             return cut, Shown(notes=(note, *unsent))
 
-    def finish(self, decision: Allowed, outcome: Any, **details: Any) -> None:
-        """Tell the gate how an allowed call ended (commit or roll back; audit)."""
+    def finish(
+        self, decision: Allowed, outcome: Any, **details: Any
+    ) -> asyncio.Future[None] | None:
+        """Tell the gate how an allowed call ended (commit or roll back; audit): here, when
+        that cannot wait on I/O, else in a thread (`Gate.finish_waits`: a rollback, Redis, an
+        fsync), whose task is returned for the call to await. A lock another process holds
+        on the state store, or a slow Redis, then delays only the calls that need them,
+        never the event loop every client is served by."""
+        waits = self.gate.finish_waits(
+            decision, outcome=outcome, egress_bytes=details.get("egress_bytes", 0)
+        )
+        if not waits:
+            self._finish(decision, outcome, details)
+            return None
+        return asyncio.ensure_future(asyncio.to_thread(self._finish, decision, outcome, details))
+
+    def _finish(self, decision: Allowed, outcome: Any, details: Mapping[str, Any]) -> None:
         try:
             self.gate.finish(decision, outcome=outcome, **details)
         except Exception:

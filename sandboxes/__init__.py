@@ -1,5 +1,6 @@
 """Sandbox engines for untrusted Python: value types, the engine contract and the engines."""
 
+from ._cancel import shielded
 from ._catalog import CATALOG, DEFAULT_ENGINE, EngineEntry, EngineSettings
 from ._copy import Copied, CopyOverBudget, copy_tree
 from ._engine import Capabilities, Engine, EngineLifecycle, PoolStats
@@ -159,6 +160,7 @@ __all__ = [
     "read_regular_file",
     "remove_tree",
     "session_key",
+    "shielded",
     "split_rel",
     "stopped_for_workspace",
     "unknown_layers",

@@ -104,6 +104,17 @@ class RedisServer:
             stop(self._process, timeout_s=REDIS_STOP_TIMEOUT_S)
             self._process = None
 
+    @contextmanager
+    def hung(self) -> Iterator[None]:
+        """Stop it answering (SIGSTOP: connections stay open, nothing comes back, as from a
+        server stuck in a long command) until the block ends (SIGCONT)."""
+        assert self._process is not None, "not running"
+        self._process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._process.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL it, as a crash would: only what the AOF holds comes back on `start`."""
         if self._process is not None:

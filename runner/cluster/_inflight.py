@@ -178,6 +178,7 @@ class RecordedStore:
     def __init__(self, inner: RedisCounterStore) -> None:
         self._inner = inner
         self.backend = inner.backend
+        self.commits_locally = inner.commits_locally
 
     def reserve(self, items: Sequence[CounterSpec], now: float) -> str | None:
         current, deciding = _CURRENT.get(), _DECIDING.get()
@@ -300,3 +301,10 @@ class TrackedGate(Gate):
                 table.clear(call_id, allowed.decision_id)
             except redis.RedisError as exc:
                 logger.warning("cannot clear call %s from the in-flight table: %s", call_id, exc)
+
+    def finish_waits(self, allowed: Allowed, *, outcome: Outcome, egress_bytes: int = 0) -> bool:
+        """True inside a tracked call (its finish clears it from the Redis table), else the
+        plain gate's answer."""
+        if _CURRENT.get() is not None:
+            return True
+        return super().finish_waits(allowed, outcome=outcome, egress_bytes=egress_bytes)
