@@ -8,20 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._files import (
-    DiskUsage,
-    Scan,
-    Snapshot,
-    changed,
-    drop_foreign_links,
-    has_entries,
-    images_among,
-    scan,
-)
+from .._files import DiskUsage, images_among
 from .._judge import Evidence, MemorySign, judge
 from .._lending import MountsBefore, mount_budgets, mount_changes
 from .._relay import egress_fields
-from .._types import ExecutionPlan, HostMount, Image, Limits, RunResult, Usage, WorkspacePaths
+from .._types import ExecutionPlan, HostMount, Image, Limits, RunResult, Usage
+from ._measure import has_images, measured
+from ._pool import WorkerDied
 
 BACKSTOP = "the guest passed its deadline and the host backstop killed its worker"
 
@@ -29,16 +22,8 @@ Mounted = MountsBefore | None
 """What `_lending.mounts_before` saw of the read-write mounts (None: there are none)."""
 
 
-def before_run(workspace: WorkspacePaths) -> tuple[Scan, bool]:
-    """Drop links the host did not make, then walk the workspace (its files, and what they
-    occupy on disk), and whether the folder holds anything at all (one thread hop)."""
-    drop_foreign_links(workspace)
-    return scan(workspace.files), has_entries(workspace.files)
-
-
 def run_request(
     plan: ExecutionPlan,
-    before: Scan,
     mounts: tuple[HostMount, ...],
     mounted: Mounted,
     mpl_dir: Path,
@@ -62,7 +47,6 @@ def run_request(
         "fuel": limits.fuel,
         "workspace_bytes": limits.workspace_bytes,
         "workspace_files": limits.workspace_files,
-        "workspace_held": before.usage.bytes,  # allocated, as the watchdog counts
         "may_move": may_move,
     }
     if limits.network == "egress" and plan.egress is not None:
@@ -77,16 +61,23 @@ def run_request(
 async def settle(
     answer: dict[str, Any],
     plan: ExecutionPlan,
-    before: Scan,
     mounts: tuple[HostMount, ...],
     mounted: Mounted,
 ) -> RunResult:
-    """The `RunResult` of a worker's answer: what the run wrote (workspace, then read-write
-    mounts), its images, and the verdict on how it ended."""
+    """The `RunResult` of a worker's answer: what the run wrote (workspace, as the worker
+    measured it, then read-write mounts), its images, and the verdict on how it ended.
+
+    Raises:
+        WorkerDied: the answer does not say what the run wrote (`_measure`).
+    """
     limits = plan.limits
-    written, images, over, held = await asyncio.to_thread(
-        _after_run, plan.workspace.files, before.files, limits.workspace_bytes
-    )
+    try:
+        written, held, over = measured(answer)
+    except ValueError as exc:
+        raise WorkerDied(f"the wasm worker's answer is not understood: {exc}") from None
+    images: tuple[Image, ...] = ()
+    if has_images(written):  # read here, off the event loop, only when there are any
+        images = await asyncio.to_thread(images_among, plan.workspace.files, written)
     if mounted is not None:  # guest paths /mnt/NAME/…, after the workspace's
         done = await asyncio.to_thread(
             mount_changes, mounts, mounted, limits, images_so_far=len(images)
@@ -112,23 +103,6 @@ def backstop_result(limits: Limits, began: float) -> RunResult:
         limit=verdict.limit,
         usage=Usage(wall_ms=(time.perf_counter() - began) * 1000),
     )
-
-
-def _after_run(
-    files: Path, before: Snapshot, budget: int | None
-) -> tuple[tuple[str, ...], tuple[Image, ...], int | None, DiskUsage]:
-    """The files the run wrote, the images among them, what the workspace holds when that is
-    past its budget, and what it holds (one walk for all four; the runner's budget check takes
-    the last instead of walking again). The worker's watchdog stops a run that outgrows its
-    budget; this catches the run that ended before the watchdog's first look."""
-    found = scan(files)  # by descriptor: the files, and what they occupy on disk
-    after = found.files
-    written = changed(before, after)
-    over = None
-    if budget is not None:
-        held = found.usage.bytes
-        over = held if held > budget or not found.usage.complete else None
-    return written, tuple(images_among(files, written)), over, found.usage
 
 
 def _evidence(answer: dict[str, Any]) -> Evidence:

@@ -30,10 +30,10 @@ from typing import Any
 from .._cancel import shielded
 from .._engine import Capabilities, EngineLifecycle, PoolStats
 from .._errors import EngineBusy, EngineNotReady, EngineUnavailable
-from .._files import Scan, remove_tree
+from .._files import has_entries, remove_tree
 from .._lending import check_mounts, mounts_before, writable
 from .._types import DEFAULT_WORKERS, ExecutionPlan, RunResult
-from ._answer import backstop_result, before_run, run_request, settle
+from ._answer import backstop_result, run_request, settle
 from ._derived_file import DERIVED_PREFIX
 from ._persistent import DEFAULT_IDLE_S, DEFAULT_MAX_SESSIONS, PersistentRuns
 from ._pool import Worker, WorkerDied, WorkerGone
@@ -343,17 +343,18 @@ class WasmEngine(EngineLifecycle):
         files = plan.workspace.files
         self._in_engine += 1
         try:
-            before, holds_files = await asyncio.to_thread(before_run, plan.workspace)
+            # One read of the folder, here: its walks are the worker's (`_measure`).
+            holds_files = has_entries(files)
             async with self._uses.enter(files, wants_to_move=holds_files) as may_move:
-                return await self._run_entered(plan, before, may_move)
+                return await self._run_entered(plan, may_move)
         finally:
             self._in_engine -= 1
 
-    async def _run_entered(self, plan: ExecutionPlan, before: Scan, may_move: bool) -> RunResult:
+    async def _run_entered(self, plan: ExecutionPlan, may_move: bool) -> RunResult:
         limits = plan.limits
         mounts = check_mounts(plan.workspace.mounts)  # granted in place, see `_prepared`
         mounted = await asyncio.to_thread(mounts_before, mounts) if writable(mounts) else None
-        request = run_request(plan, before, mounts, mounted, self._mpl_dir, may_move=may_move)
+        request = run_request(plan, mounts, mounted, self._mpl_dir, may_move=may_move)
         began = time.perf_counter()
         for attempt in range(1, GONE_RETRIES + 1):
             worker = await self._acquire()
@@ -380,7 +381,7 @@ class WasmEngine(EngineLifecycle):
         if not answer.get("ok"):
             raise WorkerDied(f"the wasm worker could not run the guest: {answer.get('error')}")
         self._served[_served_by(answer)] += 1
-        return await settle(answer, plan, before, mounts, mounted)
+        return await settle(answer, plan, mounts, mounted)
 
     async def _lose(self, worker: Worker) -> None:
         """Kill a worker that failed mid-call or whose call was cancelled, give back the

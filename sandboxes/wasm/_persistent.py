@@ -42,11 +42,10 @@ from pathlib import Path
 
 from .._cancel import shielded
 from .._errors import EngineCrashed
-from .._files import Scan
 from .._lending import check_mounts, folder_identity, mounts_before, writable
 from .._live import Claim, LiveSessions, lost_line
 from .._types import ExecutionPlan, HostMount, RunResult, StateOutcome
-from ._answer import backstop_result, before_run, run_request, settle
+from ._answer import backstop_result, run_request, settle
 from ._pool import Worker, WorkerDied
 from ._prepared import MountSpec
 from ._saved import SaveRefused, read_manifest
@@ -248,7 +247,6 @@ class PersistentRuns:
             if key not in self.sessions:
                 await self.sessions.make_room(plan)
             claim = self.sessions.claim(key)
-            before, _holds = await asyncio.to_thread(before_run, plan.workspace)
             shape = await asyncio.to_thread(LiveShape.of, plan)
             state: StateOutcome = claim.state
             note = claim.note
@@ -262,12 +260,12 @@ class PersistentRuns:
             if guest is None:
                 worker = await self._take_worker()
                 if claim.image is not None:
-                    worker, claim = await self._resume(plan, worker, claim.image, before, mounts)
+                    worker, claim = await self._resume(plan, worker, claim.image, mounts)
                     state, note, started = claim.state, claim.note, claim.state != "kept"
                 guest = LiveGuest(worker, shape)
                 self.sessions.add(plan, guest)
             async with self._uses.enter(plan.workspace.files, wants_to_move=False):
-                result = await self._run_in(plan, guest, before, mounts, started=started)
+                result = await self._run_in(plan, guest, mounts, started=started)
         if state == "lost" and note is not None:
             result = dataclasses.replace(result, stderr=lost_line(note) + result.stderr)
         return dataclasses.replace(result, state=state, state_note=note)
@@ -277,7 +275,6 @@ class PersistentRuns:
         plan: ExecutionPlan,
         worker: Worker,
         image: Path,
-        before: Scan,
         mounts: tuple[HostMount, ...],
     ) -> tuple[Worker, Claim[LiveGuest]]:
         """Resume the session's saved guest (`image`) in `worker`, with `plan`'s folders and
@@ -285,7 +282,7 @@ class PersistentRuns:
         it died) opens a fresh guest at the run: the session's claim then says `lost` and why.
         """
         key = plan.session_key
-        request = run_request(plan, before, mounts, None, self._mpl_dir, may_move=False)
+        request = run_request(plan, mounts, None, self._mpl_dir, may_move=False)
         request.update(op="resume", image=str(image))
         try:
             answer = await worker.request(request, timeout_s=SAVE_TIMEOUT_S)
@@ -308,7 +305,6 @@ class PersistentRuns:
         self,
         plan: ExecutionPlan,
         guest: LiveGuest,
-        before: Scan,
         mounts: tuple[HostMount, ...],
         *,
         started: bool,
@@ -317,7 +313,7 @@ class PersistentRuns:
         guest when the run was stopped by a limit or ended it."""
         key, limits = plan.session_key, plan.limits
         mounted = await asyncio.to_thread(mounts_before, mounts) if writable(mounts) else None
-        request = run_request(plan, before, mounts, mounted, self._mpl_dir, may_move=False)
+        request = run_request(plan, mounts, mounted, self._mpl_dir, may_move=False)
         request["live"] = True
         began = time.perf_counter()
         try:
@@ -337,7 +333,7 @@ class PersistentRuns:
         if not answer.get("ok"):  # a guest that never opened kept nothing to lose
             await self.sessions.drop(key, None if started else PROCESS_DIED)
             raise EngineCrashed(f"the wasm session's guest could not run: {answer.get('error')}")
-        result = await settle(answer, plan, before, mounts, mounted)
+        result = await settle(answer, plan, mounts, mounted)
         ended = answer.get("ended")
         if result.limit is not None:
             await self.sessions.drop(key, f"the previous run was stopped by {result.limit}")

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .._errors import StateImageRefused
-from .._files import disk_usage, has_entries
+from .._files import has_entries
 from .._relay import NO_EGRESS, Relay, egress_of
 from .._relay import frame as relay_frame
 from . import _direct, _embedded, _once
+from . import _measure as measure
 from ._behind import Behind
 from ._embedded import EmbeddedGuest
 from ._image import GuestImage, keep, stamp
@@ -349,8 +350,17 @@ class _Host:
 
 
 def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
-    if request.get("live"):
-        return _run_resident(host, request)
+    """One call, the session's workspace measured around it (`_measure`): what it held before
+    (the watchdog's starting point) and what the run wrote there."""
+    before = measure.before_run(request)
+    request["workspace_held"] = before.usage.bytes  # allocated, as the watchdog counts
+    run = _run_resident if request.get("live") else _run_fresh
+    answer = run(host, request)
+    answer.update(measure.after_run(Path(request["files"]), before, request.get("workspace_bytes")))
+    return answer
+
+
+def _run_fresh(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
     files = Path(request["files"])
     host.settle()  # the background thread may be taking the image this call needs
     imaged = host.imaged_for(request)
@@ -479,10 +489,7 @@ def _measured(
     cancel = threading.Event()
     budget = request.get("workspace_bytes")
     if budget is not None:  # a workspace already past its budget may shrink, not grow
-        held = request.get("workspace_held")  # allocated bytes, as the watchdog counts them
-        if not isinstance(held, int):
-            held = disk_usage(workspace).bytes
-        budget = max(budget, held)
+        budget = max(budget, request["workspace_held"])  # measured by `_run`
     watched: list[Watched] = []
     if budget is not None:
         watched.append((str(workspace), budget, request.get("workspace_files")))

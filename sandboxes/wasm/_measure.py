@@ -1,0 +1,74 @@
+"""What a run's workspace held and what the run wrote there, measured by the worker around the
+run; read back by the host from the worker's answer.
+
+The worker, not the server, walks the workspace: before the run (hard links to files outside
+dropped, then one walk: the files and what they occupy) and after it (one walk: the files the
+run wrote, what the workspace occupies, whether that is past its budget). Both walks stay off
+the server's event loop and its threads, and a call's answer carries them:
+
+- `written`: the workspace paths the run created or changed, in order;
+- `held`: `[bytes, files, complete]`, the workspace's `DiskUsage` after the run (allocated
+  bytes, inodes, whether every folder could be walked);
+- `over`: what the workspace holds when past its budget (bytes), else null.
+
+Images among the written files are read by the host (`images_of`), only when there are any.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .._files import IMAGE_MIME_TYPES, DiskUsage, Scan, changed, drop_foreign_links, scan
+from .._types import WorkspacePaths
+
+
+def before_run(request: dict[str, Any]) -> Scan:
+    """Drop the links the host did not make from the request's workspace, then walk it."""
+    files = Path(request["files"])
+    drop_foreign_links(WorkspacePaths(files, Path(request["site"])))
+    return scan(files)
+
+
+def after_run(files: Path, before: Scan, budget: int | None) -> dict[str, Any]:
+    """The answer's `written`, `held` and `over`: one walk of `files` after the run. The
+    worker's watchdog stops a run that outgrows its budget; `over` catches the run that ended
+    before the watchdog's first look."""
+    found = scan(files)
+    usage = found.usage
+    over = None
+    if budget is not None and (usage.bytes > budget or not usage.complete):
+        over = usage.bytes
+    return {
+        "written": list(changed(before.files, found.files)),
+        "held": [usage.bytes, usage.files, usage.complete],
+        "over": over,
+    }
+
+
+def measured(answer: dict[str, Any]) -> tuple[tuple[str, ...], DiskUsage, int | None]:
+    """The written paths, the workspace's usage and `over` of a worker's answer.
+
+    Raises:
+        ValueError: the answer does not carry them as `after_run` makes them.
+    """
+    written, held, over = answer.get("written"), answer.get("held"), answer.get("over")
+    if not isinstance(written, list) or not all(isinstance(p, str) for p in written):
+        raise ValueError(f"a worker answer's 'written' should be a list of paths, got {written!r}")
+    if not (
+        isinstance(held, list)
+        and len(held) == 3
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in held[:2])
+        and isinstance(held[2], bool)
+    ):
+        raise ValueError(
+            f"a worker answer's 'held' should be [bytes, files, complete], got {held!r}"
+        )
+    if over is not None and (not isinstance(over, int) or isinstance(over, bool)):
+        raise ValueError(f"a worker answer's 'over' should be bytes or null, got {over!r}")
+    return tuple(written), DiskUsage(held[0], held[1], held[2]), over
+
+
+def has_images(written: tuple[str, ...]) -> bool:
+    """Whether any written path is an image by its suffix (the host then reads them)."""
+    return any(Path(path).suffix.lower() in IMAGE_MIME_TYPES for path in written)
