@@ -47,6 +47,11 @@ def _allowed(gate: Gate, tmp_path: Path) -> Allowed:
     return decision
 
 
+def _every_outcome_waits(gate: Gate, tmp_path: Path) -> bool:
+    allowed = _allowed(gate, tmp_path)
+    return all(gate.finish_waits(allowed, outcome=o) for o in OUTCOMES)
+
+
 @pytest.mark.parametrize(
     ("outcome", "waits"),
     [("completed", False), ("cancelled", False), ("refused", True), ("infra_error", True)],
@@ -82,8 +87,7 @@ def test_an_fsynced_audit_file_makes_every_outcome_wait(
     synced = AuditLog(tmp_path / "synced.jsonl", fsync=True)
     try:
         gate = Gate(load_policy_text(UNCOUNTED), sqlite_store, synced, clock=clock)
-        allowed = _allowed(gate, tmp_path)
-        assert all(gate.finish_waits(allowed, outcome=o) for o in OUTCOMES)
+        assert _every_outcome_waits(gate, tmp_path)
     finally:
         synced.close()
 
@@ -98,14 +102,12 @@ def test_redis_state_or_a_redis_audit_stream_makes_every_outcome_wait(
     tmp_path: Path,
 ) -> None:
     on_redis = Gate(load_policy_text(COUNTED), redis_store, audit, clock=clock)
-    allowed = _allowed(on_redis, tmp_path)
-    assert all(on_redis.finish_waits(allowed, outcome=o) for o in OUTCOMES)
+    assert _every_outcome_waits(on_redis, tmp_path)
 
     stream = RedisAuditSink(redis_url, stream=f"test-settling-{uuid.uuid4().hex[:8]}")
     try:
         audited_on_redis = Gate(load_policy_text(UNCOUNTED), sqlite_store, stream, clock=clock)
-        allowed = _allowed(audited_on_redis, tmp_path)
-        assert all(audited_on_redis.finish_waits(allowed, outcome=o) for o in OUTCOMES)
+        assert _every_outcome_waits(audited_on_redis, tmp_path)
     finally:
         stream.close()
 
