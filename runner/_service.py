@@ -600,6 +600,10 @@ class Service:
         waits = self.gate.finish_waits(
             decision, outcome=outcome, egress_bytes=details.get("egress_bytes", 0)
         )
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # settled while its task is finalized: no loop left to keep
+            waits = False
         if not waits:
             self._finish(decision, outcome, details)
             return None
