@@ -9,9 +9,11 @@ the server's event loop and its threads, and a call's answer carries them:
 - `written`: the workspace paths the run created or changed, in order;
 - `held`: `[bytes, files, complete]`, the workspace's `DiskUsage` after the run (allocated
   bytes, inodes, whether every folder could be walked);
-- `over`: what the workspace holds when past its budget (bytes), else null.
+- `over`: what the workspace holds when past its budget (bytes), else null;
+- `dropped_links`: the workspace paths of hard links to files outside it, unlinked before the
+  run (`drop_foreign_links`; the host logs them: a worker's own log goes nowhere).
 
-Images among the written files are read by the host (`images_of`), only when there are any.
+Images among the written files are read by the host (`has_images`), only when there are any.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from .._files import IMAGE_MIME_TYPES, DiskUsage, Scan, changed, drop_foreign_li
 from .._types import WorkspacePaths
 
 
-def before_run(request: dict[str, Any]) -> Scan:
-    """Drop the links the host did not make from the request's workspace, then walk it."""
+def before_run(request: dict[str, Any]) -> tuple[Scan, list[str]]:
+    """Drop the links the host did not make from the request's workspace, then walk it; the
+    walk, and the paths of the links dropped (the answer's `dropped_links`)."""
     files = Path(request["files"])
-    drop_foreign_links(WorkspacePaths(files, Path(request["site"])))
-    return scan(files)
+    dropped = drop_foreign_links(WorkspacePaths(files, Path(request["site"])))
+    return scan(files), list(dropped)
 
 
 def after_run(files: Path, before: Scan, budget: int | None) -> dict[str, Any]:
@@ -67,6 +70,18 @@ def measured(answer: dict[str, Any]) -> tuple[tuple[str, ...], DiskUsage, int | 
     if over is not None and (not isinstance(over, int) or isinstance(over, bool)):
         raise ValueError(f"a worker answer's 'over' should be bytes or null, got {over!r}")
     return tuple(written), DiskUsage(held[0], held[1], held[2]), over
+
+
+def dropped_links(answer: dict[str, Any]) -> tuple[str, ...]:
+    """The `dropped_links` of a worker's answer (none when it says none).
+
+    Raises:
+        ValueError: they are not a list of paths.
+    """
+    dropped = answer.get("dropped_links") or []
+    if not isinstance(dropped, list) or not all(isinstance(p, str) for p in dropped):
+        raise ValueError(f"a worker answer's 'dropped_links' should be paths, got {dropped!r}")
+    return tuple(dropped)
 
 
 def has_images(written: tuple[str, ...]) -> bool:

@@ -352,11 +352,12 @@ class _Host:
 def _run(host: _Host, request: dict[str, Any]) -> dict[str, Any]:
     """One call, the session's workspace measured around it (`_measure`): what it held before
     (the watchdog's starting point) and what the run wrote there."""
-    before = measure.before_run(request)
+    before, dropped = measure.before_run(request)
     request["workspace_held"] = before.usage.bytes  # allocated, as the watchdog counts
     run = _run_resident if request.get("live") else _run_fresh
     answer = run(host, request)
-    answer.update(measure.after_run(Path(request["files"]), before, request.get("workspace_bytes")))
+    files, budget = Path(request["files"]), request.get("workspace_bytes")
+    answer.update(measure.after_run(files, before, budget), dropped_links=dropped)
     return answer
 
 

@@ -1,10 +1,11 @@
 """The worker measures a call's workspace around the run (`_measure`): its answer says what the
 run wrote, what the workspace holds (allocated bytes, inodes) and whether that is past the
-budget; links to files outside are dropped before the run; the host refuses an answer that
-does not say these."""
+budget; links to files outside are dropped before the run, and the server logs them; the host
+refuses an answer that does not say these."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from sandboxes import DiskUsage
-from sandboxes.wasm._measure import has_images, measured
+from sandboxes import DiskUsage, ExecutionPlan, Limits, Program, WasmEngine, WorkspacePaths
+from sandboxes.wasm._measure import dropped_links, has_images, measured
 
 from ._requests import InProcessWorker
 
@@ -71,8 +72,34 @@ def test_a_hard_link_to_a_file_outside_is_dropped_before_the_run(
     os.link(outside, files / "linked.txt")
     answer = worker.run("import os\nprint(sorted(os.listdir()))", files=str(files))
     assert answer["stdout"].strip() == "[]"
+    assert dropped_links(answer) == ("linked.txt",)
     assert not (files / "linked.txt").exists()
     assert outside.read_text() == "the host's"
+
+
+@pytest.mark.anyio
+async def test_the_server_logs_the_links_its_worker_dropped(
+    wasm_engine: WasmEngine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files, site = tmp_path / "files", tmp_path / "site"
+    files.mkdir()
+    site.mkdir()
+    outside = tmp_path / "host-secret.txt"
+    outside.write_text("the host's")
+    os.link(outside, files / "linked.txt")
+    plan = ExecutionPlan(
+        decision_id="test",
+        engine="wasm",
+        program=Program("code", "print('ran')"),
+        limits=Limits(),
+        workspace=WorkspacePaths(files, site),
+        session_id="test",
+    )
+    with caplog.at_level(logging.WARNING, logger="sandgate.files"):
+        result = await wasm_engine.run(plan)
+    assert (result.status, result.stdout) == ("ok", "ran\n")
+    assert "unlinked 1 hard link(s) to files outside the workspace" in caplog.text
+    assert "linked.txt" in caplog.text
 
 
 GOOD: dict[str, Any] = {"written": ["a.png"], "held": [4096, 1, True], "over": None}
@@ -87,14 +114,18 @@ GOOD: dict[str, Any] = {"written": ["a.png"], "held": [4096, 1, True], "over": N
         {"held": [4096, True, True]},
         {"held": [4096, 1, "yes"]},
         {"over": "4096"},
+        {"dropped_links": "linked.txt"},
     ],
 )
 def test_an_answer_that_does_not_say_what_the_run_wrote_is_refused(
     broken: dict[str, Any],
 ) -> None:
     assert measured(GOOD) == (("a.png",), DiskUsage(4096, 1, True), None)
+    assert dropped_links(GOOD) == ()
     with pytest.raises(ValueError, match="a worker answer's"):
-        measured({**GOOD, **broken})
+        answer = {**GOOD, **broken}
+        measured(answer)
+        dropped_links(answer)
 
 
 def test_images_are_read_only_when_an_image_was_written() -> None:
