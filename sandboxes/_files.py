@@ -570,6 +570,13 @@ def drop_foreign_links(workspace: WorkspacePaths) -> tuple[str, ...]:
     """
     dropped = _drop_foreign(workspace.files, "")
     dropped += _drop_foreign(workspace.site, "site/")
+    report_dropped_links(workspace, dropped)
+    return dropped
+
+
+def report_dropped_links(workspace: WorkspacePaths, dropped: tuple[str, ...]) -> None:
+    """Log the links `drop_foreign_links` unlinked from `workspace`, if any (also for links a
+    worker process dropped and named in its answer: its own log goes nowhere)."""
     if dropped:
         logger.warning(
             "unlinked %d hard link(s) to files outside the workspace %s before a run: %s",
@@ -577,7 +584,6 @@ def drop_foreign_links(workspace: WorkspacePaths) -> tuple[str, ...]:
             workspace.files.parent,
             ", ".join(dropped[:10]),
         )
-    return dropped
 
 
 def _drop_foreign(root: Path, prefix: str) -> tuple[str, ...]:

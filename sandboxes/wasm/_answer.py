@@ -4,20 +4,17 @@ fresh guest (`_engine`) and in a persistent session's guest (`_persistent`)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from .._files import DiskUsage, images_among
+from .._files import DiskUsage, images_among, report_dropped_links
 from .._judge import Evidence, MemorySign, judge
 from .._lending import MountsBefore, mount_budgets, mount_changes
 from .._relay import egress_fields
 from .._types import ExecutionPlan, HostMount, Image, Limits, RunResult, Usage
 from ._measure import dropped_links, has_images, measured
 from ._pool import WorkerDied
-
-logger = logging.getLogger("sandgate.files")  # as `drop_foreign_links` says it in process
 
 BACKSTOP = "the guest passed its deadline and the host backstop killed its worker"
 
@@ -79,13 +76,7 @@ async def settle(
         dropped = dropped_links(answer)
     except ValueError as exc:
         raise WorkerDied(f"the wasm worker's answer is not understood: {exc}") from None
-    if dropped:
-        logger.warning(
-            "unlinked %d hard link(s) to files outside the workspace %s before a run: %s",
-            len(dropped),
-            plan.workspace.files.parent,
-            ", ".join(dropped[:10]),
-        )
+    report_dropped_links(plan.workspace, dropped)
     images: tuple[Image, ...] = ()
     if has_images(written):  # read here, off the event loop, only when there are any
         images = await asyncio.to_thread(images_among, plan.workspace.files, written)

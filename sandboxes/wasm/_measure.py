@@ -55,9 +55,8 @@ def measured(answer: dict[str, Any]) -> tuple[tuple[str, ...], DiskUsage, int | 
     Raises:
         ValueError: the answer does not carry them as `after_run` makes them.
     """
-    written, held, over = answer.get("written"), answer.get("held"), answer.get("over")
-    if not isinstance(written, list) or not all(isinstance(p, str) for p in written):
-        raise ValueError(f"a worker answer's 'written' should be a list of paths, got {written!r}")
+    written = _paths("written", answer.get("written"))
+    held, over = answer.get("held"), answer.get("over")
     if not (
         isinstance(held, list)
         and len(held) == 3
@@ -69,7 +68,7 @@ def measured(answer: dict[str, Any]) -> tuple[tuple[str, ...], DiskUsage, int | 
         )
     if over is not None and (not isinstance(over, int) or isinstance(over, bool)):
         raise ValueError(f"a worker answer's 'over' should be bytes or null, got {over!r}")
-    return tuple(written), DiskUsage(held[0], held[1], held[2]), over
+    return written, DiskUsage(held[0], held[1], held[2]), over
 
 
 def dropped_links(answer: dict[str, Any]) -> tuple[str, ...]:
@@ -78,10 +77,14 @@ def dropped_links(answer: dict[str, Any]) -> tuple[str, ...]:
     Raises:
         ValueError: they are not a list of paths.
     """
-    dropped = answer.get("dropped_links") or []
-    if not isinstance(dropped, list) or not all(isinstance(p, str) for p in dropped):
-        raise ValueError(f"a worker answer's 'dropped_links' should be paths, got {dropped!r}")
-    return tuple(dropped)
+    return _paths("dropped_links", answer.get("dropped_links") or [])
+
+
+def _paths(key: str, found: object) -> tuple[str, ...]:
+    """An answer's list of paths under `key` (ValueError naming it when it is not one)."""
+    if not isinstance(found, list) or not all(isinstance(p, str) for p in found):
+        raise ValueError(f"a worker answer's {key!r} should be a list of paths, got {found!r}")
+    return tuple(found)
 
 
 def has_images(written: tuple[str, ...]) -> bool:
