@@ -27,6 +27,7 @@ from ._errors import (
     Problem,
     StateUnavailable,
     UnknownApproval,
+    WouldWait,
 )
 from ._gate import Gate
 from ._loader import (
@@ -101,6 +102,7 @@ __all__ = [
     "StateUnavailable",
     "ToolCall",
     "UnknownApproval",
+    "WouldWait",
     "answer_approval",
     "default_policy_path",
     "engine_requirements",

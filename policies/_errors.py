@@ -79,6 +79,12 @@ class StateUnavailable(PolicyError):
         super().__init__(f"the {backend} state store is unavailable: {detail}")
 
 
+class WouldWait(PolicyError):
+    """Deciding now would wait (on a lock, another process, the network or file upkeep); nothing
+    was reserved or recorded. `Gate.try_decide` answers None, and the caller decides in a thread
+    (`Gate.decide`)."""
+
+
 class UnknownApproval(PolicyError):
     """No pending approval has this id.
 

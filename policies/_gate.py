@@ -17,7 +17,7 @@ from ._audit import AuditDecision, AuditSink, canonical_json, iso_time, sha256_h
 from ._compile import CompiledPolicy, CompiledTool, compile_policy, token_sha256
 from ._decisions import Allowed, Decision, Denied, NeedsApproval, Outcome, ToolCall
 from ._egress_quota import EgressExhausted, EgressTerms, charge_egress, egress_terms
-from ._errors import AuditUnavailable, StateUnavailable
+from ._errors import AuditUnavailable, StateUnavailable, WouldWait
 from ._model import Policy, grant_share
 from ._predicates import Subject
 from ._steps import (
@@ -116,6 +116,30 @@ class Gate:
         approval → counters (all reserved, or none). An `Allowed` must go back to `finish`.
         """
         self.reload_if_changed()
+        return self._decide(call, wait=True)
+
+    def try_decide(self, call: ToolCall) -> Decision | None:
+        """`decide`, when deciding waits on nothing, for the server's event loop; else None,
+        with nothing reserved or recorded (the caller then calls `decide` in a thread).
+
+        It waits on nothing when the policy file has not changed (a reload reads and compiles
+        it), the arguments are plain and small (`ARGS_DECIDED_AT_ONCE`: they are hashed), the
+        call needs no approval and no egress terms (both read or write the store), the store
+        reserves at once (`CounterStore.reserve_now`: SQLite when no other thread or process
+        holds its lock and no upkeep is due; never Redis) and the audit sink appends locally.
+        A call the counters refuse is decided again in a thread, which reads their usage."""
+        if not self._audit.appends_locally:
+            return None
+        if self._watcher is not None and self._watcher.changed(self._compiled):
+            return None
+        if not _small_plain(call.args):
+            return None
+        try:
+            return self._decide(call, wait=False)
+        except WouldWait:
+            return None
+
+    def _decide(self, call: ToolCall, *, wait: bool) -> Decision:
         compiled = self._compiled
         roles = compiled.roles.get(call.grant, ())
         tool = compiled.tool(call.tool, roles)
@@ -133,7 +157,7 @@ class Gate:
                 ctx, tool.allow_rule, "Mode 'off': the policy is not enforced.", _Pass(), "allow"
             )
         try:
-            result = self._evaluate(ctx)
+            result = self._evaluate(ctx, wait=wait)
         except StateUnavailable as exc:
             result = Refusal(
                 "/state",
@@ -192,16 +216,21 @@ class Gate:
             logger.error("cannot audit a refusal: %s", exc)
         return Denied(ctx.decision_id, rule, reason)
 
-    def _evaluate(self, ctx: _Context) -> _Pass | Refusal | NeedsApproval:
+    def _evaluate(self, ctx: _Context, *, wait: bool) -> _Pass | Refusal | NeedsApproval:
+        """The call's evaluation; `wait=False`: `WouldWait` before anything is written where
+        it would read or write more than one reservation (approvals, egress terms, the usage
+        of refused counters)."""
         tool, call, now = ctx.tool, ctx.call, ctx.now
         refusal = static_refusal(ctx.compiled, tool, call, ctx.subject)
         if refusal is not None:
             return refusal
         asked = approval_rule(tool, ctx.subject)
+        if asked is not None and tool.mode == "audit":
+            return Refusal(asked[0], f"This call needs a human's approval ({asked[1]}).")
+        if not wait and (asked is not None or (tool.egress is not None and call.program)):
+            raise WouldWait("approvals and egress terms are read from the store")
         approval_id = None
         if asked is not None:
-            if tool.mode == "audit":
-                return Refusal(asked[0], f"This call needs a human's approval ({asked[1]}).")
             state = self._ask(ctx, asked)
             if not isinstance(state, str):
                 return state
@@ -211,8 +240,12 @@ class Gate:
             return specs
         reservation = None
         if specs:
-            reservation = self._store.reserve([spec for _, spec in specs], now)
+            wanted = [spec for _, spec in specs]
+            reserve = self._store.reserve if wait else self._store.reserve_now
+            reservation = reserve(wanted, now)
             if reservation is None:
+                if not wait:
+                    raise WouldWait("the refused counters' usage is read from the store")
                 usage = [self._store.used(spec, now) for _, spec in specs]
                 index = find_exhausted(specs, usage)
                 limit, spec = specs[index]
@@ -575,6 +608,22 @@ class Gate:
         self._compiled = compiled
         self._loaded_at = self._clock()
         return True
+
+
+ARGS_DECIDED_AT_ONCE = 64 * 1024
+"""`Gate.try_decide` decides a call in place only when its arguments are strings, numbers,
+booleans or null, with at most this many characters of strings in all: hashing them then
+costs the event loop tens of microseconds."""
+
+
+def _small_plain(args: Mapping[str, Any]) -> bool:
+    size = 0
+    for value in args.values():
+        if isinstance(value, str):
+            size += len(value)
+        elif value is not None and not isinstance(value, int | float):
+            return False
+    return size <= ARGS_DECIDED_AT_ONCE
 
 
 def _args_hash(args: Mapping[str, Any]) -> str | None:

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import redis
 
-from ._errors import StateUnavailable, UnknownApproval
+from ._errors import StateUnavailable, UnknownApproval, WouldWait
 from ._store import STALE_RESERVATION_S, ApprovalRecord, CounterSpec
 
 # A counter is a sorted set of `<reservation>:<amount>` members scored by time; members with
@@ -136,6 +136,10 @@ class RedisCounterStore:
 
     def _approval(self, approval_id: str) -> str:
         return f"{self._prefix}a:{approval_id}"
+
+    def reserve_now(self, items: Sequence[CounterSpec], now: float) -> str | None:
+        """Never: every reservation is a round trip to the Redis server (`WouldWait`)."""
+        raise WouldWait("a Redis reservation is a round trip")
 
     def reserve(
         self, items: Sequence[CounterSpec], now: float, *, reservation_id: str | None = None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _counter_log as log
-from ._errors import StateUnavailable, UnknownApproval
+from ._errors import StateUnavailable, UnknownApproval, WouldWait
 from ._store import STALE_RESERVATION_S, ApprovalRecord, CounterSpec
 
 _SCHEMA = """
@@ -29,6 +29,12 @@ _APPROVAL_COLUMNS = (
 )
 _PRUNE_EVERY = 512
 _KEEP_APPROVALS_S = 86400.0
+CHECKPOINT_EVERY = 256
+"""Write transactions between two checkpoints of the write-ahead log. The store's connection
+never checkpoints on its own (`wal_autocheckpoint = 0`): a checkpoint writes the database file
+and syncs it, which `reserve_now` must never do; a write that may wait runs it."""
+_BUSY = (5, 6)
+"""SQLITE_BUSY and SQLITE_LOCKED: another connection holds the lock a statement needs."""
 
 
 class SqliteCounterStore:
@@ -45,6 +51,10 @@ class SqliteCounterStore:
     The file is checked before each read or write: removed, the store is unavailable (fail
     closed; it is never silently recreated empty, which would reset every limit while other
     processes still count in the old file); replaced (a backup restored), it is reopened.
+
+    `reserve_now` reserves without waiting (on the server's event loop): it gives up with
+    `WouldWait`, having written nothing, where `reserve` would wait for a lock or do the file's
+    upkeep (a checkpoint, pruning), which `reserve` then does.
 
     Args:
         path: The database file (created with mode 0600, parent folders with 0700).
@@ -63,6 +73,7 @@ class SqliteCounterStore:
         self._lock = threading.Lock()
         self._open_lock = threading.Lock()  # `_open` alone: a commit never waits on SQLite
         self._calls = 0
+        self._writes = 0  # write transactions since the last checkpoint
         self._open: OrderedDict[str, tuple[float, tuple[tuple[str, float], ...]]] = OrderedDict()
         self._busy_timeout_s = busy_timeout_s
         with self._translate():
@@ -81,6 +92,7 @@ class SqliteCounterStore:
             conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # `_upkeep` checkpoints instead
             conn.executescript(log.SCHEMA + _SCHEMA)
         except BaseException:
             conn.close()
@@ -110,6 +122,15 @@ class SqliteCounterStore:
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            self._upkeep(conn)
+
+    def _upkeep(self, conn: sqlite3.Connection) -> None:
+        """Count a write; every `CHECKPOINT_EVERY`, checkpoint the write-ahead log (as SQLite
+        would on its own, without waiting for readers)."""
+        self._writes += 1
+        if self._writes >= CHECKPOINT_EVERY:
+            self._writes = 0
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -133,29 +154,91 @@ class SqliteCounterStore:
         if len(items) == 1 and items[0].increment > 0 and log.HAS_RETURNING:
             return self._reserve_one(items[0], now, reservation)
         with self._tx() as conn:
-            lasts: dict[str, log.Last | None] = {}
-            wanted: dict[str, tuple[int, float]] = {}
-            for item in items:
-                if item.key in lasts:
-                    used, _ = log.window_usage(conn, item.key, now - item.window_s, lasts[item.key])
-                else:
-                    lasts[item.key], used, _ = log.last_and_usage(
-                        conn, item.key, now - item.window_s
-                    )
-                if used + item.increment > item.max:
-                    return None
-                amount, expires = wanted.get(item.key, (0, now))
-                wanted[item.key] = (max(amount, item.increment), max(expires, now + item.window_s))
-            made = tuple(
-                (key, log.append(conn, key, now, amount, expires, reservation, lasts[key]))
-                for key, (amount, expires) in wanted.items()
-                if amount > 0
-            )
-            self._made(conn, reservation, now, made)
+            return self._reserve_all(conn, items, now, reservation)
+
+    def reserve_now(self, items: Sequence[CounterSpec], now: float) -> str | None:
+        """`reserve`, or `WouldWait` (nothing written) where it would wait: a thread of this
+        process or another process holds the lock, the file was replaced (reopening it is
+        file work), or a checkpoint or pruning is due."""
+        if not self._lock.acquire(blocking=False):
+            raise WouldWait("another thread is using the state store")
+        try:
+            if self._writes + 1 >= CHECKPOINT_EVERY or (self._calls + 1) % _PRUNE_EVERY == 0:
+                raise WouldWait("the state file's upkeep is due")
+            with self._translate():
+                conn = self._conn
+                if conn is None:
+                    raise sqlite3.ProgrammingError("the store is closed")
+                if _file_identity(self.path) != self._file:
+                    raise WouldWait("the state file was replaced; it is reopened in a thread")
+                conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    return self._reserve_at_once(conn, items, now)
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+        finally:
+            self._lock.release()
+
+    def _reserve_at_once(
+        self, conn: sqlite3.Connection, items: Sequence[CounterSpec], now: float
+    ) -> str | None:
+        reservation = os.urandom(12).hex()
+        try:
+            if len(items) == 1 and items[0].increment > 0 and log.HAS_RETURNING:
+                got = self._reserve_one_on(conn, items[0], now, reservation)
+                self._writes += 1
+                return got
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                got = self._reserve_all(conn, items, now, reservation)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            self._writes += 1
+            return got
+        except sqlite3.OperationalError as exc:
+            if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in _BUSY:
+                raise WouldWait("another process holds the state file's lock") from None
+            raise
+
+    def _reserve_all(
+        self, conn: sqlite3.Connection, items: Sequence[CounterSpec], now: float, reservation: str
+    ) -> str | None:
+        """The reservation of every item, or None, inside the caller's write transaction."""
+        lasts: dict[str, log.Last | None] = {}
+        wanted: dict[str, tuple[int, float]] = {}
+        for item in items:
+            if item.key in lasts:
+                used, _ = log.window_usage(conn, item.key, now - item.window_s, lasts[item.key])
+            else:
+                lasts[item.key], used, _ = log.last_and_usage(conn, item.key, now - item.window_s)
+            if used + item.increment > item.max:
+                return None
+            amount, expires = wanted.get(item.key, (0, now))
+            wanted[item.key] = (max(amount, item.increment), max(expires, now + item.window_s))
+        made = tuple(
+            (key, log.append(conn, key, now, amount, expires, reservation, lasts[key]))
+            for key, (amount, expires) in wanted.items()
+            if amount > 0
+        )
+        self._made(conn, reservation, now, made)
         return reservation
 
     def _reserve_one(self, item: CounterSpec, now: float, reservation: str) -> str | None:
         """The one-counter fast path: a single autocommit statement, no explicit transaction."""
+        with self._lock, self._translate():
+            conn = self._connection()
+            got = self._reserve_one_on(conn, item, now, reservation)
+            self._upkeep(conn)
+            return got
+
+    def _reserve_one_on(
+        self, conn: sqlite3.Connection, item: CounterSpec, now: float, reservation: str
+    ) -> str | None:
+        """One counter's reservation in a single autocommit statement, on `conn` (the lock
+        held)."""
         params = {
             "key": item.key,
             "now": now,
@@ -165,12 +248,10 @@ class SqliteCounterStore:
             "expires": now + item.window_s,
             "since": now - item.window_s,
         }
-        with self._lock, self._translate():
-            conn = self._connection()
-            rows = conn.execute(log.RESERVE_ONE, params).fetchall()
-            if not rows:
-                return None
-            self._made(conn, reservation, now, ((item.key, float(rows[0][0])),))
+        rows = conn.execute(log.RESERVE_ONE, params).fetchall()
+        if not rows:
+            return None
+        self._made(conn, reservation, now, ((item.key, float(rows[0][0])),))
         return reservation
 
     def _made(

@@ -95,6 +95,12 @@ class CounterStore(Protocol):
         their window, else `None`."""
         ...
 
+    def reserve_now(self, items: Sequence[CounterSpec], now: float) -> str | None:
+        """`reserve` without waiting, for the server's event loop: raises `WouldWait`, having
+        written nothing, where `reserve` would wait (a lock another thread or process holds,
+        the network, the backend's upkeep)."""
+        ...
+
     def commit(self, reservation_id: str, *, now: float | None = None) -> None:
         """Make a reservation final (it can no longer be rolled back)."""
         ...

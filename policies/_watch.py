@@ -32,6 +32,11 @@ class PolicyWatcher:
         self._lock = threading.Lock()
         self._signature = self._stat(current)
 
+    def changed(self, current: CompiledPolicy) -> bool:
+        """Whether `poll` would look at the files again: a stat of each, nothing read. An edit
+        that was refused is not a change until the files change again."""
+        return self._stat(current) != self._signature
+
     def poll(self, current: CompiledPolicy) -> CompiledPolicy | None:
         """The newly loaded policy if the files changed and load cleanly, else `None`."""
         signature = self._stat(current)

@@ -195,6 +195,9 @@ class RecordedStore:
         made.append(reservation)
         return self._inner.reserve(items, now, reservation_id=reservation)
 
+    def reserve_now(self, items: Sequence[CounterSpec], now: float) -> str | None:
+        return self._inner.reserve_now(items, now)
+
     def commit(self, reservation_id: str, *, now: float | None = None) -> None:
         self._inner.commit(reservation_id, now=now)
 
@@ -246,6 +249,13 @@ class TrackedGate(Gate):
     def _new_decision_id(self) -> str:
         deciding = _DECIDING.get()
         return deciding[2] if deciding is not None else super()._new_decision_id()
+
+    def try_decide(self, call: ToolCall) -> Decision | None:
+        """None inside a tracked call (its decision is recorded in Redis), else the plain
+        gate's answer."""
+        if _CURRENT.get() is not None:
+            return None
+        return super().try_decide(call)
 
     def decide(self, call: ToolCall) -> Decision:
         made: list[str] = []
