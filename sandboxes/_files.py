@@ -388,29 +388,44 @@ def scan(root: Path | int, *, paths: bool = True, stop_after_files: int | None =
     `stop_after_files`: stop once more entries than this were counted (the usage is then at
     least that, known to be over such a budget).
     """
-    found: Snapshot = {}
-    total = files = 0
-    linked: set[tuple[int, int]] = set()
+    tally = _Tally(paths)
     walk = Walk(root)
     entries = iter(walk)
     try:
         for rel, st in entries:
-            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                if key in linked:
-                    continue
-                linked.add(key)
-            files += 1
-            total += st.st_blocks * BLOCK_BYTES
-            if paths and stat.S_ISREG(st.st_mode) and len(found) < MAX_SCANNED_ENTRIES:
-                found[rel] = (st.st_size, st.st_mtime_ns)
-            if stop_after_files is not None and files > stop_after_files:
+            tally.add(rel, st)
+            if stop_after_files is not None and tally.files > stop_after_files:
                 break
     finally:
         close = getattr(entries, "close", None)
         if close is not None:
             close()
-    return Scan(found, DiskUsage(total, files, walk.complete))
+    return tally.scan(walk.complete)
+
+
+class _Tally:
+    """What `scan` counts, entry by entry: a file with several names counts once."""
+
+    def __init__(self, paths: bool) -> None:
+        self.paths = paths
+        self.found: Snapshot = {}
+        self.total = 0
+        self.files = 0
+        self.linked: set[tuple[int, int]] = set()
+
+    def add(self, rel: str, st: os.stat_result) -> None:
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if key in self.linked:
+                return
+            self.linked.add(key)
+        self.files += 1
+        self.total += st.st_blocks * BLOCK_BYTES
+        if self.paths and stat.S_ISREG(st.st_mode) and len(self.found) < MAX_SCANNED_ENTRIES:
+            self.found[rel] = (st.st_size, st.st_mtime_ns)
+
+    def scan(self, complete: bool) -> Scan:
+        return Scan(self.found, DiskUsage(self.total, self.files, complete))
 
 
 def snapshot(root: Path) -> Snapshot:
@@ -559,6 +574,23 @@ def total_bytes(snap: Snapshot) -> int:
     return sum(size for size, _ in snap.values())
 
 
+def scan_dropping_foreign_links(workspace: WorkspacePaths) -> tuple[Scan, tuple[str, ...]]:
+    """`drop_foreign_links(workspace)`, then `scan(workspace.files)`, with one walk of the
+    files folder where the two took two: the walk that finds the links takes the scan too, and
+    the folder is walked again only when a link was dropped from it."""
+    tally = _Tally(True)
+    walk = Walk(workspace.files)
+    multiple = _Multiple()
+    for rel, st in walk:
+        tally.add(rel, st)
+        multiple.add(rel, st)
+    in_files = multiple.drop(workspace.files, "")
+    dropped = in_files + _drop_foreign(workspace.site, "site/")
+    report_dropped_links(workspace, dropped)
+    found = scan(workspace.files) if in_files else tally.scan(walk.complete)
+    return found, dropped
+
+
 def drop_foreign_links(workspace: WorkspacePaths) -> tuple[str, ...]:
     """Unlink the names in a workspace of every file that also has a name outside it.
 
@@ -587,22 +619,37 @@ def report_dropped_links(workspace: WorkspacePaths, dropped: tuple[str, ...]) ->
 
 
 def _drop_foreign(root: Path, prefix: str) -> tuple[str, ...]:
-    names: dict[tuple[int, int], list[str]] = {}
-    counts: dict[tuple[int, int], int] = {}
+    multiple = _Multiple()
     for path, st in Walk(root):
+        multiple.add(path, st)
+    return multiple.drop(root, prefix)
+
+
+class _Multiple:
+    """The names of a walk's files that have more than one, to drop those with a name outside
+    the walked folder (more names in all than the walk found)."""
+
+    def __init__(self) -> None:
+        self.names: dict[tuple[int, int], list[str]] = {}
+        self.counts: dict[tuple[int, int], int] = {}
+
+    def add(self, path: str, st: os.stat_result) -> None:
         if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
             key = (st.st_dev, st.st_ino)
-            names.setdefault(key, []).append(path)
-            counts[key] = st.st_nlink
-    return tuple(
-        sorted(
-            prefix + path
-            for key, paths in names.items()
-            if len(paths) < counts[key]
-            for path in paths
-            if _unlink_beneath(root, path, key)
+            self.names.setdefault(key, []).append(path)
+            self.counts[key] = st.st_nlink
+
+    def drop(self, root: Path, prefix: str) -> tuple[str, ...]:
+        """Unlink the names of files with a name outside `root`; their paths, `prefix`ed."""
+        return tuple(
+            sorted(
+                prefix + path
+                for key, paths in self.names.items()
+                if len(paths) < self.counts[key]
+                for path in paths
+                if _unlink_beneath(root, path, key)
+            )
         )
-    )
 
 
 def _unlink_beneath(root: Path, rel: str, key: tuple[int, int]) -> bool:

@@ -1,10 +1,10 @@
 """What a run's workspace held and what the run wrote there, measured by the worker around the
 run; read back by the host from the worker's answer.
 
-The worker, not the server, walks the workspace: before the run (hard links to files outside
-dropped, then one walk: the files and what they occupy) and after it (one walk: the files the
-run wrote, what the workspace occupies, whether that is past its budget). Both walks stay off
-the server's event loop and its threads, and a call's answer carries them:
+The worker, not the server, walks the workspace: before the run (one walk of its files: hard
+links to files outside dropped, the files and what they occupy) and after it (one walk: the
+files the run wrote, what the workspace occupies, whether that is past its budget). Both walks
+stay off the server's event loop and its threads, and a call's answer carries them:
 
 - `written`: the workspace paths the run created or changed, in order;
 - `held`: `[bytes, files, complete]`, the workspace's `DiskUsage` after the run (allocated
@@ -21,16 +21,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .._files import IMAGE_MIME_TYPES, DiskUsage, Scan, changed, drop_foreign_links, scan
+from .._files import IMAGE_MIME_TYPES, DiskUsage, Scan, changed, scan, scan_dropping_foreign_links
 from .._types import WorkspacePaths
 
 
 def before_run(request: dict[str, Any]) -> tuple[Scan, list[str]]:
-    """Drop the links the host did not make from the request's workspace, then walk it; the
-    walk, and the paths of the links dropped (the answer's `dropped_links`)."""
-    files = Path(request["files"])
-    dropped = drop_foreign_links(WorkspacePaths(files, Path(request["site"])))
-    return scan(files), list(dropped)
+    """Drop the links the host did not make from the request's workspace and walk it, in one
+    walk of its files (`scan_dropping_foreign_links`); the walk, and the paths of the links
+    dropped (the answer's `dropped_links`)."""
+    workspace = WorkspacePaths(Path(request["files"]), Path(request["site"]))
+    found, dropped = scan_dropping_foreign_links(workspace)
+    return found, list(dropped)
 
 
 def after_run(files: Path, before: Scan, budget: int | None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxes import Limits
+from sandboxes import Limits, WorkspacePaths
 from sandboxes._files import (
     BLOCK_BYTES,
     MAX_WALK_DEPTH,
@@ -22,11 +22,13 @@ from sandboxes._files import (
     HostIOBusy,
     HostIOTimeout,
     disk_usage,
+    drop_foreign_links,
     empty_folder,
     read_file,
     read_regular_file,
     remove_tree,
     scan,
+    scan_dropping_foreign_links,
     snapshot,
 )
 
@@ -93,6 +95,39 @@ def test_a_tree_deeper_than_the_walk_depth_is_incomplete_hence_over(tmp_path: Pa
     usage = disk_usage(tmp_path)
     assert not usage.complete
     assert usage.over(Limits(workspace_bytes=1 << 40, workspace_files=1 << 30))
+
+
+def _linked_workspace(root: Path) -> WorkspacePaths:
+    """A workspace with a deep file, a file linked twice inside it, and one link each (in the
+    files and in the site folder) to a file outside."""
+    workspace = WorkspacePaths(root / "files", root / "site")
+    workspace.files.mkdir(parents=True)
+    workspace.site.mkdir()
+    (root / "outside.txt").write_text("the host's")
+    os.link(root / "outside.txt", workspace.files / "foreign.txt")
+    os.link(root / "outside.txt", workspace.site / "foreign.pth")
+    (workspace.files / "own.txt").write_text("mine")
+    os.link(workspace.files / "own.txt", workspace.files / "own-too.txt")
+    make_deep(workspace.files, 3, "sub")
+    return workspace
+
+
+@pytest.mark.parametrize("with_links", [True, False])
+def test_one_walk_drops_foreign_links_and_scans_as_the_two_did(
+    tmp_path: Path, with_links: bool
+) -> None:
+    one, two = _linked_workspace(tmp_path / "one"), _linked_workspace(tmp_path / "two")
+    if not with_links:
+        for workspace in (one, two):
+            (workspace.files / "foreign.txt").unlink()
+    found, dropped = scan_dropping_foreign_links(one)
+    assert dropped == drop_foreign_links(two)
+    assert dropped == (("foreign.txt",) if with_links else ()) + ("site/foreign.pth",)
+    assert found == scan(one.files)  # what a walk after the drop finds
+    assert found.usage == scan(two.files).usage
+    assert "sub/sub/sub/leaf" in found.files
+    assert (tmp_path / "one" / "outside.txt").read_text() == "the host's"
+    assert (one.files / "own-too.txt").exists()  # links among its own files are kept
 
 
 def test_usage_over_names_both_budgets() -> None:
