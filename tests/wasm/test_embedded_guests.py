@@ -153,6 +153,48 @@ def test_a_trap_ends_the_guest_and_the_next_opens_fresh(embedding: Embedding) ->
     assert _turn(embedding, [], "print(1)").stdout == b"1\n"
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["direct call", "Func.__call__"])
+@pytest.mark.parametrize(
+    ("code", "memory_bytes", "ended"),
+    [
+        ("print(6 * 7)", None, None),
+        ("import sys; sys.exit(5)", None, None),
+        ("import os; os._exit(4)", None, "exit"),
+        ("while True: pass", None, "deadline"),
+        ("x = bytearray(96 << 20)", 64 << 20, None),
+    ],
+    ids=["prints", "sys.exit", "os._exit", "deadline", "memory cap"],
+)
+def test_a_turn_ends_the_same_through_the_direct_call_into_the_guest(
+    embedding: Embedding,
+    monkeypatch: pytest.MonkeyPatch,
+    fast: bool,
+    code: str,
+    memory_bytes: int | None,
+    ended: str | None,
+) -> None:
+    """`_enter` calls the guest's exports through `_call_i32` on this build; a turn prints,
+    exits, traps and runs out of time or memory as through wasmtime-py's `Func.__call__`."""
+    assert embedding.i32_exports
+    monkeypatch.setattr(embedding, "i32_exports", fast)
+    guest = EmbeddedGuest(
+        embedding, [], import_path=[], env={}, memory_bytes=memory_bytes, door=lambda _: b""
+    )
+    try:
+        done = guest.turn(code, deadline_s=1.0, output_bytes=1 << 20, cancel=threading.Event())
+    finally:
+        guest.close()
+    assert guest.ended == ended
+    if code.startswith("print"):
+        assert (done.exit_code, done.stdout) == (0, b"42\n")
+    elif "exit" in code:
+        assert done.exit_code == int(code[-2])
+    elif ended == "deadline":
+        assert done.trapped == "deadline"
+    else:
+        assert b"MemoryError" in done.stderr and done.exit_code == 1
+
+
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessWorker]:
     made = InProcessWorker(tmp_path_factory.mktemp("embedded"))
