@@ -13,6 +13,7 @@ from policies import (
     AuditLog,
     CounterStore,
     Gate,
+    RedisAuditSink,
     RedisCounterStore,
     SqliteCounterStore,
     load_policy_text,
@@ -59,6 +60,43 @@ def redis_store(redis_url: str) -> Iterator[RedisCounterStore]:  # noqa: F811
     store = RedisCounterStore(redis_url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
     yield store
     store.close()
+
+
+@pytest.fixture
+def redis_audit(redis_url: str) -> Iterator[RedisAuditSink]:  # noqa: F811
+    """An audit stream on the real redis-server, its own for the test."""
+    sink = RedisAuditSink(redis_url, stream=f"test-audit-{uuid.uuid4().hex[:8]}")
+    yield sink
+    sink.close()
+
+
+@pytest.fixture
+def redis_gates(
+    redis_store: RedisCounterStore,
+    redis_audit: RedisAuditSink,
+    sqlite_store: SqliteCounterStore,
+    audit: AuditLog,
+    clock: FakeClock,
+) -> Callable[[str], list[Gate]]:
+    """`redis_gates(policy_yaml)`: a gate with Redis state (and the audit file), and one with
+    SQLite state and a Redis audit stream: each waits on the network to decide and settle."""
+
+    def make(text: str) -> list[Gate]:
+        policy = load_policy_text(text)
+        return [
+            Gate(policy, redis_store, audit, clock=clock),
+            Gate(policy, sqlite_store, redis_audit, clock=clock),
+        ]
+
+    return make
+
+
+@pytest.fixture
+def fsynced_audit(tmp_path: Path) -> Iterator[AuditLog]:
+    """An audit file that fsyncs every record."""
+    log = AuditLog(tmp_path / "synced.jsonl", fsync=True)
+    yield log
+    log.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])

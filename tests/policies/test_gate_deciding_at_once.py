@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,8 +18,6 @@ from policies import (
     CounterSpec,
     Denied,
     Gate,
-    RedisAuditSink,
-    RedisCounterStore,
     SqliteCounterStore,
     ToolCall,
     WouldWait,
@@ -30,7 +28,6 @@ from policies._audit import records
 from policies._gate import ARGS_DECIDED_AT_ONCE
 from policies._sqlite import CHECKPOINT_EVERY
 from sandboxes import Program, WorkspacePaths
-from tests.clock import FakeClock
 
 from .conftest import GateFactory
 
@@ -162,33 +159,17 @@ def test_the_state_files_upkeep_is_left_to_a_reservation_that_may_wait(tmp_path:
 
 @pytest.mark.redis
 def test_redis_state_or_a_redis_audit_stream_is_decided_in_a_thread(
-    redis_store: RedisCounterStore,
-    redis_url: str,
-    sqlite_store: SqliteCounterStore,
-    audit: AuditLog,
-    clock: FakeClock,
-    tmp_path: Path,
+    redis_gates: Callable[[str], list[Gate]], audit: AuditLog, tmp_path: Path
 ) -> None:
-    on_redis = Gate(load_policy_text(COUNTED), redis_store, audit, clock=clock)
-    assert on_redis.try_decide(_call(tmp_path)) is None
-    stream = RedisAuditSink(redis_url, stream=f"test-at-once-{uuid.uuid4().hex[:8]}")
-    try:
-        audited_on_redis = Gate(load_policy_text(COUNTED), sqlite_store, stream, clock=clock)
-        assert audited_on_redis.try_decide(_call(tmp_path)) is None
-    finally:
-        stream.close()
+    assert all(gate.try_decide(_call(tmp_path)) is None for gate in redis_gates(COUNTED))
     assert _decisions(audit) == []
 
 
 def test_an_fsynced_audit_file_is_decided_in_a_thread(
-    sqlite_store: SqliteCounterStore, clock: FakeClock, tmp_path: Path
+    sqlite_store: SqliteCounterStore, fsynced_audit: AuditLog, tmp_path: Path
 ) -> None:
-    synced = AuditLog(tmp_path / "synced.jsonl", fsync=True)
-    try:
-        gate = Gate(load_policy_text(COUNTED), sqlite_store, synced, clock=clock)
-        assert gate.try_decide(_call(tmp_path)) is None
-    finally:
-        synced.close()
+    gate = Gate(load_policy_text(COUNTED), sqlite_store, fsynced_audit)
+    assert gate.try_decide(_call(tmp_path)) is None
 
 
 def test_a_changed_policy_file_is_reloaded_in_a_thread(

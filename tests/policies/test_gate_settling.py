@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,15 +18,12 @@ from policies import (
     CounterSpec,
     Gate,
     Outcome,
-    RedisAuditSink,
-    RedisCounterStore,
     SqliteCounterStore,
     StateUnavailable,
     ToolCall,
     load_policy_text,
 )
 from sandboxes import Program, WorkspacePaths
-from tests.clock import FakeClock
 
 from .conftest import GateFactory
 
@@ -82,34 +79,17 @@ def test_bytes_to_charge_to_the_egress_quotas_wait(make_gate: GateFactory, tmp_p
 
 
 def test_an_fsynced_audit_file_makes_every_outcome_wait(
-    sqlite_store: SqliteCounterStore, clock: FakeClock, tmp_path: Path
+    sqlite_store: SqliteCounterStore, fsynced_audit: AuditLog, tmp_path: Path
 ) -> None:
-    synced = AuditLog(tmp_path / "synced.jsonl", fsync=True)
-    try:
-        gate = Gate(load_policy_text(UNCOUNTED), sqlite_store, synced, clock=clock)
-        assert _every_outcome_waits(gate, tmp_path)
-    finally:
-        synced.close()
+    gate = Gate(load_policy_text(UNCOUNTED), sqlite_store, fsynced_audit)
+    assert _every_outcome_waits(gate, tmp_path)
 
 
 @pytest.mark.redis
 def test_redis_state_or_a_redis_audit_stream_makes_every_outcome_wait(
-    redis_store: RedisCounterStore,
-    redis_url: str,
-    sqlite_store: SqliteCounterStore,
-    audit: AuditLog,
-    clock: FakeClock,
-    tmp_path: Path,
+    redis_gates: Callable[[str], list[Gate]], tmp_path: Path
 ) -> None:
-    on_redis = Gate(load_policy_text(COUNTED), redis_store, audit, clock=clock)
-    assert _every_outcome_waits(on_redis, tmp_path)
-
-    stream = RedisAuditSink(redis_url, stream=f"test-settling-{uuid.uuid4().hex[:8]}")
-    try:
-        audited_on_redis = Gate(load_policy_text(UNCOUNTED), sqlite_store, stream, clock=clock)
-        assert _every_outcome_waits(audited_on_redis, tmp_path)
-    finally:
-        stream.close()
+    assert all(_every_outcome_waits(gate, tmp_path) for gate in redis_gates(COUNTED))
 
 
 def test_a_sqlite_commit_waits_on_no_lock_while_another_process_holds_the_database(
