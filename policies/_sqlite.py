@@ -114,14 +114,8 @@ class SqliteCounterStore:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock, self._translate():
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
             self._upkeep(conn)
 
     def _upkeep(self, conn: sqlite3.Connection) -> None:
@@ -150,11 +144,11 @@ class SqliteCounterStore:
 
     def reserve(self, items: Sequence[CounterSpec], now: float) -> str | None:
         """Reserve all `items` or none; see `CounterStore.reserve`."""
-        reservation = os.urandom(12).hex()
-        if len(items) == 1 and items[0].increment > 0 and log.HAS_RETURNING:
-            return self._reserve_one(items[0], now, reservation)
-        with self._tx() as conn:
-            return self._reserve_all(conn, items, now, reservation)
+        with self._lock, self._translate():
+            conn = self._connection()
+            got = self._reserve_on(conn, items, now)
+            self._upkeep(conn)
+            return got
 
     def reserve_now(self, items: Sequence[CounterSpec], now: float) -> str | None:
         """`reserve`, or `WouldWait` (nothing written) where it would wait: a thread of this
@@ -173,35 +167,28 @@ class SqliteCounterStore:
                     raise WouldWait("the state file was replaced; it is reopened in a thread")
                 conn.execute("PRAGMA busy_timeout = 0")
                 try:
-                    return self._reserve_at_once(conn, items, now)
+                    got = self._reserve_on(conn, items, now)
+                except sqlite3.OperationalError as exc:
+                    if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in _BUSY:
+                        raise WouldWait("another process holds the state file's lock") from None
+                    raise
                 finally:
                     conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+                self._writes += 1  # counted, not checkpointed: that was not due
+                return got
         finally:
             self._lock.release()
 
-    def _reserve_at_once(
+    def _reserve_on(
         self, conn: sqlite3.Connection, items: Sequence[CounterSpec], now: float
     ) -> str | None:
+        """Reserve `items` on `conn`, the lock held: one autocommit statement for a single
+        counter (`_reserve_one_on`), else one write transaction (`_reserve_all`)."""
         reservation = os.urandom(12).hex()
-        try:
-            if len(items) == 1 and items[0].increment > 0 and log.HAS_RETURNING:
-                got = self._reserve_one_on(conn, items[0], now, reservation)
-                self._writes += 1
-                return got
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                got = self._reserve_all(conn, items, now, reservation)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            self._writes += 1
-            return got
-        except sqlite3.OperationalError as exc:
-            if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in _BUSY:
-                raise WouldWait("another process holds the state file's lock") from None
-            raise
+        if len(items) == 1 and items[0].increment > 0 and log.HAS_RETURNING:
+            return self._reserve_one_on(conn, items[0], now, reservation)
+        with _transaction(conn):
+            return self._reserve_all(conn, items, now, reservation)
 
     def _reserve_all(
         self, conn: sqlite3.Connection, items: Sequence[CounterSpec], now: float, reservation: str
@@ -226,19 +213,11 @@ class SqliteCounterStore:
         self._made(conn, reservation, now, made)
         return reservation
 
-    def _reserve_one(self, item: CounterSpec, now: float, reservation: str) -> str | None:
-        """The one-counter fast path: a single autocommit statement, no explicit transaction."""
-        with self._lock, self._translate():
-            conn = self._connection()
-            got = self._reserve_one_on(conn, item, now, reservation)
-            self._upkeep(conn)
-            return got
-
     def _reserve_one_on(
         self, conn: sqlite3.Connection, item: CounterSpec, now: float, reservation: str
     ) -> str | None:
-        """One counter's reservation in a single autocommit statement, on `conn` (the lock
-        held)."""
+        """The one-counter fast path: a single autocommit statement, no explicit transaction,
+        on `conn` (the lock held)."""
         params = {
             "key": item.key,
             "now": now,
@@ -360,6 +339,20 @@ class SqliteCounterStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction on `conn` (`BEGIN IMMEDIATE`): committed when the block ends,
+    rolled back when it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _file_identity(path: Path) -> tuple[int, int]:

@@ -31,6 +31,7 @@ from . import _direct, _embedded, _once
 from . import _measure as measure
 from ._behind import Behind
 from ._embedded import EmbeddedGuest
+from ._hot import PAGE
 from ._image import GuestImage, keep, stamp
 from ._imaged import DERIVE_AFTER_CALLS, AheadGuest, ImagedGuests, serves
 from ._prepared import (
@@ -80,9 +81,6 @@ its start gives the kernel's figures of now, without an open, a close and Python
 per call."""
 
 
-_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
 def _proc(name: str, flags: int) -> int | None:
     """A descriptor on `/proc/self/NAME`, opened on first use and kept (None: not here)."""
     fd = _PROC_HELD.get(name)
@@ -108,7 +106,7 @@ def _resident_bytes() -> int | None:
     if fd is None:
         return None
     try:
-        return int(os.pread(fd, 256, 0).split()[1]) * _PAGE_BYTES
+        return int(os.pread(fd, 256, 0).split()[1]) * PAGE
     except (OSError, IndexError, ValueError):
         return None
 
